@@ -1,0 +1,396 @@
+"""From a jaxpr to the computational graph of cross-country elimination.
+
+Two layers:
+
+* :class:`Program`: the jaxpr flattened into a list of :class:`Node` over
+  integer variable ids.  Calls (``jit``, ``closed_call``, ``remat``) are
+  inlined, no-op converts and copies dropped, and ``custom_jvp`` calls on
+  differentiated values replaced by the JVP of their custom rule, whose
+  tangent half is linear and enters the graph with ordinary rules (so the
+  custom rule is followed exactly and its structure kept).
+* :class:`Graph`: the vertices (differentiated inputs, intermediate values,
+  outputs) and the structured partial on every edge, after pruning what does
+  not depend on the differentiated inputs or does not reach an output.
+
+Vertex ids are canonical (inputs, then intermediates in evaluation order,
+then output aliases), so an order of ids stays valid for every function
+with the same :attr:`Graph.fingerprint`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ccjax import _jaxpr
+from ccjax.rules import Partial, RuleContext, ZERO_DERIVATIVE, partials
+from ccjax.structure import Structure, sum_plan, unit
+
+STOP = "ccjax_stop"  # internal: identity value, no derivative (primal half of a custom JVP)
+TANGENT_OF = "ccjax_tangent_of"  # internal: value of operand 0, derivative of operand 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """One equation over variable ids.  ``primitive`` is None for internal nodes."""
+
+    name: str
+    primitive: Any
+    params: Any
+    ins: tuple[int, ...]
+    outs: tuple[int, ...]
+    reverse_only: bool = False
+
+    def eval(self, *args) -> list:
+        if self.primitive is None:
+            return [args[0]]
+        return _jaxpr.bind(self.primitive, self.params, args)
+
+
+@dataclasses.dataclass
+class Program:
+    """A flat list of nodes; ``consts`` are concrete values baked in at
+    trace time, ``top_consts`` the ids fed by the closed jaxpr's constants."""
+
+    avals: list
+    active: list
+    nodes: list
+    inputs: list
+    outputs: list
+    consts: dict
+    top_consts: list
+    cacheable: bool = True
+
+    def evaluate(self, input_values: Sequence, top_const_values: Sequence) -> list:
+        env: list = [None] * len(self.avals)
+        for i, v in zip(self.inputs, input_values):
+            env[i] = v
+        for i, v in zip(self.top_consts, top_const_values):
+            env[i] = v
+        for i, v in self.consts.items():
+            env[i] = v
+        for node in self.nodes:
+            outs = node.eval(*[env[i] for i in node.ins])
+            for i, v in zip(node.outs, outs):
+                env[i] = v
+        return env
+
+
+def _inexact(dtype) -> bool:
+    return jnp.issubdtype(dtype, jnp.inexact)
+
+
+class _ProgramBuilder:
+    def __init__(self):
+        self.avals: list = []
+        self.active: list = []
+        self.nodes: list = []
+        self.consts: dict = {}
+        self.cacheable = True
+
+    def var(self, aval, active: bool) -> int:
+        self.avals.append(aval)
+        self.active.append(bool(active))
+        return len(self.avals) - 1
+
+    def const(self, value, aval, stable: bool = True) -> int:
+        """A trace-time constant; ``stable`` ones are implied by the jaxpr's
+        structural key, so a graph holding only those can be reused."""
+        if _jaxpr.is_tracer(value) or not stable:
+            self.cacheable = False
+        i = self.var(aval, False)
+        self.consts[i] = value
+        return i
+
+    def node(self, name, primitive, params, ins, out_avals, active_out=None, reverse_only=False) -> list:
+        if active_out is None:
+            any_in = any(self.active[i] for i in ins)
+            active_out = [any_in and name not in ZERO_DERIVATIVE and _inexact(a.dtype) for a in out_avals]
+        outs = [self.var(a, act) for a, act in zip(out_avals, active_out)]
+        self.nodes.append(Node(name, primitive, params, tuple(ins), tuple(outs), reverse_only))
+        return outs
+
+    def inline(self, jaxpr, const_ids: Sequence[int], in_ids: Sequence[int]) -> list:
+        env: dict = {}
+        for v, i in zip(jaxpr.constvars, const_ids):
+            env[v] = i
+        for v, i in zip(jaxpr.invars, in_ids):
+            env[v] = i
+
+        def read(atom) -> int:
+            if _jaxpr.is_literal(atom):
+                aval = atom.aval
+                return self.const(np.asarray(_jaxpr.literal_value(atom), dtype=aval.dtype), aval)
+            return env[atom]
+
+        for eqn in jaxpr.eqns:
+            ins = [read(a) for a in eqn.invars]
+            name = eqn.primitive.name
+            out_avals = [v.aval for v in eqn.outvars]
+            if name in _jaxpr.CALL_PRIMITIVES:
+                body, consts = _jaxpr.call_body(eqn)
+                cids = [self.const(c, v.aval, stable=False) for c, v in zip(consts, body.constvars)]
+                outs = self.inline(body, cids, ins)
+            elif _jaxpr.is_custom_jvp(eqn) and any(self.active[i] for i in ins):
+                outs = self._custom_jvp(eqn, ins)
+            elif name in ("copy", "copy_p") or (
+                    name == "convert_element_type" and self.avals[ins[0]].dtype == out_avals[0].dtype):
+                outs = ins[:1]
+            else:
+                outs = self.node(name, eqn.primitive, eqn.params, ins, out_avals,
+                                 reverse_only=_jaxpr.is_custom_vjp(eqn))
+            for v, i in zip(eqn.outvars, outs):
+                if not _jaxpr.is_dropvar(v):
+                    env[v] = i
+        return [read(a) for a in jaxpr.outvars]
+
+    def _custom_jvp(self, eqn, ins: list) -> list:
+        """Replace a custom_jvp call by the JVP of its custom rule.
+
+        The primal half sees the operands through a ``STOP`` node (their
+        values, no derivative); the tangent half reads the operands
+        themselves, so the graph differentiates exactly the custom rule.
+        """
+        n = len(ins)
+        avals = [self.avals[i] for i in ins]
+        tangent_idx = [k for k in range(n) if self.active[ins[k]]]
+
+        def jvp_fn(*args):
+            primals, tangents = list(args[:n]), args[n:]
+
+            def g(*xs):
+                full = list(primals)
+                for k, x in zip(tangent_idx, xs):
+                    full[k] = x
+                return _jaxpr.bind(eqn.primitive, eqn.params, full)
+
+            out, t_out = jax.jvp(g, [primals[k] for k in tangent_idx], list(tangents))
+            return list(out) + list(t_out)
+
+        spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
+        closed = jax.make_jaxpr(jvp_fn)(*[spec(a) for a in avals], *[spec(avals[k]) for k in tangent_idx])
+        stopped = [self.node(STOP, None, None, [i], [self.avals[i]], [False])[0] if self.active[i] else i
+                   for i in ins]
+        cids = [self.const(c, v.aval) for c, v in zip(closed.consts, closed.jaxpr.constvars)]
+        outs = self.inline(closed.jaxpr, cids, stopped + [ins[k] for k in tangent_idx])
+        m = len(eqn.outvars)
+        result = []
+        for p, t, v in zip(outs[:m], outs[m:], eqn.outvars):
+            if self.active[t] and _inexact(v.aval.dtype):
+                result.append(self.node(TANGENT_OF, None, None, [p, t], [v.aval], [True])[0])
+            else:
+                result.append(p)
+        return result
+
+
+def build_program(closed_jaxpr, diff_inputs: Sequence[int]) -> Program:
+    """Flatten ``closed_jaxpr``; inputs at positions ``diff_inputs`` are differentiated."""
+    b = _ProgramBuilder()
+    jaxpr = closed_jaxpr.jaxpr
+    diff = set(diff_inputs)
+    inputs = [b.var(v.aval, k in diff and _inexact(v.aval.dtype)) for k, v in enumerate(jaxpr.invars)]
+    top = [b.var(v.aval, False) for v in jaxpr.constvars]
+    outputs = b.inline(jaxpr, top, inputs)
+    return Program(b.avals, b.active, b.nodes, inputs, outputs, b.consts, top, b.cacheable)
+
+
+# ---------------------------------------------------------------------------
+# Graph
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Vertex:
+    """A graph vertex: ``kind`` is 'input', 'intermediate' or 'output'."""
+
+    id: int
+    var: int
+    kind: str
+    label: str
+    shape: tuple[int, ...]
+    dtype: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class RawPartial:
+    """One rule-produced partial on edge ``src -> dst`` (node ``node``, or an
+    output alias when ``node`` is None)."""
+
+    src: int
+    dst: int
+    node: Optional[int]
+    partial: Partial
+
+
+class Graph:
+    """The computational graph of a function (see module docstring).
+
+    Attributes: ``vertices`` (list of :class:`Vertex`), ``edges``
+    (``{(src, dst): Structure}``), ``inputs`` (vertex id or None per
+    differentiated input leaf), ``outputs`` (vertex id or None per output
+    leaf), ``eliminable`` (ids an explicit order must permute) and
+    ``fingerprint``.
+    """
+
+    def __init__(self, program: Program, diff_leaves: Sequence[int], n_outputs: int):
+        self.program = program
+        self.diff_leaves = tuple(diff_leaves)
+        self._build(n_outputs)
+        self.fingerprint = self._fingerprint()
+        self.plans: dict = {}  # order key -> Plan, filled by the API
+        self.runners: dict = {}  # order key -> jitted executor, filled by the API
+
+    # -- construction -------------------------------------------------------
+    def _build(self, n_outputs: int) -> None:
+        prog = self.program
+        out_vars = prog.outputs[:n_outputs]
+        size = lambda i: math.prod(prog.avals[i].shape)
+        # useful: active vars that reach an output through active operands
+        useful = [False] * len(prog.avals)
+        for i in out_vars:
+            useful[i] = prog.active[i]
+        for node in reversed(prog.nodes):
+            if any(useful[o] for o in node.outs):
+                for i in node.ins:
+                    if prog.active[i]:
+                        useful[i] = True
+        is_vertex = [useful[i] and size(i) > 0 for i in range(len(prog.avals))]
+        input_vars = [prog.inputs[k] for k in self.diff_leaves]
+
+        var_to_vertex: dict[int, int] = {}
+        vertices: list[Vertex] = []
+
+        def add_vertex(var, kind, label):
+            aval = prog.avals[var]
+            vertices.append(Vertex(len(vertices), var, kind, label, tuple(aval.shape), aval.dtype))
+            return len(vertices) - 1
+
+        for k, var in zip(self.diff_leaves, input_vars):
+            if is_vertex[var] and var not in var_to_vertex:
+                var_to_vertex[var] = add_vertex(var, "input", f"input[{k}]")
+        raw: list[RawPartial] = []
+        for n_idx, node in enumerate(prog.nodes):
+            outs = [o for o in node.outs if is_vertex[o]]
+            if not outs:
+                continue
+            for o in outs:
+                var_to_vertex[o] = add_vertex(o, "intermediate", node.name)
+            active_slots = tuple(s for s, i in enumerate(node.ins) if is_vertex[i] and i in var_to_vertex)
+            if not active_slots:
+                continue
+            for p in self._node_partials(node, active_slots):
+                dst = node.outs[p.out]
+                if is_vertex[dst]:
+                    raw.append(RawPartial(var_to_vertex[node.ins[p.slot]], var_to_vertex[dst], n_idx, p))
+
+        edges: dict[tuple[int, int], Structure] = {}
+        for r in raw:
+            key = (r.src, r.dst)
+            if key in edges:
+                summed = sum_plan(edges[key], r.partial.structure).result
+                if summed is None:
+                    del edges[key]
+                else:
+                    edges[key] = summed
+            else:
+                edges[key] = r.partial.structure
+        succ = {}
+        for (u, v) in edges:
+            succ.setdefault(u, set()).add(v)
+
+        outputs: list[Optional[int]] = []
+        claimed: set[int] = set()
+        for k, var in enumerate(out_vars):
+            v = var_to_vertex.get(var)
+            if v is None or not is_vertex[var]:
+                outputs.append(None)
+                continue
+            if vertices[v].kind == "input" or succ.get(v) or v in claimed:
+                alias = add_vertex(var, "output", f"output[{k}]")
+                st = unit(vertices[v].shape)
+                edges[(v, alias)] = st
+                raw.append(RawPartial(v, alias, None, Partial(0, 0, st, None)))
+                outputs.append(alias)
+            else:
+                vertices[v] = dataclasses.replace(vertices[v], kind="output")
+                outputs.append(v)
+                claimed.add(v)
+        self.vertices, self.edges, self.raw = vertices, edges, raw
+        self.inputs = [var_to_vertex.get(var) for var in input_vars]
+        self.outputs = outputs
+        self._prune()
+
+    def _node_partials(self, node: Node, active_slots) -> list[Partial]:
+        prog = self.program
+        if node.name == TANGENT_OF:
+            if 1 not in active_slots:
+                return []
+            return [Partial(0, 1, unit(tuple(prog.avals[node.outs[0]].shape)), None)]
+        ctx = RuleContext(node.name, node.params, tuple(prog.avals[i] for i in node.ins),
+                          tuple(prog.avals[o] for o in node.outs), active_slots, node.eval,
+                          node.reverse_only)
+        return partials(ctx)
+
+    def _prune(self) -> None:
+        """Drop intermediates without predecessors or successors, repeatedly."""
+        while True:
+            preds: dict[int, int] = {}
+            succs: dict[int, int] = {}
+            for (u, v) in self.edges:
+                succs[u] = succs.get(u, 0) + 1
+                preds[v] = preds.get(v, 0) + 1
+            dead = {v for v in set(preds) | set(succs) if self.vertices[v].kind == "intermediate"
+                    and (not preds.get(v) or not succs.get(v))}
+            if not dead:
+                break
+            self.edges = {k: s for k, s in self.edges.items() if k[0] not in dead and k[1] not in dead}
+        live = {u for e in self.edges for u in e}
+        self.raw = [r for r in self.raw if (r.src, r.dst) in self.edges]
+        self.eliminable = tuple(v.id for v in self.vertices if v.kind == "intermediate" and v.id in live)
+        self.dtype = jnp.result_type(*[v.dtype for v in self.vertices]) if self.vertices else jnp.result_type(float)
+
+    def _fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for v in self.vertices:
+            h.update(repr((v.id, v.kind, v.label, v.shape, str(v.dtype))).encode())
+        for (u, w), st in sorted(self.edges.items()):
+            h.update(repr((u, w, st)).encode())
+        h.update(repr((self.inputs, self.outputs)).encode())
+        return h.hexdigest()[:20]
+
+    # -- queries ------------------------------------------------------------
+    @property
+    def num_vertices(self) -> int:
+        return len(self.vertices)
+
+    def predecessors(self, v: int) -> list[int]:
+        return sorted(u for (u, w) in self.edges if w == v)
+
+    def successors(self, v: int) -> list[int]:
+        return sorted(w for (u, w) in self.edges if u == v)
+
+    def summary(self) -> str:
+        """A readable listing: one line per vertex, its producer and partials."""
+        lines = [f"Graph {self.fingerprint}: {len(self.vertices)} vertices "
+                 f"({len(self.eliminable)} eliminable), {len(self.edges)} edges"]
+        incoming: dict[int, list] = {}
+        for (u, w), st in sorted(self.edges.items()):
+            incoming.setdefault(w, []).append(f"{u}:{st.describe()}")
+        live = {u for e in self.edges for u in e} | {i for i in self.inputs if i is not None} | {
+            o for o in self.outputs if o is not None}
+        for v in self.vertices:
+            if v.id not in live:
+                continue
+            shape = "x".join(map(str, v.shape)) or "scalar"
+            lines.append(f"  {v.id:4d} {v.kind:12s} {v.label:20s} {shape:12s} <- "
+                         + ", ".join(incoming.get(v.id, [])))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"Graph(fingerprint={self.fingerprint!r}, vertices={len(self.vertices)}, "
+                f"eliminable={len(self.eliminable)}, edges={len(self.edges)})")

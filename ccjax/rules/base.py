@@ -1,0 +1,63 @@
+"""Types shared by all rules."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+from ccjax.structure import Structure, structure_from_labels
+
+ValueFn = Callable[[Sequence[Any], Sequence[Any]], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleContext:
+    """One equation as a rule sees it.
+
+    ``in_avals``/``out_avals``: abstract values of operands and results;
+    ``active``: operand slots whose partials are wanted; ``eval``: calls the
+    primitive on concrete operands (used by rules that lean on JAX's AD);
+    ``reverse_only``: the equation supports reverse-mode AD only.
+    """
+
+    name: str
+    params: dict
+    in_avals: tuple
+    out_avals: tuple
+    active: tuple[int, ...]
+    eval: Callable[..., list]
+    reverse_only: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Partial:
+    """``∂out[out]/∂in[slot]``: its structure and how to compute its values.
+
+    ``values(invals, outvals)`` returns an array laid out as
+    ``structure.val`` (or None for a unit partial).
+    """
+
+    out: int
+    slot: int
+    structure: Structure
+    values: Optional[ValueFn]
+
+
+Rule = Callable[[RuleContext], list]
+
+
+def labelled(out: int, slot: int, ctx: RuleContext, out_labels, in_labels, val_labels=None,
+             val_shape=None, values: Optional[ValueFn] = None, sign: int = 1) -> Partial:
+    """Make a :class:`Partial` from one label per axis (see
+    :func:`ccjax.structure.structure_from_labels`); ``values`` returns the
+    value array in its natural shape ``val_shape``."""
+    out_shape = tuple(ctx.out_avals[out].shape)
+    in_shape = tuple(ctx.in_avals[slot].shape)
+    st, prepare = structure_from_labels(out_shape, in_shape, out_labels, in_labels, val_labels,
+                                        val_shape, sign)
+    if prepare is None:
+        return Partial(out, slot, st, None)
+    return Partial(out, slot, st, lambda ins, outs: prepare(values(ins, outs)))
+
+
+def identity_labels(ndim: int) -> list:
+    return [("ax", k) for k in range(ndim)]

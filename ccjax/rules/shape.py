@@ -1,0 +1,270 @@
+"""Data movement: broadcasts, reshapes, transposes, slices, pads, concatenation.
+
+Pure relabelings (``broadcast_in_dim``, ``reshape``, ``squeeze``,
+``transpose``, ``convert_element_type``, ``copy``) are unit partials: no
+stored values, no multiplications.  Index shifts (``slice``, ``pad``,
+``rev``, ``concatenate``, ``split``, ``dynamic_slice``,
+``dynamic_update_slice``, ``cumsum``) keep untouched axes as Kronecker
+pairs and store a small 0/1 selection matrix per moved axis.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ccjax.rules.base import Partial, RuleContext, identity_labels, labelled
+from ccjax.structure import _common_chain, _split_sizes, make_structure, dense
+
+
+def _shape(aval) -> tuple[int, ...]:
+    return tuple(aval.shape)
+
+
+def _unit_map(ctx: RuleContext, out_of_in: dict, out: int = 0, slot: int = 0) -> Partial:
+    """Unit partial where in axis ``k`` is out axis ``out_of_in[k]`` (or replicated)."""
+    out_ndim = len(_shape(ctx.out_avals[out]))
+    in_labels = [("ax", out_of_in[k]) if k in out_of_in else ("in", k)
+                 for k in range(len(_shape(ctx.in_avals[slot])))]
+    return labelled(out, slot, ctx, identity_labels(out_ndim), in_labels)
+
+
+def _broadcast_in_dim(ctx):
+    if 0 not in ctx.active:
+        return []
+    in_shape, out_shape = _shape(ctx.in_avals[0]), _shape(ctx.out_avals[0])
+    dims = ctx.params["broadcast_dimensions"]
+    mapping = {k: d for k, d in enumerate(dims) if in_shape[k] == out_shape[d]}
+    return [_unit_map(ctx, mapping)]
+
+
+def _identity(ctx):
+    if 0 not in ctx.active:
+        return []
+    ndim = len(_shape(ctx.in_avals[0]))
+    return [_unit_map(ctx, {k: k for k in range(ndim)})]
+
+
+def _squeeze(ctx):
+    if 0 not in ctx.active:
+        return []
+    in_shape = _shape(ctx.in_avals[0])
+    dims = {d % len(in_shape) for d in ctx.params["dimensions"]}
+    kept = [k for k in range(len(in_shape)) if k not in dims]
+    return [_unit_map(ctx, {k: i for i, k in enumerate(kept)})]
+
+
+def _transpose(ctx):
+    if 0 not in ctx.active:
+        return []
+    perm = ctx.params["permutation"]
+    return [_unit_map(ctx, {k: d for d, k in enumerate(perm)})]
+
+
+def _reshape(ctx):
+    if 0 not in ctx.active:
+        return []
+    if ctx.params.get("dimensions") is not None:
+        raise NotImplementedError("reshape with `dimensions` is not produced by jnp")
+    in_shape, out_shape = _shape(ctx.in_avals[0]), _shape(ctx.out_avals[0])
+    fa = [n for n in in_shape if n > 1]
+    fb = [n for n in out_shape if n > 1]
+    chain = _common_chain(fa, fb)
+    if chain is None:
+        # No common factorisation: an exact dense identity (a permutation of entries).
+        st, prepare = dense(out_shape, in_shape)
+        n = int(np.prod(in_shape))
+        eye = np.eye(n).reshape(out_shape + in_shape)
+        return [Partial(0, 0, st, lambda ins, outs: prepare(jnp.asarray(eye, outs[0].dtype)))]
+    factors = [y // x for x, y in reversed(list(zip(chain, chain[1:])))]
+
+    def axes(shape):
+        subs = iter(_split_sizes([n for n in shape if n > 1], chain))
+        result, nxt = [], 0
+        for n in shape:
+            if n == 1:
+                result.append(())
+                continue
+            count = len(next(subs))
+            result.append(tuple(range(nxt, nxt + count)))
+            nxt += count
+        return result
+
+    st, _ = make_structure(axes(out_shape), axes(in_shape), dict(enumerate(factors)), None)
+    return [Partial(0, 0, st, None)]
+
+
+# ---------------------------------------------------------------------------
+# Selection matrices
+# ---------------------------------------------------------------------------
+
+
+def _selection(ctx: RuleContext, mats: dict, out: int = 0, slot: int = 0) -> Partial:
+    """Partial that is a Kronecker pair on every axis except those in ``mats``.
+
+    ``mats[k](ins)`` returns the ``(out_k, in_k)`` 0/1 matrix of axis ``k``.
+    """
+    out_shape, in_shape = _shape(ctx.out_avals[out]), _shape(ctx.in_avals[slot])
+    moved = sorted(mats)
+    out_labels = [("o", k) if k in mats else ("ax", k) for k in range(len(out_shape))]
+    in_labels = [("i", k) if k in mats else ("ax", k) for k in range(len(in_shape))]
+    if not moved:
+        return labelled(out, slot, ctx, out_labels, in_labels)
+    val_labels = [lab for k in moved for lab in (("o", k), ("i", k))]
+    val_shape = tuple(n for k in moved for n in (out_shape[k], in_shape[k]))
+    dtype = ctx.out_avals[out].dtype
+
+    def values(ins, outs):
+        mask = None
+        for k in moved:
+            m = jnp.asarray(mats[k](ins), bool)
+            mask = m if mask is None else mask[..., None, None] & m
+        return mask.astype(dtype)
+
+    return labelled(out, slot, ctx, out_labels, in_labels, val_labels, val_shape, values)
+
+
+def _iotas(n_out: int, n_in: int):
+    return lax.broadcasted_iota(np.int32, (n_out, n_in), 0), lax.broadcasted_iota(np.int32, (n_out, n_in), 1)
+
+
+def _embed_matrix(n_out: int, n_in: int, offset, stride: int = 1):
+    """``M[o, i] = (o == offset + stride * i)``: input ``i`` lands at ``o``."""
+    o, i = _iotas(n_out, n_in)
+    return o == offset + stride * i
+
+
+def _take_matrix(n_out: int, n_in: int, offset, stride: int = 1):
+    """``M[o, i] = (i == offset + stride * o)``: output ``o`` reads ``i``."""
+    o, i = _iotas(n_out, n_in)
+    return i == offset + stride * o
+
+
+def _slice(ctx):
+    if 0 not in ctx.active:
+        return []
+    in_shape, out_shape = _shape(ctx.in_avals[0]), _shape(ctx.out_avals[0])
+    strides = ctx.params["strides"] or (1,) * len(in_shape)
+    mats = {k: (lambda a: lambda ins: _take_matrix(*a))((n_out, n_in, start, stride))
+            for k, (start, stride, n_in, n_out) in enumerate(
+                zip(ctx.params["start_indices"], strides, in_shape, out_shape))
+            if not (start == 0 and stride == 1 and n_in == n_out)}
+    return [_selection(ctx, mats)]
+
+
+def _pad(ctx):
+    parts = []
+    in_shape, out_shape = _shape(ctx.in_avals[0]), _shape(ctx.out_avals[0])
+    config = ctx.params["padding_config"]
+    if 0 in ctx.active:
+        mats = {k: (lambda a: lambda ins: _embed_matrix(*a))((out_shape[k], in_shape[k], lo, interior + 1))
+                for k, (lo, hi, interior) in enumerate(config)
+                if not (lo == 0 and hi == 0 and interior == 0)}
+        parts.append(_selection(ctx, mats))
+    if 1 in ctx.active:
+        def values(ins, outs):
+            covered = lax.pad(jnp.ones(in_shape, outs[0].dtype), jnp.zeros((), outs[0].dtype), config)
+            return 1 - covered
+
+        parts.append(labelled(0, 1, ctx, identity_labels(len(out_shape)), [],
+                              identity_labels(len(out_shape)), out_shape, values))
+    return parts
+
+
+def _rev(ctx):
+    if 0 not in ctx.active:
+        return []
+    shape = _shape(ctx.in_avals[0])
+    mats = {k: (lambda n: lambda ins: np.eye(n, dtype=bool)[::-1])(shape[k]) for k in ctx.params["dimensions"]}
+    return [_selection(ctx, mats)]
+
+
+def _concatenate(ctx):
+    axis = ctx.params["dimension"]
+    n_out = _shape(ctx.out_avals[0])[axis]
+    offsets = np.cumsum([0] + [a.shape[axis] for a in ctx.in_avals])
+    return [_selection(ctx, {axis: (lambda a: lambda ins: _embed_matrix(*a))(
+        (n_out, ctx.in_avals[s].shape[axis], int(offsets[s])))}, slot=s) for s in ctx.active]
+
+
+def _split(ctx):
+    if 0 not in ctx.active:
+        return []
+    axis = ctx.params["axis"]
+    n_in = _shape(ctx.in_avals[0])[axis]
+    offsets = np.cumsum([0] + list(ctx.params["sizes"]))
+    parts = []
+    for j, aval in enumerate(ctx.out_avals):
+        if aval.size == 0:
+            continue
+        args = (aval.shape[axis], n_in, int(offsets[j]))
+        parts.append(_selection(ctx, {axis: (lambda a: lambda ins: _take_matrix(*a))(args)}, out=j))
+    return parts
+
+
+def _clamped_starts(ins, operand_shape, window_shape, first: int):
+    starts = []
+    for k, (n, w) in enumerate(zip(operand_shape, window_shape)):
+        starts.append(jnp.clip(jnp.asarray(ins[first + k]).astype(np.int32), 0, n - w))
+    return starts
+
+
+def _dynamic_slice(ctx):
+    if 0 not in ctx.active:
+        return []
+    in_shape, sizes = _shape(ctx.in_avals[0]), tuple(ctx.params["slice_sizes"])
+    mats = {}
+    for k, (n, w) in enumerate(zip(in_shape, sizes)):
+        if n != w:
+            mats[k] = (lambda k, n, w: lambda ins: _take_matrix(
+                w, n, _clamped_starts(ins, in_shape, sizes, 1)[k]))(k, n, w)
+    return [_selection(ctx, mats)]
+
+
+def _dynamic_update_slice(ctx):
+    parts = []
+    op_shape, up_shape = _shape(ctx.in_avals[0]), _shape(ctx.in_avals[1])
+    if 0 in ctx.active:
+        def keep(ins, outs):
+            zeros = jnp.zeros(up_shape, outs[0].dtype)
+            return lax.dynamic_update_slice(jnp.ones(op_shape, outs[0].dtype), zeros,
+                                            _clamped_starts(ins, op_shape, up_shape, 2))
+
+        labels = identity_labels(len(op_shape))
+        parts.append(labelled(0, 0, ctx, labels, labels, labels, op_shape, keep))
+    if 1 in ctx.active:
+        mats = {}
+        for k, (n, w) in enumerate(zip(op_shape, up_shape)):
+            if n != w:
+                mats[k] = (lambda k, n, w: lambda ins: _embed_matrix(
+                    n, w, _clamped_starts(ins, op_shape, up_shape, 2)[k]))(k, n, w)
+        parts.append(_selection(ctx, mats, slot=1))
+    return parts
+
+
+def _cumsum(ctx):
+    if 0 not in ctx.active:
+        return []
+    axis = ctx.params["axis"]
+    n = _shape(ctx.in_avals[0])[axis]
+    tri = np.tril(np.ones((n, n), bool)) if not ctx.params.get("reverse") else np.triu(np.ones((n, n), bool))
+    return [_selection(ctx, {axis: lambda ins: tri})]
+
+
+RULES = {
+    "broadcast_in_dim": _broadcast_in_dim,
+    "reshape": _reshape,
+    "squeeze": _squeeze,
+    "transpose": _transpose,
+    "convert_element_type": _identity,
+    "copy": _identity,
+    "copy_p": _identity,
+    "slice": _slice,
+    "pad": _pad,
+    "rev": _rev,
+    "concatenate": _concatenate,
+    "split": _split,
+    "dynamic_slice": _dynamic_slice,
+    "dynamic_update_slice": _dynamic_update_slice,
+    "cumsum": _cumsum,
+}

@@ -1,0 +1,647 @@
+"""Structured partial Jacobians: one algebra for execution and for cost.
+
+A partial ``J = ∂v/∂u`` has the ``jax.jacrev`` layout ``v.shape + u.shape``.
+Its :class:`Structure` describes it with *symbols*: every full axis of ``J``
+(out axes, then in axes) is written row-major as a tuple of symbols, each
+symbol standing for an index range of size ``sizes[s] >= 2`` (axes of size 1
+carry no symbol).  Then
+
+    J[idx] = value[val symbols] * prod_s [all occurrences of s agree]
+
+so a symbol that occurs on an out axis and an in axis is a Kronecker delta
+(a diagonal pair when it also indexes ``value``), a symbol that occurs once
+and not in ``value`` is a replication (broadcast), and ``value is None``
+means the whole partial is ``sign * (structural ones)`` with no stored
+numbers at all (identity, ``add``, ``neg``, ``reshape``, ``transpose``...).
+
+Every operation here is split in two halves: a *plan*, computed from
+structures alone (hashable, cached), that fixes the result structure and
+the exact number of scalar multiplications, and an *execution* of that plan
+on arrays.  The cost model and the executor therefore cannot disagree: the
+cost of a product is the size of the iteration space of the single
+``mul``/``dot_general`` the plan executes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Hashable, Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Axes = tuple[tuple[int, ...], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """Symbolic structure of a partial Jacobian (see module docstring).
+
+    Invariants: symbols are ``0..len(sizes)-1`` numbered by first occurrence
+    on the axes; every symbol occurs on at least one axis; ``val`` lists
+    distinct symbols (the axes of the stored value array, in order).
+    """
+
+    out_axes: Axes
+    in_axes: Axes
+    sizes: tuple[int, ...]
+    val: Optional[tuple[int, ...]]
+    sign: int = 1
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(math.prod(self.sizes[s] for s in ax) for ax in self.out_axes)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(math.prod(self.sizes[s] for s in ax) for ax in self.in_axes)
+
+    @property
+    def val_shape(self) -> Optional[tuple[int, ...]]:
+        return None if self.val is None else tuple(self.sizes[s] for s in self.val)
+
+    @property
+    def nnz_values(self) -> int:
+        """Number of stored values (0 for a unit partial)."""
+        return 0 if self.val is None else math.prod(self.val_shape)
+
+    def describe(self) -> str:
+        """Short human-readable form, e.g. ``diag[a](a|a)``."""
+        letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+        def name(s: int) -> str:
+            return letters[s] if s < len(letters) else f"s{s}"
+
+        def axes(group: Axes) -> str:
+            return ",".join("".join(map(name, ax)) or "1" for ax in group)
+
+        v = ("-" if self.sign < 0 else "+") + "1" if self.val is None else "".join(map(name, self.val))
+        return f"[{v}]({axes(self.out_axes)}|{axes(self.in_axes)})"
+
+
+def make_structure(
+    out_axes: Sequence[Sequence[Hashable]],
+    in_axes: Sequence[Sequence[Hashable]],
+    sizes: dict,
+    val: Optional[Sequence[Hashable]],
+    sign: int = 1,
+) -> tuple[Structure, tuple[int, ...]]:
+    """Canonicalise a structure written with arbitrary hashable labels.
+
+    Labels whose size is 1 are dropped everywhere.  Returns the structure and
+    the permutation ``perm`` such that ``value.transpose(perm)`` (after
+    squeezing size-1 axes of the value) is laid out as ``structure.val``;
+    rules use :func:`structure_from_labels` which applies it for them.
+    """
+    numbering: dict = {}
+    for ax in list(out_axes) + list(in_axes):
+        for label in ax:
+            if sizes[label] > 1 and label not in numbering:
+                numbering[label] = len(numbering)
+    canon_sizes = [0] * len(numbering)
+    for label, s in numbering.items():
+        canon_sizes[s] = int(sizes[label])
+    canon = lambda group: tuple(tuple(numbering[l] for l in ax if sizes[l] > 1) for ax in group)
+    if val is None:
+        return Structure(canon(out_axes), canon(in_axes), tuple(canon_sizes), None, 1 if sign >= 0 else -1), ()
+    kept = [l for l in val if sizes[l] > 1]
+    if len(set(kept)) != len(kept):
+        raise ValueError("value labels must be distinct")
+    missing = [l for l in kept if l not in numbering]
+    if missing:
+        raise ValueError(f"value labels {missing} do not occur on any axis")
+    symbols = [numbering[l] for l in kept]
+    perm = tuple(int(i) for i in np.argsort(symbols, kind="stable"))
+    return Structure(canon(out_axes), canon(in_axes), tuple(canon_sizes), tuple(sorted(symbols)), 1), perm
+
+
+def structure_from_labels(out_shape, in_shape, out_labels, in_labels, val_labels=None, val_shape=None, sign=1):
+    """Build a structure from one label per axis (``None`` = fresh label).
+
+    ``val_labels`` labels the axes of the value array as the rule produces it
+    (natural shape ``val_shape``).  Returns ``(structure, prepare)`` where
+    ``prepare(value)`` squeezes size-1 axes and orders axes as the structure
+    expects; ``prepare`` is ``None`` for a unit partial.
+    """
+    sizes: dict = {}
+    fresh = iter(range(10**9))
+
+    def lab(group, shape):
+        out = []
+        for label, n in zip(group, shape):
+            if label is None:
+                label = ("fresh", next(fresh))
+            if label in sizes and sizes[label] != n:
+                raise ValueError(f"label {label!r} used with sizes {sizes[label]} and {n}")
+            sizes[label] = n
+            out.append((label,))
+        return out
+
+    oa = lab(out_labels, out_shape)
+    ia = lab(in_labels, in_shape)
+    if val_labels is None:
+        return make_structure(oa, ia, sizes, None, sign)[0], None
+    for label, n in zip(val_labels, val_shape):
+        if sizes.get(label, n) != n:
+            raise ValueError(f"value label {label!r} has size {n}, axis says {sizes[label]}")
+        sizes.setdefault(label, n)
+    structure, perm = make_structure(oa, ia, sizes, list(val_labels), sign)
+    squeeze_shape = tuple(n for n in val_shape if n > 1)
+
+    def prepare(value):
+        value = jnp.reshape(value, squeeze_shape)
+        return jnp.transpose(value, perm) if perm != tuple(range(len(perm))) else value
+
+    return structure, prepare
+
+
+def unit(shape: tuple[int, ...], sign: int = 1) -> Structure:
+    """``sign * identity`` on a vertex of the given shape."""
+    labels = list(range(len(shape)))
+    return structure_from_labels(shape, shape, labels, labels, sign=sign)[0]
+
+
+def dense(out_shape: tuple[int, ...], in_shape: tuple[int, ...]):
+    """A fully dense partial; returns ``(structure, prepare)``."""
+    n_out = len(out_shape)
+    labels = list(range(n_out + len(in_shape)))
+    return structure_from_labels(out_shape, in_shape, labels[:n_out], labels[n_out:], labels,
+                                 tuple(out_shape) + tuple(in_shape))
+
+
+# ---------------------------------------------------------------------------
+# Working space used while planning: a mutable namespace of symbols.
+# ---------------------------------------------------------------------------
+
+
+class _Work:
+    """Symbols of one or two structures in one namespace, with splitting."""
+
+    def __init__(self):
+        self.sizes: list[int] = []
+        self.groups: list[list[list[int]]] = []  # groups of axes (lists of symbol lists)
+        self.vals: list[Optional[list[int]]] = []
+
+    def add(self, st: Structure) -> int:
+        """Add a structure: returns its index; its axes are groups 2i, 2i+1."""
+        off = len(self.sizes)
+        self.sizes.extend(st.sizes)
+        self.groups.append([[s + off for s in ax] for ax in st.out_axes])
+        self.groups.append([[s + off for s in ax] for ax in st.in_axes])
+        self.vals.append(None if st.val is None else [s + off for s in st.val])
+        return len(self.vals) - 1
+
+    def split(self, s: int, subs: list[int]) -> None:
+        new = list(range(len(self.sizes), len(self.sizes) + len(subs)))
+        self.sizes.extend(subs)
+        for group in self.groups:
+            for ax in group:
+                if s in ax:
+                    i = ax.index(s)
+                    ax[i:i + 1] = new
+        for v in self.vals:
+            if v is not None and s in v:
+                i = v.index(s)
+                v[i:i + 1] = new
+
+    def align(self, pairs: list[tuple[tuple[int, int], tuple[int, int]]]) -> bool:
+        """Split symbols until each pair of axes has equal factor sizes.
+
+        ``pairs`` holds ``((group, axis), (group, axis))``.  Returns False
+        when two factorisations have no common refinement.
+        """
+        for _ in range(4 * len(pairs) + 4):
+            changed = False
+            for (ga, ka), (gb, kb) in pairs:
+                a, b = self.groups[ga][ka], self.groups[gb][kb]
+                fa, fb = [self.sizes[s] for s in a], [self.sizes[s] for s in b]
+                if fa == fb:
+                    continue
+                chain = _common_chain(fa, fb)
+                if chain is None:
+                    return False
+                for ax, f in ((a, fa), (b, fb)):
+                    for s, subs in zip(list(ax), _split_sizes(f, chain)):
+                        if len(subs) > 1:
+                            self.split(s, subs)
+                changed = True
+            if not changed:
+                return True
+        return False
+
+
+def _bounds(factors: list[int]) -> set[int]:
+    out, c = {1}, 1
+    for f in reversed(factors):
+        c *= f
+        out.add(c)
+    return out
+
+
+def _common_chain(fa: list[int], fb: list[int]) -> Optional[list[int]]:
+    chain = sorted(_bounds(fa) | _bounds(fb))
+    if any(y % x for x, y in zip(chain, chain[1:])):
+        return None
+    return chain
+
+
+def _split_sizes(factors: list[int], chain: list[int]) -> list[list[int]]:
+    result, c = [], 1
+    for f in reversed(factors):
+        lo, hi = c, c * f
+        inside = [v for v in chain if lo <= v <= hi]
+        result.append([y // x for x, y in reversed(list(zip(inside, inside[1:])))])
+        c = hi
+    return list(reversed(result))
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+# ---------------------------------------------------------------------------
+# Embedding: write one operand's values in a coarser (or dense) layout.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedPlan:
+    """Lay a value out over ``classes`` (result value axes).
+
+    ``split_shape``: reshape of the source value (symbol splits).
+    ``source_pos``: for each source value axis, its target axis.
+    ``masks``: pairs of target axes whose indices must agree (deltas).
+    ``shape``: target shape.  ``sign`` is used for a unit source.
+    """
+
+    split_shape: Optional[tuple[int, ...]]
+    source_pos: tuple[int, ...]
+    masks: tuple[tuple[int, int], ...]
+    shape: tuple[int, ...]
+    sign: int
+
+    def apply(self, value, dtype):
+        if self.split_shape is None:
+            value = jnp.asarray(self.sign, dtype)
+            rank_src = 0
+        else:
+            value = jnp.reshape(value, self.split_shape)
+            rank_src = len(self.split_shape)
+        order = sorted(range(rank_src), key=lambda i: self.source_pos[i])
+        if order != list(range(rank_src)):
+            value = jnp.transpose(value, order)
+        placed = [self.source_pos[i] for i in order]
+        expanded = [1] * len(self.shape)
+        for axis, n in zip(placed, value.shape):
+            expanded[axis] = n
+        value = jnp.broadcast_to(jnp.reshape(value, expanded), self.shape)
+        if self.masks:
+            keep = None
+            for a, b in self.masks:
+                eq = lax.broadcasted_iota(np.int32, self.shape, a) == lax.broadcasted_iota(np.int32, self.shape, b)
+                keep = eq if keep is None else keep & eq
+            value = jnp.where(keep, value, jnp.zeros((), value.dtype))
+        return value
+
+
+def _embed_plan(work: _Work, idx: int, sym_of_class: list[int], classes: list[int], class_size,
+                sign: int) -> EmbedPlan:
+    """Plan the layout of operand ``idx`` over target value axes ``classes``.
+
+    ``sym_of_class[c]`` is the operand's symbol at class ``c``.
+    """
+    pos_of = {c: i for i, c in enumerate(classes)}
+    by_sym: dict[int, list[int]] = {}
+    for c in classes:
+        by_sym.setdefault(sym_of_class[c], []).append(c)
+    val = work.vals[idx]
+    source_pos = () if val is None else tuple(pos_of[by_sym[s][0]] for s in val)
+    masks = tuple((pos_of[cs[0]], pos_of[c]) for cs in by_sym.values() for c in cs[1:])
+    split_shape = None if val is None else tuple(work.sizes[s] for s in val)
+    shape = tuple(class_size(c) for c in classes)
+    return EmbedPlan(split_shape, source_pos, masks, shape, sign)
+
+
+# ---------------------------------------------------------------------------
+# Sum of two partials of the same edge.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SumPlan:
+    """``a + b``.  ``result`` is None when the sum is structurally zero."""
+
+    result: Optional[Structure]
+    a: Optional[EmbedPlan]
+    b: Optional[EmbedPlan]
+    pre_a: Optional["DensifyPlan"]
+    pre_b: Optional["DensifyPlan"]
+    const: Optional[int]  # unit + unit with equal structure: the constant
+    additions: int
+
+    def apply(self, va, vb, dtype):
+        if self.result is None:
+            return None
+        if self.const is not None:
+            return jnp.asarray(self.const, dtype)
+        if self.pre_a is not None:
+            va = self.pre_a.apply(va, dtype)
+        if self.pre_b is not None:
+            vb = self.pre_b.apply(vb, dtype)
+        ea = self.a.apply(va, dtype)
+        eb = self.b.apply(vb, dtype)
+        return ea + eb
+
+
+@functools.lru_cache(maxsize=65536)
+def sum_plan(a: Structure, b: Structure) -> SumPlan:
+    """Plan ``a + b`` (same ``out_shape`` and ``in_shape``)."""
+    if a.out_shape != b.out_shape or a.in_shape != b.in_shape:
+        raise ValueError(f"cannot add partials of shapes {a.out_shape, a.in_shape} and {b.out_shape, b.in_shape}")
+    pre_a = pre_b = None
+    work = _Work()
+    ia, ib = work.add(a), work.add(b)
+    pairs = [((g, k), (g + 2, k)) for g in (0, 1) for k in range(len(work.groups[g]))]
+    if not work.align(pairs):
+        pre_a, pre_b = densify_plan(a), densify_plan(b)
+        a, b = pre_a.result, pre_b.result
+        work = _Work()
+        ia, ib = work.add(a), work.add(b)
+        if not work.align(pairs):  # dense axes are single symbols: always refinable
+            raise AssertionError("dense structures failed to align")
+    sym_a = [s for g in (0, 1) for ax in work.groups[g] for s in ax]
+    sym_b = [s for g in (2, 3) for ax in work.groups[g] for s in ax]
+    key_to_class: dict = {}
+    class_of_pos = []
+    for sa, sb in zip(sym_a, sym_b):
+        class_of_pos.append(key_to_class.setdefault((sa, sb), len(key_to_class)))
+    n_classes = len(key_to_class)
+    a_of = [0] * n_classes
+    b_of = [0] * n_classes
+    for (sa, sb), c in key_to_class.items():
+        a_of[c], b_of[c] = sa, sb
+    count_a: dict = {}
+    count_b: dict = {}
+    for c in range(n_classes):
+        count_a[a_of[c]] = count_a.get(a_of[c], 0) + 1
+        count_b[b_of[c]] = count_b.get(b_of[c], 0) + 1
+    val_a = set(work.vals[ia] or ())
+    val_b = set(work.vals[ib] or ())
+    # result structure axes
+    result_axes = []
+    pos = 0
+    for g in (0, 1):
+        group = []
+        for ax in work.groups[g]:
+            group.append(tuple(class_of_pos[pos + j] for j in range(len(ax))))
+            pos += len(ax)
+        result_axes.append(tuple(group))
+    class_size = lambda c: work.sizes[a_of[c]]
+    sizes = {c: class_size(c) for c in range(n_classes)}
+    same_partition = len(count_a) == n_classes and len(count_b) == n_classes
+    if a.val is None and b.val is None and same_partition:
+        total = a.sign + b.sign
+        if total == 0:
+            return SumPlan(None, None, None, None, None, None, 0)
+        st, _ = make_structure(result_axes[0], result_axes[1], sizes, [], 1)
+        return SumPlan(st, None, None, None, None, total, 0)
+    classes = [c for c in range(n_classes)
+               if a_of[c] in val_a or b_of[c] in val_b or count_a[a_of[c]] > 1 or count_b[b_of[c]] > 1]
+    plan_a = _embed_plan(work, ia, a_of, classes, class_size, a.sign)
+    plan_b = _embed_plan(work, ib, b_of, classes, class_size, b.sign)
+    st, perm = make_structure(result_axes[0], result_axes[1], sizes, classes, 1)
+    if perm != tuple(range(len(perm))):
+        raise AssertionError("classes are numbered by first occurrence")
+    return SumPlan(st, plan_a, plan_b, pre_a, pre_b, None, math.prod(plan_a.shape))
+
+
+# ---------------------------------------------------------------------------
+# Densify: every full axis one symbol, every symbol stored.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DensifyPlan:
+    result: Structure
+    embed: EmbedPlan
+    merged_shape: tuple[int, ...]
+
+    def apply(self, value, dtype):
+        return jnp.reshape(self.embed.apply(value, dtype), self.merged_shape)
+
+
+@functools.lru_cache(maxsize=16384)
+def densify_plan(st: Structure) -> DensifyPlan:
+    """Plan the fully dense form of ``st`` (size-1 axes stay symbol-free)."""
+    work = _Work()
+    work.add(st)
+    positions = [s for g in (0, 1) for ax in work.groups[g] for s in ax]
+    classes = list(range(len(positions)))
+    plan = _embed_plan(work, 0, positions, classes, lambda c: work.sizes[positions[c]], st.sign)
+    shapes = [n for n in st.out_shape + st.in_shape if n > 1]
+    labels = list(range(len(st.out_shape) + len(st.in_shape)))
+    n_out = len(st.out_shape)
+    result, _ = structure_from_labels(st.out_shape, st.in_shape, labels[:n_out], labels[n_out:], labels,
+                                      st.out_shape + st.in_shape)
+    return DensifyPlan(result, plan, tuple(shapes))
+
+
+def to_dense(st: Structure, value, dtype=None):
+    """The partial as a dense array of shape ``out_shape + in_shape``."""
+    dtype = dtype if dtype is not None else (jnp.result_type(float) if value is None else value.dtype)
+    plan = densify_plan(st)
+    return jnp.reshape(plan.apply(value, dtype), st.out_shape + st.in_shape)
+
+
+# ---------------------------------------------------------------------------
+# Product of two partials along a chain u -> v -> w.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Operand:
+    """How one factor's value is prepared: split, diagonals, reductions."""
+
+    split_shape: tuple[int, ...]
+    letters: tuple[int, ...]  # root symbol per split axis (may repeat)
+    keep: tuple[int, ...]  # distinct roots kept after diagonal + reduction, in order
+
+    def apply(self, value):
+        value = jnp.reshape(value, self.split_shape)
+        letters = list(self.letters)
+        # Diagonals of repeated roots: gather-free, via jnp.diagonal (no products).
+        while len(set(letters)) != len(letters):
+            seen = {}
+            for i, r in enumerate(letters):
+                if r in seen:
+                    j = seen[r]
+                    value = jnp.diagonal(value, axis1=j, axis2=i)
+                    letters = [l for k, l in enumerate(letters) if k not in (i, j)] + [r]
+                    break
+                seen[r] = i
+        summed = tuple(i for i, r in enumerate(letters) if r not in self.keep)
+        if summed:
+            value = jnp.sum(value, axis=summed)
+            letters = [r for r in letters if r in self.keep]
+        perm = [letters.index(r) for r in self.keep]
+        if perm != list(range(len(perm))):
+            value = jnp.transpose(value, perm)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ProductPlan:
+    """``outer @ inner`` for ``outer = ∂w/∂v`` and ``inner = ∂v/∂u``.
+
+    ``mults`` is the exact number of scalar multiplications of ``apply``:
+    the size of the iteration space of the one ``mul``/``dot_general`` it
+    runs, plus the size of the result when a multiplicity factor is applied.
+    """
+
+    result: Structure
+    mults: int
+    pre_outer: Optional[DensifyPlan]
+    pre_inner: Optional[DensifyPlan]
+    outer: Optional[_Operand]
+    inner: Optional[_Operand]
+    out_letters: tuple[int, ...]
+    factor: int
+    sign: int
+
+    def apply(self, v_outer, v_inner, dtype):
+        if self.pre_outer is not None:
+            v_outer = self.pre_outer.apply(v_outer, dtype)
+        if self.pre_inner is not None:
+            v_inner = self.pre_inner.apply(v_inner, dtype)
+        if self.outer is None and self.inner is None:
+            return None if self.result.val is None else jnp.asarray(self.sign * self.factor, dtype)
+        if self.outer is not None and self.inner is not None:
+            a, b = self.outer.apply(v_outer), self.inner.apply(v_inner)
+            out = contract(a, self.outer.keep, b, self.inner.keep, self.out_letters)
+        else:
+            op, v = (self.outer, v_outer) if self.outer is not None else (self.inner, v_inner)
+            out = op.apply(v)
+            perm = [op.keep.index(r) for r in self.out_letters]
+            if perm != list(range(len(perm))):
+                out = jnp.transpose(out, perm)
+        if self.sign < 0:
+            out = -out
+        if self.factor != 1:
+            out = out * jnp.asarray(self.factor, out.dtype)
+        return out
+
+
+def contract(a, la: Sequence[int], b, lb: Sequence[int], lout: Sequence[int]):
+    """``einsum(la, lb -> lout)`` with distinct letters per operand and every
+    letter of ``la``/``lb`` either in ``lout`` or shared (pre-reduced).
+
+    Runs exactly one ``mul`` (no shared letter summed) or one ``dot_general``;
+    either way the number of multiplications is the product of the sizes of
+    the union of letters.
+    """
+    dtype = jnp.result_type(a, b)
+    a, b = a.astype(dtype), b.astype(dtype)
+    la, lb = list(la), list(lb)
+    contracted = [l for l in la if l in lb and l not in lout]
+    if not contracted:
+        # broadcast multiply: both operands laid out over lout
+        def lay(x, letters):
+            perm = sorted(range(len(letters)), key=lambda i: lout.index(letters[i]))
+            if perm != list(range(len(perm))):
+                x = jnp.transpose(x, perm)
+            present = [letters[i] for i in perm]
+            shape = [x.shape[present.index(l)] if l in present else 1 for l in lout]
+            return jnp.reshape(x, shape)
+
+        return lax.mul(*jnp.broadcast_arrays(lay(a, la), lay(b, lb))) if lout else a * b
+    batch = [l for l in la if l in lb and l in lout]
+    dims = (([la.index(l) for l in contracted], [lb.index(l) for l in contracted]),
+            ([la.index(l) for l in batch], [lb.index(l) for l in batch]))
+    out = lax.dot_general(a, b, dims)
+    got = batch + [l for l in la if l not in lb] + [l for l in lb if l not in la]
+    perm = [got.index(l) for l in lout]
+    return jnp.transpose(out, perm) if perm != list(range(len(perm))) else out
+
+
+@functools.lru_cache(maxsize=65536)
+def product_plan(outer: Structure, inner: Structure) -> ProductPlan:
+    """Plan ``outer ∘ inner``; ``outer.in_shape`` must equal ``inner.out_shape``."""
+    if outer.in_shape != inner.out_shape:
+        raise ValueError(f"shape mismatch in product: {outer.in_shape} vs {inner.out_shape}")
+    pre_outer = pre_inner = None
+    attempts = [(None, None), ("inner", None), ("inner", "outer")]
+    for dens in attempts:
+        o = outer if "outer" not in dens else densify_plan(outer).result
+        i = inner if "inner" not in dens else densify_plan(inner).result
+        work = _Work()
+        io, ii = work.add(o), work.add(i)
+        pairs = [((1, k), (2, k)) for k in range(len(o.in_axes))]
+        if work.align(pairs):
+            pre_outer = densify_plan(outer) if "outer" in dens else None
+            pre_inner = densify_plan(inner) if "inner" in dens else None
+            break
+    else:  # pragma: no cover - dense axes always align
+        raise AssertionError("product structures failed to align")
+    uf = _UnionFind(len(work.sizes))
+    for ax_o, ax_i in zip(work.groups[1], work.groups[2]):
+        for so, si in zip(ax_o, ax_i):
+            uf.union(so, si)
+    res_out = [tuple(uf.find(s) for s in ax) for ax in work.groups[0]]
+    res_in = [tuple(uf.find(s) for s in ax) for ax in work.groups[3]]
+    order = []
+    for ax in res_out + res_in:
+        for r in ax:
+            if r not in order:
+                order.append(r)
+    in_result = set(order)
+    v_roots = {uf.find(s) for ax in work.groups[1] for s in ax}
+    vo = None if work.vals[io] is None else [uf.find(s) for s in work.vals[io]]
+    vi = None if work.vals[ii] is None else [uf.find(s) for s in work.vals[ii]]
+    set_o, set_i = set(vo or ()), set(vi or ())
+    factor = math.prod(work.sizes[r] for r in v_roots - in_result - set_o - set_i)
+    sizes = {r: work.sizes[r] for r in order}
+
+    def operand(val_syms, roots, other):
+        if roots is None:
+            return None
+        keep = []
+        for r in roots:
+            if (r in in_result or r in other) and r not in keep:
+                keep.append(r)
+        return _Operand(tuple(work.sizes[s] for s in val_syms), tuple(roots), tuple(keep))
+
+    op_o = operand(work.vals[io], vo, set_i)
+    op_i = operand(work.vals[ii], vi, set_o)
+    sign = o.sign if vo is None else 1
+    sign *= i.sign if vi is None else 1
+    if op_o is None and op_i is None:
+        if factor == 1:
+            st, _ = make_structure(res_out, res_in, sizes, None, sign)
+        else:
+            st, _ = make_structure(res_out, res_in, sizes, [], 1)
+        return ProductPlan(st, 0, pre_outer, pre_inner, None, None, (), factor, sign)
+    out_letters = [r for r in order if r in set_o or r in set_i]
+    st, perm = make_structure(res_out, res_in, sizes, out_letters, 1)
+    out_letters = [out_letters[p] for p in perm]
+    n_out = math.prod(work.sizes[r] for r in out_letters)
+    if op_o is not None and op_i is not None:
+        mults = math.prod(work.sizes[r] for r in set(op_o.keep) | set(op_i.keep))
+    else:
+        mults = 0
+    if factor != 1:
+        mults += n_out
+    return ProductPlan(st, mults, pre_outer, pre_inner, op_o, op_i, tuple(out_letters), factor, sign)

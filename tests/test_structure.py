@@ -1,0 +1,168 @@
+"""The structure algebra against dense einsum, on random structures."""
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+jax.config.update("jax_enable_x64", True)
+
+from counting import count_mults
+
+from ccjax.structure import (Structure, dense, densify_plan, make_structure, product_plan, structure_from_labels,
+                             sum_plan, to_dense, unit)
+
+SIZES = [1, 2, 3, 4, 6]
+
+
+@st.composite
+def shapes(draw, max_rank=3):
+    return tuple(draw(st.sampled_from(SIZES)) for _ in range(draw(st.integers(0, max_rank))))
+
+
+@st.composite
+def structures(draw, out_shape, in_shape):
+    """A random structure over out_shape + in_shape, possibly with factored
+    axes (reshape-like) and shared, replicated and stored symbols."""
+    sizes: dict = {}
+    pool: list = []
+
+    def factorise(n):
+        if n == 1:
+            return ()
+        options = [(n,)]
+        for a in range(2, n):
+            if n % a == 0:
+                options.append((a, n // a))
+        return draw(st.sampled_from(options))
+
+    def axis(n):
+        labels = []
+        for f in factorise(n):
+            same = [l for l in pool if sizes[l] == f]
+            if same and draw(st.booleans()):
+                labels.append(draw(st.sampled_from(same)))
+            else:
+                label = len(sizes)
+                sizes[label] = f
+                pool.append(label)
+                labels.append(label)
+        return labels
+
+    out_axes = [axis(n) for n in out_shape]
+    in_axes = [axis(n) for n in in_shape]
+    used = list(dict.fromkeys(l for ax in out_axes + in_axes for l in ax))
+    if draw(st.integers(0, 3)) == 0:
+        return make_structure(out_axes, in_axes, sizes, None, draw(st.sampled_from([1, -1])))[0], None
+    val = draw(st.permutations(used))
+    val = [l for l in val if draw(st.booleans())]
+    structure, perm = make_structure(out_axes, in_axes, sizes, val)
+    shape = tuple(sizes[l] for l in val)
+    seed = draw(st.integers(0, 2**31 - 1))
+    value = np.random.default_rng(seed).normal(size=shape)
+    return structure, jnp.transpose(jnp.asarray(value), perm)
+
+
+def _dense(s, v):
+    return np.asarray(to_dense(s, v, jnp.float64))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_product_matches_dense(data):
+    w, v, u = data.draw(shapes()), data.draw(shapes()), data.draw(shapes())
+    a, va = data.draw(structures(w, v))
+    b, vb = data.draw(structures(v, u))
+    plan = product_plan(a, b)
+    got = _dense(plan.result, plan.apply(va, vb, jnp.float64))
+    want = np.tensordot(_dense(a, va), _dense(b, vb), axes=len(v))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert plan.result.out_shape == w and plan.result.in_shape == u
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_sum_matches_dense(data):
+    w, v = data.draw(shapes()), data.draw(shapes())
+    a, va = data.draw(structures(w, v))
+    b, vb = data.draw(structures(w, v))
+    plan = sum_plan(a, b)
+    want = _dense(a, va) + _dense(b, vb)
+    if plan.result is None:
+        np.testing.assert_array_equal(want, 0)
+    else:
+        np.testing.assert_allclose(_dense(plan.result, plan.apply(va, vb, jnp.float64)), want, atol=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_product_cost_is_what_runs(data):
+    w, v, u = data.draw(shapes()), data.draw(shapes()), data.draw(shapes())
+    a, va = data.draw(structures(w, v))
+    b, vb = data.draw(structures(v, u))
+    plan = product_plan(a, b)
+    if va is None or vb is None:
+        args = [x for x in (va, vb) if x is not None]
+        fn = lambda *xs: plan.apply(va if va is None else xs[0], vb if vb is None else xs[-1], jnp.float64)
+        assert count_mults(fn, *args) == plan.mults
+    else:
+        assert count_mults(lambda x, y: plan.apply(x, y, jnp.float64), va, vb) == plan.mults
+
+
+def test_unit_times_unit_costs_nothing():
+    eye = unit((5, 3))
+    plan = product_plan(eye, eye)
+    assert plan.mults == 0 and plan.result.val is None and plan.result.sign == 1
+    neg = unit((5, 3), sign=-1)
+    assert product_plan(neg, eye).result.sign == -1
+
+
+def test_diagonal_times_diagonal_is_elementwise():
+    d, prep = structure_from_labels((4,), (4,), ["a"], ["a"], ["a"], (4,))
+    plan = product_plan(d, d)
+    assert plan.mults == 4 and plan.result == d
+
+
+def test_dense_chain_cost_is_matrix_product():
+    a, _ = dense((2,), (3,))
+    b, _ = dense((3,), (5,))
+    assert product_plan(a, b).mults == 2 * 3 * 5
+
+
+def test_reduce_of_broadcast_counts_multiplicity():
+    # sum over a replicated axis: factor n without stored values
+    bcast, _ = structure_from_labels((4,), (), [None], [])
+    red, _ = structure_from_labels((), (4,), [], [None])
+    plan = product_plan(red, bcast)
+    assert plan.result.val == ()
+    assert float(plan.apply(None, None, jnp.float64)) == 4.0
+
+
+def test_square_shapes_are_not_paired_by_size():
+    # transpose of a square matrix: axes of equal size must not be confused
+    t, _ = structure_from_labels((3, 3), (3, 3), ["a", "b"], ["b", "a"])
+    x = np.arange(9.0).reshape(3, 3)
+    dense_t = _dense(t, None)
+    np.testing.assert_array_equal(np.einsum("ijkl,kl->ij", dense_t, x), x.T)
+
+
+def test_x_plus_x_is_two_identity_and_x_minus_x_vanishes():
+    eye = unit((3,))
+    two = sum_plan(eye, eye)
+    assert two.result.val == () and float(two.apply(None, None, jnp.float64)) == 2.0
+    assert sum_plan(eye, unit((3,), -1)).result is None
+
+
+def test_densify_round_trip():
+    s, _ = make_structure([(0, 1)], [(0,), (1,)], {0: 2, 1: 3}, None)
+    d = densify_plan(s)
+    np.testing.assert_array_equal(
+        np.asarray(to_dense(d.result, d.apply(None, jnp.float64), jnp.float64)).reshape(6, 6), np.eye(6))
+
+
+def test_structure_is_hashable_and_canonical():
+    a, _ = structure_from_labels((3,), (3,), ["x"], ["x"], ["x"], (3,))
+    b, _ = structure_from_labels((3,), (3,), ["y"], ["y"], ["y"], (3,))
+    assert a == b and hash(a) == hash(b)
+    assert isinstance(a, Structure)
