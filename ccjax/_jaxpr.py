@@ -29,6 +29,11 @@ def is_tracer(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+def is_jax_value(x) -> bool:
+    """Whether ``x`` can be a jaxpr input or output (arrays, scalars, tracers)."""
+    return jex.valid_jaxtype(x) or is_tracer(x)
+
+
 def literal_value(atom):
     return atom.val
 

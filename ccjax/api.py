@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ccjax.eliminate import CostReport, Plan, execute, plan_elimination
-from ccjax._jaxpr import structural_key
+from ccjax.eliminate import CostReport, OrderError, Plan, execute, plan_elimination, validate_order
+from ccjax._jaxpr import is_jax_value, structural_key
 from ccjax.graph import Graph, build_program
 from ccjax.orders import resolve_order
 
@@ -61,6 +61,7 @@ class _Traced:
     out_tree: Any
     n_out: int
     aux_tree: Any
+    aux_static: dict
 
 
 def _normalize_argnums(argnums, n_args: int) -> tuple[tuple[int, ...], bool]:
@@ -122,6 +123,9 @@ def _trace(fun: Callable, args: tuple, kwargs: dict, argnums, has_aux: bool) -> 
                                 f"got {type(out).__name__}")
             out, aux = out
             aux_leaves, store["aux"] = jax.tree_util.tree_flatten(aux)
+            # Non-JAX aux leaves (strings, objects) are passed through untouched.
+            store["aux_static"] = {k: a for k, a in enumerate(aux_leaves) if not is_jax_value(a)}
+            aux_leaves = [a for a in aux_leaves if is_jax_value(a)]
         else:
             aux_leaves = []
         out_leaves, store["out"] = jax.tree_util.tree_flatten(out)
@@ -129,7 +133,8 @@ def _trace(fun: Callable, args: tuple, kwargs: dict, argnums, has_aux: bool) -> 
         return list(out_leaves) + list(aux_leaves)
 
     closed = jax.make_jaxpr(flat_fun)(*leaves)
-    traced = _Traced(closed, leaves, in_tree, diff_leaves, store["out"], store["n_out"], store.get("aux"))
+    traced = _Traced(closed, leaves, in_tree, diff_leaves, store["out"], store["n_out"], store.get("aux"),
+                     store.get("aux_static", {}))
     return traced, nums, single
 
 
@@ -143,12 +148,12 @@ def _graph_of(t: _Traced) -> Graph:
     return g
 
 
-def _order_key(order: OrderSpec):
-    return order if isinstance(order, str) else tuple(int(v) for v in order)
+def _order_key(g: Graph, order: OrderSpec):
+    return order if isinstance(order, str) else validate_order(g, order)
 
 
 def _plan(g: Graph, order: OrderSpec) -> Plan:
-    key = _order_key(order)
+    key = _order_key(g, order)
     plan = g.plans.get(key)
     if plan is None:
         plan = plan_elimination(g, resolve_order(g, order))
@@ -164,7 +169,7 @@ def _runner(g: Graph, order: OrderSpec) -> Callable:
     kept with the graph, so eager calls compile once rather than per
     primitive, and repeated calls do no planning.
     """
-    key = _order_key(order)
+    key = _order_key(g, order)
     run = g.runners.get(key)
     if run is not None:
         return run
@@ -213,7 +218,10 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
     ``ccjax.graph(fun, *args).eliminable``.
     """
     if not isinstance(order, str):
-        order = tuple(order)
+        try:
+            order = tuple(order)
+        except TypeError:
+            raise OrderError(f"order must be a name or a sequence of vertex ids, got {order!r}") from None
 
     @functools.wraps(fun)
     def jac_fun(*args, **kwargs):
@@ -231,6 +239,9 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
                       for k in range(t.n_out)]
         jac = jax.tree_util.tree_unflatten(t.out_tree, jac_leaves)
         if has_aux:
+            traced_aux = iter(aux)
+            n_aux = t.aux_tree.num_leaves
+            aux = [t.aux_static[k] if k in t.aux_static else next(traced_aux) for k in range(n_aux)]
             return jac, jax.tree_util.tree_unflatten(t.aux_tree, aux)
         return jac
 

@@ -304,13 +304,13 @@ class Graph:
             succ.setdefault(u, set()).add(v)
 
         outputs: list[Optional[int]] = []
-        claimed: set[int] = set()
+        uses = {var: out_vars.count(var) for var in out_vars}
         for k, var in enumerate(out_vars):
             v = var_to_vertex.get(var)
             if v is None or not is_vertex[var]:
                 outputs.append(None)
                 continue
-            if vertices[v].kind == "input" or succ.get(v) or v in claimed:
+            if vertices[v].kind == "input" or succ.get(v) or uses[var] > 1:
                 alias = add_vertex(var, "output", f"output[{k}]")
                 st = unit(vertices[v].shape)
                 edges[(v, alias)] = st
@@ -319,7 +319,6 @@ class Graph:
             else:
                 vertices[v] = dataclasses.replace(vertices[v], kind="output")
                 outputs.append(v)
-                claimed.add(v)
         self.vertices, self.edges, self.raw = vertices, edges, raw
         self.inputs = [var_to_vertex.get(var) for var in input_vars]
         self.outputs = outputs
@@ -331,9 +330,12 @@ class Graph:
             if 1 not in active_slots:
                 return []
             return [Partial(0, 1, unit(tuple(prog.avals[node.outs[0]].shape)), None)]
+        groups: dict[int, list[int]] = {}
+        for s in active_slots:
+            groups.setdefault(node.ins[s], []).append(s)
         ctx = RuleContext(node.name, node.params, tuple(prog.avals[i] for i in node.ins),
                           tuple(prog.avals[o] for o in node.outs), active_slots, node.eval,
-                          node.reverse_only)
+                          node.reverse_only, tuple(tuple(g) for g in groups.values()))
         return partials(ctx)
 
     def _prune(self) -> None:

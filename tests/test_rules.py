@@ -82,18 +82,11 @@ UNARY = {
 
 
 @pytest.mark.parametrize("name", sorted(UNARY))
-def test_unary_plain(name):
+def test_unary(name):
+    """op alone, and op inside a small graph so that orders really differ."""
     fn, (lo, hi) = UNARY[name]
     x = rand(*SQ, lo=lo, hi=hi)
-    check_orders(fn, x)
-
-
-@pytest.mark.parametrize("name", sorted(UNARY))
-def test_unary_composed(name):
-    """op inside a small graph, so orders really differ: cos(op(x)) * x + op(x)."""
-    fn, (lo, hi) = UNARY[name]
-    x = rand(*SQ, lo=lo, hi=hi)
-    check_orders(lambda x: jnp.cos(fn(x)) * x + fn(x), x)
+    check_orders(lambda x: (fn(x), jnp.cos(fn(x)) * x + fn(x)), x)
 
 
 def test_unary_scalar_input():
@@ -130,8 +123,7 @@ BINARY = {
     "atan2": jnp.arctan2,
     "rem": jnp.fmod,
 }
-SHAPE_PAIRS = [((3, 3), (3, 3)), ((3, 1), (1, 4)), ((), (3,)), ((3,), ()), ((2, 1, 3), (2, 4, 1)),
-               ((3,), (3, 3)), ((3, 3), (3, 1))]
+SHAPE_PAIRS = [((3, 3), (3, 3)), ((3, 1), (1, 4)), ((), (3,)), ((3,), ()), ((2, 1, 3), (2, 4, 1))]
 
 
 def _binary_inputs(name, sa, sb, seed):
@@ -155,25 +147,15 @@ def test_binary_broadcast(name, shapes):
 
 
 @pytest.mark.parametrize("name", sorted(BINARY))
-def test_binary_composed_square(name):
+def test_binary_composed(name):
+    """Inside a graph; one operand differentiated; Python scalars on either side."""
     fn = BINARY[name]
     a, b = _binary_inputs(name, SQ, SQ, seed=3)
     check_orders(lambda a, b: jnp.sin(fn(jnp.exp(a), b)) * a + fn(b, a), a, b, argnums=(0, 1))
-
-
-@pytest.mark.parametrize("name", sorted(BINARY))
-def test_binary_one_argnum(name):
-    fn = BINARY[name]
     a, b = _binary_inputs(name, (3, 1), (1, 3), seed=11)
-    check_orders(fn, a, b, argnums=1)
-    check_orders(fn, a, b, argnums=0)
-
-
-@pytest.mark.parametrize("name", sorted(BINARY))
-def test_binary_with_python_scalar(name):
-    fn = BINARY[name]
+    check_orders(lambda a, b: (fn(a, b), fn(b, a) * b), a, b, argnums=1, n_random=1)
     x = rand(*SQ, lo=0.5, hi=2.0)
-    check_orders(lambda x: fn(x, 1.5) + fn(2.5, x), x)
+    check_orders(lambda x: fn(x, 1.5) + fn(2.5, x), x, n_random=1)
 
 
 @pytest.mark.parametrize("fn", [jnp.maximum, jnp.minimum], ids=["maximum", "minimum"])
@@ -280,8 +262,9 @@ def test_clip_constant_bounds_with_ties():
 def test_clamp_all_operands_differentiated():
     lo, x, hi = rand(*SQ, lo=-1, hi=-0.2, seed=5), rand(*SQ, lo=-1.5, hi=1.5, seed=6), rand(*SQ, lo=0.2, hi=1, seed=7)
     check_orders(lax.clamp, lo, x, hi, argnums=(0, 1, 2))
-    # scalar bounds, differentiated
-    check_orders(lambda lo, x: lax.clamp(lo, x, 0.5), jnp.float64(-0.3), x, argnums=(0, 1))
+    # scalar bounds, differentiated (lax.clamp with a scalar bound is not differentiable in jax
+    # itself, so go through jnp.clip)
+    check_orders(lambda lo, x: jnp.clip(x, lo, 0.5), jnp.float64(-0.3), x, argnums=(0, 1))
 
 
 # --------------------------------------------------------------------------
@@ -290,13 +273,17 @@ def test_clamp_all_operands_differentiated():
 RED_AXES = [None, 0, 1, (0, 2), (1, 2), -1]
 
 
-@pytest.mark.parametrize("keepdims", [False, True])
 @pytest.mark.parametrize("axis", RED_AXES, ids=str)
-@pytest.mark.parametrize("red", ["sum", "max", "min", "prod", "mean"])
-def test_reductions(red, axis, keepdims):
+@pytest.mark.parametrize("red", ["sum", "max", "min", "prod"])
+def test_reductions(red, axis):
     fn = getattr(jnp, red)
     x = rand(3, 3, 3, lo=0.2, hi=1.5, seed=8)
-    check_orders(lambda x: fn(x, axis=axis, keepdims=keepdims), x, n_random=1)
+    check_orders(lambda x: (fn(x, axis=axis), fn(jnp.sin(x), axis=axis, keepdims=True) * 2.0), x, n_random=1)
+
+
+def test_mean():
+    x = rand(3, 3, 3, seed=8)
+    check_orders(lambda x: (jnp.mean(x, axis=(0, 2)), jnp.mean(x, axis=1, keepdims=True)), x)
 
 
 def test_reduce_square_axes():
@@ -416,12 +403,12 @@ def test_dynamic_slice():
     x = rand(5, 4, seed=21)
     check_orders(lambda x: lax.dynamic_slice(x, (1, 2), (2, 2)), x)
     i = jnp.int32(3)
-    check_orders(lambda x: lax.dynamic_slice(x, (i, 0), (2, 4)) * 2.0, x)
+    check_orders(lambda x: lax.dynamic_slice(x, (i, jnp.int32(0)), (2, 4)) * 2.0, x)
     # out-of-bounds start gets clamped
     check_orders(lambda x: lax.dynamic_slice(x, (4, 3), (2, 2)), x)
     check_orders(lambda x: lax.dynamic_slice_in_dim(jnp.sin(x), 1, 3, axis=1), x)
     # index computed from the (differentiated) input
-    check_orders(lambda x: lax.dynamic_slice(x, (jnp.argmax(x[:, 0]), 0), (1, 4)), x)
+    check_orders(lambda x: lax.dynamic_slice(x, (jnp.argmax(x[:, 0]), jnp.int64(0)), (1, 4)), x)
 
 
 def test_dynamic_update_slice():
@@ -450,7 +437,7 @@ def test_pad():
     # negative and interior padding
     check_orders(lambda x: lax.pad(x, 0.0, [(1, -1, 0), (-1, 2, 1)]), x)
     check_orders(lambda x: lax.pad(x, 0.0, [(0, 0, 2), (-2, -1, 0)]), x)
-    check_orders(lambda x: lax.pad(x, 0.0, [(-1, -1, 1), (1, 1, 1)]) @ jnp.ones((5, 2)), x)
+    check_orders(lambda x: lax.pad(x, 0.0, [(-1, -1, 1), (1, 1, 1)]) @ jnp.ones((7, 2)), x)
     # differentiated padding value
     p = jnp.float64(0.7)
     check_orders(lambda x, p: lax.pad(x, p, [(1, 0, 1), (0, 1, 0)]), x, p, argnums=(0, 1))
@@ -497,7 +484,8 @@ def test_scatter_add():
     check_orders(lambda x, y: x.at[idx].add(y), x, y, argnums=(0, 1))
     check_orders(lambda x, y: x.at[rep].add(y), x, y, argnums=(0, 1))
     check_orders(lambda x, y: jnp.sin(x.at[rep].add(y * y)), x, y, argnums=(0, 1))
-    check_orders(lambda x, y: x.at[:, jnp.array([0, 0, 2])].add(y.T), x, y, argnums=(0, 1))
+    y4 = rand(4, 3, seed=30)
+    check_orders(lambda x, y: x.at[:, jnp.array([0, 0, 2])].add(y), x, y4, argnums=(0, 1))
     check_orders(lambda y: jnp.zeros((4, 3)).at[rep].add(y), y)
     v = rand(5, seed=33)
     check_orders(lambda v: v.at[jnp.array([0, 0, 4])].add(v[1:4]), v)
@@ -736,7 +724,7 @@ def _vcg_fwd(x, y):
 
 def _vcg_bwd(res, g):
     x, y = res
-    return jnp.clip(g * y, -0.1, 0.1), g * x
+    return 0.5 * g * y + g, g * x  # linear in g, deliberately not the true derivative
 
 
 vjp_clip_grad.defvjp(_vcg_fwd, _vcg_bwd)
@@ -881,11 +869,16 @@ def test_misc_nn_ops():
     check_orders(lambda x: jax.nn.standardize(x, axis=-1), x)
     check_orders(lambda x: jax.nn.one_hot(jnp.argmax(x, 1), 3) * x, x)
     check_orders(lambda x: jnp.linalg.det(x), x)
-    check_orders(lambda x: jnp.linalg.inv(x + 3 * jnp.eye(3)), x)
     check_orders(lambda x: jnp.triu(x) + jnp.tril(x.T, -1), x)
     check_orders(lambda x: jnp.roll(x, 1, axis=0) * jnp.tile(x[0], (3, 1)), x)
     check_orders(lambda x: jnp.repeat(x, 2, axis=1), x)
     check_orders(lambda x: jnp.kron(x[:2, :2], x[1:, 1:]), x)
+
+
+def test_linalg_inv_solve():
+    x = rand(3, 3, seed=78)
+    check_orders(lambda x: jnp.linalg.inv(x + 3 * jnp.eye(3)), x, n_random=1)
+    check_orders(lambda x, b: jnp.linalg.solve(x + 3 * jnp.eye(3), b), x, x[0], argnums=(0, 1), n_random=1)
 
 
 def test_small_mlp_square_weights():

@@ -16,7 +16,9 @@ class RuleContext:
     ``in_avals``/``out_avals``: abstract values of operands and results;
     ``active``: operand slots whose partials are wanted; ``eval``: calls the
     primitive on concrete operands (used by rules that lean on JAX's AD);
-    ``reverse_only``: the equation supports reverse-mode AD only.
+    ``reverse_only``: the equation supports reverse-mode AD only;
+    ``same_var``: the active slots grouped by the variable they read (a rule
+    may give each slot its own partial; they are summed on the edge).
     """
 
     name: str
@@ -26,6 +28,7 @@ class RuleContext:
     active: tuple[int, ...]
     eval: Callable[..., list]
     reverse_only: bool = False
+    same_var: tuple[tuple[int, ...], ...] = ()  # groups of active slots reading one variable
 
 
 @dataclasses.dataclass(frozen=True)

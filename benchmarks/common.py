@@ -1,0 +1,246 @@
+"""Helpers shared by the benchmarks: paper numbers, task selection, timing,
+XLA cost analysis, output checks, progress display and table writing.
+
+Nothing here asserts on timings; the benchmarks only measure and report.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ccjax.tasks import TASKS, Task
+
+#: The paper's published multiplication counts: (fwd, rev, Markowitz, AlphaGrad).
+PAPER_MULTS: dict[str, tuple[int, int, int, int]] = {
+    "RoeFlux_1d": (620, 364, 407, 320),
+    "RoeFlux_3d": (1556, 979, 938, 811),
+    "RobotArm_6DOF": (397, 301, 288, 231),
+    "HumanHeartDipole": (240, 172, 194, 148),
+    "PropaneCombustion": (151, 90, 111, 88),
+    "BlackScholes_Jacobian": (545, 572, 350, 312),
+    "MLP": (10930, 392, 4796, 389),
+    "Encoder": (135010, 4688, 51869, 4656),
+    "f": (17728, 8859, 12083, 6374),
+    "g": (632, 566, 451, 417),
+}
+
+#: The two tasks ``--smoke`` runs: one scalar task, one with shared parameters.
+SMOKE_TASKS = ("RoeFlux_1d", "MLP")
+
+
+def select_tasks(names: Sequence[str] | None) -> list[Task]:
+    """Tasks by name (all of them, in the paper's order, when ``names`` is empty)."""
+    if not names:
+        return list(TASKS.values())
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise SystemExit(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+    return [TASKS[n] for n in names]
+
+
+# ------------------------------------------------------------------ progress
+class Progress:
+    """A progress bar: ``rich`` when it is importable and stderr is a terminal,
+    else one printed line per step (to stderr, so piped output stays clean)."""
+
+    def __init__(self, total: int, desc: str = "", enabled: bool = True):
+        self.total, self.done, self.desc, self.enabled = total, 0, desc, enabled
+        self.t0 = time.perf_counter()
+        self._rich = None
+        if enabled and sys.stderr.isatty():
+            try:
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
+                                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+                self._rich = RichProgress(TextColumn("{task.description}"), BarColumn(),
+                                          MofNCompleteColumn(), TimeElapsedColumn(),
+                                          TimeRemainingColumn(), transient=False)
+                self._rich.start()
+                self._task = self._rich.add_task(desc, total=total)
+            except ImportError:
+                self._rich = None
+
+    def update(self, label: str = "", n: int = 1) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        if self._rich is not None:
+            self._rich.update(self._task, advance=n, description=f"{self.desc} {label}")
+        else:
+            el = time.perf_counter() - self.t0
+            print(f"[{self.done:4d}/{self.total}] {el:7.1f}s {self.desc} {label}",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+
+
+# ------------------------------------------------------------------ timing
+def _quantiles(samples: Sequence[float]) -> tuple[float, float, float]:
+    q1, med, q3 = np.percentile(np.asarray(samples, dtype=np.float64), [25, 50, 75])
+    return float(q1), float(med), float(q3)
+
+
+def compile_jitted(fn: Callable, args: Sequence) -> tuple[Any, dict]:
+    """``jax.jit(fn).lower(*args).compile()``, with the trace+lower and compile
+    times in seconds and the XLA flop count of the compiled program."""
+    t0 = time.perf_counter()
+    lowered = jax.jit(fn).lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    info = {"trace_s": t1 - t0, "compile_s": t2 - t1, "xla_flops": xla_flops(compiled)}
+    return compiled, info
+
+
+def xla_flops(compiled) -> float | None:
+    """``flops`` from the compiled cost analysis (a dict, or a list of dicts in
+    some JAX versions); ``None`` when the backend does not report it."""
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - backends may not implement it
+        return None
+    if ca is None:
+        return None
+    if isinstance(ca, (list, tuple)):
+        dicts = [d for d in ca if isinstance(d, dict)]
+    elif isinstance(ca, dict):
+        dicts = [ca]
+    else:
+        return None
+    vals = [d.get("flops") for d in dicts if d.get("flops") is not None]
+    return float(sum(vals)) if vals else None
+
+
+def time_calls(fn: Callable, args: Sequence, *, max_repeats: int = 100, min_repeats: int = 5,
+               time_budget: float = 1.0, warmup: int = 2) -> dict:
+    """Latency of ``fn(*args)``: ``warmup`` calls, then single blocked calls
+    until ``max_repeats`` calls or ``time_budget`` seconds (at least
+    ``min_repeats`` calls).  Returns seconds: median, q1, q3, iqr, min, n."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < max_repeats:
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        samples.append(time.perf_counter() - t0)
+        if len(samples) >= min_repeats and time.perf_counter() - start > time_budget:
+            break
+    q1, med, q3 = _quantiles(samples)
+    return {"median_s": med, "q1_s": q1, "q3_s": q3, "iqr_s": q3 - q1, "min_s": min(samples),
+            "n": len(samples)}
+
+
+# ------------------------------------------------------------------ checks
+def compare_trees(got, want, rtol: float = 1e-4, atol: float = 1e-4) -> tuple[bool, float, str]:
+    """Same treedef and shapes, values close with ``atol`` scaled by the largest
+    reference magnitude.  Returns (ok, max abs diff, message)."""
+    g_leaves, g_def = jax.tree_util.tree_flatten(got)
+    w_leaves, w_def = jax.tree_util.tree_flatten(want)
+    if g_def != w_def:
+        return False, math.inf, f"pytree structure differs: {g_def} vs {w_def}"
+    worst = 0.0
+    for k, (g, w) in enumerate(zip(g_leaves, w_leaves)):
+        g, w = np.asarray(g, dtype=np.float64), np.asarray(w, dtype=np.float64)
+        if g.shape != w.shape:
+            return False, math.inf, f"leaf {k}: shape {g.shape} != {w.shape}"
+        if g.size == 0:
+            continue
+        scale = max(1.0, float(np.nanmax(np.abs(w))))
+        diff = np.abs(g - w)
+        d = float(np.nanmax(diff))
+        worst = max(worst, d)
+        if not np.allclose(g, w, rtol=rtol, atol=atol * scale, equal_nan=True):
+            return False, worst, f"leaf {k} (shape {g.shape}): max abs diff {d:.3g} (scale {scale:.3g})"
+    return True, worst, ""
+
+
+def flat_jacobian(jac, out_shapes: Sequence[tuple], in_shapes: Sequence[tuple]) -> np.ndarray:
+    """The (m, n) matrix of a jacrev-layout Jacobian given output/input leaf shapes."""
+    leaves = jax.tree_util.tree_leaves(jac)
+    n_in = len(in_shapes)
+    rows = []
+    for k, o in enumerate(out_shapes):
+        mo = int(np.prod(o))
+        rows.append(np.concatenate(
+            [np.asarray(leaves[k * n_in + j]).reshape(mo, int(np.prod(s))) for j, s in enumerate(in_shapes)],
+            axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+# ------------------------------------------------------------------ output
+def environment() -> dict:
+    """Where the numbers come from."""
+    dev = jax.devices()[0]
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": str(getattr(dev, "device_kind", dev)),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "x64": bool(jax.config.jax_enable_x64),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def write_json(path: str, data: Any) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=1, default=_json_default)
+        fh.write("\n")
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def write_text(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
+    """A GitHub Markdown table; ``align`` is one char per column (l/r)."""
+    header = [str(h) for h in header]
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(c) for c in r) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def fmt_time(seconds: float | None) -> str:
+    """Seconds as a short human string (µs / ms / s)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
+def geomean(xs: Sequence[float]) -> float:
+    xs = [x for x in xs if x is not None and x > 0 and math.isfinite(x)]
+    return float(math.exp(sum(math.log(x) for x in xs) / len(xs))) if xs else math.nan

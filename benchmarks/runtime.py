@@ -1,0 +1,551 @@
+"""Runtime of jitted Jacobians: ccjax (each built-in order and ``auto``) against
+``jax.jacrev``, ``jax.jacfwd``, asdex (sparse coloring, dense output) and
+``vmap(jax.jacrev(f))`` scattered into the dense layout, per task, unbatched and
+vmapped at several batch sizes.
+
+    python -m benchmarks.runtime [--tasks ...] [--batch 16 128 512 2048] [--repeats N]
+                                 [--out docs/] [--smoke]
+
+Batched setting (the paper's): ``jit(jacve(vmap(f)))`` against
+``jit(jacrev(vmap(f)))`` etc. with ``vmap(f, in_axes=task.in_axes)``; every
+method returns ``jax.jacrev``'s dense layout of the vmapped function (asdex: the
+same numbers as one (m, n) matrix).  ``vmap(jacrev(f))`` alone (compact
+per-example output) and ``f`` itself are timed as reference rows.
+
+Every output is checked against ``jax.jacrev`` (rtol 1e-4, atol 1e-4 x max|J|)
+before timing; mismatches are printed loudly and excluded from comparisons.
+Times are the median (and IQR) of single blocked calls of the compiled
+executable after warm-up; trace and compile times are reported separately, and
+XLA's flop count comes from the compiled program's cost analysis.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+import ccjax
+from benchmarks.common import (SMOKE_TASKS, Progress, compile_jitted, environment, fmt_time, geomean,
+                               markdown_table, select_tasks, time_calls, write_json, write_text)
+
+CCJAX_ORDERS = ("fwd", "rev", "markowitz", "auto")
+AUTO = "ccjax auto"
+JACREV, JACFWD, ASDEX, SCATTER, COMPACT, PRIMAL = (
+    "jax.jacrev", "jax.jacfwd", "asdex (dense)", "vmap(jacrev)+scatter",
+    "vmap(jacrev) compact", "f (primal)")
+#: Methods compared against ccjax auto ("the peers").
+PEERS = (JACREV, JACFWD, ASDEX, SCATTER)
+#: Timed for reference only: not the same output (compact) or not a Jacobian.
+REFERENCES = (COMPACT, PRIMAL)
+ALL_METHODS = tuple(f"ccjax {o}" for o in CCJAX_ORDERS) + PEERS + REFERENCES
+
+
+# ------------------------------------------------------------------ building the methods
+class Setting:
+    """One task at one batch size (``None``: the unbatched function)."""
+
+    def __init__(self, task, batch: int | None, seed: int = 0):
+        self.task, self.batch = task, batch
+        base = task.make_inputs(seed)
+        self.axes = task._axes(len(base))
+        self.arg_ndims = [np.ndim(a) for a in base]
+        if batch is None:
+            self.fn, self.args = task.fn, tuple(base)
+        else:
+            self.fn, self.args = task.vmapped_fn(), task.batched_inputs(seed, batch)
+        self.argnums = tuple(task.argnums)
+        outs = jax.eval_shape(self.fn, *self.args)
+        self.out_shapes = [tuple(o.shape) for o in jax.tree_util.tree_leaves(outs)]
+        self.in_shapes = [tuple(np.shape(self.args[i])) for i in self.argnums]
+        m = sum(math.prod(o) for o in self.out_shapes)
+        n = sum(math.prod(s) for s in self.in_shapes)
+        self.dense_elems = m * n
+        self.dense_mb = self.dense_elems * 4 / 1e6
+        self.label = "unbatched" if batch is None else f"B={batch}"
+
+    # -- the Jacobian functions, all taking the task's positional arguments
+    def ccjax(self, order: str) -> Callable:
+        return ccjax.jacve(self.fn, argnums=self.argnums, order=order)
+
+    def jacrev(self) -> Callable:
+        return jax.jacrev(self.fn, argnums=self.argnums)
+
+    def jacfwd(self) -> Callable:
+        return jax.jacfwd(self.fn, argnums=self.argnums)
+
+    def primal(self) -> Callable:
+        return self.fn
+
+    def compact(self) -> Callable:
+        """``vmap(jacrev(fn))``: per-example blocks ``(B,) + out + in``."""
+        return jax.vmap(jax.jacrev(self.task.fn, argnums=self.argnums), in_axes=self.task.in_axes)
+
+    def scatter(self, compact_jac):
+        """Compact per-example blocks -> ``jacrev(vmap(fn))``'s dense layout:
+        batch-diagonal ``(B,) + out + (B,) + in`` blocks for batched arguments;
+        shared arguments (``in_axes`` None) are already ``(B,) + out + param``."""
+        leaves, tree = jax.tree_util.tree_flatten(compact_jac)
+        n_diff = len(self.argnums)
+        B = self.batch
+        eye = jnp.eye(B, dtype=bool)
+        out = []
+        for idx, leaf in enumerate(leaves):
+            arg = self.argnums[idx % n_diff]
+            if self.axes[arg] is None:
+                out.append(leaf)
+                continue
+            in_nd = self.arg_ndims[arg]
+            o_nd = leaf.ndim - 1 - in_nd
+            expanded = jnp.expand_dims(leaf, 1 + o_nd)
+            mask = eye.reshape((B,) + (1,) * o_nd + (B,) + (1,) * in_nd)
+            out.append(jnp.where(mask, expanded, jnp.zeros((), leaf.dtype)))
+        return jax.tree_util.tree_unflatten(tree, out)
+
+    def scattered(self) -> Callable:
+        comp = self.compact()
+        return lambda *args: self.scatter(comp(*args))
+
+    def asdex(self) -> tuple[Callable, float]:
+        """asdex's dense (m, n) Jacobian of the flattened function; also the
+        seconds its sparsity detection and coloring took (done once, outside jit)."""
+        import asdex
+
+        diff = self.argnums
+        nondiff = tuple(i for i in range(len(self.args)) if i not in diff)
+        fn, n_args = self.fn, len(self.args)
+        flat0, unravel = ravel_pytree([self.args[i] for i in diff])
+
+        def flat_fn(flat, *nd):
+            full = [None] * n_args
+            for i, v in zip(diff, unravel(flat)):
+                full[i] = v
+            for i, v in zip(nondiff, nd):
+                full[i] = v
+            return ravel_pytree(fn(*full))[0]
+
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", asdex.DenseColoringWarning)
+            jac = asdex.jacobian(flat_fn, flat0, *[self.args[i] for i in nondiff], argnums=0,
+                                 output_format="dense")
+        setup = time.perf_counter() - t0
+
+        def run(*args):
+            return jac(ravel_pytree([args[i] for i in diff])[0], *[args[i] for i in nondiff])
+
+        return run, setup
+
+
+# ------------------------------------------------------------------ checking
+@jax.jit
+def _leaf_check(got, want, rtol, atol):
+    diff = jnp.abs(got.astype(jnp.float32) - want.astype(jnp.float32))
+    scale = jnp.maximum(1.0, jnp.max(jnp.abs(want))) if want.size else 1.0
+    bad = jnp.sum(~(diff <= atol * scale + rtol * jnp.abs(want)) & ~(jnp.isnan(got) & jnp.isnan(want)))
+    return jnp.max(diff) if diff.size else jnp.float32(0), bad
+
+
+def check_tree(got, want, rtol=1e-4, atol=1e-4) -> tuple[bool, float, str]:
+    g_leaves, g_def = jax.tree_util.tree_flatten(got)
+    w_leaves, w_def = jax.tree_util.tree_flatten(want)
+    if g_def != w_def:
+        return False, math.inf, f"pytree structure differs: {g_def} vs {w_def}"
+    worst = 0.0
+    for k, (g, w) in enumerate(zip(g_leaves, w_leaves)):
+        if np.shape(g) != np.shape(w):
+            return False, math.inf, f"leaf {k}: shape {np.shape(g)} != {np.shape(w)}"
+        if np.size(w) == 0:
+            continue
+        d, bad = _leaf_check(jnp.asarray(g), jnp.asarray(w), rtol, atol)
+        worst = max(worst, float(d))
+        if int(bad):
+            return False, worst, f"leaf {k} (shape {np.shape(w)}): {int(bad)} entries differ, max abs diff {float(d):.3g}"
+    return True, worst, ""
+
+
+def check_matrix(mat, want, out_shapes, in_shapes, rtol=1e-4, atol=1e-4) -> tuple[bool, float, str]:
+    """asdex's (m, n) matrix against jacrev's blocks, block by block."""
+    m = sum(math.prod(o) for o in out_shapes)
+    n = sum(math.prod(s) for s in in_shapes)
+    if tuple(np.shape(mat)) != (m, n):
+        return False, math.inf, f"matrix shape {np.shape(mat)} != {(m, n)}"
+    leaves = jax.tree_util.tree_leaves(want)
+    got_blocks, r0 = [], 0
+    for o in out_shapes:
+        c0 = 0
+        for s in in_shapes:
+            got_blocks.append(mat[r0:r0 + math.prod(o), c0:c0 + math.prod(s)].reshape(o + s))
+            c0 += math.prod(s)
+        r0 += math.prod(o)
+    return check_tree(got_blocks, leaves, rtol, atol)
+
+
+# ------------------------------------------------------------------ one setting
+def run_setting(st: Setting, methods: Sequence[str], opts, prog: Progress) -> dict:
+    """Check and time every method on one setting; returns {method: record}."""
+    res: dict[str, dict] = {}
+    timing = dict(max_repeats=opts.repeats, min_repeats=opts.min_repeats, time_budget=opts.time_budget)
+
+    def timed(name: str, fn: Callable, check=None, extra: dict | None = None):
+        rec = {"status": "ok"}
+        if extra:
+            rec.update(extra)
+        try:
+            compiled, info = compile_jitted(fn, st.args)
+            rec.update(info)
+            t0 = time.perf_counter()
+            out = jax.block_until_ready(compiled(*st.args))
+            rec["first_call_s"] = time.perf_counter() - t0
+            if check is not None:
+                ok, maxdiff, msg = check(out)
+                rec["max_abs_diff"] = maxdiff
+                if not ok:
+                    rec["status"] = "mismatch"
+                    rec["error"] = msg
+                    print(f"\n!!! MISMATCH {st.task.name} {st.label} {name}: {msg}\n", file=sys.stderr, flush=True)
+            del out
+            slow = rec["first_call_s"] > 0.3
+            rec.update(time_calls(compiled, st.args, warmup=1 if slow else 2,
+                                  **{**timing, "min_repeats": 3 if slow else timing["min_repeats"]}))
+        except Exception as e:  # noqa: BLE001 - record the failure in the table
+            rec = {"status": "error", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            if opts.verbose:
+                traceback.print_exc()
+            print(f"\n!!! ERROR {st.task.name} {st.label} {name}: {rec['error']}\n", file=sys.stderr, flush=True)
+        res[name] = rec
+        prog.update(f"{st.task.name} {st.label} {name}")
+        return rec
+
+    batched = st.batch is not None
+    too_big = st.dense_mb > opts.max_dense_mb
+    skip_msg = f"dense output {st.dense_mb:.0f} MB > --max-dense-mb {opts.max_dense_mb:g}"
+
+    ref = None
+    if not too_big:
+        try:
+            ref = jax.block_until_ready(jax.jit(st.jacrev())(*st.args))
+        except Exception as e:  # noqa: BLE001
+            print(f"!!! reference jax.jacrev failed on {st.task.name} {st.label}: {e}", file=sys.stderr)
+    check = (lambda out: check_tree(out, ref)) if ref is not None else None
+
+    # Which built-in order does "auto" resolve to?  Identical orders compile to the
+    # identical program, so that order reuses auto's measurement.
+    alias = None
+    try:
+        from ccjax.orders import resolve_order
+        g = ccjax.graph(st.fn, *st.args, argnums=st.argnums)
+        auto_order = resolve_order(g, "auto")
+        alias = next((o for o in ("rev", "fwd", "markowitz") if resolve_order(g, o) == auto_order), None)
+    except Exception:  # noqa: BLE001 - only an optimisation
+        alias = None
+
+    for name in methods:
+        if name in (SCATTER, COMPACT) and not batched:
+            continue
+        if too_big and name not in (COMPACT, PRIMAL):
+            res[name] = {"status": "skipped", "error": skip_msg}
+            prog.update(f"{st.task.name} {st.label} {name} (skipped)")
+            continue
+        if name.startswith("ccjax "):
+            order = name.split(" ", 1)[1]
+            if order != "auto" and order == alias and AUTO in methods:
+                prog.update(f"{st.task.name} {st.label} {name} (= auto)")
+                continue  # filled in from auto below
+            rec = timed(name, st.ccjax(order), check)
+            if order == "auto" and alias:
+                rec["resolves_to"] = alias
+        elif name == JACREV:
+            timed(name, st.jacrev(), check)
+        elif name == JACFWD:
+            timed(name, st.jacfwd(), check)
+        elif name == SCATTER:
+            timed(name, st.scattered(), check)
+        elif name == COMPACT:
+            chk = None
+            if ref is not None:
+                chk = lambda out: check_tree(jax.jit(st.scatter)(out), ref)  # noqa: E731
+            timed(name, st.compact(), chk)
+        elif name == PRIMAL:
+            timed(name, st.primal())
+        elif name == ASDEX:
+            try:
+                import asdex  # noqa: F401
+            except ImportError:
+                res[name] = {"status": "skipped", "error": "asdex not installed"}
+                prog.update(f"{st.task.name} {st.label} {name} (skipped)")
+                continue
+            try:
+                fn, setup = st.asdex()
+            except Exception as e:  # noqa: BLE001
+                res[name] = {"status": "error", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+                print(f"\n!!! ERROR {st.task.name} {st.label} asdex setup: {res[name]['error']}\n",
+                      file=sys.stderr, flush=True)
+                prog.update(f"{st.task.name} {st.label} {name} (error)")
+                continue
+            chk = (lambda out: check_matrix(out, ref, st.out_shapes, st.in_shapes)) if ref is not None else None
+            timed(name, fn, chk, {"setup_s": setup})
+    if alias and AUTO in res:
+        res[f"ccjax {alias}"] = {**res[AUTO], "same_as": AUTO}
+        res[f"ccjax {alias}"].pop("resolves_to", None)
+    del ref
+    return res
+
+
+# ------------------------------------------------------------------ reporting
+def _ok(rec):
+    return rec is not None and rec.get("status") == "ok" and "median_s" in rec
+
+
+def best_peer(results: dict) -> tuple[str | None, float | None]:
+    peers = [(results[p]["median_s"], p) for p in PEERS if _ok(results.get(p))]
+    if not peers:
+        return None, None
+    t, p = min(peers)
+    return p, t
+
+
+def summarize(data: dict, batch: int) -> dict:
+    """Per task at ``batch``: ccjax auto, the best peer and the speedup."""
+    rows, speedups = [], []
+    for task, settings in data["results"].items():
+        r = settings.get(str(batch))
+        if r is None:
+            continue
+        peer, pt = best_peer(r)
+        auto = r.get(AUTO)
+        at = auto["median_s"] if _ok(auto) else None
+        sp = pt / at if (pt and at) else None
+        if sp:
+            speedups.append(sp)
+        rows.append({"task": task, "auto_s": at, "auto_iqr_s": auto.get("iqr_s") if _ok(auto) else None,
+                     "auto_order": (auto or {}).get("resolves_to"),
+                     "best_peer": peer, "best_peer_s": pt, "speedup": sp,
+                     "compact_s": r.get(COMPACT, {}).get("median_s") if _ok(r.get(COMPACT)) else None,
+                     "primal_s": r.get(PRIMAL, {}).get("median_s") if _ok(r.get(PRIMAL)) else None})
+    return {"batch": batch, "rows": rows, "geomean_speedup": geomean(speedups) if speedups else None,
+            "n_tasks": len(speedups)}
+
+
+def _cell(rec: dict | None) -> str:
+    if rec is None:
+        return "–"
+    st = rec.get("status")
+    if st == "ok" and "median_s" in rec:
+        s = f"{fmt_time(rec['median_s'])} ±{fmt_time(rec['iqr_s'] / 2)}"
+        return s + (" (= auto)" if rec.get("same_as") else "")
+    if st == "mismatch":
+        return f"MISMATCH {fmt_time(rec.get('median_s'))}"
+    if st == "skipped":
+        return "skipped"
+    return "error"
+
+
+def render(data: dict) -> str:
+    meta = data["meta"]
+    env = meta["env"]
+    settings = meta["settings"]
+    lines = ["# Runtime of jitted Jacobians", "",
+             f"Generated by `{meta['command']}` on {env['device']} ({env['backend']}, "
+             f"{env['cpu_count']} cores, {env['platform']}), JAX {env['jax']}, {env['time']}; "
+             f"{meta['wall_s']:.0f} s wall. float32.", "",
+             "Times: median of single blocked calls of the compiled executable after warm-up, "
+             "± half the inter-quartile range. Every Jacobian was checked against `jax.jacrev` "
+             "(rtol 1e-4, atol 1e-4·max|J|) first. 'vmap(jacrev)+scatter' writes the per-example "
+             "Jacobians into jacrev's dense layout inside the jitted function; 'vmap(jacrev) compact' "
+             "(no dense output) and 'f (primal)' are references, not peers. asdex returns one dense "
+             "(m, n) matrix of the flattened function (no block split).", ""]
+    sb = meta.get("summary_batch")
+    if sb is not None:
+        s = summarize(data, sb)
+        lines += [f"## Summary at B = {sb}: ccjax `order=\"auto\"` against the best peer", ""]
+        body = []
+        for r in s["rows"]:
+            body.append([r["task"], fmt_time(r["auto_s"]) + (f" ({r['auto_order']})" if r["auto_order"] else ""),
+                         f"{fmt_time(r['best_peer_s'])} ({r['best_peer'] or '–'})",
+                         f"{r['speedup']:.2f}x" if r["speedup"] else "–",
+                         fmt_time(r["compact_s"]), fmt_time(r["primal_s"])])
+        lines.append(markdown_table(["task", "ccjax auto (order)", "best peer", "speedup",
+                                     "vmap(jacrev) compact", "f"], body))
+        if s["geomean_speedup"]:
+            lines.append(f"Geometric-mean speedup of ccjax auto over the best peer at B = {sb}: "
+                         f"**{s['geomean_speedup']:.2f}x** over {s['n_tasks']} tasks.\n")
+    lines += ["## Median time per call", ""]
+    for task, per in data["results"].items():
+        lines += [f"### {task}", ""]
+        labels = [k for k in settings if k in per]
+        header = ["method"] + [("unbatched" if k == "none" else f"B={k}") for k in labels]
+        body = []
+        for m in ALL_METHODS:
+            if not any(m in per[k] for k in labels):
+                continue
+            body.append([m] + [_cell(per[k].get(m)) for k in labels])
+        lines.append(markdown_table(header, body))
+        notes = sorted({f"{m} at {'unbatched' if k == 'none' else 'B=' + k}: {rec.get('error')}"
+                        for k in labels for m, rec in per[k].items()
+                        if rec.get("status") in ("error", "mismatch", "skipped") and rec.get("error")})
+        lines += [f"- {n}" for n in notes]
+        if notes:
+            lines.append("")
+    if sb is not None:
+        lines += [f"## Trace, compile and XLA flops at B = {sb}", "",
+                  "trace = `jax.jit(fn).lower(*args)` (includes ccjax's graph building and planning); "
+                  "compile = `.compile()`; flops = the compiled program's `cost_analysis()`.", ""]
+        body = []
+        for task, per in data["results"].items():
+            r = per.get(str(sb), {})
+            for m in ALL_METHODS:
+                rec = r.get(m)
+                if not rec or "trace_s" not in rec or rec.get("same_as"):
+                    continue
+                fl = rec.get("xla_flops")
+                body.append([task, m, f"{rec['trace_s']:.2f} s", f"{rec['compile_s']:.2f} s",
+                             "–" if fl is None else f"{fl:.3g}",
+                             f"{rec['setup_s']:.2f} s" if "setup_s" in rec else ""])
+        lines.append(markdown_table(["task", "method", "trace", "compile", "XLA flops", "asdex setup"], body))
+    return "\n".join(lines)
+
+
+def plot(data: dict, path: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return False
+    tasks = list(data["results"])
+    batches = [k for k in data["meta"]["settings"] if k != "none"]
+    if not batches:
+        return False
+    ncol = min(5, len(tasks))
+    nrow = math.ceil(len(tasks) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.0 * nrow), squeeze=False)
+    style = {AUTO: dict(color="C3", lw=2.5, marker="o"),
+             "ccjax fwd": dict(color="C3", lw=0.8, ls=":"),
+             "ccjax rev": dict(color="C3", lw=0.8, ls="--"),
+             "ccjax markowitz": dict(color="C3", lw=0.8, ls="-."),
+             JACREV: dict(color="C0", marker="s"), JACFWD: dict(color="C1", marker="^"),
+             ASDEX: dict(color="C2", marker="D"), SCATTER: dict(color="C4", marker="v"),
+             COMPACT: dict(color="grey", ls="--"), PRIMAL: dict(color="black", ls=":", lw=0.8)}
+    for ax, task in zip(axes.flat, tasks):
+        per = data["results"][task]
+        for m in ALL_METHODS:
+            xs, ys = [], []
+            for k in batches:
+                rec = per.get(k, {}).get(m)
+                if _ok(rec):
+                    xs.append(int(k))
+                    ys.append(rec["median_s"] * 1e3)
+            if xs:
+                ax.plot(xs, ys, label=m, ms=4, **style.get(m, {}))
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("batch size B")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("ms per call")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8)
+    env = data["meta"]["env"]
+    fig.suptitle(f"Jacobian of vmap(f): median time per call ({env['backend']}, {env['cpu_count']} cores)")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.96))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ------------------------------------------------------------------ main
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", nargs="*", default=None, help="task names (default: all ten)")
+    ap.add_argument("--batch", nargs="*", type=int, default=None, help="batch sizes (default 16 128 512 2048)")
+    ap.add_argument("--no-unbatched", action="store_true", help="skip the unbatched setting")
+    ap.add_argument("--methods", nargs="*", default=None, help=f"subset of {list(ALL_METHODS)}")
+    ap.add_argument("--repeats", type=int, default=100, help="most timed calls per measurement")
+    ap.add_argument("--min-repeats", type=int, default=5, help="fewest timed calls per measurement")
+    ap.add_argument("--time-budget", type=float, default=0.5, help="seconds of timed calls per measurement")
+    ap.add_argument("--max-dense-mb", type=float, default=1100.0,
+                    help="skip dense methods whose float32 output exceeds this many MB")
+    ap.add_argument("--summary-batch", type=int, default=512)
+    ap.add_argument("--out", default=None, help="directory for runtime_<backend>.{md,json,png}")
+    ap.add_argument("--smoke", action="store_true", help="2 tasks, B=4, 3 repeats: a quick check (< 60 s)")
+    ap.add_argument("--quiet", action="store_true", help="no progress output")
+    ap.add_argument("--verbose", action="store_true", help="print tracebacks of failing methods")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.tasks = a.tasks or list(SMOKE_TASKS)
+        a.batch = a.batch or [4]
+        a.repeats, a.min_repeats, a.time_budget = 3, 3, 0.02
+        a.summary_batch = a.batch[-1]
+    a.batch = a.batch if a.batch is not None else [16, 128, 512, 2048]
+    return a
+
+
+def main(argv=None) -> dict:
+    opts = parse_args(argv)
+    t_start = time.perf_counter()
+    tasks = select_tasks(opts.tasks)
+    methods = tuple(opts.methods) if opts.methods else ALL_METHODS
+    bad = [m for m in methods if m not in ALL_METHODS]
+    if bad:
+        raise SystemExit(f"unknown methods {bad}; known: {list(ALL_METHODS)}")
+    batches: list[int | None] = ([] if opts.no_unbatched else [None]) + list(opts.batch)
+    n_steps = sum(len(methods) - (0 if b is not None else 2) for b in batches) * len(tasks)
+    prog = Progress(n_steps, "runtime", enabled=not opts.quiet)
+    results: dict[str, dict] = {}
+    for task in tasks:
+        results[task.name] = {}
+        for b in batches:
+            st = Setting(task, b)
+            r = run_setting(st, methods, opts, prog)
+            results[task.name]["none" if b is None else str(b)] = r
+    prog.close()
+    settings = (["none"] if not opts.no_unbatched else []) + [str(b) for b in opts.batch]
+    summary_batch = opts.summary_batch if opts.summary_batch in opts.batch else (
+        opts.batch[-1] if opts.batch else None)
+    argv_s = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
+    data = {"meta": {"env": environment(), "ccjax": ccjax.__version__, "settings": settings,
+                     "methods": list(methods), "peers": list(PEERS), "summary_batch": summary_batch,
+                     "repeats": opts.repeats, "min_repeats": opts.min_repeats,
+                     "time_budget": opts.time_budget, "max_dense_mb": opts.max_dense_mb,
+                     "command": f"python -m benchmarks.runtime {argv_s}".strip(),
+                     "wall_s": time.perf_counter() - t_start},
+            "results": results}
+    if summary_batch is not None:
+        data["summary"] = summarize(data, summary_batch)
+    text = render(data)
+    if opts.out:
+        backend = data["meta"]["env"]["backend"]
+        write_json(os.path.join(opts.out, f"runtime_{backend}.json"), data)
+        write_text(os.path.join(opts.out, f"runtime_{backend}.md"), text)
+        plot(data, os.path.join(opts.out, f"runtime_{backend}.png"))
+    if not opts.quiet:
+        s = data.get("summary")
+        if s:
+            print(f"\nB = {s['batch']}: ccjax auto vs best peer")
+            for r in s["rows"]:
+                sp = f"{r['speedup']:.2f}x" if r["speedup"] else "–"
+                print(f"  {r['task']:22s} auto {fmt_time(r['auto_s']):>10s}   best peer "
+                      f"{fmt_time(r['best_peer_s']):>10s} ({r['best_peer']})   speedup {sp}")
+            if s["geomean_speedup"]:
+                print(f"  geometric mean speedup: {s['geomean_speedup']:.2f}x")
+        print(f"wall time {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
+    return data
+
+
+if __name__ == "__main__":
+    main()

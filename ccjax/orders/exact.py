@@ -1,0 +1,216 @@
+"""Exact order search: depth-first branch and bound over elimination states.
+
+The search space is the set of *states* (edge sets with their structures)
+reachable by eliminating vertices; the cost of a transition is the step cost
+of the one cost model (:class:`~ccjax.orders.incremental.Evaluator`).  A
+transposition table keyed by the state's eliminated set and Zobrist key
+makes this a dynamic program over eliminated sets (two orders reaching the
+same set with the same edge structures share one entry; if structures
+differ they are distinct states, so nothing is assumed about the algebra).
+
+Bounds, iterative deepening style (``solve(root, B)`` for rising ``B``):
+``solve`` returns the exact cost-to-go of a state when it is ``<= B`` (or
+already known) and otherwise a *certified* lower bound ``> B``.  Table
+entries stay valid across iterations, so every iteration either proves the
+optimum or raises the certified lower bound of the root; a time limit stops
+the search with the best certified bound and the gap to the best order.
+
+Admissible lower bound (:func:`lower_bound`): a sum involving a valued
+partial (one that stores numbers) never cancels, and a product of two valued
+partials is valued and costs at least one multiplication.  So if a remaining
+vertex ``v`` lies on a path of valued edges from an input and on one to an
+output, those paths survive every elimination (eliminating a path vertex
+replaces two valued edges by their valued product, summed into a valued
+edge), and when ``v`` is eliminated it multiplies at least one valued pair.
+The bound counts such vertices; it holds for every graph.  When no sum can
+cancel (:func:`can_cancel`), every remaining vertex stays connected to the
+inputs and outputs, valued edges persist the same way, and it suffices that
+``v`` has one valued in-edge and one valued out-edge now.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Optional, Sequence
+
+from ccjax.orders.incremental import Evaluator, State
+
+INF = float("inf")
+
+
+class _Timeout(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ExactResult:
+    """``order``/``cost``: best order known at the end; ``lower_bound``: a
+    certified lower bound on every order's cost; ``optimal``: whether
+    ``lower_bound == cost`` (proven optimum); ``nodes``: states expanded."""
+
+    order: tuple[int, ...]
+    cost: int
+    lower_bound: int
+    optimal: bool
+    nodes: int
+
+
+def can_cancel(ev: Evaluator) -> bool:
+    """Whether some future sum could cancel to zero.
+
+    Only a sum of two unit partials of opposite sign cancels, and a unit
+    partial is always the product along one path of unit edges of the
+    graph; so cancellation needs two paths of unit edges between the same
+    two vertices with opposite signs.  Checked on the graph itself.
+    """
+    root = ev.root
+    unit = {}
+    for u, succ in root.succs.items():
+        unit[u] = [(w, ev.structures[s].sign) for w, s in succ.items() if not ev.is_valued(s)]
+    for a in root.succs:
+        seen: set[tuple[int, int]] = set()
+        stack = [(w, sg) for w, sg in unit[a]]
+        while stack:
+            b, sg = stack.pop()
+            if (b, sg) in seen:
+                continue
+            if (b, -sg) in seen:
+                return True
+            seen.add((b, sg))
+            stack.extend((w, sg * s2) for w, s2 in unit.get(b, ()))
+    return False
+
+
+def lower_bound(ev: Evaluator, state: State, cancel: bool = True) -> int:
+    """Admissible bound on the cost to finish from ``state`` (see module doc).
+
+    ``cancel=False`` asserts that no sum can cancel (:func:`can_cancel`).
+    """
+    valued = ev.is_valued
+    preds, succs, mask = state.preds, state.succs, state.mask
+    if not cancel:
+        return sum(1 for v in ev.eliminable if not mask >> v & 1
+                   and any(valued(s) for s in preds[v].values()) and any(valued(s) for s in succs[v].values()))
+    fwd: set[int] = set()
+    stack = [v for v, p in preds.items() if not p]
+    while stack:
+        u = stack.pop()
+        for w, s in succs[u].items():
+            if w not in fwd and valued(s):
+                fwd.add(w)
+                stack.append(w)
+    bwd: set[int] = set()
+    stack = [v for v, s in succs.items() if not s]
+    while stack:
+        w = stack.pop()
+        for u, s in preds[w].items():
+            if u not in bwd and valued(s):
+                bwd.add(u)
+                stack.append(u)
+    return sum(1 for v in ev.eliminable if not mask >> v & 1 and v in fwd and v in bwd)
+
+
+class _Solver:
+    def __init__(self, ev: Evaluator, deadline: Optional[float], use_bound: bool = True):
+        self.ev = ev
+        self.deadline = deadline
+        self.use_bound = use_bound
+        self.cancel = can_cancel(ev)
+        self.table: dict[tuple[int, int], tuple[float, bool, Optional[int]]] = {}
+        self.nodes = 0
+        self.full = 0
+        for v in ev.eliminable:
+            self.full |= 1 << v
+
+    def h(self, state: State) -> int:
+        return lower_bound(self.ev, state, self.cancel) if self.use_bound else 0
+
+    def solve(self, state: State, budget: float) -> tuple[float, bool]:
+        key = (state.mask, state.key)
+        entry = self.table.get(key)
+        if entry is not None:
+            lb, exact, _ = entry
+            if exact or lb > budget:
+                return lb, exact
+        if state.mask == self.full:
+            self.table[key] = (0, True, None)
+            return 0, True
+        self.nodes += 1
+        if self.deadline is not None and (self.nodes & 255) == 0 and time.perf_counter() > self.deadline:
+            raise _Timeout
+        old_lb = entry[0] if entry is not None else 0
+        h = max(self.h(state), old_lb)
+        if h > budget:
+            self.table[key] = (h, False, None)
+            return h, False
+        ev = self.ev
+        moves = sorted((ev.step_cost(state, v), v) for v in ev.eliminable if not state.mask >> v & 1)
+        best, best_v, lbs = INF, None, INF
+        for c, v in moves:
+            cap = min(budget, best - 1) - c
+            if cap < 0:
+                lbs = min(lbs, c)  # every later move costs at least c too
+                break
+            child, _ = ev.eliminate(state, v)
+            val, exact = self.solve(child, cap)
+            total = c + val
+            if exact:
+                if total < best:
+                    best, best_v = total, v
+            elif total < lbs:
+                lbs = total
+        if best <= lbs:
+            self.table[key] = (best, True, best_v)
+            return best, True
+        lb = max(lbs, h)
+        self.table[key] = (lb, False, None)
+        return lb, False
+
+    def path(self, state: State) -> Optional[list[int]]:
+        """The optimal order from ``state`` recorded in the table, if complete."""
+        order = []
+        while state.mask != self.full:
+            entry = self.table.get((state.mask, state.key))
+            if entry is None or not entry[1] or entry[2] is None:
+                return None
+            v = entry[2]
+            order.append(v)
+            state, _ = self.ev.eliminate(state, v)
+        return order
+
+
+def exact_search(ev: Evaluator, upper: Sequence[int], deadline: Optional[float] = None,
+                 on_bound: Optional[Callable[[int], None]] = None) -> ExactResult:
+    """Prove the optimum or certify a lower bound, starting from order ``upper``.
+
+    ``upper`` (any valid order) is the incumbent; the result's order is
+    never worse.  ``deadline`` is a ``time.perf_counter()`` value;
+    ``on_bound(lb)`` is called whenever the certified bound rises.
+    """
+    upper = tuple(int(v) for v in upper)
+    ub = ev.cost(upper)
+    solver = _Solver(ev, deadline)
+    root = ev.root
+    lb = solver.h(root)
+    best_order, best_cost = upper, ub
+    step = max(1, (best_cost - lb) // 16)
+    budget = lb
+    try:
+        while lb < best_cost:
+            val, exact = solver.solve(root, min(budget, best_cost - 1))
+            if exact:
+                if val < best_cost:
+                    path = solver.path(root)
+                    if path is not None:
+                        best_order, best_cost = tuple(path), int(val)
+                lb = min(int(val), best_cost)
+                break
+            lb = int(min(val, best_cost))
+            if on_bound is not None:
+                on_bound(lb)
+            budget = max(lb, budget + step)
+            step *= 2
+    except _Timeout:
+        pass
+    lb = min(lb, best_cost)
+    return ExactResult(best_order, best_cost, lb, lb >= best_cost, solver.nodes)

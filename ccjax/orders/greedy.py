@@ -1,0 +1,183 @@
+"""Greedy orders on the exact cost model: pre-elimination and Markowitz variants.
+
+Every function here takes an :class:`~ccjax.orders.incremental.Evaluator`
+and returns a permutation of ``ev.eliminable``; scores are computed on the
+evolving edge set, with structure-aware step costs from the one cost model.
+
+* :func:`preeliminate`: repeatedly eliminate a vertex that has a single
+  predecessor or a single successor and whose elimination costs no
+  multiplication and merges into no existing edge (a pure contraction of a
+  chain link; the paper's "safe pre-elimination" of scalar/diagonal
+  chains).  This is a cheap and usually harmless reduction, not a proven
+  one in the structured cost model, so every search also keeps orders
+  without it.
+* :func:`greedy`: eliminate next the vertex with the smallest score;
+  scores ``markowitz`` (``|preds| * |succs|``), ``mults`` (true step cost),
+  ``relative`` (step cost per edge removed) and ``fill`` (new edges), each
+  with ties broken towards the earliest (``first``) or the latest
+  (``last``, "reverse Markowitz") vertex.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from ccjax.orders.incremental import Evaluator, State
+
+Score = Callable[[Evaluator, State, int], float]
+
+
+def _is_safe(ev: Evaluator, state: State, v: int) -> bool:
+    """One unit in-edge or one unit out-edge, no merge, no multiplication."""
+    P, S = state.preds[v], state.succs[v]
+    unit_in = len(P) == 1 and not ev.is_valued(next(iter(P.values())))
+    unit_out = len(S) == 1 and not ev.is_valued(next(iter(S.values())))
+    if not (unit_in or unit_out):
+        return False
+    for u in P:
+        su = state.succs[u]
+        for w in S:
+            if w in su:
+                return False
+    return ev.step_cost(state, v) == 0
+
+
+def preeliminate(ev: Evaluator, state: Optional[State] = None,
+                 reverse: bool = False) -> tuple[State, list[int]]:
+    """Safe pre-elimination from ``state`` (default: the graph).
+
+    Returns the reduced state and the eliminated vertices in order.  Scans
+    in evaluation order (``reverse``: from the outputs back) and repeats
+    until no vertex qualifies.  Deterministic.
+    """
+    state = ev.root if state is None else state
+    done: list[int] = []
+    remaining = [v for v in ev.eliminable if not state.mask >> v & 1]
+    if reverse:
+        remaining.reverse()
+    changed = True
+    while changed:
+        changed = False
+        keep = []
+        for v in remaining:
+            if _is_safe(ev, state, v):
+                state, _ = ev.eliminate(state, v)
+                done.append(v)
+                changed = True
+            else:
+                keep.append(v)
+        remaining = keep
+    return state, done
+
+
+# -- scores -------------------------------------------------------------------
+
+def score_markowitz(ev: Evaluator, state: State, v: int) -> float:
+    return len(state.preds[v]) * len(state.succs[v])
+
+
+def score_mults(ev: Evaluator, state: State, v: int) -> float:
+    return ev.step_cost(state, v)
+
+
+def score_relative(ev: Evaluator, state: State, v: int) -> float:
+    """Step cost per edge removed minus edges created (a lowest relative degree)."""
+    P, S = state.preds[v], state.succs[v]
+    fill = sum(1 for u in P for w in S if w not in state.succs[u])
+    return (ev.step_cost(state, v) + 1) / (len(P) + len(S)) + fill / (len(P) + len(S) + 1)
+
+
+def score_fill(ev: Evaluator, state: State, v: int) -> float:
+    P, S = state.preds[v], state.succs[v]
+    fill = sum(1 for u in P for w in S if w not in state.succs[u])
+    return fill - len(P) - len(S) + 1e-6 * ev.step_cost(state, v)
+
+
+SCORES: dict[str, Score] = {
+    "markowitz": score_markowitz,
+    "mults": score_mults,
+    "relative": score_relative,
+    "fill": score_fill,
+}
+
+
+def greedy(ev: Evaluator, score: Score, state: Optional[State] = None, last: bool = False) -> list[int]:
+    """Greedy completion of ``state``: smallest score first.
+
+    Ties go to the lowest vertex id, or the highest with ``last``.  Scores
+    are recomputed only for vertices whose adjacency changed.
+    """
+    state = ev.root if state is None else state
+    remaining = {v for v in ev.eliminable if not state.mask >> v & 1}
+    scores = {v: score(ev, state, v) for v in remaining}
+    sign = -1 if last else 1
+    order: list[int] = []
+    while remaining:
+        v = min(remaining, key=lambda x: (scores[x], sign * x))
+        dirty = set(state.preds[v]) | set(state.succs[v])
+        state, _ = ev.eliminate(state, v)
+        remaining.discard(v)
+        del scores[v]
+        order.append(v)
+        # a vertex's score depends on its own edges and, for fill, on its neighbours' edges
+        if score in (score_relative, score_fill):
+            dirty = {y for x in dirty if x in state.preds for y in (*state.preds[x], *state.succs[x], x)}
+        for x in dirty:
+            if x in remaining:
+                scores[x] = score(ev, state, x)
+    return order
+
+
+def forward(ev: Evaluator, state: Optional[State] = None) -> list[int]:
+    state = ev.root if state is None else state
+    return [v for v in sorted(ev.eliminable) if not state.mask >> v & 1]
+
+
+def reverse(ev: Evaluator, state: Optional[State] = None) -> list[int]:
+    return forward(ev, state)[::-1]
+
+
+def _complete(kind: str) -> Callable[[Evaluator, Optional[State]], list[int]]:
+    if kind == "fwd":
+        return forward
+    if kind == "rev":
+        return reverse
+    name, _, tie = kind.partition("-")
+    return lambda ev, state=None: greedy(ev, SCORES[name], state, last=(tie == "last"))
+
+
+def _named(pre: Optional[str], kind: str) -> Callable[[Evaluator], list[int]]:
+    complete = _complete(kind)
+
+    def order(ev: Evaluator) -> list[int]:
+        if pre is None:
+            return complete(ev, None)
+        state, prefix = preeliminate(ev, reverse=(pre == "pre-rev"))
+        return prefix + complete(ev, state)
+
+    return order
+
+
+_BASES = ("fwd", "rev", "markowitz", "markowitz-last", "mults", "mults-last", "relative", "relative-last",
+          "fill", "fill-last")
+
+#: name -> ``Evaluator -> order``; "pre+X" runs :func:`preeliminate` first.
+VARIANTS: dict[str, Callable[[Evaluator], list[int]]] = {}
+for _b in _BASES:
+    VARIANTS[_b] = _named(None, _b)
+    VARIANTS["pre+" + _b] = _named("pre", _b)
+    VARIANTS["prerev+" + _b] = _named("pre-rev", _b)
+
+#: The cheap subset ``order="auto"`` tries when the cache has no order.
+QUICK = ("rev", "fwd", "markowitz", "pre+rev", "pre+fwd", "pre+markowitz", "mults", "mults-last",
+         "pre+mults-last")
+
+
+def best_variant(ev: Evaluator, names=None) -> tuple[str, list[int], int]:
+    """``(name, order, cost)`` of the cheapest variant (ties: first name)."""
+    best = None
+    for name in (VARIANTS if names is None else names):
+        order = VARIANTS[name](ev)
+        c = ev.cost(order)
+        if best is None or c < best[2]:
+            best = (name, order, c)
+    return best
