@@ -18,8 +18,9 @@ from typing import Any, Callable, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import sparse
 
-from ccjax.eliminate import CostReport, OrderError, Plan, execute, plan_elimination, validate_order
+from ccjax.eliminate import LAYOUTS, CostReport, OrderError, Plan, execute, plan_elimination, validate_order
 from ccjax._jaxpr import is_jax_value, structural_key
 from ccjax.graph import Graph, build_program
 from ccjax.orders import resolve_order
@@ -161,15 +162,15 @@ def _plan(g: Graph, order: OrderSpec) -> Plan:
     return plan
 
 
-def _runner(g: Graph, order: OrderSpec) -> Callable:
+def _runner(g: Graph, order: OrderSpec, layout: str = "dense") -> Callable:
     """``run(inputs, consts) -> (blocks, aux)`` for graph ``g`` and ``order``.
 
     ``blocks`` lists the Jacobian blocks output-major in the ``jax.jacrev``
-    layout and dtype.  For a reusable graph the function is jitted once and
-    kept with the graph, so eager calls compile once rather than per
-    primitive, and repeated calls do no planning.
+    layout and dtype (dense arrays or BCOO, per ``layout``).  For a reusable
+    graph the function is jitted once and kept with the graph, so eager calls
+    compile once rather than per primitive, and repeated calls do no planning.
     """
-    key = _order_key(g, order)
+    key = (_order_key(g, order), layout)
     run = g.runners.get(key)
     if run is not None:
         return run
@@ -179,21 +180,28 @@ def _runner(g: Graph, order: OrderSpec) -> Callable:
 
     def run(inputs, consts):
         env = prog.evaluate(inputs, consts)
-        dense = execute(g, plan, env)
+        found = execute(g, plan, env, layout)
         blocks = []
         for k, out_vertex in enumerate(g.outputs):
             for leaf, in_vertex in zip(g.diff_leaves, g.inputs):
                 aval = prog.avals[prog.inputs[leaf]]
                 shape = tuple(out_avals[k].shape) + tuple(aval.shape)
-                block = dense.get((in_vertex, out_vertex))
-                blocks.append(jnp.zeros(shape, aval.dtype) if block is None
-                              else block.reshape(shape).astype(aval.dtype))
+                blocks.append(_block(found.get((in_vertex, out_vertex)), shape, aval.dtype, layout))
         return blocks, [env[i] for i in prog.outputs[len(g.outputs):]]
 
     if prog.cacheable:
         run = jax.jit(run)
         g.runners[key] = run
     return run
+
+
+def _block(block, shape: tuple, dtype, layout: str):
+    """One Jacobian block in the requested layout, shape and dtype."""
+    if layout == "sparse":
+        if block is None:
+            return sparse.BCOO((jnp.zeros((0,), dtype), jnp.zeros((0, len(shape)), np.int32)), shape=shape)
+        return sparse.BCOO((block.data.astype(dtype), block.indices), shape=shape)
+    return jnp.zeros(shape, dtype) if block is None else block.reshape(shape).astype(dtype)
 
 
 def _as_value(x, aval):
@@ -203,7 +211,8 @@ def _as_value(x, aval):
 
 
 def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool = False,
-          holomorphic: bool = False, allow_int: bool = False, *, order: OrderSpec = "auto") -> Callable:
+          holomorphic: bool = False, allow_int: bool = False, *, order: OrderSpec = "auto",
+          output: str = "dense") -> Callable:
     """Jacobian of ``fun`` by cross-country vertex elimination.
 
     A drop-in replacement for ``jax.jacrev`` with the same arguments and the
@@ -216,7 +225,14 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
     ``"markowitz"``, ``"auto"`` (best known order: the order cache, else the
     cheapest built-in heuristic), or a sequence of vertex ids permuting
     ``ccjax.graph(fun, *args).eliminable``.
+
+    ``output="sparse"`` returns every block as a
+    ``jax.experimental.sparse.BCOO`` holding only its structural nonzeros
+    (e.g. ``B`` entries for the batch diagonal of a ``vmap``-ed function)
+    instead of a dense array; the pytree layout is unchanged.
     """
+    if output not in LAYOUTS:
+        raise ValueError(f"output must be one of {LAYOUTS}, got {output!r}")
     if not isinstance(order, str):
         try:
             order = tuple(order)
@@ -230,7 +246,7 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
         out_avals = [v.aval for v in t.closed.jaxpr.outvars[:t.n_out]]
         _check_outputs(out_avals, holomorphic)
         g = _graph_of(t)
-        run = _runner(g, order)
+        run = _runner(g, order, output)
         prog = g.program
         inputs = [_as_value(x, prog.avals[i]) for x, i in zip(t.leaves, prog.inputs)]
         blocks, aux = run(inputs, list(t.closed.consts))

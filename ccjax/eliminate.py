@@ -14,7 +14,9 @@ from typing import Sequence
 import jax.numpy as jnp
 
 from ccjax.graph import Graph
-from ccjax.structure import ProductPlan, Structure, SumPlan, product_plan, sum_plan, to_dense
+from ccjax.structure import ProductPlan, Structure, SumPlan, product_plan, sum_plan, to_bcoo, to_dense
+
+LAYOUTS = ("dense", "sparse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,25 +172,29 @@ def partial_values(graph: Graph, env: Sequence) -> list:
     return values
 
 
-def run_plan(graph: Graph, plan: Plan, raw_values: Sequence) -> dict:
+def run_plan(graph: Graph, plan: Plan, raw_values: Sequence, layout: str = "dense") -> dict:
     """Multiply and accumulate: the elimination itself.
 
-    Returns ``{(input vertex, output vertex): dense block}`` in the
-    ``out_shape + in_shape`` layout, in the graph's compute dtype.  Every
-    scalar multiplication performed here is counted in ``plan.report``.
+    Returns ``{(input vertex, output vertex): block}`` with blocks in the
+    ``out_shape + in_shape`` layout and the graph's compute dtype: dense
+    arrays, or ``jax.experimental.sparse.BCOO`` for ``layout="sparse"``.
+    Every scalar multiplication performed here is counted in ``plan.report``.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown output layout {layout!r}; use one of {LAYOUTS}")
     dtype = graph.dtype
     values: list = list(raw_values) + [None] * (len(plan.structures) - len(raw_values))
     for kind, dst, a, b, p in plan.steps:
         result = p.apply(values[a], values[b], dtype)
         if dst is not None:
             values[dst] = result
-    return {key: to_dense(plan.structures[slot], values[slot], dtype) for key, slot in plan.final.items()}
+    convert = to_dense if layout == "dense" else to_bcoo
+    return {key: convert(plan.structures[slot], values[slot], dtype) for key, slot in plan.final.items()}
 
 
-def execute(graph: Graph, plan: Plan, env: Sequence) -> dict:
+def execute(graph: Graph, plan: Plan, env: Sequence, layout: str = "dense") -> dict:
     """:func:`partial_values` then :func:`run_plan`."""
-    return run_plan(graph, plan, partial_values(graph, env))
+    return run_plan(graph, plan, partial_values(graph, env), layout)
 
 
 def count_mults(graph: Graph, order: Sequence[int]) -> int:

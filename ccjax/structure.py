@@ -41,7 +41,7 @@ class Structure:
 
     Invariants: symbols are ``0..len(sizes)-1`` numbered by first occurrence
     on the axes; every symbol occurs on at least one axis; ``val`` lists
-    distinct symbols (the axes of the stored value array, in order).
+    distinct symbols in increasing order (the axes of the stored value array).
     """
 
     out_axes: Axes
@@ -465,6 +465,32 @@ def to_dense(st: Structure, value, dtype=None):
     dtype = dtype if dtype is not None else (jnp.result_type(float) if value is None else value.dtype)
     plan = densify_plan(st)
     return jnp.reshape(plan.apply(value, dtype), st.out_shape + st.in_shape)
+
+
+def to_bcoo(st: Structure, value, dtype=None):
+    """The partial as a ``jax.experimental.sparse.BCOO`` of shape
+    ``out_shape + in_shape`` holding exactly its structural nonzeros (one
+    entry per combination of symbol indices; indices are trace-time
+    constants, so the result stays jittable)."""
+    from jax.experimental import sparse
+
+    dtype = dtype if dtype is not None else (jnp.result_type(float) if value is None else value.dtype)
+    grid = np.indices(st.sizes).reshape(len(st.sizes), -1) if st.sizes else np.zeros((0, 1), np.int64)
+    nse = grid.shape[1]
+    columns = []
+    for ax in st.out_axes + st.in_axes:
+        index = np.zeros(nse, np.int64)
+        for s in ax:
+            index = index * st.sizes[s] + grid[s]
+        columns.append(index)
+    indices = np.stack(columns, axis=1) if columns else np.zeros((nse, 0), np.int64)
+    if st.val is None:
+        data = jnp.full((nse,), st.sign, dtype)
+    else:
+        # st.val is sorted by symbol, so the value's axes are already in grid order.
+        shape = [st.sizes[s] if s in st.val else 1 for s in range(len(st.sizes))]
+        data = jnp.broadcast_to(jnp.reshape(jnp.asarray(value, dtype), shape), st.sizes).reshape(nse)
+    return sparse.BCOO((data, jnp.asarray(indices, np.int32)), shape=st.out_shape + st.in_shape)
 
 
 # ---------------------------------------------------------------------------
