@@ -498,6 +498,17 @@ def to_bcoo(st: Structure, value, dtype=None):
 # ---------------------------------------------------------------------------
 
 
+def _diagonal(value, i: int, j: int):
+    """The diagonal of axes ``i`` and ``j`` (equal sizes), appended last.
+
+    ``jnp.diagonal`` multiplies by a mask; a strided slice of the flattened
+    pair does no arithmetic."""
+    n = value.shape[i]
+    rest = [k for k in range(value.ndim) if k not in (i, j)]
+    value = jnp.transpose(value, rest + [i, j])
+    return jnp.reshape(value, value.shape[:-2] + (n * n,))[..., ::n + 1]
+
+
 @dataclasses.dataclass(frozen=True)
 class _Operand:
     """How one factor's value is prepared: split, diagonals, reductions."""
@@ -509,14 +520,13 @@ class _Operand:
     def apply(self, value):
         value = jnp.reshape(value, self.split_shape)
         letters = list(self.letters)
-        # Diagonals of repeated roots: gather-free, via jnp.diagonal (no products).
+        # Diagonals of repeated roots, by a strided slice (no products).
         while len(set(letters)) != len(letters):
             seen = {}
             for i, r in enumerate(letters):
                 if r in seen:
-                    j = seen[r]
-                    value = jnp.diagonal(value, axis1=j, axis2=i)
-                    letters = [l for k, l in enumerate(letters) if k not in (i, j)] + [r]
+                    value = _diagonal(value, seen[r], i)
+                    letters = [l for k, l in enumerate(letters) if k not in (i, seen[r])] + [r]
                     break
                 seen[r] = i
         summed = tuple(i for i, r in enumerate(letters) if r not in self.keep)

@@ -1,14 +1,34 @@
-"""Elimination orders: built-in heuristics and order resolution."""
+"""Elimination orders: built-in heuristics, order resolution and search.
+
+``resolve_order(graph, "auto")`` uses the order cache (:mod:`ccjax.cache`)
+when it holds a valid order for the graph, else the cheapest of the quick
+greedy variants (:data:`ccjax.orders.greedy.QUICK`, which include ``rev``,
+``fwd`` and ``markowitz``); see :mod:`ccjax.orders.search` for the searches.
+"""
 from __future__ import annotations
 
 from typing import Sequence, Union
 
-from ccjax.eliminate import plan_elimination, validate_order
+from ccjax.eliminate import validate_order
 from ccjax.graph import Graph
 from ccjax.orders.heuristics import HEURISTICS, forward, markowitz, reverse
 
-#: Orders tried by ``order="auto"``, in tie-breaking preference.
+#: The classical orders ``order="auto"`` always considers (with the other quick variants).
 AUTO_CANDIDATES = ("rev", "fwd", "markowitz")
+
+
+def auto_order(graph: Graph, cache=None) -> tuple[int, ...]:
+    """The order ``order="auto"`` uses: the cached order if it is valid and
+    no quick greedy variant beats it, else the cheapest quick variant.
+
+    ``cache``: an :class:`~ccjax.cache.OrderCache` (default location when None).
+    """
+    from ccjax.cache import OrderCache
+    from ccjax.orders.search import quick_order
+
+    store = OrderCache() if cache is None else cache
+    entry = store.get(graph)
+    return quick_order(graph, None if entry is None else entry.order)[0]
 
 
 def resolve_order(graph: Graph, order: Union[str, Sequence[int]]) -> tuple[int, ...]:
@@ -16,8 +36,7 @@ def resolve_order(graph: Graph, order: Union[str, Sequence[int]]) -> tuple[int, 
     if isinstance(order, str):
         name = order.lower()
         if name == "auto":
-            candidates = [HEURISTICS[c](graph) for c in AUTO_CANDIDATES]
-            return min(candidates, key=lambda o: plan_elimination(graph, o).report.mults)
+            return auto_order(graph)
         if name not in HEURISTICS:
             raise ValueError(f"unknown order {order!r}; use one of {sorted(HEURISTICS) + ['auto']} "
                              f"or a sequence of vertex ids")
@@ -25,4 +44,12 @@ def resolve_order(graph: Graph, order: Union[str, Sequence[int]]) -> tuple[int, 
     return validate_order(graph, order)
 
 
-__all__ = ["HEURISTICS", "AUTO_CANDIDATES", "forward", "reverse", "markowitz", "resolve_order"]
+def search_order(*args, **kwargs):
+    """See :func:`ccjax.orders.search.search_order`."""
+    from ccjax.orders.search import search_order as _search
+
+    return _search(*args, **kwargs)
+
+
+__all__ = ["HEURISTICS", "AUTO_CANDIDATES", "forward", "reverse", "markowitz", "resolve_order", "auto_order",
+           "search_order"]

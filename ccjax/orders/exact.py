@@ -15,17 +15,11 @@ entries stay valid across iterations, so every iteration either proves the
 optimum or raises the certified lower bound of the root; a time limit stops
 the search with the best certified bound and the gap to the best order.
 
-Admissible lower bound (:func:`lower_bound`): a sum involving a valued
-partial (one that stores numbers) never cancels, and a product of two valued
-partials is valued and costs at least one multiplication.  So if a remaining
-vertex ``v`` lies on a path of valued edges from an input and on one to an
-output, those paths survive every elimination (eliminating a path vertex
-replaces two valued edges by their valued product, summed into a valued
-edge), and when ``v`` is eliminated it multiplies at least one valued pair.
-The bound counts such vertices; it holds for every graph.  When no sum can
-cancel (:func:`can_cancel`), every remaining vertex stays connected to the
-inputs and outputs, valued edges persist the same way, and it suffices that
-``v`` has one valued in-edge and one valued out-edge now.
+Admissible bound (:mod:`ccjax.orders.bounds`): without possible
+cancellation, the sum over remaining vertices of the larger of the
+per-vertex cut bound computed once on the graph (valid in every state) and
+whether the vertex has a valued in- and out-edge now; with possible
+cancellation, the valued-path count of the state.
 """
 from __future__ import annotations
 
@@ -33,6 +27,7 @@ import dataclasses
 import time
 from typing import Callable, Optional, Sequence
 
+from ccjax.orders.bounds import can_cancel, count_bound, vertex_bounds
 from ccjax.orders.incremental import Evaluator, State
 
 INF = float("inf")
@@ -55,67 +50,13 @@ class ExactResult:
     nodes: int
 
 
-def can_cancel(ev: Evaluator) -> bool:
-    """Whether some future sum could cancel to zero.
-
-    Only a sum of two unit partials of opposite sign cancels, and a unit
-    partial is always the product along one path of unit edges of the
-    graph; so cancellation needs two paths of unit edges between the same
-    two vertices with opposite signs.  Checked on the graph itself.
-    """
-    root = ev.root
-    unit = {}
-    for u, succ in root.succs.items():
-        unit[u] = [(w, ev.structures[s].sign) for w, s in succ.items() if not ev.is_valued(s)]
-    for a in root.succs:
-        seen: set[tuple[int, int]] = set()
-        stack = [(w, sg) for w, sg in unit[a]]
-        while stack:
-            b, sg = stack.pop()
-            if (b, sg) in seen:
-                continue
-            if (b, -sg) in seen:
-                return True
-            seen.add((b, sg))
-            stack.extend((w, sg * s2) for w, s2 in unit.get(b, ()))
-    return False
-
-
-def lower_bound(ev: Evaluator, state: State, cancel: bool = True) -> int:
-    """Admissible bound on the cost to finish from ``state`` (see module doc).
-
-    ``cancel=False`` asserts that no sum can cancel (:func:`can_cancel`).
-    """
-    valued = ev.is_valued
-    preds, succs, mask = state.preds, state.succs, state.mask
-    if not cancel:
-        return sum(1 for v in ev.eliminable if not mask >> v & 1
-                   and any(valued(s) for s in preds[v].values()) and any(valued(s) for s in succs[v].values()))
-    fwd: set[int] = set()
-    stack = [v for v, p in preds.items() if not p]
-    while stack:
-        u = stack.pop()
-        for w, s in succs[u].items():
-            if w not in fwd and valued(s):
-                fwd.add(w)
-                stack.append(w)
-    bwd: set[int] = set()
-    stack = [v for v, s in succs.items() if not s]
-    while stack:
-        w = stack.pop()
-        for u, s in preds[w].items():
-            if u not in bwd and valued(s):
-                bwd.add(u)
-                stack.append(u)
-    return sum(1 for v in ev.eliminable if not mask >> v & 1 and v in fwd and v in bwd)
-
-
 class _Solver:
     def __init__(self, ev: Evaluator, deadline: Optional[float], use_bound: bool = True):
         self.ev = ev
         self.deadline = deadline
         self.use_bound = use_bound
         self.cancel = can_cancel(ev)
+        self.static = {} if self.cancel or not use_bound else vertex_bounds(ev, ev.root)
         self.table: dict[tuple[int, int], tuple[float, bool, Optional[int]]] = {}
         self.nodes = 0
         self.full = 0
@@ -123,7 +64,20 @@ class _Solver:
             self.full |= 1 << v
 
     def h(self, state: State) -> int:
-        return lower_bound(self.ev, state, self.cancel) if self.use_bound else 0
+        if not self.use_bound:
+            return 0
+        if self.cancel:
+            return count_bound(self.ev, state, cancel=True)
+        preds, succs, mask, valued, static = state.preds, state.succs, state.mask, self.ev.is_valued, self.static
+        total = 0
+        for v in self.ev.eliminable:
+            if mask >> v & 1:
+                continue
+            b = static[v]
+            if b < 1 and any(valued(s) for s in preds[v].values()) and any(valued(s) for s in succs[v].values()):
+                b = 1
+            total += b
+        return total
 
     def solve(self, state: State, budget: float) -> tuple[float, bool]:
         key = (state.mask, state.key)

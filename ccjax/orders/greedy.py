@@ -168,8 +168,7 @@ for _b in _BASES:
     VARIANTS["prerev+" + _b] = _named("pre-rev", _b)
 
 #: The cheap subset ``order="auto"`` tries when the cache has no order.
-QUICK = ("rev", "fwd", "markowitz", "pre+rev", "pre+fwd", "pre+markowitz", "mults", "mults-last",
-         "pre+mults-last")
+QUICK = ("rev", "fwd", "markowitz", "pre+mults-last", "pre+relative-last")
 
 
 def best_variant(ev: Evaluator, names=None) -> tuple[str, list[int], int]:

@@ -1,0 +1,290 @@
+"""A persistent store of the best known elimination order per graph.
+
+Layout: one JSON file per graph under ``<root>/orders/<key>.json``, where
+``key`` is the graph fingerprint (which already encodes every vertex shape,
+dtype and edge structure) joined with the differentiated input leaves
+(``argnums``).  ``<root>`` is, in order of precedence, the ``path`` argument,
+the ``CCJAX_CACHE_DIR`` environment variable (empty, ``0``, ``off`` or
+``none`` disable the cache), or the user cache directory
+(``$XDG_CACHE_HOME/ccjax``, ``~/.cache/ccjax``, ``~/Library/Caches/ccjax``
+or ``%LOCALAPPDATA%\\ccjax``).
+
+Guarantees:
+
+* writes are atomic (temporary file in the same directory, then
+  ``os.replace``) and serialised per key by an advisory file lock, so
+  several processes may write at once; a write keeps the better of the
+  stored and the new order (lower cost; ties keep the stored one);
+* every loaded order is checked: a file that is not valid JSON, not ours,
+  written for another key or graph, or whose order is not a permutation of
+  the graph's eliminable vertices gives a :class:`CacheWarning` and counts
+  as a miss (the next write replaces it); the cost of a loaded order is
+  recomputed with :func:`ccjax.eliminate.plan_elimination` and the recorded
+  cost is never trusted;
+* no state is kept in memory between calls.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+from ccjax.eliminate import OrderError, plan_elimination, validate_order
+from ccjax.graph import Graph
+
+ENV_VAR = "CCJAX_CACHE_DIR"
+FORMAT = "ccjax-order-cache"
+VERSION = 1
+_DISABLED = ("", "0", "off", "none", "false", "no")
+
+PathLike = Union[str, os.PathLike]
+
+
+class CacheWarning(UserWarning):
+    """A cache file was unreadable, foreign or stale and was ignored."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheEntry:
+    """One stored order.  ``cost`` is the recorded cost (recomputed on load
+    by :meth:`OrderCache.get`); ``label`` is free text (e.g. a task name)."""
+
+    key: str
+    fingerprint: str
+    diff_leaves: tuple[int, ...]
+    order: tuple[int, ...]
+    cost: int
+    method: str = ""
+    lower_bound: Optional[int] = None
+    label: str = ""
+    n_eliminable: int = 0
+    created: float = 0.0
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["diff_leaves"] = list(self.diff_leaves)
+        d["order"] = list(self.order)
+        return {"format": FORMAT, "version": VERSION, **d}
+
+    @staticmethod
+    def from_json(d: dict) -> "CacheEntry":
+        """Parse a record; ``ValueError`` for anything that is not one."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") != VERSION:
+            raise ValueError("not a ccjax order-cache record")
+        try:
+            lb = d.get("lower_bound")
+            entry = CacheEntry(
+                key=str(d["key"]), fingerprint=str(d["fingerprint"]),
+                diff_leaves=tuple(_as_int(x) for x in d["diff_leaves"]),
+                order=tuple(_as_int(x) for x in d["order"]), cost=_as_int(d["cost"]),
+                method=str(d.get("method", "")), lower_bound=None if lb is None else _as_int(lb),
+                label=str(d.get("label", "")), n_eliminable=_as_int(d.get("n_eliminable", 0)),
+                created=float(d.get("created", 0.0)))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"malformed record: {e}") from None
+        return entry
+
+
+def _as_int(x) -> int:
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise ValueError(f"expected an integer, got {x!r}")
+    return x
+
+
+def graph_key(graph: Graph) -> str:
+    """Cache key of a graph: fingerprint plus differentiated input leaves."""
+    leaves = "_".join(str(i) for i in graph.diff_leaves) or "none"
+    return f"{graph.fingerprint}-{leaves}"
+
+
+def default_cache_dir() -> Optional[Path]:
+    """The cache root from ``CCJAX_CACHE_DIR`` or the platform's user cache
+    directory; None when disabled by the environment variable."""
+    env = os.environ.get(ENV_VAR)
+    if env is not None:
+        return None if env.strip().lower() in _DISABLED else Path(env).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ccjax"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock on ``path`` (no-op where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(msg, CacheWarning, stacklevel=3)
+
+
+class OrderCache:
+    """The on-disk order store (see module docstring).
+
+    ``OrderCache()`` uses :func:`default_cache_dir`; ``OrderCache(path)`` a
+    given root.  ``enabled`` is False when the environment disabled it, and
+    then every lookup misses and every write is skipped.
+    """
+
+    def __init__(self, path: Optional[PathLike] = None):
+        self.root: Optional[Path] = Path(path).expanduser() if path is not None else default_cache_dir()
+
+    @property
+    def enabled(self) -> bool:
+        return self.root is not None
+
+    @property
+    def directory(self) -> Optional[Path]:
+        return None if self.root is None else self.root / "orders"
+
+    def _file(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    # -- reading ---------------------------------------------------------------
+    def _read(self, path: Path, quiet: bool = False) -> Optional[CacheEntry]:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if not quiet:
+                _warn(f"ccjax order cache: cannot read {path}: {e}; ignoring it")
+            return None
+        try:
+            entry = CacheEntry.from_json(json.loads(text))
+        except (ValueError, json.JSONDecodeError) as e:
+            if not quiet:
+                _warn(f"ccjax order cache: {path} is corrupt or foreign ({e}); ignoring it, "
+                      f"it will be rebuilt")
+            return None
+        if entry.key != path.stem:
+            if not quiet:
+                _warn(f"ccjax order cache: {path} holds key {entry.key!r}; ignoring it")
+            return None
+        return entry
+
+    def get(self, graph: Graph) -> Optional[CacheEntry]:
+        """The stored order for ``graph``, validated, with its cost recomputed;
+        None on a miss or when the stored record cannot be trusted."""
+        if not self.enabled:
+            return None
+        key = graph_key(graph)
+        entry = self._read(self._file(key))
+        if entry is None:
+            return None
+        if entry.fingerprint != graph.fingerprint or entry.diff_leaves != tuple(graph.diff_leaves):
+            _warn(f"ccjax order cache: record {key} belongs to another graph; ignoring it")
+            return None
+        try:
+            order = validate_order(graph, entry.order)
+        except OrderError as e:
+            _warn(f"ccjax order cache: stale order for {key} ({e}); ignoring it")
+            return None
+        cost = plan_elimination(graph, order).report.mults
+        return dataclasses.replace(entry, order=order, cost=cost)
+
+    def entries(self) -> list[CacheEntry]:
+        """All readable records (unreadable ones are skipped silently)."""
+        if not self.enabled or not self.directory.is_dir():
+            return []
+        out = []
+        for path in sorted(self.directory.glob("*.json")):
+            entry = self._read(path, quiet=True)
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    # -- writing ---------------------------------------------------------------
+    def put(self, graph: Graph, order: Sequence[int], cost: Optional[int] = None, method: str = "",
+            lower_bound: Optional[int] = None, label: str = "") -> Optional[CacheEntry]:
+        """Store ``order`` for ``graph`` unless an order at least as cheap is
+        stored already.  Returns the entry now stored (None if disabled or
+        the directory is not writable, which only warns)."""
+        if not self.enabled:
+            return None
+        order = validate_order(graph, order)
+        real = plan_elimination(graph, order).report.mults
+        if cost is not None and cost != real:
+            raise ValueError(f"order costs {real} multiplications, not {cost}")
+        key = graph_key(graph)
+        new = CacheEntry(key, graph.fingerprint, tuple(graph.diff_leaves), order, real, method,
+                         lower_bound, label, len(graph.eliminable), time.time())
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with _locked(self.directory / f"{key}.lock"):
+                old = self.get(graph)
+                if old is not None and old.cost <= new.cost:
+                    if lower_bound is not None and (old.lower_bound is None or lower_bound > old.lower_bound):
+                        old = dataclasses.replace(old, lower_bound=min(lower_bound, old.cost))
+                        self._write(old)
+                    return old
+                if old is not None and old.lower_bound is not None:
+                    best_lb = max(old.lower_bound, lower_bound or 0)
+                    new = dataclasses.replace(new, lower_bound=min(best_lb, new.cost))
+                if not new.label and old is not None:
+                    new = dataclasses.replace(new, label=old.label)
+                self._write(new)
+                return new
+        except OSError as e:
+            _warn(f"ccjax order cache: cannot write to {self.directory}: {e}")
+            return None
+
+    def _write(self, entry: CacheEntry) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{entry.key}.", suffix=".tmp", dir=self.directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(entry.to_json(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._file(entry.key))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def remove(self, key: str) -> bool:
+        """Delete one record; True if it existed."""
+        if not self.enabled:
+            return False
+        try:
+            self._file(key).unlink()
+        except FileNotFoundError:
+            return False
+        with contextlib.suppress(OSError):
+            (self.directory / f"{key}.lock").unlink()
+        return True
+
+    def clear(self) -> int:
+        """Delete every record (and stray temporary/lock files); returns the
+        number of records removed."""
+        if not self.enabled or not self.directory.is_dir():
+            return 0
+        n = 0
+        for path in self.directory.iterdir():
+            if path.suffix == ".json":
+                n += 1
+            if path.suffix in (".json", ".lock", ".tmp"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        return n

@@ -1,0 +1,313 @@
+"""Order search without learning: :func:`search_order` and :func:`search_graph`.
+
+Methods (all on the one cost model, through
+:class:`~ccjax.orders.incremental.Evaluator`):
+
+* ``"beam"``: beam search (:mod:`ccjax.orders.beam`) with widths 1, 2, 4, ...
+  until the budget is spent (default: up to width 16);
+* ``"anneal"``: simulated annealing (:mod:`ccjax.orders.anneal`), repeated
+  runs from the best order so far and from other starts;
+* ``"exact"``: branch and bound over elimination states
+  (:mod:`ccjax.orders.exact`): a proven optimum, or a certified lower bound
+  when the budget runs out (default: no limit);
+* ``"auto"``: the greedy variants (:mod:`ccjax.orders.greedy`), then exact
+  search outright for small graphs, else a short beam, annealing for most
+  of the budget and exact search for a lower bound with the rest.
+
+Every method starts from the best of the greedy variants and of the order
+cache, so its result is never worse than ``order="auto"``.  The search is
+*anytime*: ``time_budget`` (seconds) stops it with the best order so far.
+It is deterministic for a given ``seed`` and amount of work: the sequence of
+candidate orders depends only on the seed, a time budget only truncates it
+(without a budget a fixed amount of work is done).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from ccjax.eliminate import plan_elimination
+from ccjax.graph import Graph
+from ccjax.orders.anneal import AnnealConfig, anneal
+from ccjax.orders.beam import beam_search
+from ccjax.orders.bounds import lower_bound
+from ccjax.orders.exact import exact_search
+from ccjax.orders.greedy import QUICK, VARIANTS
+from ccjax.orders.incremental import Evaluator
+
+METHODS = ("auto", "anneal", "beam", "exact")
+
+#: Graphs with at most this many eliminable vertices get an exact search under "auto".
+EXACT_AUTO_SIZE = 12
+
+#: Work done when no time budget is given (number of anneal runs).
+DEFAULT_ANNEAL_RUNS = 5
+
+#: Moves of the first anneal run; each later run doubles, up to ``AnnealConfig().moves``.
+ANNEAL_FIRST_MOVES = 2500
+
+Progress = Callable[["ProgressInfo"], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressInfo:
+    """What a progress callback sees: elapsed seconds, the budget (or None),
+    the best cost so far, the best certified lower bound (or None), and
+    the phase running."""
+
+    elapsed: float
+    budget: Optional[float]
+    best_cost: int
+    lower_bound: Optional[int]
+    phase: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """The outcome of a search.
+
+    ``order``: vertex ids (a permutation of ``graph.eliminable``);
+    ``cost``: its multiplications (equals
+    ``plan_elimination(graph, order).report.mults``); ``method``: what
+    found it (``"anneal"``, ``"beam"``, ``"exact"``, ``"heuristic:<name>"``
+    or ``"cache"``); ``lower_bound``: a certified lower bound on every
+    order's cost, or None; ``fingerprint``: the graph's; ``elapsed``:
+    seconds; ``baselines``: costs of ``fwd``, ``rev`` and ``markowitz``;
+    ``optimal``: ``lower_bound == cost``.
+    """
+
+    order: tuple[int, ...]
+    cost: int
+    method: str
+    lower_bound: Optional[int]
+    fingerprint: str
+    elapsed: float
+    baselines: dict = dataclasses.field(default_factory=dict)
+    evaluations: int = 0
+
+    @property
+    def optimal(self) -> bool:
+        return self.lower_bound is not None and self.lower_bound >= self.cost
+
+    @property
+    def gap(self) -> Optional[float]:
+        """``(cost - lower_bound) / cost``, or None without a bound."""
+        if self.lower_bound is None:
+            return None
+        return 0.0 if self.cost == 0 else (self.cost - self.lower_bound) / self.cost
+
+    @property
+    def best_baseline(self) -> Optional[int]:
+        return min(self.baselines.values()) if self.baselines else None
+
+
+class _Best:
+    """Incumbent bookkeeping shared by the phases of one search."""
+
+    def __init__(self, start: float, budget: Optional[float], progress: Optional[Progress]):
+        self.order: tuple[int, ...] = ()
+        self.cost: Optional[int] = None
+        self.method = ""
+        self.lower_bound: Optional[int] = None
+        self.start = start
+        self.budget = budget
+        self.progress = progress
+        self.phase = ""
+        self.evaluations = 0
+
+    def offer(self, order: Sequence[int], cost: int, method: str) -> None:
+        if self.cost is None or cost < self.cost:
+            self.order, self.cost, self.method = tuple(int(v) for v in order), int(cost), method
+            self.report()
+
+    def bound(self, lb: int) -> None:
+        if self.lower_bound is None or lb > self.lower_bound:
+            self.lower_bound = int(lb)
+            self.report()
+
+    def report(self) -> None:
+        if self.progress is not None and self.cost is not None:
+            self.progress(ProgressInfo(time.perf_counter() - self.start, self.budget, self.cost,
+                                       self.lower_bound, self.phase))
+
+    def deadline(self, fraction: float = 1.0) -> Optional[float]:
+        """A deadline at ``fraction`` of the total budget (None without budget)."""
+        if self.budget is None:
+            return None
+        return self.start + fraction * self.budget
+
+    def optimal_reached(self) -> bool:
+        return self.cost is not None and self.lower_bound is not None and self.lower_bound >= self.cost
+
+    def out_of_time(self) -> bool:
+        return self.budget is not None and time.perf_counter() >= self.start + self.budget
+
+
+def _starts(ev: Evaluator, best: _Best, cached: Optional[Sequence[int]]) -> list[tuple[int, ...]]:
+    """Run every greedy variant (and the cached order); offer them; return
+    the distinct orders, best first."""
+    seen: dict[tuple[int, ...], int] = {}
+    if cached is not None:
+        o = tuple(cached)
+        seen[o] = ev.cost(o)
+        best.offer(o, seen[o], "cache")
+    for name, fn in VARIANTS.items():
+        if best.out_of_time() and best.cost is not None:
+            break
+        o = tuple(fn(ev))
+        if o not in seen:
+            seen[o] = ev.cost(o)
+            best.evaluations += 1
+        best.offer(o, seen[o], f"heuristic:{name}")
+    return sorted(seen, key=lambda o: (seen[o], o))
+
+
+def _run_beam(ev: Evaluator, best: _Best, deadline: Optional[float], max_width: Optional[int]) -> None:
+    best.phase = "beam"
+    width = 1
+    while max_width is None or width <= max_width:
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+        r = beam_search(ev, width, deadline)
+        if r is None:
+            break
+        best.offer(r[0], r[1], "beam")
+        width *= 2
+        if deadline is None and max_width is None:
+            max_width = 16
+
+
+def _run_anneal(ev: Evaluator, best: _Best, starts: list, rng: np.random.Generator,
+                deadline: Optional[float], runs: Optional[int]) -> None:
+    best.phase = "anneal"
+    k = 0
+    alt = 0
+    while runs is None or k < runs:
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+        if k % 3 == 2 and len(starts) > 1:  # every third run from another start
+            alt = alt % (len(starts) - 1) + 1
+            start = starts[alt]
+        elif k % 6 == 5:
+            start = tuple(int(v) for v in rng.permutation(np.array(ev.eliminable, dtype=np.int64)))
+        else:
+            start = best.order
+        # short runs first (a small budget still finishes cooling), then longer ones
+        moves = min(ANNEAL_FIRST_MOVES << k, AnnealConfig().moves)
+        r = anneal(ev, start, rng, AnnealConfig(moves=moves), deadline,
+                   on_improve=lambda o, c: best.offer(o, c, "anneal"))
+        best.evaluations += r.moves
+        best.offer(r.order, r.cost, "anneal")
+        k += 1
+
+
+def _run_exact(ev: Evaluator, best: _Best, deadline: Optional[float]) -> None:
+    best.phase = "exact"
+    r = exact_search(ev, best.order, deadline, on_bound=best.bound)
+    best.evaluations += r.nodes
+    best.offer(r.order, r.cost, "exact")
+    best.bound(r.lower_bound)
+
+
+def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float] = None, seed: int = 0,
+                 progress: Optional[Progress] = None, cached: Optional[Sequence[int]] = None,
+                 anneal_runs: Optional[int] = None) -> SearchResult:
+    """Search an elimination order for ``graph`` (see module docstring).
+
+    ``cached``: an order to start from (e.g. from the order cache).
+    ``anneal_runs``: number of annealing runs (default: until the budget is
+    spent, or :data:`DEFAULT_ANNEAL_RUNS` without a budget).
+    ``progress(ProgressInfo)`` is called on every improvement.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown search method {method!r}; use one of {METHODS}")
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
+    start = time.perf_counter()
+    best = _Best(start, time_budget, progress)
+    ev = Evaluator(graph)
+    best.phase = "heuristics"
+    starts = _starts(ev, best, cached)
+    n = len(graph.eliminable)
+    best.bound(lower_bound(ev, ev.root))
+    rng = np.random.default_rng(seed)
+    runs = anneal_runs if anneal_runs is not None else (None if time_budget else DEFAULT_ANNEAL_RUNS)
+    if n >= 2 and not best.optimal_reached():
+        if method == "beam":
+            _run_beam(ev, best, best.deadline(), None)
+        elif method == "anneal":
+            _run_anneal(ev, best, starts, rng, best.deadline(), runs)
+        elif method == "exact":
+            _run_exact(ev, best, best.deadline())
+        elif n <= EXACT_AUTO_SIZE:
+            _run_exact(ev, best, best.deadline())
+        else:
+            _run_beam(ev, best, best.deadline(0.1), 4)
+            _run_anneal(ev, best, starts, rng, best.deadline(0.8), runs)
+            if time_budget is not None:
+                _run_exact(ev, best, best.deadline())
+    order = best.order
+    cost = plan_elimination(graph, order).report.mults
+    if cost != best.cost:  # pragma: no cover - the evaluator is tested to agree
+        raise AssertionError(f"search evaluator disagrees with plan_elimination: {best.cost} vs {cost}")
+    baselines = {name: ev.cost(VARIANTS[name](ev)) for name in ("fwd", "rev", "markowitz")}
+    lb = best.lower_bound
+    return SearchResult(order, cost, best.method, None if lb is None else min(lb, cost), graph.fingerprint,
+                        time.perf_counter() - start, baselines, best.evaluations)
+
+
+def quick_order(graph: Graph, cached: Optional[Sequence[int]] = None) -> tuple[tuple[int, ...], int, str]:
+    """``order="auto"`` without the cache: ``(order, cost, name)`` of the
+    cheapest of the quick greedy variants (and ``cached``, preferred on ties)."""
+    ev = Evaluator(graph)
+    best: Optional[tuple] = None
+    if cached is not None:
+        best = (tuple(cached), ev.cost(cached), "cache")
+    for name in QUICK:
+        o = tuple(VARIANTS[name](ev))
+        c = ev.cost(o)
+        if best is None or c < best[1]:
+            best = (o, c, name)
+    return best
+
+
+def search_order(fun: Callable, *args: Any, argnums: Union[int, Sequence[int]] = 0, method: str = "auto",
+                 time_budget: Optional[float] = None, seed: int = 0, cache: Union[bool, Any] = True,
+                 progress: Optional[Progress] = None, label: str = "", **kwargs: Any) -> SearchResult:
+    """Search a cheap elimination order for ``jacve(fun, argnums)`` at ``args``.
+
+    ``method``: ``"auto"``, ``"anneal"``, ``"beam"`` or ``"exact"``;
+    ``time_budget``: seconds (anytime; None: a fixed amount of work, or no
+    limit for ``"exact"``); ``seed``: the search is deterministic for a seed
+    and amount of work.  ``cache``: True (default location), False, a path
+    or an :class:`~ccjax.cache.OrderCache`; the search starts from the
+    cached order and stores its result (the better one is kept), so that
+    ``jacve(fun, order="auto")`` uses it.  Returns a :class:`SearchResult`.
+    """
+    from ccjax.api import graph as build_graph
+
+    g = build_graph(fun, *args, argnums=argnums, **kwargs)
+    store = _as_cache(cache)
+    entry = store.get(g) if store is not None else None
+    result = search_graph(g, method, time_budget, seed, progress, None if entry is None else entry.order)
+    if store is not None:
+        store.put(g, result.order, result.cost, result.method, result.lower_bound, label)
+        # plans of order="auto" made before this search are stale now
+        for table in (g.plans, g.runners):
+            table.pop("auto", None)
+    return result
+
+
+def _as_cache(cache):
+    from ccjax.cache import OrderCache
+
+    if cache is False or cache is None:
+        return None
+    if cache is True:
+        return OrderCache()
+    if isinstance(cache, OrderCache):
+        return cache
+    return OrderCache(cache)
