@@ -35,7 +35,7 @@ PAPER_MULTS: dict[str, tuple[int, int, int, int]] = {
 }
 
 #: The two tasks ``--smoke`` runs: one scalar task, one with shared parameters.
-SMOKE_TASKS = ("RoeFlux_1d", "MLP")
+SMOKE_TASKS = ("HumanHeartDipole", "MLP")
 
 
 def select_tasks(names: Sequence[str] | None) -> list[Task]:
@@ -46,6 +46,24 @@ def select_tasks(names: Sequence[str] | None) -> list[Task]:
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
     return [TASKS[n] for n in names]
+
+
+# ------------------------------------------------------------------ order cache
+def isolate_order_cache(use_user_cache: bool = False) -> str:
+    """Point ccjax's order cache (``CCJAX_CACHE_DIR``) at a fresh temporary
+    directory, so that ``order="auto"`` means the built-in quick heuristics and
+    does not depend on what earlier searches stored on this machine.  Returns
+    the cache directory in use (``"user cache"`` when ``use_user_cache``)."""
+    if use_user_cache:
+        return os.environ.get("CCJAX_CACHE_DIR", "user cache")
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="ccjax-bench-cache-")
+    os.environ["CCJAX_CACHE_DIR"] = path
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 # ------------------------------------------------------------------ progress

@@ -8,7 +8,10 @@ in one module means a JAX upgrade breaks one file, which
 """
 from __future__ import annotations
 
+import enum
 from typing import Any, Sequence
+
+import numpy as np
 
 import jax
 from jax.extend import core as jex
@@ -64,24 +67,53 @@ def is_custom_vjp(eqn) -> bool:
     return eqn.primitive.name.startswith("custom_vjp_call")
 
 
+class _Identity:
+    """Compares by identity and holds a reference, so the id cannot be reused."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __eq__(self, other):
+        return isinstance(other, _Identity) and other.obj is self.obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+
+_PRINTED = (int, float, complex, bool, str, bytes, type(None), np.dtype, np.generic, enum.Enum, type)
+
+
 def structural_key(jaxpr) -> tuple:
     """A key equal for two jaxprs that build the same graph.
 
-    The printed jaxpr fixes primitives, parameters, shapes and dtypes; the
-    identities of callables held in parameters (custom JVP/VJP rules), which
-    printing elides, are added so two rules never share a cached graph.
+    The printed jaxpr fixes primitives, parameters, shapes and dtypes.  Parameter
+    objects that printing elides (custom JVP/VJP rules, wrapped functions) are
+    added themselves: compared by equality where hashable, else by identity
+    (with a reference held), so two different rules never share a graph.
     """
-    ids = []
+    extra = []
+
+    def param(value):
+        if isinstance(value, jex.ClosedJaxpr):
+            walk(value.jaxpr)
+        elif isinstance(value, jex.Jaxpr):
+            walk(value)
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                param(v)
+        elif not isinstance(value, _PRINTED):
+            try:
+                hash(value)
+                extra.append(value)
+            except TypeError:
+                extra.append(_Identity(value))
 
     def walk(jx):
         for eqn in jx.eqns:
             for value in eqn.params.values():
-                if isinstance(value, jex.ClosedJaxpr):
-                    walk(value.jaxpr)
-                elif isinstance(value, jex.Jaxpr):
-                    walk(value)
-                elif callable(value) and not isinstance(value, (type, jex.Primitive)):
-                    ids.append(id(value))
+                param(value)
 
     walk(jaxpr)
-    return str(jaxpr), tuple(ids)
+    return str(jaxpr), tuple(extra)

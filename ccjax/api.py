@@ -109,15 +109,22 @@ def _check_outputs(out_avals, holomorphic: bool) -> None:
 
 def _trace(fun: Callable, args: tuple, kwargs: dict, argnums, has_aux: bool) -> tuple[_Traced, tuple, bool]:
     nums, single = _normalize_argnums(argnums, len(args))
-    leaves, in_tree = jax.tree_util.tree_flatten(args)
-    owner = []
-    for k, a in enumerate(args):
-        owner += [k] * len(jax.tree_util.tree_leaves(a))
-    diff_leaves = tuple(i for num in nums for i, k in enumerate(owner) if k == num)
+    if len(set(nums)) != len(nums):
+        raise ValueError(f"argnums must not repeat an argument, got {argnums!r}")
+    # As in jax.jacrev, arguments not in argnums are closed over as they are
+    # (a Python int may be a shape); only the differentiated ones are traced.
+    leaves, in_tree = jax.tree_util.tree_flatten(tuple(args[k] for k in nums))
+    diff_leaves = tuple(range(len(leaves)))
     store: dict = {}
 
     def flat_fun(*flat):
-        out = fun(*jax.tree_util.tree_unflatten(in_tree, flat), **kwargs)
+        full = list(args)
+        for k, a in zip(nums, jax.tree_util.tree_unflatten(in_tree, flat)):
+            full[k] = a
+        # Work on concrete values is done now, not staged: like jax.jacrev,
+        # a non-differentiated array may drive Python control flow.
+        with jax.ensure_compile_time_eval():
+            out = fun(*full, **kwargs)
         if has_aux:
             if not (isinstance(out, (tuple, list)) and len(out) == 2):
                 raise TypeError("a function called with has_aux=True must return a pair (output, aux), "

@@ -268,6 +268,61 @@ def test_zero_size_arrays(shape, order):
     assert_jac_equal(got, want)
 
 
+# jax.jacrev closes over non-differentiated positional arguments as concrete
+# values: strings, Python ints used as shapes, None, and Python control flow on
+# them all work.
+def test_non_differentiated_string_arg():
+    f = lambda x, mode: jnp.sin(x) if mode == "sin" else jnp.cos(x)
+    got, want = both(f, x3, "sin")
+    assert_jac_equal(got, want)
+
+
+def test_non_differentiated_int_used_as_shape():
+    f = lambda x, n: jnp.ones(n) * jnp.sum(x)
+    got, want = both(f, x3, 4)
+    assert_jac_equal(got, want)
+
+
+def test_non_differentiated_bool_and_none_args():
+    f = lambda x, flag, opt: x * (2.0 if opt is None else opt) if flag else x
+    got, want = both(f, x3, True, None)
+    assert_jac_equal(got, want)
+
+
+def test_non_differentiated_array_python_control_flow():
+    def f(x, y):
+        return x * 3.0 if float(jnp.sum(y)) > 0 else x
+    got, want = both(f, x3, x3)
+    assert_jac_equal(got, want)
+
+
+def test_non_differentiated_pytree_with_string_leaf():
+    f = lambda x, cfg: x * cfg["s"]
+    got, want = both(f, x3, {"s": 2.0, "name": "a"})
+    assert_jac_equal(got, want)
+
+
+def test_non_differentiated_python_int_arg():
+    f = lambda x, n: x * n
+    got, want = both(f, x3, 3)
+    assert_jac_equal(got, want)
+
+
+def test_same_array_passed_twice():
+    got, want = both(lambda a, b: a * jnp.sin(b), x3, x3, argnums=(0, 1))
+    assert_jac_equal(got, want)
+
+
+def test_holomorphic():
+    z = jnp.array([1.0 + 2j, 0.5 - 1j])
+    fz = lambda z: z ** 2 * jnp.sin(z) + jnp.sum(z) * z
+    got = ccjax.jacve(fz, holomorphic=True)(z)
+    want = jax.jacrev(fz, holomorphic=True)(z)
+    assert_jac_equal(got, want)
+    with pytest.raises(TypeError):
+        ccjax.jacve(fz, holomorphic=True)(x3)  # real input with holomorphic=True
+
+
 def test_kwargs_passed_through(order):
     def f(x, *, scale, power=2):
         return scale * x ** power
@@ -295,6 +350,17 @@ def test_mixed_float32_float64(order):
     f2 = lambda a, b: (a * 2.0, b.astype(jnp.float32) * a)
     got, want = both(f2, a, b, argnums=(0, 1), order=order)
     assert_jac_equal(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_x64_disabled():
+    with jax.enable_x64(False):
+        x = jnp.array([0.3, -0.7, 1.1])
+        f = lambda x: (jnp.sin(x) @ x) * 2.0 + x.sum()
+        got, want = both(f, x)
+        assert_jac_equal(got, want, rtol=1e-6, atol=1e-6)
+        for arg in (1.0, np.float64(1.0), np.ones(2)):
+            got, want = both(lambda x: jnp.exp(x) * 1.5, arg)
+            assert_jac_equal(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_float16_and_bfloat16():
@@ -389,6 +455,7 @@ def test_grad_of_jacve(order):
     assert_jac_equal(got, want)
 
 
+@pytest.mark.parametrize("order", ["fwd", "rev", "markowitz"])
 def test_hessian_by_nested_jacve(order):
     f = lambda x: jnp.sum(jnp.sin(x) * jnp.exp(x[::-1])) + jnp.prod(x)
     got = ccjax.jacve(ccjax.jacve(f, order=order), order=order)(x3)

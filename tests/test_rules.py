@@ -58,25 +58,15 @@ UNARY = {
     "sigmoid": (jax.nn.sigmoid, (-2, 2)),
     "logistic": (lax.logistic, (-2, 2)),
     "erf": (lax.erf, (-1, 1)),
-    "erfc": (lax.erfc, (-1, 1)),
     "abs": (jnp.abs, (-1, 1)),
     "sign": (jnp.sign, (-1, 1)),
     "neg": (jnp.negative, (-1, 1)),
     "integer_pow3": (lambda x: x ** 3, (-1, 1)),
     "integer_pow_neg2": (lambda x: x ** -2, (0.3, 2)),
-    "integer_pow1": (lambda x: lax.integer_pow(x, 1), (-1, 1)),
     "integer_pow0": (lambda x: lax.integer_pow(x, 0), (-1, 1)),
     "square": (jnp.square, (-1, 1)),
-    "square_lax": (lax.square, (-1, 1)),
-    "reciprocal": (jnp.reciprocal, (0.3, 2)),
-    "log2": (jnp.log2, (0.3, 2)),
-    "exp2": (jnp.exp2, (-1, 1)),
-    "floor": (jnp.floor, (-2, 2)),
-    "round": (jnp.round, (-2, 2)),
     "relu": (jax.nn.relu, (-1, 1)),
     "gelu": (jax.nn.gelu, (-1, 1)),
-    "silu": (jax.nn.silu, (-1, 1)),
-    "softplus": (jax.nn.softplus, (-1, 1)),
     "sinc": (jnp.sinc, (-1, 1)),
 }
 
@@ -231,6 +221,41 @@ def test_repeated_operands_scalar():
 
 
 # --------------------------------------------------------------------------
+# square shapes: Kronecker deltas must be paired by axis, not by axis size
+# --------------------------------------------------------------------------
+SQUARE_CASES = {
+    "bcast_sum_axis1": lambda x: jnp.sum(x[:, None, :] * x[None, :, :], axis=1),
+    "bcast_sum_axis02": lambda x: jnp.sum(x[:, :, None] * x[None, :, :], axis=(0, 2)),
+    "T@T": lambda x: (x.T @ x.T).T @ x,
+    "reshape_T": lambda x: x.reshape(9).reshape(3, 3).T * x,
+    "bcast_axis0_vs_1": lambda x: jnp.broadcast_to(x[0], (3, 3)) * jnp.broadcast_to(x[0][:, None], (3, 3)).T,
+    "sum_keepdims_T": lambda x: jnp.sum(x, 0, keepdims=True).T * x,
+    "chain": lambda x: jnp.tanh(jnp.tanh(x @ x.T) @ x) @ x.T,
+    "diag": lambda x: jnp.diag(jnp.diag(x)) @ x,
+    "trace_chain": lambda x: jnp.trace(x @ x) * x,
+    "cumsum_T": lambda x: jnp.cumsum(x.T, axis=0) * x,
+    "max_axis0_axis1": lambda x: jnp.max(x @ x, axis=0) * jnp.max(x, axis=1),
+    "prod_T": lambda x: jnp.prod(x.T, axis=0) * jnp.prod(x, axis=0),
+    "gather_T": lambda x: x[jnp.array([2, 0, 1])][:, jnp.array([1, 2, 0])].T,
+    "concat_T": lambda x: jnp.concatenate([x, x.T], 0) @ x,
+    "pad_T": lambda x: jnp.pad(x, ((0, 1), (1, 0))).T[:3, :3] * x,
+    "dus_T": lambda x: lax.dynamic_update_slice(x, x.T[:2], (1, 0)) @ x,
+    "scatter_T": lambda x: x.at[jnp.array([0, 0, 2])].add(x.T) @ x,
+    "rev_sum": lambda x: jnp.sum(x[::-1] * x, axis=1),
+    "select_T": lambda x: lax.select(jnp.sum(x) > 0, x, x.T),
+    "clip_chain": lambda x: jnp.clip(x @ x, -0.2, 0.2) @ x,
+    "einsum_ijk_kji": lambda x: jnp.einsum("ijk,kji->ij", x[None] * x[:, None], x[:, :, None] * x),
+    "transpose3_sum": lambda x: jnp.sum(jnp.transpose(x[None] * x[:, :, None], (2, 0, 1)) * x, axis=1),
+}
+
+
+@pytest.mark.parametrize("name", list(SQUARE_CASES))
+def test_square_shapes(name):
+    x = rand(*SQ, seed=88)
+    check_orders(SQUARE_CASES[name], x, n_random=2)
+
+
+# --------------------------------------------------------------------------
 # select / where / clamp
 # --------------------------------------------------------------------------
 def test_where_two_inputs():
@@ -270,7 +295,7 @@ def test_clamp_all_operands_differentiated():
 # --------------------------------------------------------------------------
 # reductions
 # --------------------------------------------------------------------------
-RED_AXES = [None, 0, 1, (0, 2), (1, 2), -1]
+RED_AXES = [None, 1, (0, 2)]
 
 
 @pytest.mark.parametrize("axis", RED_AXES, ids=str)
@@ -697,6 +722,39 @@ def test_custom_jvp_scalar_and_jnp_builtins():
     check_orders(lambda v: jax.nn.relu(v) * jnp.sinc(v) + jax.nn.softplus(v), v)
 
 
+def _make_custom_jvp(k):
+    @jax.custom_jvp
+    def f(x):
+        return jnp.sin(x)
+
+    f.defjvp(lambda p, t: (f(p[0]), k * t[0]))
+    return f
+
+
+def test_custom_jvp_two_rules_same_primal():
+    """Two custom_jvp functions with identical primals but different rules
+    (both alive) must not share a cached graph."""
+    x = rand(3, seed=90)
+    fs = [_make_custom_jvp(1.0), _make_custom_jvp(2.0), _make_custom_jvp(-3.0)]
+    for f in fs:
+        check_orders(f, x, n_random=0)
+        check_orders(lambda x: f(x) * x, x, n_random=1)
+
+
+def test_custom_jvp_rule_closure_constant():
+    """The rule closes over an array constant that changes between calls."""
+    x = rand(3, seed=91)
+    for c in (1.0, 2.0, 3.0):
+        cc = jnp.full((3,), c)
+
+        @jax.custom_jvp
+        def f(x):
+            return jnp.sin(x) * cc
+
+        f.defjvp(lambda p, t: (f(p[0]), cc * jnp.cos(p[0]) * t[0]))
+        check_orders(f, x, n_random=0)
+
+
 @jax.custom_vjp
 def vjp_half(x):
     return jnp.sin(x)
@@ -893,8 +951,9 @@ def test_small_mlp_square_weights():
         logits = jnp.tanh(w2 @ h)
         return -jnp.sum(y * jax.nn.log_softmax(logits))
 
-    check_orders(f, x, w1, w2, argnums=(0, 1, 2), n_random=3)
-    check_orders(jax.vmap(f, in_axes=(0, None, None)), jnp.stack([x, x * 2]), w1, w2, argnums=(0, 1, 2))
+    check_orders(f, x, w1, w2, argnums=(0, 1, 2), n_random=2)
+    check_orders(jax.vmap(f, in_axes=(0, None, None)), jnp.stack([x, x * 2]), w1, w2, argnums=(0, 1, 2),
+                 n_random=1)
 
 
 def test_attention_block():
@@ -917,11 +976,11 @@ _UNARY_SAFE = [jnp.sin, jnp.cos, jnp.tanh, jnp.exp, lambda z: z * z, jnp.arctan,
 _BINARY_SAFE = [jnp.add, jnp.subtract, jnp.multiply, lambda a, b: a * jnp.cos(b), jnp.maximum]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(ops=st.lists(st.tuples(st.integers(0, len(_UNARY_SAFE) - 1), st.integers(0, len(_BINARY_SAFE) - 1),
                               st.integers(0, 3)), min_size=1, max_size=5),
-       n=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
-def test_property_random_elementwise_dag(ops, n, seed):
+       seed=st.integers(0, 2 ** 16))
+def test_property_random_elementwise_dag(ops, seed):
     """Random small DAGs of elementwise ops, reductions and transposes on (n, n)."""
 
     def f(x):
@@ -936,7 +995,7 @@ def test_property_random_elementwise_dag(ops, n, seed):
             vals.append(_BINARY_SAFE[b](a, other) * 0.5)
         return vals[-1]
 
-    x = jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (n, n)))
+    x = jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, SQ))
     check_orders(f, x, n_random=1, seed=seed)
 
 

@@ -105,8 +105,12 @@ class _Solver:
             if cap < 0:
                 lbs = min(lbs, c)  # every later move costs at least c too
                 break
-            child, _ = ev.eliminate(state, v)
-            val, exact = self.solve(child, cap)
+            hit = self.table.get((state.mask | (1 << v), ev.child_key(state, v)))
+            if hit is not None and (hit[1] or hit[0] > cap):
+                val, exact = hit[0], hit[1]
+            else:
+                child, _ = ev.eliminate(state, v)
+                val, exact = self.solve(child, cap)
             total = c + val
             if exact:
                 if total < best:

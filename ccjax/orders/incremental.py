@@ -118,6 +118,30 @@ class Evaluator:
                 total += prod(b, a)[1]
         return total
 
+    def child_key(self, state: State, v: int) -> int:
+        """The Zobrist key of ``eliminate(state, v)[0]`` without building it."""
+        P = state.preds[v]
+        S = state.succs[v]
+        key = state.key
+        for u, a in P.items():
+            key ^= hash((u, v, a))
+        for w, b in S.items():
+            key ^= hash((v, w, b))
+        prod, add, succs = self.product, self.add, state.succs
+        for u, a in P.items():
+            su = succs[u]
+            for w, b in S.items():
+                r = prod(b, a)[0]
+                old = su.get(w)
+                if old is None:
+                    key ^= hash((u, w, r))
+                else:
+                    key ^= hash((u, w, old))
+                    n = add(old, r)
+                    if n >= 0:
+                        key ^= hash((u, w, n))
+        return key
+
     def eliminate(self, state: State, v: int) -> tuple[State, int]:
         """``(state after eliminating v, multiplications)``; ``state`` is unchanged."""
         P = state.preds[v]

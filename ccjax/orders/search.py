@@ -46,6 +46,9 @@ EXACT_AUTO_SIZE = 12
 #: Work done when no time budget is given (number of anneal runs).
 DEFAULT_ANNEAL_RUNS = 5
 
+#: (start, end) temperatures of successive anneal runs, relative to the cost.
+ANNEAL_TEMPERATURES = ((0.02, 0.0003), (0.006, 0.0002))
+
 #: Moves of the first anneal run; each later run doubles, up to ``AnnealConfig().moves``.
 ANNEAL_FIRST_MOVES = 2500
 
@@ -197,7 +200,8 @@ def _run_anneal(ev: Evaluator, best: _Best, starts: list, rng: np.random.Generat
             start = best.order
         # short runs first (a small budget still finishes cooling), then longer ones
         moves = min(ANNEAL_FIRST_MOVES << k, AnnealConfig().moves)
-        r = anneal(ev, start, rng, AnnealConfig(moves=moves), deadline,
+        t_start, t_end = ANNEAL_TEMPERATURES[k % len(ANNEAL_TEMPERATURES)]
+        r = anneal(ev, start, rng, AnnealConfig(moves=moves, t_start=t_start, t_end=t_end), deadline,
                    on_improve=lambda o, c: best.offer(o, c, "anneal"))
         best.evaluations += r.moves
         best.offer(r.order, r.cost, "anneal")
@@ -232,7 +236,7 @@ def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float
     best.phase = "heuristics"
     starts = _starts(ev, best, cached)
     n = len(graph.eliminable)
-    best.bound(lower_bound(ev, ev.root))
+    best.bound(best.cost if n < 2 else lower_bound(ev, ev.root))  # one order only: optimal
     rng = np.random.default_rng(seed)
     runs = anneal_runs if anneal_runs is not None else (None if time_budget else DEFAULT_ANNEAL_RUNS)
     if n >= 2 and not best.optimal_reached():

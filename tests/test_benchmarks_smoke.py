@@ -1,0 +1,74 @@
+"""Smoke runs of the two benchmarks: they finish and write well-formed output.
+
+No assertion here depends on how fast anything is; timings are only checked
+to be present.  The runs use fresh interpreters (float32, as documented).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HAVE_ASDEX = importlib.util.find_spec("asdex") is not None
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+
+
+def _run(module: str, *args: str, tmp_path: Path) -> str:
+    env = dict(os.environ, CCJAX_CACHE_DIR=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout}\n{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+def test_mults_smoke(tmp_path):
+    out = _run("benchmarks.mults", "--smoke", "--out", str(tmp_path), tmp_path=tmp_path)
+    data = json.loads((tmp_path / "mults.json").read_text())
+    md = (tmp_path / "mults.md").read_text()
+    assert "| task |" in md and "| task |" in out
+    rows = {r["task"]: r for r in data["rows"]}
+    assert len(rows) == 2
+    for name, r in rows.items():
+        for key in ("fwd", "rev", "markowitz", "auto", "best_known"):
+            assert isinstance(r[key], int) and r[key] > 0, (name, key, r[key])
+        assert r["best_known"] <= min(r["fwd"], r["rev"], r["markowitz"])
+        assert r["auto"] <= min(r["fwd"], r["rev"], r["markowitz"])
+        assert set(r["paper"]) == {"fwd", "rev", "markowitz", "alphagrad"}
+        assert name in md
+
+
+def test_runtime_smoke(tmp_path):
+    _run("benchmarks.runtime", "--smoke", "--out", str(tmp_path), tmp_path=tmp_path)
+    from benchmarks.runtime import ALL_METHODS, ASDEX, COMPACT, SCATTER  # noqa: E402 - structure only
+
+    backend = "cpu"
+    data = json.loads((tmp_path / f"runtime_{backend}.json").read_text())
+    md = (tmp_path / f"runtime_{backend}.md").read_text()
+    assert data["meta"]["settings"] == ["none", "4"]
+    assert len(data["results"]) == 2
+    for task, per in data["results"].items():
+        assert set(per) == {"none", "4"}
+        for setting, res in per.items():
+            expected = set(ALL_METHODS) - ({SCATTER, COMPACT} if setting == "none" else set())
+            assert set(res) == expected, (task, setting, sorted(res))
+            for method, rec in res.items():
+                if method == ASDEX and not HAVE_ASDEX:
+                    assert rec["status"] == "skipped"
+                    continue
+                assert rec["status"] == "ok", (task, setting, method, rec)
+                for key in ("median_s", "q1_s", "q3_s", "iqr_s", "n", "trace_s", "compile_s", "first_call_s"):
+                    assert key in rec, (task, setting, method, key)
+                assert rec["median_s"] > 0 and rec["n"] >= 1
+                if method != "f (primal)":
+                    assert "max_abs_diff" in rec, (task, setting, method)
+        assert task in md
+    s = data["summary"]
+    assert s["batch"] == 4 and len(s["rows"]) == 2
+    assert all(r["speedup"] is not None for r in s["rows"])
+    assert "Summary at B = 4" in md
+    if HAVE_MPL:
+        assert (tmp_path / f"runtime_{backend}.png").stat().st_size > 0

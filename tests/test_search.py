@@ -1,0 +1,270 @@
+"""Order search: the fast evaluator equals the cost model, the searches are
+valid, anytime and deterministic, and the exact search agrees with brute force."""
+import itertools
+import time
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+import ccjax  # noqa: E402
+from ccjax.eliminate import plan_elimination, validate_order  # noqa: E402
+from ccjax.orders import HEURISTICS  # noqa: E402
+from ccjax.orders.anneal import AnnealConfig, anneal  # noqa: E402
+from ccjax.orders.beam import beam_search  # noqa: E402
+from ccjax.orders.bounds import can_cancel, count_bound, cut_bound, lower_bound  # noqa: E402
+from ccjax.orders.exact import exact_search  # noqa: E402
+from ccjax.orders.greedy import QUICK, VARIANTS, preeliminate  # noqa: E402
+from ccjax.orders.incremental import Evaluator, IncrementalOrder  # noqa: E402
+from ccjax.orders.search import SearchResult, quick_order, search_graph  # noqa: E402
+from ccjax.tasks import TASKS, random_function, random_input_shapes, random_inputs  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CCJAX_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _task_graph(name):
+    task = TASKS[name]
+    fn, args = task.graph_fn_and_inputs(0)
+    return ccjax.graph(fn, *args, argnums=task.argnums)
+
+
+def _random_graph(seed, lo=3, hi=25):
+    shapes = random_input_shapes(seed)
+    fn = random_function(seed, shapes, n_ops=int(np.random.default_rng(seed).integers(lo, hi)))
+    args = random_inputs(seed, shapes)
+    return ccjax.graph(fn, *args, argnums=tuple(range(len(shapes)))), fn, args
+
+
+def _perm(g, rng):
+    return [int(v) for v in rng.permutation(np.array(g.eliminable, dtype=np.int64))]
+
+
+# -- the evaluator is the cost model -------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_evaluator_matches_plan_elimination_on_tasks(name):
+    g = _task_graph(name)
+    ev = Evaluator(g)
+    rng = np.random.default_rng(0)
+    orders = [HEURISTICS[h](g) for h in ("fwd", "rev", "markowitz")] + [_perm(g, rng) for _ in range(4)]
+    for o in orders:
+        assert ev.cost(o) == plan_elimination(g, o).report.mults
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_evaluator_matches_plan_elimination_on_random_functions(seed):
+    g, _, _ = _random_graph(seed)
+    ev = Evaluator(g)
+    rng = np.random.default_rng(seed)
+    for _ in range(4):
+        o = _perm(g, rng)
+        assert ev.cost(o) == plan_elimination(g, o).report.mults
+
+
+@pytest.mark.parametrize("name", ["RoeFlux_1d", "f", "MLP"])
+def test_incremental_moves_match_full_evaluation(name):
+    g = _task_graph(name)
+    ev = Evaluator(g)
+    rng = np.random.default_rng(1)
+    inc = IncrementalOrder(ev, _perm(g, rng))
+    n = len(inc.order)
+    for step in range(300):
+        i = int(rng.integers(0, n - 1))
+        j = min(n, i + int(rng.integers(2, 12)))
+        seq = list(inc.order[i:j])
+        rng.shuffle(seq)
+        p = inc.propose(i, seq)
+        new_order = inc.order[:i] + seq + inc.order[j:]
+        assert p.total == ev.cost(new_order)
+        if p.total <= inc.total or step % 3 == 0:
+            inc.commit(p)
+            assert inc.order == new_order
+            assert inc.total == ev.cost(inc.order)
+    assert inc.total == plan_elimination(g, inc.order).report.mults
+    # a proposal over the limit is cut short
+    p = inc.propose(0, list(reversed(inc.order[:5])), limit=-1)
+    assert p is None
+
+
+def test_incremental_is_fast_on_150_vertex_graph():
+    g = _task_graph("Encoder")  # 148 vertices
+    assert len(g.vertices) >= 140
+    ev = Evaluator(g)
+    rng = np.random.default_rng(0)
+    r = anneal(ev, HEURISTICS["rev"](g), rng, AnnealConfig(moves=3000))
+    start = time.perf_counter()
+    r = anneal(ev, HEURISTICS["rev"](g), rng, AnnealConfig(moves=3000))
+    rate = r.moves / (time.perf_counter() - start)
+    assert rate > 1000, f"only {rate:.0f} orders per second"
+
+
+# -- heuristics ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["RoeFlux_1d", "PropaneCombustion", "Encoder"])
+def test_variants_are_valid_permutations(name):
+    g = _task_graph(name)
+    ev = Evaluator(g)
+    for vname, fn in VARIANTS.items():
+        validate_order(g, fn(ev))
+    state, pre = preeliminate(ev)
+    assert len(set(pre)) == len(pre)
+    assert VARIANTS["fwd"](ev) == list(HEURISTICS["fwd"](g))
+    assert VARIANTS["rev"](ev) == list(HEURISTICS["rev"](g))
+    assert VARIANTS["markowitz"](ev) == list(HEURISTICS["markowitz"](g))
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_auto_is_at_most_best_classical_and_fast(name):
+    g = _task_graph(name)
+    order, cost, _ = quick_order(g)
+    assert cost == plan_elimination(g, order).report.mults
+    assert cost <= min(plan_elimination(g, HEURISTICS[h](g)).report.mults for h in ("fwd", "rev", "markowitz"))
+
+
+def test_auto_resolution_under_50ms_on_150_vertices():
+    from ccjax.orders import resolve_order
+
+    g = _task_graph("Encoder")
+    resolve_order(g, "auto")  # warm the structure plans
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        resolve_order(g, "auto")
+        times.append(time.perf_counter() - t0)
+    assert min(times) < 0.05, times
+
+
+# -- search methods ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["auto", "anneal", "beam", "exact"])
+def test_search_methods_return_valid_orders(method):
+    g = _task_graph("RoeFlux_1d")
+    r = search_graph(g, method, time_budget=1.5, seed=0)
+    assert isinstance(r, SearchResult)
+    assert validate_order(g, r.order) == r.order
+    assert r.cost == plan_elimination(g, r.order).report.mults
+    assert r.cost <= r.best_baseline
+    assert r.fingerprint == g.fingerprint
+    assert r.elapsed < 4.0
+    assert r.lower_bound is None or r.lower_bound <= r.cost
+
+
+def test_anneal_improves_roe_flux_quickly():
+    g = _task_graph("RoeFlux_1d")
+    r = search_graph(g, "anneal", time_budget=2.0, seed=0)
+    assert r.cost < 0.95 * r.best_baseline
+
+
+def test_search_is_deterministic_for_a_seed():
+    g = _task_graph("g")
+    ev = Evaluator(g)
+    start = VARIANTS["rev"](ev)
+    a = anneal(ev, start, np.random.default_rng(7), AnnealConfig(moves=2000))
+    b = anneal(ev, start, np.random.default_rng(7), AnnealConfig(moves=2000))
+    assert a == b
+    assert beam_search(ev, 4) == beam_search(ev, 4)
+    r1 = search_graph(g, "anneal", seed=3, anneal_runs=2)
+    r2 = search_graph(g, "anneal", seed=3, anneal_runs=2)
+    assert (r1.order, r1.cost) == (r2.order, r2.cost)
+
+
+def test_time_budget_is_honoured_and_progress_reported():
+    g = _task_graph("Encoder")
+    seen = []
+    t0 = time.perf_counter()
+    r = search_graph(g, "auto", time_budget=1.0, seed=0, progress=seen.append)
+    assert time.perf_counter() - t0 < 2.5
+    assert seen and seen[-1].best_cost == r.cost
+    assert all(a.best_cost >= b.best_cost for a, b in zip(seen, seen[1:]))
+
+
+def test_search_order_api_and_bad_arguments():
+    import jax.numpy as jnp
+
+    def f(x, W):
+        return jnp.tanh(W @ x).sum() * x
+
+    r = ccjax.search_order(f, jnp.ones(3), jnp.eye(3), argnums=(0, 1), time_budget=0.5, cache=False)
+    assert r.cost == ccjax.cost(f, jnp.ones(3), jnp.eye(3), argnums=(0, 1), order=r.order)
+    with pytest.raises(ValueError, match="unknown search method"):
+        ccjax.search_order(f, jnp.ones(3), jnp.eye(3), method="mcts?", cache=False)
+    with pytest.raises(ValueError, match="time_budget"):
+        ccjax.search_order(f, jnp.ones(3), jnp.eye(3), time_budget=0, cache=False)
+
+
+# -- exact search --------------------------------------------------------------------------------
+
+def _tiny_graphs(limit=7, count=30):
+    found = []
+    for seed in range(400):
+        g, _, _ = _random_graph(seed, 2, 8)
+        if 2 <= len(g.eliminable) <= limit:
+            found.append((seed, g))
+        if len(found) >= count:
+            break
+    return found
+
+
+def test_exact_agrees_with_brute_force_on_tiny_graphs():
+    cases = _tiny_graphs()
+    assert len(cases) >= 20
+    for seed, g in cases:
+        ev = Evaluator(g)
+        brute = min(ev.cost(p) for p in itertools.permutations(g.eliminable))
+        r = exact_search(ev, HEURISTICS["fwd"](g))
+        assert r.optimal and r.cost == brute and r.lower_bound == brute, seed
+        assert plan_elimination(g, r.order).report.mults == brute
+
+
+def test_lower_bound_is_admissible_on_tiny_graphs():
+    for seed, g in _tiny_graphs(6, 15):
+        ev = Evaluator(g)
+        brute = min(ev.cost(p) for p in itertools.permutations(g.eliminable))
+        assert lower_bound(ev, ev.root) <= brute
+        assert count_bound(ev, ev.root, cancel=True) <= brute
+        if not can_cancel(ev):
+            assert count_bound(ev, ev.root, cancel=False) <= cut_bound(ev, ev.root) <= brute
+
+
+def _scalar_random_graph(seed):
+    from ccjax.tasks import ELEMENTWISE_FAMILIES
+
+    n_in = 3 + seed % 4
+    shapes = [()] * n_in
+    fn = random_function(seed, shapes, n_ops=12 + seed % 6, ops=ELEMENTWISE_FAMILIES, n_outputs=2, nested=False)
+    return ccjax.graph(fn, *random_inputs(seed, shapes), argnums=tuple(range(n_in)))
+
+
+def test_exact_proves_optimality_on_random_graphs_up_to_20():
+    sizes = []
+    for seed in (4, 7, 14):  # 19, 17 and 14 intermediates
+        g = _scalar_random_graph(seed)
+        ev = Evaluator(g)
+        start = VARIANTS["rev"](ev)
+        r = exact_search(ev, start, deadline=time.perf_counter() + 30)
+        assert r.optimal, (seed, r.lower_bound, r.cost)
+        assert r.cost == plan_elimination(g, r.order).report.mults <= ev.cost(start)
+        sizes.append(len(g.eliminable))
+    assert max(sizes) >= 19 and max(sizes) <= 20
+
+
+def test_exact_timeout_gives_certified_bound():
+    g = _task_graph("RobotArm_6DOF")
+    ev = Evaluator(g)
+    start = VARIANTS["rev"](ev)
+    r = exact_search(ev, start, deadline=time.perf_counter() + 0.5)
+    assert 0 < r.lower_bound <= r.cost <= ev.cost(start)
+
+
+def test_trivial_graphs():
+    import jax.numpy as jnp
+
+    r = ccjax.search_order(lambda x: x, jnp.ones(3), cache=False)
+    assert r.order == () and r.cost == 0 and r.optimal
+    r = ccjax.search_order(lambda x: jnp.sin(x) * 2, jnp.ones(3), method="exact", cache=False)
+    assert len(r.order) == 1 and r.optimal
