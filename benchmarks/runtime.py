@@ -113,6 +113,24 @@ class Setting:
             out.append(jnp.where(mask, expanded, jnp.zeros((), leaf.dtype)))
         return jax.tree_util.tree_unflatten(tree, out)
 
+    def diagonal_of(self, dense_jac):
+        """The inverse of :meth:`scatter` (NumPy): the per-example blocks of a dense
+        batched Jacobian, for checking the compact output."""
+        leaves, tree = jax.tree_util.tree_flatten(dense_jac)
+        n_diff = len(self.argnums)
+        ar = np.arange(self.batch)
+        out = []
+        for idx, leaf in enumerate(leaves):
+            leaf = np.asarray(leaf)
+            arg = self.argnums[idx % n_diff]
+            if self.axes[arg] is None:
+                out.append(leaf)
+                continue
+            in_nd = self.arg_ndims[arg]
+            o_nd = leaf.ndim - 2 - in_nd
+            out.append(leaf[(ar,) + (slice(None),) * o_nd + (ar,) + (slice(None),) * in_nd])
+        return jax.tree_util.tree_unflatten(tree, out)
+
     def scattered(self) -> Callable:
         comp = self.compact()
         return lambda *args: self.scatter(comp(*args))
@@ -149,12 +167,16 @@ class Setting:
 
 
 # ------------------------------------------------------------------ checking
-@jax.jit
-def _leaf_check(got, want, rtol, atol):
-    diff = jnp.abs(got.astype(jnp.float32) - want.astype(jnp.float32))
-    scale = jnp.maximum(1.0, jnp.max(jnp.abs(want))) if want.size else 1.0
-    bad = jnp.sum(~(diff <= atol * scale + rtol * jnp.abs(want)) & ~(jnp.isnan(got) & jnp.isnan(want)))
-    return jnp.max(diff) if diff.size else jnp.float32(0), bad
+def _leaf_check(got, want, rtol, atol) -> tuple[float, int]:
+    """(max abs diff, number of entries outside rtol/atol x max|want|), in NumPy
+    (no compilation per shape), in float64 when the inputs are float64."""
+    g, w = np.asarray(got), np.asarray(want)
+    dt = np.float64 if np.float64 in (g.dtype, w.dtype) else np.float32
+    g, w = g.astype(dt, copy=False), w.astype(dt, copy=False)
+    diff = np.abs(g - w)
+    scale = max(1.0, float(np.nanmax(np.abs(w))))
+    bad = ~(diff <= atol * scale + rtol * np.abs(w)) & ~(np.isnan(g) & np.isnan(w))
+    return float(np.nanmax(diff)), int(bad.sum())
 
 
 def check_tree(got, want, rtol=1e-4, atol=1e-4) -> tuple[bool, float, str]:
@@ -168,10 +190,10 @@ def check_tree(got, want, rtol=1e-4, atol=1e-4) -> tuple[bool, float, str]:
             return False, math.inf, f"leaf {k}: shape {np.shape(g)} != {np.shape(w)}"
         if np.size(w) == 0:
             continue
-        d, bad = _leaf_check(jnp.asarray(g), jnp.asarray(w), rtol, atol)
-        worst = max(worst, float(d))
-        if int(bad):
-            return False, worst, f"leaf {k} (shape {np.shape(w)}): {int(bad)} entries differ, max abs diff {float(d):.3g}"
+        d, bad = _leaf_check(g, w, rtol, atol)
+        worst = max(worst, d)
+        if bad:
+            return False, worst, f"leaf {k} (shape {np.shape(w)}): {bad} entries differ, max abs diff {d:.3g}"
     return True, worst, ""
 
 
@@ -186,7 +208,7 @@ def check_matrix(mat, want, out_shapes, in_shapes, rtol=1e-4, atol=1e-4) -> tupl
     for o in out_shapes:
         c0 = 0
         for s in in_shapes:
-            got_blocks.append(mat[r0:r0 + math.prod(o), c0:c0 + math.prod(s)].reshape(o + s))
+            got_blocks.append(np.asarray(mat)[r0:r0 + math.prod(o), c0:c0 + math.prod(s)].reshape(o + s))
             c0 += math.prod(s)
         r0 += math.prod(o)
     return check_tree(got_blocks, leaves, rtol, atol)
@@ -207,6 +229,18 @@ def _estimate(prev: dict | None, name: str, batch: int | None) -> float | None:
     if not rec or "median_s" not in rec:
         return None
     return rec["median_s"] * (batch / prev["batch"]) ** 2
+
+
+def _behind(prev: dict | None, name: str) -> float | None:
+    """How many times slower ``name`` was than the fastest dense-output method
+    at the previous batch size (None if unknown)."""
+    if not prev:
+        return None
+    times = {m: r["median_s"] for m, r in prev["results"].items()
+             if m not in REFERENCES and r.get("status") == "ok" and "median_s" in r}
+    if name not in times or not times:
+        return None
+    return times[name] / min(times.values())
 
 
 def run_setting(st: Setting, methods: Sequence[str], opts, prog: Progress, prev: dict | None = None) -> dict:
@@ -268,6 +302,11 @@ def run_setting(st: Setting, methods: Sequence[str], opts, prog: Progress, prev:
             return None
         if est is not None and est > opts.max_call_s and name not in (AUTO, COMPACT, PRIMAL):
             skip(name, f"~{est:.1f} s per call extrapolated from B={prev['batch']} > --max-call-s {opts.max_call_s:g}")
+            return None
+        ratio = _behind(prev, name)
+        if ratio is not None and ratio > opts.hopeless and name not in (AUTO, COMPACT, PRIMAL):
+            skip(name, f"{ratio:.0f}x slower than the fastest method at B={prev['batch']} (> --hopeless "
+                       f"{opts.hopeless:g})")
             return None
         if name == ASDEX:
             try:
@@ -331,7 +370,7 @@ def run_setting(st: Setting, methods: Sequence[str], opts, prog: Progress, prev:
         if name == ASDEX:
             return check_matrix(out, want, st.out_shapes, st.in_shapes)
         if name == COMPACT:
-            return check_tree(jax.jit(st.scatter)(out), want)
+            return check_tree(out, st.diagonal_of(want))
         return check_tree(out, want)
 
     def check(name: str, out, ref, ref_name: str) -> None:
@@ -418,7 +457,7 @@ def run_setting(st: Setting, methods: Sequence[str], opts, prog: Progress, prev:
         if t1 > opts.max_call_s:
             quota[n] = 0  # one (first) call only
         else:
-            lo = 1 if t1 > 0.25 * opts.max_call_s else opts.min_repeats
+            lo = 3 if t1 > 0.05 else opts.min_repeats
             quota[n] = int(min(opts.repeats, max(lo, opts.time_budget / max(t1, 1e-6))))
     samples: dict[str, list[float]] = {n: [] for n in compiled}
     for n, exe in compiled.items():  # warm-up
@@ -642,9 +681,13 @@ def parse_args(argv=None):
     ap.add_argument("--methods", nargs="*", default=None, help=f"subset of {list(ALL_METHODS)}")
     ap.add_argument("--repeats", type=int, default=100, help="most timed calls per measurement")
     ap.add_argument("--min-repeats", type=int, default=5, help="fewest timed calls per measurement")
-    ap.add_argument("--time-budget", type=float, default=0.3,
+    ap.add_argument("--time-budget", type=float, default=0.25,
                     help="seconds of timed calls per method and setting (at least --min-repeats calls)")
-    ap.add_argument("--jobs", type=int, default=2, help="parallel XLA compilations (phase 1)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="parallel XLA compilations (phase 1); >1 only helps on an idle machine")
+    ap.add_argument("--hopeless", type=float, default=20.0,
+                    help="do not time a method at larger B once it was this many times slower than the "
+                         "fastest dense-output method (it scales at least as badly)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per setting")
     ap.add_argument("--max-call-s", type=float, default=2.0,
                     help="skip a method whose time per call, extrapolated from the previous batch size, "
@@ -701,6 +744,7 @@ def main(argv=None) -> dict:
                      "repeats": opts.repeats, "min_repeats": opts.min_repeats,
                      "time_budget": opts.time_budget, "max_dense_mb": opts.max_dense_mb,
                      "rounds": opts.rounds, "max_call_s": opts.max_call_s, "jobs": opts.jobs,
+                     "hopeless": opts.hopeless,
                      "order_cache": "user" if opts.use_cache else "empty temporary",
                      "command": f"python -m benchmarks.runtime {argv_s}".strip(),
                      "wall_s": time.perf_counter() - t_start},

@@ -43,7 +43,9 @@ def test_mults_smoke(tmp_path):
 
 def test_runtime_smoke(tmp_path):
     _run("benchmarks.runtime", "--smoke", "--out", str(tmp_path), tmp_path=tmp_path)
-    from benchmarks.runtime import ALL_METHODS, ASDEX, COMPACT, SCATTER  # noqa: E402 - structure only
+    if str(ROOT) not in sys.path:  # plain `pytest` does not put the repository root on the path
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.runtime import ALL_METHODS, ASDEX, COMPACT, SCATTER
 
     backend = "cpu"
     data = json.loads((tmp_path / f"runtime_{backend}.json").read_text())
