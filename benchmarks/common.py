@@ -1,5 +1,5 @@
-"""Helpers shared by the benchmarks: paper numbers, task selection, timing,
-XLA cost analysis, output checks, progress display and table writing.
+"""Helpers shared by the benchmarks: paper numbers, task selection, order-cache
+isolation, progress display, XLA cost analysis and table writing.
 
 Nothing here asserts on timings; the benchmarks only measure and report.
 """
@@ -11,11 +11,10 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ccjax.tasks import TASKS, Task
@@ -103,24 +102,7 @@ class Progress:
             self._rich.stop()
 
 
-# ------------------------------------------------------------------ timing
-def _quantiles(samples: Sequence[float]) -> tuple[float, float, float]:
-    q1, med, q3 = np.percentile(np.asarray(samples, dtype=np.float64), [25, 50, 75])
-    return float(q1), float(med), float(q3)
-
-
-def compile_jitted(fn: Callable, args: Sequence) -> tuple[Any, dict]:
-    """``jax.jit(fn).lower(*args).compile()``, with the trace+lower and compile
-    times in seconds and the XLA flop count of the compiled program."""
-    t0 = time.perf_counter()
-    lowered = jax.jit(fn).lower(*args)
-    t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t2 = time.perf_counter()
-    info = {"trace_s": t1 - t0, "compile_s": t2 - t1, "xla_flops": xla_flops(compiled)}
-    return compiled, info
-
-
+# ------------------------------------------------------------------ XLA cost analysis
 def xla_flops(compiled) -> float | None:
     """``flops`` from the compiled cost analysis (a dict, or a list of dicts in
     some JAX versions); ``None`` when the backend does not report it."""
@@ -138,63 +120,6 @@ def xla_flops(compiled) -> float | None:
         return None
     vals = [d.get("flops") for d in dicts if d.get("flops") is not None]
     return float(sum(vals)) if vals else None
-
-
-def time_calls(fn: Callable, args: Sequence, *, max_repeats: int = 100, min_repeats: int = 5,
-               time_budget: float = 1.0, warmup: int = 2) -> dict:
-    """Latency of ``fn(*args)``: ``warmup`` calls, then single blocked calls
-    until ``max_repeats`` calls or ``time_budget`` seconds (at least
-    ``min_repeats`` calls).  Returns seconds: median, q1, q3, iqr, min, n."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    samples: list[float] = []
-    start = time.perf_counter()
-    while len(samples) < max_repeats:
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        samples.append(time.perf_counter() - t0)
-        if len(samples) >= min_repeats and time.perf_counter() - start > time_budget:
-            break
-    q1, med, q3 = _quantiles(samples)
-    return {"median_s": med, "q1_s": q1, "q3_s": q3, "iqr_s": q3 - q1, "min_s": min(samples),
-            "n": len(samples)}
-
-
-# ------------------------------------------------------------------ checks
-def compare_trees(got, want, rtol: float = 1e-4, atol: float = 1e-4) -> tuple[bool, float, str]:
-    """Same treedef and shapes, values close with ``atol`` scaled by the largest
-    reference magnitude.  Returns (ok, max abs diff, message)."""
-    g_leaves, g_def = jax.tree_util.tree_flatten(got)
-    w_leaves, w_def = jax.tree_util.tree_flatten(want)
-    if g_def != w_def:
-        return False, math.inf, f"pytree structure differs: {g_def} vs {w_def}"
-    worst = 0.0
-    for k, (g, w) in enumerate(zip(g_leaves, w_leaves)):
-        g, w = np.asarray(g, dtype=np.float64), np.asarray(w, dtype=np.float64)
-        if g.shape != w.shape:
-            return False, math.inf, f"leaf {k}: shape {g.shape} != {w.shape}"
-        if g.size == 0:
-            continue
-        scale = max(1.0, float(np.nanmax(np.abs(w))))
-        diff = np.abs(g - w)
-        d = float(np.nanmax(diff))
-        worst = max(worst, d)
-        if not np.allclose(g, w, rtol=rtol, atol=atol * scale, equal_nan=True):
-            return False, worst, f"leaf {k} (shape {g.shape}): max abs diff {d:.3g} (scale {scale:.3g})"
-    return True, worst, ""
-
-
-def flat_jacobian(jac, out_shapes: Sequence[tuple], in_shapes: Sequence[tuple]) -> np.ndarray:
-    """The (m, n) matrix of a jacrev-layout Jacobian given output/input leaf shapes."""
-    leaves = jax.tree_util.tree_leaves(jac)
-    n_in = len(in_shapes)
-    rows = []
-    for k, o in enumerate(out_shapes):
-        mo = int(np.prod(o))
-        rows.append(np.concatenate(
-            [np.asarray(leaves[k * n_in + j]).reshape(mo, int(np.prod(s))) for j, s in enumerate(in_shapes)],
-            axis=1))
-    return np.concatenate(rows, axis=0)
 
 
 # ------------------------------------------------------------------ output

@@ -290,8 +290,10 @@ def run_setting(st: Setting, methods: Sequence[str], opts, prog: Progress, prev:
     too_big = st.dense_mb > opts.max_dense_mb
     compiled: dict[str, Any] = {}
 
-    def skip(name: str, why: str, status: str = "skipped") -> None:
-        res[name] = {"status": status, "error": why}
+    def skip(name: str, msg: str, status: str = "skipped", why: str = "") -> None:
+        res[name] = {"status": status, "error": msg}
+        if why:
+            res[name]["why"] = why
         prog.update(f"{where} {name} ({status})")
 
     def lower(name: str):
@@ -301,12 +303,17 @@ def run_setting(st: Setting, methods: Sequence[str], opts, prog: Progress, prev:
             skip(name, f"dense output {st.dense_mb:.0f} MB > --max-dense-mb {opts.max_dense_mb:g}")
             return None
         if est is not None and est > opts.max_call_s and name not in (AUTO, COMPACT, PRIMAL):
-            skip(name, f"~{est:.1f} s per call extrapolated from B={prev['batch']} > --max-call-s {opts.max_call_s:g}")
+            skip(name, f"~{est:.1f} s per call extrapolated from B={prev['batch']} > --max-call-s {opts.max_call_s:g}",
+                 why="slow")
+            return None
+        prev_rec = (prev or {}).get("results", {}).get(name)
+        if prev_rec and prev_rec.get("status") == "skipped" and prev_rec.get("why") in ("slow", "hopeless"):
+            skip(name, prev_rec["error"], why=prev_rec["why"])
             return None
         ratio = _behind(prev, name)
         if ratio is not None and ratio > opts.hopeless and name not in (AUTO, COMPACT, PRIMAL):
             skip(name, f"{ratio:.0f}x slower than the fastest method at B={prev['batch']} (> --hopeless "
-                       f"{opts.hopeless:g})")
+                       f"{opts.hopeless:g})", why="hopeless")
             return None
         if name == ASDEX:
             try:

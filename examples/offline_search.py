@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import tempfile
-import time
 
 import jax
 import numpy as np
