@@ -3,7 +3,8 @@
 ``resolve_order(graph, "auto")`` uses the order cache (:mod:`ccjax.cache`)
 when it holds a valid order for the graph, else the cheapest of the quick
 greedy variants (:data:`ccjax.orders.greedy.QUICK`, which include ``rev``,
-``fwd`` and ``markowitz``); see :mod:`ccjax.orders.search` for the searches.
+``fwd`` and ``markowitz``); see :mod:`ccjax.orders.search` for the searches.  ``"learned"`` is the
+greedy order of the shipped policy network (:mod:`ccjax.search`).
 """
 from __future__ import annotations
 
@@ -37,8 +38,12 @@ def resolve_order(graph: Graph, order: Union[str, Sequence[int]]) -> tuple[int, 
         name = order.lower()
         if name == "auto":
             return auto_order(graph)
+        if name == "learned":
+            from ccjax.search.api import learned_order
+
+            return validate_order(graph, learned_order(graph))
         if name not in HEURISTICS:
-            raise ValueError(f"unknown order {order!r}; use one of {sorted(HEURISTICS) + ['auto']} "
+            raise ValueError(f"unknown order {order!r}; use one of {sorted(HEURISTICS) + ['auto', 'learned']} "
                              f"or a sequence of vertex ids")
         return HEURISTICS[name](graph)
     return validate_order(graph, order)

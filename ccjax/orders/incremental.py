@@ -103,6 +103,14 @@ class Evaluator:
             self._sum[(a, b)] = r
         return r
 
+    def evaluated_products(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """Every product evaluated so far: ``{(outer, inner): (result id, mults)}``."""
+        return dict(self._prod)
+
+    def evaluated_sums(self) -> dict[tuple[int, int], int]:
+        """Every sum evaluated so far: ``{(a, b): result id or -1}``."""
+        return dict(self._sum)
+
     def is_valued(self, sid: int) -> bool:
         """Whether the structure stores numbers (not a ±unit pattern)."""
         return self.structures[sid].val is not None

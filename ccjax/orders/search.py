@@ -7,6 +7,8 @@ Methods (all on the one cost model, through
   until the budget is spent (default: up to width 16);
 * ``"anneal"``: simulated annealing (:mod:`ccjax.orders.anneal`), repeated
   runs from the best order so far and from other starts;
+* ``"mcts"``: Gumbel MuZero search guided by the shipped policy
+  (:func:`ccjax.search.api.mcts_search`), its greedy order included;
 * ``"exact"``: branch and bound over elimination states
   (:mod:`ccjax.orders.exact`): a proven optimum, or a certified lower bound
   when the budget runs out (default: no limit);
@@ -38,7 +40,10 @@ from ccjax.orders.exact import exact_search
 from ccjax.orders.greedy import QUICK, VARIANTS
 from ccjax.orders.incremental import Evaluator
 
-METHODS = ("auto", "anneal", "beam", "exact")
+METHODS = ("auto", "anneal", "beam", "exact", "mcts")
+
+#: Batches of games ``method="mcts"`` plays when no time budget is given.
+DEFAULT_MCTS_EPISODES = 4
 
 #: Graphs with at most this many eliminable vertices get an exact search under "auto".
 EXACT_AUTO_SIZE = 12
@@ -246,6 +251,8 @@ def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float
             _run_anneal(ev, best, starts, rng, best.deadline(), runs)
         elif method == "exact":
             _run_exact(ev, best, best.deadline())
+        elif method == "mcts":
+            _run_mcts(graph, best, seed, time_budget)
         elif n <= EXACT_AUTO_SIZE:
             _run_exact(ev, best, best.deadline())
         else:
@@ -261,6 +268,19 @@ def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float
     lb = best.lower_bound
     return SearchResult(order, cost, best.method, None if lb is None else min(lb, cost), graph.fingerprint,
                         time.perf_counter() - start, baselines, best.evaluations)
+
+
+def _run_mcts(graph: Graph, best: _Best, seed: int, time_budget: Optional[float]) -> None:
+    """Gumbel MuZero with the shipped policy (:mod:`ccjax.search.api`)."""
+    from ccjax.search.api import mcts_search
+
+    best.phase = "mcts"
+    budget = None if time_budget is None else max(0.0, time_budget - (time.perf_counter() - best.start))
+    result = mcts_search(graph, time_budget=budget, seed=seed,
+                         max_episodes=None if budget is not None else DEFAULT_MCTS_EPISODES)
+    best.offer(result["greedy_order"], result["greedy_cost"], "learned")
+    best.offer(result["order"], result["cost"], "mcts")
+    best.evaluations += result["episodes"]
 
 
 def quick_order(graph: Graph, cached: Optional[Sequence[int]] = None) -> tuple[tuple[int, ...], int, str]:

@@ -1,0 +1,1 @@
+"""Learned elimination orders: the vertex game, a policy network and MCTS."""
