@@ -18,7 +18,6 @@ from typing import Any, Callable, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import sparse
 
 from ccjax.eliminate import LAYOUTS, CostReport, OrderError, Plan, execute, plan_elimination, validate_order
 from ccjax._jaxpr import is_jax_value, structural_key
@@ -183,32 +182,15 @@ def _runner(g: Graph, order: OrderSpec, layout: str = "dense") -> Callable:
         return run
     plan = _plan(g, order)
     prog = g.program
-    out_avals = [prog.avals[i] for i in prog.outputs[:len(g.outputs)]]
 
     def run(inputs, consts):
         env = prog.evaluate(inputs, consts)
-        found = execute(g, plan, env, layout)
-        blocks = []
-        for k, out_vertex in enumerate(g.outputs):
-            for leaf, in_vertex in zip(g.diff_leaves, g.inputs):
-                aval = prog.avals[prog.inputs[leaf]]
-                shape = tuple(out_avals[k].shape) + tuple(aval.shape)
-                blocks.append(_block(found.get((in_vertex, out_vertex)), shape, aval.dtype, layout))
-        return blocks, [env[i] for i in prog.outputs[len(g.outputs):]]
+        return execute(g, plan, env, layout), [env[i] for i in prog.outputs[len(g.outputs):]]
 
     if prog.cacheable:
         run = jax.jit(run)
         g.runners[key] = run
     return run
-
-
-def _block(block, shape: tuple, dtype, layout: str):
-    """One Jacobian block in the requested layout, shape and dtype."""
-    if layout == "sparse":
-        if block is None:
-            return sparse.BCOO((jnp.zeros((0,), dtype), jnp.zeros((0, len(shape)), np.int32)), shape=shape)
-        return sparse.BCOO((block.data.astype(dtype), block.indices), shape=shape)
-    return jnp.zeros(shape, dtype) if block is None else block.reshape(shape).astype(dtype)
 
 
 def _as_value(x, aval):

@@ -9,12 +9,17 @@ vertex ``v`` replaces every path ``u -> v -> w`` by
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import math
+from typing import Optional, Sequence
 
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import sparse
 
+from ccjax._jaxpr import is_tracer
 from ccjax.graph import Graph
-from ccjax.structure import ProductPlan, Structure, SumPlan, product_plan, sum_plan, to_bcoo, to_dense
+from ccjax.structure import ProductPlan, Structure, SumPlan, product_plan, sum_plan, to_bcoo
 
 LAYOUTS = ("dense", "sparse")
 
@@ -172,13 +177,16 @@ def partial_values(graph: Graph, env: Sequence) -> list:
     return values
 
 
-def run_plan(graph: Graph, plan: Plan, raw_values: Sequence, layout: str = "dense") -> dict:
-    """Multiply and accumulate: the elimination itself.
+def run_plan(graph: Graph, plan: Plan, raw_values: Sequence, layout: str = "dense") -> list:
+    """Multiply and accumulate (the elimination itself), then write the Jacobian.
 
-    Returns ``{(input vertex, output vertex): block}`` with blocks in the
-    ``out_shape + in_shape`` layout and the graph's compute dtype: dense
+    Returns every block of the Jacobian, output-major (for each output leaf,
+    one block per differentiated input leaf), each in the ``jax.jacrev``
+    layout ``out_shape + in_shape`` and the input leaf's dtype: dense
     arrays, or ``jax.experimental.sparse.BCOO`` for ``layout="sparse"``.
-    Every scalar multiplication performed here is counted in ``plan.report``.
+    Every scalar multiplication performed here is counted in
+    ``plan.report``; writing the blocks (:func:`dense_block`) multiplies
+    nothing.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown output layout {layout!r}; use one of {LAYOUTS}")
@@ -188,13 +196,133 @@ def run_plan(graph: Graph, plan: Plan, raw_values: Sequence, layout: str = "dens
         result = p.apply(values[a], values[b], dtype)
         if dst is not None:
             values[dst] = result
-    convert = to_dense if layout == "dense" else to_bcoo
-    return {key: convert(plan.structures[slot], values[slot], dtype) for key, slot in plan.final.items()}
+    prog = graph.program
+    blocks = []
+    for k, out_vertex in enumerate(graph.outputs):
+        out_shape = tuple(prog.avals[prog.outputs[k]].shape)
+        for leaf, in_vertex in zip(graph.diff_leaves, graph.inputs):
+            aval = prog.avals[prog.inputs[leaf]]
+            shape = out_shape + tuple(aval.shape)
+            slot = plan.final.get((in_vertex, out_vertex))
+            st = None if slot is None else plan.structures[slot]
+            value = None if slot is None else values[slot]
+            if layout == "sparse":
+                blocks.append(sparse_block(st, value, shape, aval.dtype))
+                continue
+            blocks.append(dense_block(st, value, shape, aval.dtype, tag=len(blocks)))
+    return blocks
 
 
-def execute(graph: Graph, plan: Plan, env: Sequence, layout: str = "dense") -> dict:
+def execute(graph: Graph, plan: Plan, env: Sequence, layout: str = "dense") -> list:
     """:func:`partial_values` then :func:`run_plan`."""
     return run_plan(graph, plan, partial_values(graph, env), layout)
+
+
+# ---------------------------------------------------------------------------
+# Writing the Jacobian.
+# ---------------------------------------------------------------------------
+
+
+def dense_block(st: Optional[Structure], value, shape: tuple, dtype, tag: Optional[int] = None):
+    """The block of structure ``st`` (None: structurally zero) as a dense array
+    of ``shape`` (``st.out_shape + st.in_shape``) and ``dtype``, written by a
+    single ``broadcast``/``select`` in the final shape.
+
+    The stored values stay compact to the last step: they are cast, laid out
+    over the axes they index and broadcast, and the Kronecker deltas (e.g. the
+    batch diagonal of a ``vmap``-ed function) are applied by one ``where``
+    on ``iota`` comparisons, so XLA writes each output buffer once, in one
+    fusion. Four details matter for that on XLA:CPU (measured in
+    ``docs/benchmarks.md``):
+
+    * The ``where`` is taken in the final shape, size-1 axes included, and
+      a factored axis (``[ef]``) whose symbols are all stored and occur
+      nowhere else is one axis of the value (a reshape of the compact value).
+      Taking it on the axes split into symbols and reshaping afterwards made
+      XLA pick a non-default layout and copy the whole block into the output
+      layout, or fuse the broadcast into the producer of the value and
+      materialise it before the ``where``.  Only a factored axis with a
+      delta or a replication inside is still split (and reshaped at the end).
+    * When the broadcast expands the value (a delta or a replication), the
+      compact value passes through an always-true ``where`` first.  XLA:CPU's
+      YNNPACK fusion otherwise takes the broadcast into the fusion that
+      computes the value (``add``/``mul`` chains) and materialises the
+      expanded array (201 MB for task ``f`` at B = 512) before the ``where``.
+    * Blocks that are the same computation (zero blocks, ``±I`` and other
+      constant blocks, equal values) are merged by XLA's CSE, and the output
+      then gets one ``copy`` per duplicate.  ``tag`` (distinct per block)
+      offsets both sides of the ``iota`` comparisons by the same amount, or,
+      for a zero block or a constant block without a delta, adds a
+      comparison that is always false or true; each block's fusion stays
+      distinct and no value changes.  (Equal non-constant blocks without a
+      delta are still copied: they are not broadcast, so the copy costs what
+      writing them costs.)
+    """
+    dtype = jnp.dtype(dtype)
+    if st is None:
+        if tag is None or not shape:
+            return jnp.zeros(shape, dtype)
+        never = lax.broadcasted_iota(np.int32, shape, 0) == -1 - tag  # false everywhere
+        return jnp.where(never, jnp.ones((), dtype), jnp.zeros((), dtype))
+    axes = st.out_axes + st.in_axes
+    stored = set(st.val or ())
+    count: dict = {}
+    for ax in axes:
+        for s in ax:
+            count[s] = count.get(s, 0) + 1
+    if all(len(ax) < 2 or all(s in stored and count[s] == 1 for s in ax) for ax in axes):
+        units = [tuple(ax) for ax in axes]  # one unit per final axis
+    else:  # a factored axis with a delta or replication inside: split it
+        units = [u for ax in axes for u in ([()] if not ax else [(s,) for s in ax])]
+    unit_shape = tuple(math.prod(st.sizes[s] for s in u) for u in units)
+    first: dict = {}
+    pairs = []  # (unit, unit) whose (single-symbol) indices must agree
+    for k, u in enumerate(units):
+        for s in u:
+            if s in first:
+                pairs.append((first[s], k))
+            else:
+                first[s] = k
+    if st.val is None:
+        v = jnp.asarray(st.sign, dtype)
+    else:
+        v = jnp.reshape(jnp.asarray(value), tuple(st.sizes[s] for s in st.val)).astype(dtype)
+        where_of = {s: (first[s], units[first[s]].index(s)) for s in st.val}
+        perm = sorted(range(len(st.val)), key=lambda i: where_of[st.val[i]])
+        if perm != list(range(len(perm))):
+            v = jnp.transpose(v, perm)
+        expanded = [math.prod(st.sizes[s] for s in st.val if first[s] == k) for k in range(len(units))]
+        v = jnp.reshape(v, expanded)
+        if v.ndim and v.size < math.prod(unit_shape):
+            # The broadcast expands: keep the compact value materialised (see above).
+            v = jnp.where(_always(v.shape, 0), v, jnp.zeros((), dtype))
+    v = jnp.broadcast_to(v, unit_shape)
+    offset = 0 if tag is None else tag + 1
+    iota = lambda k: lax.broadcasted_iota(np.int32, unit_shape, k) + offset
+    keep = None
+    for a, b in pairs:
+        eq = iota(a) == iota(b)
+        keep = eq if keep is None else keep & eq
+    if keep is None and tag is not None and unit_shape and (st.val is None or not is_tracer(value)):
+        keep = _always(unit_shape, offset)  # a constant block without delta
+    if keep is not None:
+        v = jnp.where(keep, v, jnp.zeros((), dtype))
+    return v if unit_shape == tuple(shape) else jnp.reshape(v, shape)
+
+
+def _always(shape: tuple, k: int):
+    """An all-true mask of ``shape`` that XLA does not fold to a constant
+    (``iota + k + 1 > 0``, ``k >= 0``)."""
+    return lax.broadcasted_iota(np.int32, shape, 0) + (k + 1) > 0
+
+
+def sparse_block(st: Optional[Structure], value, shape: tuple, dtype):
+    """The block as a ``BCOO`` of ``shape`` and ``dtype`` holding its structural
+    nonzeros (none for a zero block)."""
+    if st is None:
+        return sparse.BCOO((jnp.zeros((0,), dtype), jnp.zeros((0, len(shape)), np.int32)), shape=shape)
+    block = to_bcoo(st, value, dtype)
+    return sparse.BCOO((block.data, block.indices), shape=tuple(shape))
 
 
 def count_mults(graph: Graph, order: Sequence[int]) -> int:
