@@ -139,3 +139,126 @@ def test_tasks_and_console_script(capsys):
     proc = subprocess.run([sys.executable, "-m", "ccjax.cli", "search", "NoSuchTask"], capture_output=True,
                           text=True)
     assert proc.returncode == EXIT_USAGE and "unknown target" in proc.stderr
+
+
+# -- ccjax train / the learned policy ------------------------------------------------------------
+
+TINY_RUN = {"train_tasks": ["g"], "random_seeds": [], "num_vertices": 64, "num_structures": 64,
+            "replay_capacity": 512, "batch_size": 8, "updates_per_iteration": 2, "warmup_steps": 1,
+            "network": {"dim": 16, "heads": 2, "layers": 1, "edge_dim": 4},
+            "search": {"num_simulations": 2, "max_num_considered_actions": 2}}
+
+
+def test_train_runs_resumes_and_exports(capsys, tmp_path):
+    from ccjax.search.policy import load_policy
+    from ccjax.search.train import TrainConfig
+
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_RUN))
+    code, out, err = run(capsys, "train", "--dir", "run", "--config", "tiny.json", "--iterations", "1",
+                         "--games", "2")
+    assert code == EXIT_OK, err
+    assert "iteration 1/1" in out and "1/1 iterations in run (1 this run" in out and "best cost" in out
+    saved = TrainConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert saved.games_per_iteration == 2 and saved.network.dim == 16 and saved.train_tasks == ("g",)
+    # Resume: the saved settings are used, only the remaining iteration runs.
+    code, out, err = run(capsys, "train", "--dir", "run", "--iterations", "2", "--export", "p.msgpack")
+    assert code == EXIT_OK, err
+    assert "iteration 2/2" in out and "iteration 1/" not in out and "2/2 iterations in run (1 this run" in out
+    assert "wrote p.msgpack" in out
+    pol = load_policy(str(tmp_path / "p.msgpack"))
+    assert pol.network.dim == 16 and pol.info["iterations"] == 2
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [r["iteration"] for r in history["iterations"]] == [1, 2]
+    # Nothing left to do.
+    code, out, _ = run(capsys, "train", "--dir", "run", "--iterations", "2", "-q")
+    assert code == EXIT_OK and "2/2 iterations in run (0 this run" in out and "iteration 2/2" not in out
+    # A resumed run refuses other settings, and a corrupt checkpoint is named.
+    code, _, err = run(capsys, "train", "--dir", "run", "--games", "3")
+    assert code == EXIT_USAGE and "games_per_iteration" in err and "only --iterations" in err
+    (tmp_path / "run" / "state.msgpack").write_bytes(b"not msgpack")
+    code, _, err = run(capsys, "train", "--dir", "run", "--iterations", "3")
+    assert code == 1 and "state.msgpack" in err and err.startswith("ccjax: error:")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train"], ["train", "--dir", "r", "--iterations", "0"], ["train", "--dir", "r", "--iterations", "x"],
+    ["train", "--dir", "r", "--max-minutes", "-1"], ["train", "--dir", "r", "--max-minutes", "nan"],
+    ["train", "--dir", "r", "--games", "0"], ["train", "--dir", "r", "--simulations", "-2"],
+    ["search", "g", "--method", "mcts2"]])
+def test_train_bad_arguments_exit_2(capsys, argv, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == EXIT_USAGE
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("config, message", [
+    ('{"no_such_setting": 1}', "unknown settings no_such_setting"), ("[1, 2]", "JSON object"),
+    ("{not json", "cannot read --config"), ('{"network": {"width": 3}}', "--config")])
+def test_train_bad_config_file(capsys, tmp_path, config, message):
+    (tmp_path / "c.json").write_text(config)
+    code, _, err = run(capsys, "train", "--dir", "r", "--config", "c.json")
+    assert code == EXIT_USAGE and message in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture
+def tiny_policy(tmp_path):
+    import jax
+
+    from ccjax.search import game
+    from ccjax.search.corpus import task_graph
+    from ccjax.search.mcts import MCTSConfig
+    from ccjax.search.network import NetworkConfig, PolicyValueNet
+    from ccjax.search.policy import save_policy
+    from ccjax.search.tables import encode
+
+    net = NetworkConfig(dim=16, heads=2, layers=1, edge_dim=4)
+    tables = encode(task_graph("g"), 64, 64).tables
+    params = jax.jit(PolicyValueNet(net).init)(jax.random.PRNGKey(0), game.observe(tables,
+                                                                                    game.initial_state(tables)))
+    path = tmp_path / "tiny.msgpack"
+    save_policy(str(path), net, params, MCTSConfig(num_simulations=2, max_num_considered_actions=2))
+    return path
+
+
+def test_search_mcts_with_policy_file(capsys, tiny_policy, tmp_path):
+    from ccjax.search import policy as policy_lib
+
+    shipped = policy_lib.SHIPPED_POLICY
+    code, out, err = run(capsys, "search", "g", "--method", "mcts", "--policy", str(tiny_policy), "--budget", "3",
+                         "--no-cache", "--json", "r.json")
+    assert code == EXIT_OK, err
+    assert policy_lib.SHIPPED_POLICY == shipped  # restored
+    rec = json.loads((tmp_path / "r.json").read_text())
+    code, out, _ = run(capsys, "cost", "g", "--order", "@r.json", "-q")
+    assert code == EXIT_OK and int(out) == rec["cost"] > 0
+    (tmp_path / "bad.msgpack").write_bytes(b"\x00garbage")
+    for policy, message in ((tmp_path / "bad.msgpack", "not a readable ccjax policy"),
+                            (tmp_path / "missing.msgpack", "no policy file")):
+        code, _, err = run(capsys, "search", "g", "--method", "mcts", "--policy", str(policy), "--no-cache")
+        assert code == EXIT_USAGE and message in err
+    code, _, err = run(capsys, "search", "g", "--policy", str(tiny_policy), "--no-cache")
+    assert code == EXIT_USAGE and "--policy is only used by --method mcts" in err
+
+
+def test_cost_learned_order(capsys, tiny_policy, tmp_path, monkeypatch):
+    import ccjax
+    from ccjax.eliminate import plan_elimination
+    from ccjax.search import policy as policy_lib
+    from ccjax.search.api import learned_order
+    from ccjax.tasks import TASKS
+
+    fn, args = TASKS["g"].graph_fn_and_inputs(0)
+    g = ccjax.graph(fn, *args, argnums=TASKS["g"].argnums)
+    monkeypatch.setattr(policy_lib, "SHIPPED_POLICY", str(tmp_path / "missing.msgpack"))
+    code, _, err = run(capsys, "cost", "g", "--order", "learned")
+    assert code == EXIT_USAGE and "no policy file" in err
+    monkeypatch.setattr(policy_lib, "SHIPPED_POLICY", str(tiny_policy))
+    try:
+        code, out, err = run(capsys, "cost", "g", "--order", "learned", "-q")
+        assert code == EXIT_OK, err
+        want = plan_elimination(g, learned_order(g, policy_lib.load_policy(str(tiny_policy)))).report.mults
+        assert int(out) == want
+    finally:  # the plan of "learned" is kept with the (cached) graph; it depends on the policy
+        g.plans.pop("learned", None)
