@@ -5,33 +5,21 @@ Nothing here asserts on timings; the benchmarks only measure and report.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import platform
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
+from benchmarks.paper import PAPER_MULTS  # noqa: F401 - re-exported
 from ccjax.tasks import TASKS, Task
-
-#: The paper's published multiplication counts: (fwd, rev, Markowitz, AlphaGrad).
-PAPER_MULTS: dict[str, tuple[int, int, int, int]] = {
-    "RoeFlux_1d": (620, 364, 407, 320),
-    "RoeFlux_3d": (1556, 979, 938, 811),
-    "RobotArm_6DOF": (397, 301, 288, 231),
-    "HumanHeartDipole": (240, 172, 194, 148),
-    "PropaneCombustion": (151, 90, 111, 88),
-    "BlackScholes_Jacobian": (545, 572, 350, 312),
-    "MLP": (10930, 392, 4796, 389),
-    "Encoder": (135010, 4688, 51869, 4656),
-    "f": (17728, 8859, 12083, 6374),
-    "g": (632, 566, 451, 417),
-}
 
 #: The two tasks ``--smoke`` runs: one scalar task, one with shared parameters.
 SMOKE_TASKS = ("HumanHeartDipole", "MLP")
@@ -120,6 +108,78 @@ def xla_flops(compiled) -> float | None:
         return None
     vals = [d.get("flops") for d in dicts if d.get("flops") is not None]
     return float(sum(vals)) if vals else None
+
+
+# ------------------------------------------------------------------ timing
+def time_interleaved(compiled: dict[str, Callable], args: Sequence, first_s: dict[str, float], opts) -> dict[str, dict]:
+    """Time every compiled executable on ``args`` (single blocked calls) in
+    interleaved rounds, so that load changes on a shared machine hit every
+    method alike.  ``first_s``: each one's first (checked) call duration,
+    which sets its number of calls: up to ``opts.repeats``, about
+    ``opts.time_budget`` seconds, at least ``opts.min_repeats`` (3 for calls
+    over 50 ms), and none beyond the first for calls slower than
+    ``opts.max_call_s``; ``opts.rounds`` rounds.  Returns per name the median,
+    quartiles, IQR, fastest call and count (``single`` when only the first
+    call could be used)."""
+    calls = {n: functools.partial(_blocked_call, exe, tuple(args)) for n, exe in compiled.items()}
+    quota = {}
+    for n, t1 in first_s.items():
+        if t1 > opts.max_call_s:
+            quota[n] = 0  # one (first) call only
+        else:
+            lo = 3 if t1 > 0.05 else opts.min_repeats
+            quota[n] = int(min(opts.repeats, max(lo, opts.time_budget / max(t1, 1e-6))))
+    samples: dict[str, list[float]] = {n: [] for n in calls}
+    for n, call in calls.items():  # warm-up
+        if quota[n] and first_s[n] < 0.05:
+            call()
+    n_rounds = max(1, min(opts.rounds, max(quota.values(), default=1)))
+    for r in range(n_rounds):
+        for n, call in calls.items():
+            for _ in range(quota[n] * (r + 1) // n_rounds - quota[n] * r // n_rounds):
+                t0 = time.perf_counter()
+                call()
+                samples[n].append(time.perf_counter() - t0)
+    stats = {}
+    for n in calls:
+        xs = samples[n] or [first_s[n]]
+        q1, med, q3 = np.percentile(np.asarray(xs), [25, 50, 75])
+        stats[n] = {"median_s": float(med), "q1_s": float(q1), "q3_s": float(q3), "iqr_s": float(q3 - q1),
+                    "min_s": float(min(xs)), "n": len(xs), "single": not samples[n]}
+    return stats
+
+
+def _blocked_call(exe, args):
+    return jax.block_until_ready(exe(*args))
+
+
+def add_timing_args(ap, batches: str) -> None:
+    """The command-line options every runtime benchmark shares."""
+    ap.add_argument("--tasks", nargs="*", default=None, help="task names (default: all ten)")
+    ap.add_argument("--batch", nargs="*", type=int, default=None, help=f"batch sizes (default {batches})")
+    ap.add_argument("--repeats", type=int, default=100, help="most timed calls per measurement")
+    ap.add_argument("--min-repeats", type=int, default=5, help="fewest timed calls per measurement")
+    ap.add_argument("--time-budget", type=float, default=0.25,
+                    help="seconds of timed calls per method and setting (at least --min-repeats calls)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per setting")
+    ap.add_argument("--max-call-s", type=float, default=2.0,
+                    help="skip a method whose time per call, extrapolated from the previous batch size, "
+                         "exceeds this; time only one call of a method slower than this")
+    ap.add_argument("--out", default=None, help="directory for the Markdown and JSON results")
+    ap.add_argument("--smoke", action="store_true", help="2 tasks, B=4, 3 repeats: a quick check (< 60 s)")
+    ap.add_argument("--quiet", action="store_true", help="no progress output")
+    ap.add_argument("--use-cache", action="store_true",
+                    help="let order=\"auto\" use the user's order cache (default: an empty temporary one)")
+    ap.add_argument("--verbose", action="store_true", help="print tracebacks of failing methods")
+
+
+def apply_smoke(a, default_batches: list[int]) -> None:
+    """``--smoke``: the smoke tasks at B = 4 with 3 calls each; else the default batch sizes."""
+    if a.smoke:
+        a.tasks = a.tasks or list(SMOKE_TASKS)
+        a.batch = a.batch or [4]
+        a.repeats, a.min_repeats, a.time_budget, a.rounds = 3, 3, 0.02, 1
+    a.batch = a.batch if a.batch is not None else list(default_batches)
 
 
 # ------------------------------------------------------------------ output

@@ -37,8 +37,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import ccjax
-from benchmarks.common import (SMOKE_TASKS, Progress, environment, fmt_time, geomean, isolate_order_cache,
-                               markdown_table, select_tasks, write_json, write_text, xla_flops)
+from benchmarks.common import (Progress, add_timing_args, apply_smoke, environment, fmt_time, geomean,
+                               isolate_order_cache, markdown_table, select_tasks, time_interleaved, write_json,
+                               write_text, xla_flops)
 
 CCJAX_ORDERS = ("fwd", "rev", "markowitz", "auto")
 AUTO = "ccjax auto"
@@ -92,44 +93,43 @@ class Setting:
         """``vmap(jacrev(fn))``: per-example blocks ``(B,) + out + in``."""
         return jax.vmap(jax.jacrev(self.task.fn, argnums=self.argnums), in_axes=self.task.in_axes)
 
+    def _batched_leaves(self, jac, place: Callable) -> Any:
+        """``place(leaf, in_ndim)`` on the blocks of batched arguments of a Jacobian
+        pytree (``in_ndim``: rank of the unbatched argument); blocks of shared
+        arguments (``in_axes`` None) are kept as they are."""
+        leaves, tree = jax.tree_util.tree_flatten(jac)
+        n_diff = len(self.argnums)
+        out = []
+        for idx, leaf in enumerate(leaves):
+            arg = self.argnums[idx % n_diff]
+            out.append(leaf if self.axes[arg] is None else place(leaf, self.arg_ndims[arg]))
+        return jax.tree_util.tree_unflatten(tree, out)
+
     def scatter(self, compact_jac):
         """Compact per-example blocks -> ``jacrev(vmap(fn))``'s dense layout:
         batch-diagonal ``(B,) + out + (B,) + in`` blocks for batched arguments;
         shared arguments (``in_axes`` None) are already ``(B,) + out + param``."""
-        leaves, tree = jax.tree_util.tree_flatten(compact_jac)
-        n_diff = len(self.argnums)
         B = self.batch
         eye = jnp.eye(B, dtype=bool)
-        out = []
-        for idx, leaf in enumerate(leaves):
-            arg = self.argnums[idx % n_diff]
-            if self.axes[arg] is None:
-                out.append(leaf)
-                continue
-            in_nd = self.arg_ndims[arg]
+
+        def place(leaf, in_nd):
             o_nd = leaf.ndim - 1 - in_nd
-            expanded = jnp.expand_dims(leaf, 1 + o_nd)
             mask = eye.reshape((B,) + (1,) * o_nd + (B,) + (1,) * in_nd)
-            out.append(jnp.where(mask, expanded, jnp.zeros((), leaf.dtype)))
-        return jax.tree_util.tree_unflatten(tree, out)
+            return jnp.where(mask, jnp.expand_dims(leaf, 1 + o_nd), jnp.zeros((), leaf.dtype))
+
+        return self._batched_leaves(compact_jac, place)
 
     def diagonal_of(self, dense_jac):
         """The inverse of :meth:`scatter` (NumPy): the per-example blocks of a dense
         batched Jacobian, for checking the compact output."""
-        leaves, tree = jax.tree_util.tree_flatten(dense_jac)
-        n_diff = len(self.argnums)
         ar = np.arange(self.batch)
-        out = []
-        for idx, leaf in enumerate(leaves):
+
+        def take(leaf, in_nd):
             leaf = np.asarray(leaf)
-            arg = self.argnums[idx % n_diff]
-            if self.axes[arg] is None:
-                out.append(leaf)
-                continue
-            in_nd = self.arg_ndims[arg]
             o_nd = leaf.ndim - 2 - in_nd
-            out.append(leaf[(ar,) + (slice(None),) * o_nd + (ar,) + (slice(None),) * in_nd])
-        return jax.tree_util.tree_unflatten(tree, out)
+            return leaf[(ar,) + (slice(None),) * o_nd + (ar,) + (slice(None),) * in_nd]
+
+        return self._batched_leaves(dense_jac, take)
 
     def scattered(self) -> Callable:
         comp = self.compact()
@@ -458,33 +458,11 @@ def run_setting(st: Setting, methods: Sequence[str], opts, prog: Progress, prev:
     ref64_cache.clear()
 
     # ---- phase 2: interleaved timing rounds
-    first = {n: res[n]["first_call_s"] for n in compiled}
-    quota = {}
-    for n, t1 in first.items():
-        if t1 > opts.max_call_s:
-            quota[n] = 0  # one (first) call only
-        else:
-            lo = 3 if t1 > 0.05 else opts.min_repeats
-            quota[n] = int(min(opts.repeats, max(lo, opts.time_budget / max(t1, 1e-6))))
-    samples: dict[str, list[float]] = {n: [] for n in compiled}
-    for n, exe in compiled.items():  # warm-up
-        if quota[n] and first[n] < 0.05:
-            jax.block_until_ready(exe(*st.args))
-    rounds = max(1, min(opts.rounds, max(quota.values(), default=1)))
-    for r in range(rounds):
-        for n, exe in compiled.items():
-            k = quota[n] * (r + 1) // rounds - quota[n] * r // rounds
-            for _ in range(k):
-                t0 = time.perf_counter()
-                jax.block_until_ready(exe(*st.args))
-                samples[n].append(time.perf_counter() - t0)
-    for n in compiled:
-        xs = samples[n] or [first[n]]
-        q1, med, q3 = np.percentile(np.asarray(xs), [25, 50, 75])
-        res[n].update({"median_s": float(med), "q1_s": float(q1), "q3_s": float(q3),
-                       "iqr_s": float(q3 - q1), "min_s": float(min(xs)), "n": len(xs)})
-        if not samples[n]:
+    stats = time_interleaved(compiled, st.args, {n: res[n]["first_call_s"] for n in compiled}, opts)
+    for n, s in stats.items():
+        if s.pop("single"):
             res[n]["note"] = "single call (slower than --max-call-s)"
+        res[n].update(s)
     compiled.clear()
 
     if alias and AUTO in res:
@@ -682,39 +660,21 @@ def plot(data: dict, path: str) -> bool:
 # ------------------------------------------------------------------ main
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tasks", nargs="*", default=None, help="task names (default: all ten)")
-    ap.add_argument("--batch", nargs="*", type=int, default=None, help="batch sizes (default 16 128 512 2048)")
+    add_timing_args(ap, "16 128 512 2048")
     ap.add_argument("--no-unbatched", action="store_true", help="skip the unbatched setting")
     ap.add_argument("--methods", nargs="*", default=None, help=f"subset of {list(ALL_METHODS)}")
-    ap.add_argument("--repeats", type=int, default=100, help="most timed calls per measurement")
-    ap.add_argument("--min-repeats", type=int, default=5, help="fewest timed calls per measurement")
-    ap.add_argument("--time-budget", type=float, default=0.25,
-                    help="seconds of timed calls per method and setting (at least --min-repeats calls)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="parallel XLA compilations (phase 1); >1 only helps on an idle machine")
     ap.add_argument("--hopeless", type=float, default=20.0,
                     help="do not time a method at larger B once it was this many times slower than the "
                          "fastest dense-output method (it scales at least as badly)")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per setting")
-    ap.add_argument("--max-call-s", type=float, default=2.0,
-                    help="skip a method whose time per call, extrapolated from the previous batch size, "
-                         "exceeds this; time only one call of a method slower than this")
     ap.add_argument("--max-dense-mb", type=float, default=1100.0,
                     help="skip dense methods whose float32 output exceeds this many MB")
     ap.add_argument("--summary-batch", type=int, default=512)
-    ap.add_argument("--out", default=None, help="directory for runtime_<backend>.{md,json,png}")
-    ap.add_argument("--smoke", action="store_true", help="2 tasks, B=4, 3 repeats: a quick check (< 60 s)")
-    ap.add_argument("--quiet", action="store_true", help="no progress output")
-    ap.add_argument("--use-cache", action="store_true",
-                    help="let order=\"auto\" use the user's order cache (default: an empty temporary one)")
-    ap.add_argument("--verbose", action="store_true", help="print tracebacks of failing methods")
     a = ap.parse_args(argv)
+    apply_smoke(a, [16, 128, 512, 2048])
     if a.smoke:
-        a.tasks = a.tasks or list(SMOKE_TASKS)
-        a.batch = a.batch or [4]
-        a.repeats, a.min_repeats, a.time_budget, a.rounds = 3, 3, 0.02, 1
         a.summary_batch = a.batch[-1]
-    a.batch = a.batch if a.batch is not None else [16, 128, 512, 2048]
     return a
 
 
