@@ -76,6 +76,15 @@ def _cached(path: str, mtime: float) -> Policy:
     return load_policy(path)
 
 
+def policy_version(path: Optional[str] = None) -> tuple:
+    """``(path, modification time)`` of the policy file (time None if missing)."""
+    path = SHIPPED_POLICY if path is None else path
+    try:
+        return path, os.path.getmtime(path)
+    except OSError:
+        return path, None
+
+
 def default_policy(path: Optional[str] = None) -> Policy:
     """The shipped policy (or the file at ``path``), loaded once per file version."""
     path = SHIPPED_POLICY if path is None else path

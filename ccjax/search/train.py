@@ -45,7 +45,14 @@ class CheckpointError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run (saved with the checkpoint)."""
+    """Everything that defines a training run (saved with the checkpoint).
+
+    ``demo_seconds > 0`` adds demonstrations: each corpus graph's order from
+    the classical search (:func:`ccjax.orders.search.search_graph`, that
+    many seconds per graph), replayed through the game into a fixed buffer.
+    The network first takes ``pretrain_updates`` steps on them alone, then
+    every minibatch draws ``demo_fraction`` of its rows from them.
+    """
 
     iterations: int = 200
     games_per_iteration: int = 8
@@ -62,6 +69,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0
     value_weight: float = 0.5
+    demo_seconds: float = 0.0
+    demo_fraction: float = 0.25
+    pretrain_updates: int = 0
     seed: int = 0
     network: NetworkConfig = NetworkConfig()
     search: MCTSConfig = MCTSConfig(num_simulations=16, max_num_considered_actions=8)
@@ -71,12 +81,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["network"] = NetworkConfig(**d["network"])
-        d["search"] = MCTSConfig(**d["search"])
-        for k in ("train_tasks", "random_seeds"):
-            d[k] = tuple(d[k])
-        return cls(**d)
+        """Inverse of :meth:`to_dict`; ``ValueError`` for anything else."""
+        try:
+            d = dict(d)
+            d["network"] = NetworkConfig(**d["network"])
+            d["search"] = MCTSConfig(**d["search"])
+            for k in ("train_tasks", "random_seeds"):
+                d[k] = tuple(d[k])
+            return cls(**d)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a training configuration: {e!r}") from e
 
 
 # ---------------------------------------------------------------------------
@@ -128,13 +142,15 @@ class Replay:
                                          value=self.value[:self.size], next=np.int64(self.next)))
 
     @classmethod
-    def load(cls, path: str, capacity: int, n: int) -> "Replay":
+    def load(cls, path: str, capacity: Optional[int], n: int) -> "Replay":
+        """Read a saved buffer; ``capacity`` None means exactly its rows."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in ("edges", "remaining", "graph", "policy", "value", "next")}
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
             raise CheckpointError(f"replay buffer {path} is unreadable: {e}") from e
         size = len(data["graph"])
+        capacity = max(size, 1) if capacity is None else capacity
         if size > capacity or data["edges"].shape[1:] != (n, n):
             raise CheckpointError(f"replay buffer {path} does not match the configuration")
         r = cls.empty(capacity, n)
@@ -171,6 +187,7 @@ def _read_json(path: str):
 
 
 STATE_FILE, REPLAY_FILE, HISTORY_FILE, CONFIG_FILE = "state.msgpack", "replay.npz", "history.json", "config.json"
+DEMO_FILE = "demos.npz"
 
 
 @dataclasses.dataclass
@@ -291,6 +308,45 @@ def self_play(net: NetworkConfig, search: MCTSConfig, params, tables: GameTables
     return Episode(orders, [int(c) for c in np.asarray(states.mults)], bool(np.any(np.asarray(states.broken))))
 
 
+def demonstrations(items, tables: GameTables, seconds: float, seed: int, num_vertices: int) -> Replay:
+    """Moves of the classical search's order on every corpus graph (see
+    :class:`TrainConfig`): one-hot policy targets, exact returns to go."""
+    from ccjax.orders.search import search_graph
+
+    rows = []
+    for gid, item in enumerate(items):
+        order = search_graph(item.graph, method="auto", time_budget=seconds, seed=seed).order
+        positions = jnp.asarray(item.encoded.positions_from_order(order), jnp.int32)
+        start = game.initial_state(tables, gid)
+        states, mults = _trajectory(tables, start, positions)
+        to_go = -np.cumsum(np.asarray(mults)[::-1])[::-1] / float(np.asarray(tables.scale)[gid])
+        policy = np.zeros((len(order), num_vertices), np.float32)
+        policy[np.arange(len(order)), np.asarray(positions)] = 1.0
+        rows.append((np.asarray(states.edges), np.asarray(states.remaining), np.full(len(order), gid, np.int32),
+                     policy, to_go.astype(np.float32)))
+    total = sum(len(r[2]) for r in rows)
+    demos = Replay.empty(max(total, 1), num_vertices)
+    for r in rows:
+        demos.add(*r)
+    return demos
+
+
+@jax.jit
+def _trajectory(tables: GameTables, state: game.GameState, actions):
+    """The states before each action and the multiplications of each step."""
+
+    def body(s, a):
+        r = game.step(tables, s, a)
+        return r.state, (s, r.mults)
+
+    _, (states, mults) = jax.lax.scan(body, state, actions)
+    return states, mults
+
+
+def _concat(a, b):
+    return jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y]), a, b)
+
+
 def train(checkpoint_dir: str, config: Optional[TrainConfig] = None,
           progress: Optional[Callable[[dict], None]] = None, max_seconds: Optional[float] = None) -> dict:
     """Run (or resume) training in ``checkpoint_dir`` until ``config.iterations``
@@ -303,7 +359,10 @@ def train(checkpoint_dir: str, config: Optional[TrainConfig] = None,
     os.makedirs(checkpoint_dir, exist_ok=True)
     cfg_path = os.path.join(checkpoint_dir, CONFIG_FILE)
     if os.path.exists(cfg_path):
-        saved = TrainConfig.from_dict(_read_json(cfg_path))
+        try:
+            saved = TrainConfig.from_dict(_read_json(cfg_path))
+        except ValueError as e:
+            raise CheckpointError(f"{cfg_path}: {e}") from e
         # Only the number of iterations may change on resume (to train longer).
         if config is not None and dataclasses.replace(config, iterations=saved.iterations) != saved:
             raise CheckpointError(f"{checkpoint_dir} holds a run with another configuration; "
@@ -327,13 +386,37 @@ def train(checkpoint_dir: str, config: Optional[TrainConfig] = None,
         with open(state_path, "rb") as f:
             state = _state_from_bytes(state, f.read(), state_path)
         replay = Replay.load(os.path.join(checkpoint_dir, REPLAY_FILE), config.replay_capacity, config.num_vertices)
-        history = _read_json(os.path.join(checkpoint_dir, HISTORY_FILE))
+        history_path = os.path.join(checkpoint_dir, HISTORY_FILE)
+        history = _read_json(history_path)
+        if not isinstance(history, dict) or not isinstance(history.get("iterations"), list):
+            raise CheckpointError(f"{history_path} is not a training history")
         if history.get("corpus") != names:
             raise CheckpointError(f"{checkpoint_dir}: the corpus changed since the checkpoint was written")
+        # A run stopped between writing the history and the state: the state decides.
+        history["iterations"] = history["iterations"][:state.iteration]
         state.best = history.get("best", {})
 
     update = make_update(config, optimizer)
     np_rng = np.random.default_rng([config.seed, state.iteration])
+    demos = None
+    if config.demo_seconds > 0:
+        demo_path = os.path.join(checkpoint_dir, DEMO_FILE)
+        if os.path.exists(demo_path):
+            demos = Replay.load(demo_path, None, config.num_vertices)
+        else:
+            demos = demonstrations(items, tables, config.demo_seconds, config.seed, config.num_vertices)
+            demos.save(demo_path)
+        if state.iteration == 0 and state.updates == 0:
+            pre = []
+            for _ in range(config.pretrain_updates):
+                state.params, state.opt_state, loss, pl, vl = update(
+                    state.params, state.opt_state, tables, *demos.sample(np_rng, config.batch_size))
+                pre.append((float(pl), float(vl)))
+                state.updates += 1
+            history["pretrain"] = {"updates": len(pre), "samples": demos.size,
+                                   "first_policy_loss": pre[0][0] if pre else None,
+                                   "last_policy_loss": float(np.mean([p for p, _ in pre[-20:]])) if pre else None}
+    n_demo = int(round(config.batch_size * config.demo_fraction)) if demos is not None else 0
     start = time.perf_counter()
     elapsed0 = float(history.get("elapsed", 0.0))
     while state.iteration < config.iterations:
@@ -355,7 +438,9 @@ def train(checkpoint_dir: str, config: Optional[TrainConfig] = None,
                 state.best[name] = [int(cost), [int(p) for p in order]]
         losses = []
         for _ in range(config.updates_per_iteration):
-            batch = replay.sample(np_rng, config.batch_size)
+            batch = replay.sample(np_rng, config.batch_size - n_demo)
+            if n_demo:
+                batch = _concat(batch, demos.sample(np_rng, n_demo))
             state.params, state.opt_state, loss, pl, vl = update(state.params, state.opt_state, tables, *batch)
             losses.append((float(loss), float(pl), float(vl)))
             state.updates += 1
@@ -387,7 +472,10 @@ def export_policy(checkpoint_dir: str, path: str) -> None:
     """Write the checkpoint's network as a policy file (see :mod:`ccjax.search.policy`)."""
     from ccjax.search.policy import save_policy
 
-    config = TrainConfig.from_dict(_read_json(os.path.join(checkpoint_dir, CONFIG_FILE)))
+    try:
+        config = TrainConfig.from_dict(_read_json(os.path.join(checkpoint_dir, CONFIG_FILE)))
+    except ValueError as e:
+        raise CheckpointError(f"{checkpoint_dir}: {e}") from e
     with open(os.path.join(checkpoint_dir, STATE_FILE), "rb") as f:
         raw = flax.serialization.msgpack_restore(f.read())
     history = _read_json(os.path.join(checkpoint_dir, HISTORY_FILE))
