@@ -9,6 +9,8 @@ linear ops and the common cases have closed forms instead.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -122,6 +124,25 @@ def _select_n(ctx):
     return parts
 
 
+def _chooser(ctx):
+    """``max``/``min`` with JAX's convention: 1 for the chosen operand, 1/2 each
+    at a tie, 0 for both at a NaN.  JAX compares each operand with the result,
+    ``x == max(x, y)``, which fails for both operands when XLA computes ``x``
+    twice and the copies differ in the last bit (docs/known_issues.md);
+    comparing the operands with each other gives the same values without
+    that dependence."""
+    if any(jnp.issubdtype(a.dtype, jnp.complexfloating) for a in ctx.in_avals):
+        return _generic(ctx)
+    wins = jnp.greater if ctx.name == "max" else jnp.less
+
+    def values(ins, outs, s):
+        mine, other = ins[s], ins[1 - s]
+        v = jnp.where(wins(mine, other), 1.0, jnp.where(mine == other, 0.5, 0.0))
+        return jnp.broadcast_to(v.astype(outs[0].dtype), outs[0].shape)
+
+    return [_diag(ctx, s, functools.partial(values, s=s)) for s in ctx.active]
+
+
 RULES = {name: _generic for name in UNARY + BINARY}
 RULES.update({
     "add": _add, "add_any": _add, "sub": _sub, "neg": _neg, "mul": _mul, "div": _div,
@@ -132,5 +153,6 @@ RULES.update({
     "tanh": _closed_form(lambda x, y: 1 - y * y),
     "logistic": _closed_form(lambda x, y: y * (1 - y)),
     "select_n": _select_n,
+    "max": _chooser, "min": _chooser,
     "clamp": _generic,
 })

@@ -1,8 +1,11 @@
 """Reductions: Kronecker pairs on kept axes, replication or values on reduced ones."""
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ccjax.rules.base import RuleContext, labelled
 
@@ -23,15 +26,40 @@ def _reduce_sum(ctx):
     return [labelled(0, 0, ctx, out_labels, in_labels)]
 
 
+def _picked(x, axes, kind: str):
+    """One-hot (bool, ``x``'s shape) of the element ``argmax``/``argmin`` picks
+    over ``axes``: a single pass, so it agrees with itself however ``x`` is
+    computed."""
+    kept = [a for a in range(x.ndim) if a not in axes]
+    moved = jnp.transpose(x, kept + list(axes))
+    flat = moved.reshape(moved.shape[:len(kept)] + (math.prod(x.shape[a] for a in axes),))
+    if flat.size == 0:
+        return jnp.zeros(x.shape, bool)
+    idx = (jnp.argmax if kind == "reduce_max" else jnp.argmin)(flat, axis=-1)
+    hot = jnp.arange(flat.shape[-1]) == idx[..., None]
+    return jnp.transpose(hot.reshape(moved.shape), tuple(int(i) for i in np.argsort(kept + list(axes))))
+
+
 def _reduce_chooser(ctx):
-    """max/min: ties share the derivative equally, as in JAX."""
+    """max/min: ties share the derivative equally, as in JAX.
+
+    JAX finds the chosen elements by ``x == max(x)``.  Inside one jitted
+    program XLA may compute ``x`` once for the max and again (fused) for the
+    comparison, and XLA:CPU contracts ``a * b - c`` into an FMA in some copies
+    only, so the equality can miss the maximum by one ulp and the derivative
+    comes out 0, inf or NaN (docs/known_issues.md).  The element that
+    ``argmax`` picks therefore always counts; other elements count where they
+    equal the max, as in JAX (a NaN max still gives NaN).
+    """
     if 0 not in ctx.active:
         return []
     out_labels, in_labels, in_shape, axes = _labels(ctx)
 
     def values(ins, outs):
         x = ins[0]
-        location = (x == jnp.expand_dims(outs[0], axes)).astype(outs[0].dtype)
+        m = jnp.expand_dims(outs[0], axes)
+        location = (x == m) | (_picked(x, axes, ctx.name) & (m == m))
+        location = location.astype(outs[0].dtype)
         return location / jnp.sum(location, axis=tuple(axes), keepdims=True)
 
     return [labelled(0, 0, ctx, out_labels, in_labels, in_labels, in_shape, values)]
