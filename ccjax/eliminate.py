@@ -178,7 +178,8 @@ def partial_values(graph: Graph, env: Sequence) -> list:
 
 
 def run_plan(graph: Graph, plan: Plan, raw_values: Sequence, layout: str = "dense") -> list:
-    """Multiply and accumulate (the elimination itself), then write the Jacobian.
+    """Multiply and accumulate (the elimination itself), then write the Jacobian:
+    :func:`final_values` then :func:`write_jacobian`.
 
     Returns every block of the Jacobian, output-major (for each output leaf,
     one block per differentiated input leaf), each in the ``jax.jacrev``
@@ -190,12 +191,25 @@ def run_plan(graph: Graph, plan: Plan, raw_values: Sequence, layout: str = "dens
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown output layout {layout!r}; use one of {LAYOUTS}")
+    return write_jacobian(graph, plan, final_values(graph, plan, raw_values), layout)
+
+
+def final_values(graph: Graph, plan: Plan, raw_values: Sequence) -> dict:
+    """Run the plan's products and sums: the compact stored values of the
+    remaining input->output edges, ``{slot: value}`` for the slots of
+    ``plan.final`` (None for a unit partial)."""
     dtype = graph.dtype
     values: list = list(raw_values) + [None] * (len(plan.structures) - len(raw_values))
     for kind, dst, a, b, p in plan.steps:
         result = p.apply(values[a], values[b], dtype)
         if dst is not None:
             values[dst] = result
+    return {slot: values[slot] for slot in plan.final.values()}
+
+
+def write_jacobian(graph: Graph, plan: Plan, finals: dict, layout: str = "dense") -> list:
+    """Every block of the Jacobian from the final compact values (see
+    :func:`run_plan`), zero blocks included."""
     prog = graph.program
     blocks = []
     for k, out_vertex in enumerate(graph.outputs):
@@ -205,11 +219,11 @@ def run_plan(graph: Graph, plan: Plan, raw_values: Sequence, layout: str = "dens
             shape = out_shape + tuple(aval.shape)
             slot = plan.final.get((in_vertex, out_vertex))
             st = None if slot is None else plan.structures[slot]
-            value = None if slot is None else values[slot]
+            value = None if slot is None else finals[slot]
             if layout == "sparse":
                 blocks.append(sparse_block(st, value, shape, aval.dtype))
-                continue
-            blocks.append(dense_block(st, value, shape, aval.dtype, tag=len(blocks)))
+            else:
+                blocks.append(dense_block(st, value, shape, aval.dtype, tag=len(blocks)))
     return blocks
 
 

@@ -74,3 +74,30 @@ def test_runtime_smoke(tmp_path):
     assert "Summary at B = 4" in md
     if HAVE_MPL:
         assert (tmp_path / f"runtime_{backend}.png").stat().st_size > 0
+
+
+def test_sparse_smoke(tmp_path):
+    out = _run("benchmarks.sparse", "--smoke", "--out", str(tmp_path), tmp_path=tmp_path)
+    data = json.loads((tmp_path / "sparse_cpu.json").read_text())
+    md = (tmp_path / "sparse_cpu.md").read_text()
+    assert data["meta"]["batches"] == [4] and len(data["results"]) == 2
+    methods = {"ccjax auto (sparse)", "asdex (bcoo)"} if HAVE_ASDEX else {"ccjax auto (sparse)"}
+    for task, per in data["results"].items():
+        res = per["4"]
+        assert set(res) == methods, (task, sorted(res))
+        for method, rec in res.items():
+            assert rec["status"] == "ok", (task, method, rec)
+            for key in ("median_s", "min_s", "n", "compile_s", "first_call_s", "nse"):
+                assert key in rec, (task, method, key)
+            assert rec["median_s"] > 0 and rec["nse"] > 0
+        assert task in md
+    assert "## B = 4" in md and "B = 4" in out
+
+
+def test_breakdown_smoke(tmp_path):
+    _run("benchmarks.breakdown", "--smoke", "--tasks", "HumanHeartDipole", "--quiet", "--out", str(tmp_path),
+         tmp_path=tmp_path)
+    data = json.loads((tmp_path / "breakdown_cpu.json").read_text())
+    res = data["results"]["HumanHeartDipole"]["4"]
+    for name in ("ccjax auto", "elimination", "writing", "zeros"):
+        assert res[name]["status"] == "ok" and res[name]["median_s"] > 0, (name, res[name])
