@@ -22,14 +22,13 @@ memory; the whole program can be faster than the sum.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import jax
 
-from benchmarks.common import (Progress, add_timing_args, apply_smoke, environment, fmt_time, isolate_order_cache,
-                               markdown_table, select_tasks, time_interleaved, write_json, write_text)
+from benchmarks.common import (Progress, add_timing_args, apply_smoke, begin, command_line, environment,
+                               fmt_time, markdown_table, save_results, time_interleaved)
 from benchmarks.runtime import ASDEX, JACFWD, JACREV, SCATTER, Setting, _err, check_tree
 from ccjax.api import _graph_of, _plan, _trace
 from ccjax.eliminate import dense_block, final_values, partial_values, write_jacobian
@@ -141,22 +140,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--peers", nargs="*", default=[SCATTER, JACFWD], help="peer methods of benchmarks.runtime")
     opts = ap.parse_args(argv)
     apply_smoke(opts, [512])
-    isolate_order_cache(opts.use_cache)
-    t_start = time.perf_counter()
-    tasks = select_tasks(opts.tasks)
+    t_start, tasks = begin(opts)
     prog = Progress(len(tasks) * len(opts.batch) * (4 + len(opts.peers)), "breakdown", enabled=not opts.quiet)
     results = {task.name: {str(b): run_setting(Setting(task, b), opts.peers, opts, prog) for b in opts.batch}
                for task in tasks}
     prog.close()
-    argv_s = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
     data = {"meta": {"env": environment(), "batches": list(opts.batch), "peers": list(opts.peers),
-                     "command": f"python -m benchmarks.breakdown {argv_s}".strip(),
+                     "command": command_line("benchmarks.breakdown", argv),
                      "wall_s": time.perf_counter() - t_start}, "results": results}
     text = render(data)
-    if opts.out:
-        backend = data["meta"]["env"]["backend"]
-        write_json(os.path.join(opts.out, f"breakdown_{backend}.json"), data)
-        write_text(os.path.join(opts.out, f"breakdown_{backend}.md"), text)
+    save_results(opts.out, "breakdown", data, text)
     if not opts.quiet:
         print(text)
     return data

@@ -35,6 +35,13 @@ def select_tasks(names: Sequence[str] | None) -> list[Task]:
     return [TASKS[n] for n in names]
 
 
+def begin(opts) -> tuple[float, list[Task]]:
+    """Start of a benchmark run: the order cache isolated (unless
+    ``opts.use_cache``), the clock started, the tasks of ``opts.tasks``."""
+    isolate_order_cache(opts.use_cache)
+    return time.perf_counter(), select_tasks(opts.tasks)
+
+
 # ------------------------------------------------------------------ order cache
 def isolate_order_cache(use_user_cache: bool = False) -> str:
     """Point ccjax's order cache (``CCJAX_CACHE_DIR``) at a fresh temporary
@@ -220,6 +227,36 @@ def write_text(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:
         fh.write(text)
+
+
+def command_line(module: str, argv) -> str:
+    """How the benchmark was invoked (``argv`` None: the process's own arguments)."""
+    args = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
+    return f"python -m {module} {args}".strip()
+
+
+def save_results(out_dir: str | None, stem: str, data: dict, text: str) -> str | None:
+    """Write ``<stem>_<backend>.json`` and ``.md`` into ``out_dir``; returns the
+    path without extension (None when ``out_dir`` is None)."""
+    if not out_dir:
+        return None
+    base = os.path.join(out_dir, f"{stem}_{data['meta']['env']['backend']}")
+    write_json(base + ".json", data)
+    write_text(base + ".md", text)
+    return base
+
+
+def print_summary(title: str, summary: dict, describe: Callable[[dict], str]) -> None:
+    """Print a summary (``rows`` with ``task`` and ``speedup``; ``geomean_speedup``
+    and ``geomean_speedup_min``): the title, one line per task (``describe(row)``
+    in the middle), the geometric mean."""
+    print(f"\n{title}")
+    for r in summary["rows"]:
+        sp = f"{r['speedup']:.2f}x" if r["speedup"] else "–"
+        print(f"  {r['task']:22s} {describe(r)}   speedup {sp}")
+    if summary.get("geomean_speedup"):
+        print(f"  geometric mean speedup: {summary['geomean_speedup']:.2f}x (median), "
+              f"{summary['geomean_speedup_min']:.2f}x (fastest call)")
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:

@@ -44,9 +44,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import ccjax
-from benchmarks.common import (Progress, add_timing_args, apply_smoke, environment, fmt_time, geomean,
-                               isolate_order_cache, markdown_table, select_tasks, time_interleaved, write_json,
-                               write_text, xla_flops)
+from benchmarks.common import (Progress, add_timing_args, apply_smoke, begin, command_line, environment,
+                               fmt_time, geomean, markdown_table, print_summary, save_results,
+                               time_interleaved, xla_flops)
 
 CCJAX_ORDERS = ("fwd", "rev", "markowitz", "auto")
 AUTO = "ccjax auto"
@@ -693,9 +693,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     opts = parse_args(argv)
-    isolate_order_cache(opts.use_cache)
-    t_start = time.perf_counter()
-    tasks = select_tasks(opts.tasks)
+    t_start, tasks = begin(opts)
     methods = tuple(opts.methods) if opts.methods else ALL_METHODS
     bad = [m for m in methods if m not in ALL_METHODS]
     if bad:
@@ -718,7 +716,6 @@ def main(argv=None) -> dict:
     settings = (["none"] if not opts.no_unbatched else []) + [str(b) for b in opts.batch]
     summary_batch = opts.summary_batch if opts.summary_batch in opts.batch else (
         opts.batch[-1] if opts.batch else None)
-    argv_s = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
     data = {"meta": {"env": environment(), "ccjax": ccjax.__version__, "settings": settings,
                      "methods": list(methods), "peers": list(PEERS), "summary_batch": summary_batch,
                      "repeats": opts.repeats, "min_repeats": opts.min_repeats,
@@ -726,28 +723,21 @@ def main(argv=None) -> dict:
                      "rounds": opts.rounds, "max_call_s": opts.max_call_s, "jobs": opts.jobs,
                      "hopeless": opts.hopeless,
                      "order_cache": "user" if opts.use_cache else "empty temporary",
-                     "command": f"python -m benchmarks.runtime {argv_s}".strip(),
+                     "command": command_line("benchmarks.runtime", argv),
                      "wall_s": time.perf_counter() - t_start},
             "results": results}
     if summary_batch is not None:
         data["summary"] = summarize(data, summary_batch)
     text = render(data)
-    if opts.out:
-        backend = data["meta"]["env"]["backend"]
-        write_json(os.path.join(opts.out, f"runtime_{backend}.json"), data)
-        write_text(os.path.join(opts.out, f"runtime_{backend}.md"), text)
-        plot(data, os.path.join(opts.out, f"runtime_{backend}.png"))
+    base = save_results(opts.out, "runtime", data, text)
+    if base:
+        plot(data, base + ".png")
     if not opts.quiet:
         s = data.get("summary")
         if s:
-            print(f"\nB = {s['batch']}: ccjax auto vs best peer")
-            for r in s["rows"]:
-                sp = f"{r['speedup']:.2f}x" if r["speedup"] else "–"
-                print(f"  {r['task']:22s} auto {fmt_time(r['auto_s']):>10s}   best peer "
-                      f"{fmt_time(r['best_peer_s']):>10s} ({r['best_peer']})   speedup {sp}")
-            if s["geomean_speedup"]:
-                print(f"  geometric mean speedup: {s['geomean_speedup']:.2f}x (median), "
-                      f"{s['geomean_speedup_min']:.2f}x (fastest call)")
+            print_summary(f"B = {s['batch']}: ccjax auto vs best peer", s,
+                          lambda r: f"auto {fmt_time(r['auto_s']):>10s}   best peer "
+                                    f"{fmt_time(r['best_peer_s']):>10s} ({r['best_peer']})")
         print(f"wall time {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
     return data
 

@@ -17,7 +17,6 @@ are the stored entries (``nse``) of each output.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
@@ -28,9 +27,9 @@ import numpy as np
 from jax.experimental import sparse
 
 import ccjax
-from benchmarks.common import (Progress, add_timing_args, apply_smoke, environment, fmt_time, geomean,
-                               isolate_order_cache, markdown_table, select_tasks, time_interleaved, write_json,
-                               write_text)
+from benchmarks.common import (Progress, add_timing_args, apply_smoke, begin, command_line, environment,
+                               fmt_time, geomean, markdown_table, print_summary, save_results,
+                               time_interleaved)
 from benchmarks.runtime import Setting, _err, check_tree, eager_reference
 
 CCJAX, ASDEX = "ccjax auto (sparse)", "asdex (bcoo)"
@@ -219,9 +218,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     opts = parse_args(argv)
-    isolate_order_cache(opts.use_cache)
-    t_start = time.perf_counter()
-    tasks = select_tasks(opts.tasks)
+    t_start, tasks = begin(opts)
     try:
         import importlib.metadata
 
@@ -235,30 +232,20 @@ def main(argv=None) -> dict:
     for task in tasks:
         results[task.name] = {str(b): run_setting(Setting(task, b), methods, opts, prog) for b in opts.batch}
     prog.close()
-    argv_s = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
     data = {"meta": {"env": environment(), "ccjax": ccjax.__version__, "asdex": asdex_version,
                      "batches": list(opts.batch), "methods": list(methods), "repeats": opts.repeats,
                      "rounds": opts.rounds, "time_budget": opts.time_budget,
                      "order_cache": "user" if opts.use_cache else "empty temporary",
-                     "command": f"python -m benchmarks.sparse {argv_s}".strip(),
+                     "command": command_line("benchmarks.sparse", argv),
                      "wall_s": time.perf_counter() - t_start},
             "results": results}
     data["summary"] = {str(b): summarize(data, str(b)) for b in opts.batch}
     text = render(data)
-    if opts.out:
-        backend = data["meta"]["env"]["backend"]
-        write_json(os.path.join(opts.out, f"sparse_{backend}.json"), data)
-        write_text(os.path.join(opts.out, f"sparse_{backend}.md"), text)
+    save_results(opts.out, "sparse", data, text)
     if not opts.quiet:
         for b, s in data["summary"].items():
-            print(f"\nB = {b}: ccjax sparse vs asdex bcoo")
-            for r in s["rows"]:
-                sp = f"{r['speedup']:.2f}x" if r["speedup"] else "–"
-                print(f"  {r['task']:22s} ccjax {_time_cell(r['ccjax']):>22s}   asdex {_time_cell(r['asdex']):>22s}"
-                      f"   speedup {sp}")
-            if s["geomean_speedup"]:
-                print(f"  geometric mean speedup: {s['geomean_speedup']:.2f}x (median), "
-                      f"{s['geomean_speedup_min']:.2f}x (fastest call)")
+            print_summary(f"B = {b}: ccjax sparse vs asdex bcoo", s,
+                          lambda r: f"ccjax {_time_cell(r['ccjax']):>22s}   asdex {_time_cell(r['asdex']):>22s}")
         print(f"wall time {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
     return data
 
