@@ -156,6 +156,10 @@ def _graph_of(t: _Traced) -> Graph:
 
 
 def _order_key(g: Graph, order: OrderSpec):
+    if isinstance(order, str) and order.lower() == "learned":
+        from ccjax.search.policy import policy_version
+
+        return ("learned", policy_version())  # a new policy file gives a new order
     return order if isinstance(order, str) else validate_order(g, order)
 
 
@@ -212,7 +216,8 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
 
     ``order``: ``"fwd"``/``"forward"``, ``"rev"``/``"reverse"``,
     ``"markowitz"``, ``"auto"`` (best known order: the order cache, else the
-    cheapest built-in heuristic), or a sequence of vertex ids permuting
+    cheapest built-in heuristic), ``"learned"`` (the greedy order of the
+    shipped policy network, see ``ccjax.search``), or a sequence of vertex ids permuting
     ``ccjax.graph(fun, *args).eliminable``.
 
     ``output="sparse"`` returns every block as a
