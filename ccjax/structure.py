@@ -219,11 +219,11 @@ class _Work:
                 fa, fb = [self.sizes[s] for s in a], [self.sizes[s] for s in b]
                 if fa == fb:
                     continue
-                chain = _common_chain(fa, fb)
+                chain = common_chain(fa, fb)
                 if chain is None:
                     return False
                 for ax, f in ((a, fa), (b, fb)):
-                    for s, subs in zip(list(ax), _split_sizes(f, chain)):
+                    for s, subs in zip(list(ax), split_sizes(f, chain)):
                         if len(subs) > 1:
                             self.split(s, subs)
                 changed = True
@@ -240,14 +240,22 @@ def _bounds(factors: list[int]) -> set[int]:
     return out
 
 
-def _common_chain(fa: list[int], fb: list[int]) -> Optional[list[int]]:
+def common_chain(fa: list[int], fb: list[int]) -> Optional[list[int]]:
+    """The common refinement of two row-major factorisations of one index range.
+
+    ``fa``/``fb`` are factor sizes (outermost first) with equal products.
+    Returns the sorted strides (``1 .. product``) at which either splits, or
+    None when no factorisation refines both (e.g. ``(2, 3)`` and ``(3, 2)``).
+    """
     chain = sorted(_bounds(fa) | _bounds(fb))
     if any(y % x for x, y in zip(chain, chain[1:])):
         return None
     return chain
 
 
-def _split_sizes(factors: list[int], chain: list[int]) -> list[list[int]]:
+def split_sizes(factors: list[int], chain: list[int]) -> list[list[int]]:
+    """For each factor of ``factors``, its sub-factors (outermost first) in the
+    refinement ``chain`` returned by :func:`common_chain`."""
     result, c = [], 1
     for f in reversed(factors):
         lo, hi = c, c * f

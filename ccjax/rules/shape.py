@@ -14,7 +14,7 @@ import numpy as np
 from jax import lax
 
 from ccjax.rules.base import Partial, RuleContext, identity_labels, labelled
-from ccjax.structure import _common_chain, _split_sizes, make_structure, dense
+from ccjax.structure import common_chain, dense, make_structure, split_sizes
 
 
 def _shape(aval) -> tuple[int, ...]:
@@ -69,7 +69,7 @@ def _reshape(ctx):
     in_shape, out_shape = _shape(ctx.in_avals[0]), _shape(ctx.out_avals[0])
     fa = [n for n in in_shape if n > 1]
     fb = [n for n in out_shape if n > 1]
-    chain = _common_chain(fa, fb)
+    chain = common_chain(fa, fb)
     if chain is None:
         # No common factorisation: an exact dense identity (a permutation of entries).
         st, prepare = dense(out_shape, in_shape)
@@ -79,7 +79,7 @@ def _reshape(ctx):
     factors = [y // x for x, y in reversed(list(zip(chain, chain[1:])))]
 
     def axes(shape):
-        subs = iter(_split_sizes([n for n in shape if n > 1], chain))
+        subs = iter(split_sizes([n for n in shape if n > 1], chain))
         result, nxt = [], 0
         for n in shape:
             if n == 1:
