@@ -42,6 +42,7 @@ def paper_ratio(name: str) -> float:
 
 def measure(task, policy, budget: float, classical_budget: float, games: int, seed: int) -> dict:
     from ccjax.eliminate import plan_elimination
+    from ccjax.orders import resolve_order
     from ccjax.orders.search import search_graph
     from ccjax.search.api import learned_order, mcts_search
     from ccjax.search.corpus import HELD_OUT
@@ -51,7 +52,7 @@ def measure(task, policy, budget: float, classical_budget: float, games: int, se
     cost = lambda order: int(plan_elimination(g, tuple(order)).report.mults)
     row = {"task": task.name, "eliminable": len(g.eliminable), "held_out": task.name in HELD_OUT}
     for name in ("fwd", "rev", "markowitz"):
-        row[name] = int(ccjax.orders.incremental.Evaluator(g).cost(ccjax.orders.resolve_order(g, name)))
+        row[name] = cost(resolve_order(g, name))
     row["best_classical_order"] = min(row["fwd"], row["rev"], row["markowitz"])
     t0 = time.perf_counter()
     row["learned"] = cost(learned_order(g, policy))

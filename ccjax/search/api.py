@@ -53,7 +53,10 @@ def learned_order(graph: Graph, policy: Optional[Policy] = None) -> tuple[int, .
     if not graph.eliminable:
         return ()
     policy = default_policy() if policy is None else policy
-    enc = encode_for_policy(graph)
+    return _greedy_order(graph, encode_for_policy(graph), policy)
+
+
+def _greedy_order(graph: Graph, enc: EncodedGraph, policy: Policy) -> tuple[int, ...]:
     tables = _tables(enc)
     actions, active, final = mcts.greedy_rollout(policy.network, policy.params, tables,
                                                  mcts.initial_states(tables, [0]))
@@ -86,12 +89,12 @@ def mcts_search(graph: Graph, time_budget: Optional[float] = 60.0, policy: Optio
     if not graph.eliminable:
         return {"order": (), "cost": 0, "greedy_order": (), "greedy_cost": 0, "episodes": 0, "elapsed": 0.0}
     ev = Evaluator(graph)
-    greedy = learned_order(graph, policy)
+    enc = encode_for_policy(graph)
+    greedy = _greedy_order(graph, enc, policy)
     best_order, best_cost = greedy, ev.cost(greedy)
     greedy_cost = best_cost
     if progress is not None:
         progress(time.perf_counter() - start, best_cost, "greedy")
-    enc = encode_for_policy(graph)
     tables = _tables(enc)
     search = policy.search if num_simulations is None else dataclasses.replace(policy.search,
                                                                                 num_simulations=num_simulations)

@@ -49,10 +49,9 @@ def _recurrent_fn(net: NetworkConfig, config: MCTSConfig):
     def recurrent_fn(params, rng_key, action, states):
         del rng_key
         net_params, tables = params
-        res = jax.vmap(game.step, (None, 0, 0))(tables, states, action)
-        scale = jnp.asarray(tables.scale)[states.graph]
+        res, reward = _play(tables, states, action)
         was_terminal = jax.vmap(game.is_terminal)(states)
-        reward = jnp.where(res.legal, -res.mults.astype(jnp.float32) / scale, -config.illegal_penalty)
+        reward = jnp.where(res.legal, reward, -config.illegal_penalty)
         reward = jnp.where(was_terminal, 0.0, reward)
         ended = was_terminal | ~res.legal | jax.vmap(game.is_terminal)(res.state)
         logits, value = evaluate(net, net_params, tables, res.state)
@@ -98,15 +97,15 @@ def act(net: NetworkConfig, config: MCTSConfig, net_params, tables: GameTables, 
         gumbel_scale=config.gumbel_scale,
     )
     active = ~jax.vmap(game.is_terminal)(states)
-    res = jax.vmap(game.step, (None, 0, 0))(tables, states, out.action)
-    scale = jnp.asarray(tables.scale)[states.graph]
-    reward = jnp.where(active, -res.mults.astype(jnp.float32) / scale, 0.0)
-    new_states = jax.tree_util.tree_map(lambda a, b: jnp.where(_bcast(active, a), a, b), res.state, states)
-    return ActResult(new_states, out.action, out.action_weights, reward, active, value)
+    res, reward = _play(tables, states, out.action)
+    return ActResult(res.state, out.action, out.action_weights, reward, active, value)
 
 
-def _bcast(mask, x):
-    return jnp.reshape(mask, mask.shape + (1,) * (x.ndim - mask.ndim))
+def _play(tables: GameTables, states: game.GameState, actions) -> tuple[game.StepResult, jax.Array]:
+    """Step every game; the reward is ``-mults / scale``.  A finished game
+    has no legal action, so its step changes nothing and earns 0."""
+    res = jax.vmap(game.step, (None, 0, 0))(tables, states, actions)
+    return res, -res.mults.astype(jnp.float32) / jnp.asarray(tables.scale)[states.graph]
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -122,9 +121,8 @@ def greedy_rollout(net: NetworkConfig, net_params, tables: GameTables, states: g
         logits, _ = evaluate(net, net_params, tables, s)
         action = jnp.argmax(logits, axis=-1)
         active = ~jax.vmap(game.is_terminal)(s)
-        res = jax.vmap(game.step, (None, 0, 0))(tables, s, action)
-        s2 = jax.tree_util.tree_map(lambda a, b: jnp.where(_bcast(active, a), a, b), res.state, s)
-        return s2, (action, active)
+        res, _ = _play(tables, s, action)
+        return res.state, (action, active)
 
     final, (actions, active) = jax.lax.scan(body, states, None, length=capacity)
     return actions, active, final

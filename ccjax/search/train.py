@@ -482,8 +482,3 @@ def export_policy(checkpoint_dir: str, path: str) -> None:
     save_policy(path, config.network, raw["params"], config.search,
                 {"iterations": len(history["iterations"]), "train_seconds": history["elapsed"],
                  "corpus": history["corpus"], "num_vertices": config.num_vertices})
-
-
-def history_ratio_curve(history: dict) -> list[float]:
-    """Mean searched-cost / best-classical-cost per iteration."""
-    return [r["mean_ratio"] for r in history["iterations"]]
