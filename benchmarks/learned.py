@@ -42,7 +42,7 @@ def paper_ratio(name: str) -> float:
 
 def measure(task, policy, budget: float, classical_budget: float, games: int, seed: int) -> dict:
     from ccjax.eliminate import plan_elimination
-    from ccjax.orders import resolve_order
+    from ccjax.resolve import resolve_order
     from ccjax.orders.search import search_graph
     from ccjax.search.api import learned_order, mcts_search
     from ccjax.search.corpus import HELD_OUT

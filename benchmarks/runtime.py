@@ -286,7 +286,7 @@ def run_setting(st: Setting, methods: Sequence[str], opts, prog: Progress, prev:
     alias = None
     if AUTO in todo:
         try:
-            from ccjax.orders import resolve_order
+            from ccjax.resolve import resolve_order
             g = ccjax.graph(st.fn, *st.args, argnums=st.argnums)
             auto_order = resolve_order(g, "auto")
             alias = next((o for o in ("rev", "fwd", "markowitz")

@@ -6,7 +6,8 @@ whose elimination order decides how many multiplications it needs.
 from ccjax.api import cost, cost_report, graph, jacve
 from ccjax.eliminate import CostReport, OrderError
 from ccjax.graph import Graph
-from ccjax.orders.search import SearchResult, search_order
+from ccjax.orders.search import SearchResult
+from ccjax.resolve import search_order
 
 __version__ = "0.1.0"
 

@@ -10,149 +10,20 @@ Everything after tracing is ordinary JAX, so the result composes with
 """
 from __future__ import annotations
 
-import collections
-import dataclasses
 import functools
-from typing import Any, Callable, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ccjax.eliminate import LAYOUTS, CostReport, OrderError, Plan, execute, plan_elimination, validate_order
-from ccjax._jaxpr import is_jax_value, structural_key
-from ccjax.graph import Graph, build_program
-from ccjax.orders import resolve_order
+from ccjax.graph import Graph
+from ccjax.resolve import resolve_order
+from ccjax.trace import check_inputs, check_outputs, graph, graph_of, trace
 
 OrderSpec = Union[str, Sequence[int]]
 
-_GRAPH_CACHE_SIZE = 256
-
-
-class _LRU:
-    """A small bounded mapping (the only state ccjax keeps between calls)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.data: collections.OrderedDict = collections.OrderedDict()
-
-    def get(self, key):
-        if key in self.data:
-            self.data.move_to_end(key)
-            return self.data[key]
-        return None
-
-    def put(self, key, value) -> None:
-        self.data[key] = value
-        self.data.move_to_end(key)
-        while len(self.data) > self.size:
-            self.data.popitem(last=False)
-
-
-_graphs = _LRU(_GRAPH_CACHE_SIZE)
-
-
-@dataclasses.dataclass
-class _Traced:
-    closed: Any
-    leaves: list
-    in_tree: Any
-    diff_leaves: tuple[int, ...]
-    out_tree: Any
-    n_out: int
-    aux_tree: Any
-    aux_static: dict
-
-
-def _normalize_argnums(argnums, n_args: int) -> tuple[tuple[int, ...], bool]:
-    single = isinstance(argnums, int)
-    nums = (argnums,) if single else tuple(argnums)
-    if not nums:
-        raise ValueError("argnums must not be empty")
-    out = []
-    for a in nums:
-        if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
-            raise TypeError(f"argnums must be an int or a tuple of ints, got {argnums!r}")
-        if not -n_args <= a < n_args:
-            raise ValueError(f"argnums {argnums!r} out of range for a function called with {n_args} "
-                             f"positional arguments")
-        out.append(int(a) % n_args)
-    return tuple(out), single
-
-
-def _check_inputs(leaves, diff_leaves, holomorphic: bool, allow_int: bool) -> None:
-    for k in diff_leaves:
-        dtype = jnp.result_type(leaves[k]) if not hasattr(leaves[k], "dtype") else leaves[k].dtype
-        if holomorphic:
-            if not jnp.issubdtype(dtype, jnp.complexfloating):
-                raise TypeError(f"jacve with holomorphic=True requires inputs with complex dtype, but got {dtype}.")
-        elif jnp.issubdtype(dtype, jnp.complexfloating):
-            raise TypeError(f"jacve requires real-valued inputs (got {dtype}); for holomorphic functions "
-                            f"pass holomorphic=True.")
-        elif not jnp.issubdtype(dtype, jnp.inexact) and not allow_int:
-            raise TypeError(f"jacve requires real-valued inputs (input dtype that is a sub-dtype of "
-                            f"np.inexact), but got {dtype}. If you want to use Boolean- or integer-valued "
-                            f"inputs, use vjp or set allow_int to True.")
-
-
-def _check_outputs(out_avals, holomorphic: bool) -> None:
-    for aval in out_avals:
-        if holomorphic:
-            if not jnp.issubdtype(aval.dtype, jnp.complexfloating):
-                raise TypeError(f"jacve with holomorphic=True requires complex outputs, but got {aval.dtype}.")
-        elif not jnp.issubdtype(aval.dtype, jnp.floating):
-            raise TypeError(f"jacve requires real-valued outputs (output dtype that is a sub-dtype of "
-                            f"np.floating), but got {aval.dtype}. For differentiation of functions with "
-                            f"integer outputs, use jax.vjp directly.")
-
-
-def _trace(fun: Callable, args: tuple, kwargs: dict, argnums, has_aux: bool) -> tuple[_Traced, tuple, bool]:
-    nums, single = _normalize_argnums(argnums, len(args))
-    if len(set(nums)) != len(nums):
-        raise ValueError(f"argnums must not repeat an argument, got {argnums!r}")
-    # As in jax.jacrev, arguments not in argnums are closed over as they are
-    # (a Python int may be a shape); only the differentiated ones are traced.
-    leaves, in_tree = jax.tree_util.tree_flatten(tuple(args[k] for k in nums))
-    diff_leaves = tuple(range(len(leaves)))
-    store: dict = {}
-
-    def flat_fun(*flat):
-        full = list(args)
-        for k, a in zip(nums, jax.tree_util.tree_unflatten(in_tree, flat)):
-            full[k] = a
-        # Work on concrete values is done now, not staged: like jax.jacrev,
-        # a non-differentiated array may drive Python control flow.
-        with jax.ensure_compile_time_eval():
-            out = fun(*full, **kwargs)
-        if has_aux:
-            if not (isinstance(out, (tuple, list)) and len(out) == 2):
-                raise TypeError("a function called with has_aux=True must return a pair (output, aux), "
-                                f"got {type(out).__name__}")
-            out, aux = out
-            aux_leaves, store["aux"] = jax.tree_util.tree_flatten(aux)
-            # Non-JAX aux leaves (strings, objects) are passed through untouched.
-            store["aux_static"] = {k: a for k, a in enumerate(aux_leaves) if not is_jax_value(a)}
-            aux_leaves = [a for a in aux_leaves if is_jax_value(a)]
-        else:
-            aux_leaves = []
-        out_leaves, store["out"] = jax.tree_util.tree_flatten(out)
-        store["n_out"] = len(out_leaves)
-        return list(out_leaves) + list(aux_leaves)
-
-    closed = jax.make_jaxpr(flat_fun)(*leaves)
-    traced = _Traced(closed, leaves, in_tree, diff_leaves, store["out"], store["n_out"], store.get("aux"),
-                     store.get("aux_static", {}))
-    return traced, nums, single
-
-
-def _graph_of(t: _Traced) -> Graph:
-    key = (structural_key(t.closed.jaxpr), t.diff_leaves, t.n_out)
-    g = _graphs.get(key)
-    if g is None:
-        g = Graph(build_program(t.closed, t.diff_leaves), t.diff_leaves, t.n_out)
-        if g.program.cacheable:
-            _graphs.put(key, g)
-    return g
+__all__ = ["jacve", "graph", "cost", "cost_report"]
 
 
 def _order_key(g: Graph, order: OrderSpec):
@@ -160,7 +31,7 @@ def _order_key(g: Graph, order: OrderSpec):
         from ccjax.search.policy import policy_version
 
         return ("learned", policy_version())  # a new policy file gives a new order
-    return order if isinstance(order, str) else validate_order(g, order)
+    return order.lower() if isinstance(order, str) else validate_order(g, order)
 
 
 def _plan(g: Graph, order: OrderSpec) -> Plan:
@@ -235,11 +106,11 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
 
     @functools.wraps(fun)
     def jac_fun(*args, **kwargs):
-        t, nums, single = _trace(fun, args, kwargs, argnums, has_aux)
-        _check_inputs(t.leaves, t.diff_leaves, holomorphic, allow_int)
+        t, nums, single = trace(fun, args, kwargs, argnums, has_aux)
+        check_inputs(t.leaves, t.diff_leaves, holomorphic, allow_int)
         out_avals = [v.aval for v in t.closed.jaxpr.outvars[:t.n_out]]
-        _check_outputs(out_avals, holomorphic)
-        g = _graph_of(t)
+        check_outputs(out_avals, holomorphic)
+        g = graph_of(t, holomorphic)
         run = _runner(g, order, output)
         prog = g.program
         inputs = [_as_value(x, prog.avals[i]) for x, i in zip(t.leaves, prog.inputs)]
@@ -265,12 +136,6 @@ def _unflatten_inputs(row: list, args: tuple, nums: tuple, single: bool):
         trees.append(jax.tree_util.tree_unflatten(tree, row[pos:pos + len(leaves)]))
         pos += len(leaves)
     return trees[0] if single else tuple(trees)
-
-
-def graph(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, **kwargs) -> Graph:
-    """The computational :class:`~ccjax.graph.Graph` of ``fun`` at ``args``."""
-    t, _, _ = _trace(fun, args, kwargs, argnums, False)
-    return _graph_of(t)
 
 
 def cost_report(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0,

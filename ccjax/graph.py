@@ -188,7 +188,7 @@ class _ProgramBuilder:
         return result
 
 
-def build_program(closed_jaxpr, diff_inputs: Sequence[int]) -> Program:
+def build_program(closed_jaxpr, diff_inputs: Sequence[int], holomorphic: bool = False) -> Program:
     """Flatten ``closed_jaxpr``; inputs at positions ``diff_inputs`` are differentiated."""
     b = _ProgramBuilder()
     jaxpr = closed_jaxpr.jaxpr

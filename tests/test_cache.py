@@ -14,7 +14,8 @@ jax.config.update("jax_enable_x64", True)
 import ccjax  # noqa: E402
 from ccjax.cache import ENV_VAR, CacheWarning, OrderCache, default_cache_dir, graph_key  # noqa: E402
 from ccjax.eliminate import plan_elimination  # noqa: E402
-from ccjax.orders import HEURISTICS, auto_order, resolve_order  # noqa: E402
+from ccjax.orders import HEURISTICS  # noqa: E402
+from ccjax.resolve import auto_order, resolve_order  # noqa: E402
 from ccjax.orders.search import quick_order  # noqa: E402
 from ccjax.tasks import TASKS  # noqa: E402
 

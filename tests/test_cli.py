@@ -78,6 +78,28 @@ def test_cost_named_orders(capsys):
     assert costs["rev"] < costs["fwd"]
 
 
+
+def test_search_forgets_auto_plans_and_runners(capsys):
+    """A search that stores an order drops what ``order="auto"`` had planned
+    and compiled for the graph (runners are keyed ``("auto", layout)``)."""
+    import ccjax
+    from ccjax.tasks import TASKS
+
+    fn, args = TASKS["g"].graph_fn_and_inputs(0)
+    g = ccjax.graph(fn, *args, argnums=TASKS["g"].argnums)
+    g.plans["auto"], g.runners[("auto", "dense")], g.runners[("rev", "dense")] = object(), object(), object()
+    try:
+        code, _, err = run(capsys, "search", "g", "--budget", "0.5", "-q")
+        assert code == EXIT_OK, err
+        if ccjax.graph(fn, *args, argnums=TASKS["g"].argnums) is g:  # the CLI saw the same (cached) graph
+            assert "auto" not in g.plans and ("auto", "dense") not in g.runners
+            assert ("rev", "dense") in g.runners
+    finally:
+        g.plans.pop("auto", None)
+        g.runners.pop(("auto", "dense"), None)
+        g.runners.pop(("rev", "dense"), None)
+
+
 @pytest.mark.parametrize("argv, code, message", [
     (["search", "NoSuchTask"], EXIT_USAGE, "unknown target"),
     (["search", "roeflux_1d"], EXIT_USAGE, "did you mean RoeFlux_1d"),

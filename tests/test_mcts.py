@@ -14,7 +14,7 @@ jax.config.update("jax_enable_x64", True)
 
 import ccjax  # noqa: E402
 from ccjax.eliminate import plan_elimination  # noqa: E402
-from ccjax.orders.search import search_graph  # noqa: E402
+from ccjax.resolve import search_graph  # noqa: E402
 from ccjax.search import game, mcts  # noqa: E402
 from ccjax.search import policy as policy_lib  # noqa: E402
 from ccjax.search.api import learned_order, mcts_search  # noqa: E402

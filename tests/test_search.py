@@ -127,7 +127,7 @@ def test_auto_is_at_most_best_classical_and_fast(name):
 
 
 def test_auto_resolution_under_50ms_on_150_vertices():
-    from ccjax.orders import resolve_order
+    from ccjax.resolve import resolve_order
 
     g = _task_graph("Encoder")
     resolve_order(g, "auto")  # warm the structure plans

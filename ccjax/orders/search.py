@@ -1,4 +1,4 @@
-"""Order search without learning: :func:`search_order` and :func:`search_graph`.
+"""Order search without learning: :func:`search_graph` and :func:`quick_order`.
 
 Methods (all on the one cost model, through
 :class:`~ccjax.orders.incremental.Evaluator`):
@@ -7,8 +7,9 @@ Methods (all on the one cost model, through
   until the budget is spent (default: up to width 16);
 * ``"anneal"``: simulated annealing (:mod:`ccjax.orders.anneal`), repeated
   runs from the best order so far and from other starts;
-* ``"mcts"``: Gumbel MuZero search guided by the shipped policy
-  (:func:`ccjax.search.api.mcts_search`), its greedy order included;
+* further methods supplied by the caller as ``extra_methods`` (the
+  learned package's ``"mcts"`` comes in this way through
+  :mod:`ccjax.resolve`, so this module never imports it);
 * ``"exact"``: branch and bound over elimination states
   (:mod:`ccjax.orders.exact`): a proven optimum, or a certified lower bound
   when the budget runs out (default: no limit);
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -40,10 +41,7 @@ from ccjax.orders.exact import exact_search
 from ccjax.orders.greedy import QUICK, VARIANTS
 from ccjax.orders.incremental import Evaluator
 
-METHODS = ("auto", "anneal", "beam", "exact", "mcts")
-
-#: Batches of games ``method="mcts"`` plays when no time budget is given.
-DEFAULT_MCTS_EPISODES = 4
+METHODS = ("auto", "anneal", "beam", "exact")
 
 #: Graphs with at most this many eliminable vertices get an exact search under "auto".
 EXACT_AUTO_SIZE = 12
@@ -58,6 +56,9 @@ ANNEAL_TEMPERATURES = ((0.02, 0.0003), (0.006, 0.0002))
 ANNEAL_FIRST_MOVES = 2500
 
 Progress = Callable[["ProgressInfo"], None]
+
+#: A search method supplied from outside: ``run(graph, incumbent, seed, time_budget)``.
+ExtraMethod = Callable[[Graph, "Incumbent", int, Optional[float]], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +113,7 @@ class SearchResult:
         return min(self.baselines.values()) if self.baselines else None
 
 
-class _Best:
+class Incumbent:
     """Incumbent bookkeeping shared by the phases of one search."""
 
     def __init__(self, start: float, budget: Optional[float], progress: Optional[Progress]):
@@ -154,7 +155,7 @@ class _Best:
         return self.budget is not None and time.perf_counter() >= self.start + self.budget
 
 
-def _starts(ev: Evaluator, best: _Best, cached: Optional[Sequence[int]]) -> list[tuple[int, ...]]:
+def _starts(ev: Evaluator, best: Incumbent, cached: Optional[Sequence[int]]) -> list[tuple[int, ...]]:
     """Run every greedy variant (and the cached order); offer them; return
     the distinct orders, best first."""
     seen: dict[tuple[int, ...], int] = {}
@@ -173,7 +174,7 @@ def _starts(ev: Evaluator, best: _Best, cached: Optional[Sequence[int]]) -> list
     return sorted(seen, key=lambda o: (seen[o], o))
 
 
-def _run_beam(ev: Evaluator, best: _Best, deadline: Optional[float], max_width: Optional[int]) -> None:
+def _run_beam(ev: Evaluator, best: Incumbent, deadline: Optional[float], max_width: Optional[int]) -> None:
     best.phase = "beam"
     width = 1
     while max_width is None or width <= max_width:
@@ -188,7 +189,7 @@ def _run_beam(ev: Evaluator, best: _Best, deadline: Optional[float], max_width: 
             max_width = 16
 
 
-def _run_anneal(ev: Evaluator, best: _Best, starts: list, rng: np.random.Generator,
+def _run_anneal(ev: Evaluator, best: Incumbent, starts: list, rng: np.random.Generator,
                 deadline: Optional[float], runs: Optional[int]) -> None:
     best.phase = "anneal"
     k = 0
@@ -213,7 +214,7 @@ def _run_anneal(ev: Evaluator, best: _Best, starts: list, rng: np.random.Generat
         k += 1
 
 
-def _run_exact(ev: Evaluator, best: _Best, deadline: Optional[float]) -> None:
+def _run_exact(ev: Evaluator, best: Incumbent, deadline: Optional[float]) -> None:
     best.phase = "exact"
     r = exact_search(ev, best.order, deadline, on_bound=best.bound)
     best.evaluations += r.nodes
@@ -223,20 +224,25 @@ def _run_exact(ev: Evaluator, best: _Best, deadline: Optional[float]) -> None:
 
 def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float] = None, seed: int = 0,
                  progress: Optional[Progress] = None, cached: Optional[Sequence[int]] = None,
-                 anneal_runs: Optional[int] = None) -> SearchResult:
+                 anneal_runs: Optional[int] = None,
+                 extra_methods: Optional[Mapping[str, ExtraMethod]] = None) -> SearchResult:
     """Search an elimination order for ``graph`` (see module docstring).
 
     ``cached``: an order to start from (e.g. from the order cache).
     ``anneal_runs``: number of annealing runs (default: until the budget is
     spent, or :data:`DEFAULT_ANNEAL_RUNS` without a budget).
     ``progress(ProgressInfo)`` is called on every improvement.
+    ``extra_methods``: more methods by name, each ``run(graph, incumbent,
+    seed, time_budget)`` offering its orders to the :class:`Incumbent`
+    after the greedy starts.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown search method {method!r}; use one of {METHODS}")
+    extra = dict(extra_methods or {})
+    if method not in METHODS and method not in extra:
+        raise ValueError(f"unknown search method {method!r}; use one of {METHODS + tuple(extra)}")
     if time_budget is not None and not time_budget > 0:
         raise ValueError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
     start = time.perf_counter()
-    best = _Best(start, time_budget, progress)
+    best = Incumbent(start, time_budget, progress)
     ev = Evaluator(graph)
     best.phase = "heuristics"
     starts = _starts(ev, best, cached)
@@ -251,8 +257,9 @@ def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float
             _run_anneal(ev, best, starts, rng, best.deadline(), runs)
         elif method == "exact":
             _run_exact(ev, best, best.deadline())
-        elif method == "mcts":
-            _run_mcts(graph, best, seed, time_budget)
+        elif method in extra:
+            best.phase = method
+            extra[method](graph, best, seed, time_budget)
         elif n <= EXACT_AUTO_SIZE:
             _run_exact(ev, best, best.deadline())
         else:
@@ -270,19 +277,6 @@ def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float
                         time.perf_counter() - start, baselines, best.evaluations)
 
 
-def _run_mcts(graph: Graph, best: _Best, seed: int, time_budget: Optional[float]) -> None:
-    """Gumbel MuZero with the shipped policy (:mod:`ccjax.search.api`)."""
-    from ccjax.search.api import mcts_search
-
-    best.phase = "mcts"
-    budget = None if time_budget is None else max(0.0, time_budget - (time.perf_counter() - best.start))
-    result = mcts_search(graph, time_budget=budget, seed=seed,
-                         max_episodes=None if budget is not None else DEFAULT_MCTS_EPISODES)
-    best.offer(result["greedy_order"], result["greedy_cost"], "learned")
-    best.offer(result["order"], result["cost"], "mcts")
-    best.evaluations += result["episodes"]
-
-
 def quick_order(graph: Graph, cached: Optional[Sequence[int]] = None) -> tuple[tuple[int, ...], int, str]:
     """``order="auto"`` without the cache: ``(order, cost, name)`` of the
     cheapest of the quick greedy variants (and ``cached``, preferred on ties)."""
@@ -296,42 +290,3 @@ def quick_order(graph: Graph, cached: Optional[Sequence[int]] = None) -> tuple[t
         if best is None or c < best[1]:
             best = (o, c, name)
     return best
-
-
-def search_order(fun: Callable, *args: Any, argnums: Union[int, Sequence[int]] = 0, method: str = "auto",
-                 time_budget: Optional[float] = None, seed: int = 0, cache: Union[bool, Any] = True,
-                 progress: Optional[Progress] = None, label: str = "", **kwargs: Any) -> SearchResult:
-    """Search a cheap elimination order for ``jacve(fun, argnums)`` at ``args``.
-
-    ``method``: ``"auto"``, ``"anneal"``, ``"beam"`` or ``"exact"``;
-    ``time_budget``: seconds (anytime; None: a fixed amount of work, or no
-    limit for ``"exact"``); ``seed``: the search is deterministic for a seed
-    and amount of work.  ``cache``: True (default location), False, a path
-    or an :class:`~ccjax.cache.OrderCache`; the search starts from the
-    cached order and stores its result (the better one is kept), so that
-    ``jacve(fun, order="auto")`` uses it.  Returns a :class:`SearchResult`.
-    """
-    from ccjax.api import graph as build_graph
-
-    g = build_graph(fun, *args, argnums=argnums, **kwargs)
-    store = _as_cache(cache)
-    entry = store.get(g) if store is not None else None
-    result = search_graph(g, method, time_budget, seed, progress, None if entry is None else entry.order)
-    if store is not None:
-        store.put(g, result.order, result.cost, result.method, result.lower_bound, label)
-        # plans of order="auto" made before this search are stale now
-        for table in (g.plans, g.runners):
-            table.pop("auto", None)
-    return result
-
-
-def _as_cache(cache):
-    from ccjax.cache import OrderCache
-
-    if cache is False or cache is None:
-        return None
-    if cache is True:
-        return OrderCache()
-    if isinstance(cache, OrderCache):
-        return cache
-    return OrderCache(cache)

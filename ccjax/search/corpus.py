@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ccjax.api import graph as trace_graph
+from ccjax.trace import graph as trace_graph
 from ccjax.graph import Graph
 from ccjax.search.tables import CapacityError, EncodedGraph, encode
 

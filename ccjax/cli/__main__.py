@@ -1,0 +1,7 @@
+"""``python -m ccjax.cli``: the ``ccjax`` command."""
+import sys
+
+from ccjax.cli import main
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

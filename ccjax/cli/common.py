@@ -1,0 +1,218 @@
+"""What the ``ccjax`` commands share: errors and exit codes, ``TARGET`` and
+``--args`` parsing, the graph of a target, the order cache and the common
+argparse options."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TRACE, EXIT_MISSING = 0, 1, 2, 3, 4
+
+DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64", "i8": "int8",
+          "i16": "int16", "i32": "int32", "i64": "int64", "u8": "uint8", "u32": "uint32", "bool": "bool",
+          "float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float64": "float64",
+          "int32": "int32", "int64": "int64"}
+
+
+class CLIError(Exception):
+    """A user-facing error with an exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass(frozen=True)
+class ArgSpec:
+    dtype: str
+    shape: tuple[int, ...]
+
+    def __str__(self) -> str:
+        short = {v: k for k, v in DTYPES.items() if len(k) <= 4}
+        return f"{short.get(self.dtype, self.dtype)}[{','.join(map(str, self.shape))}]"
+
+
+def parse_args_spec(spec: str) -> list[ArgSpec]:
+    """Parse ``"f32[512],f32[3,3]"`` into :class:`ArgSpec` items."""
+    items = []
+    pos = 0
+    text = spec.strip()
+    pattern = re.compile(r"\s*([A-Za-z][A-Za-z0-9]*)\s*(?:\[\s*([0-9,\s]*)\])?\s*(,|$)")
+    while pos < len(text):
+        m = pattern.match(text, pos)
+        if m is None or m.end() == pos:
+            raise CLIError(f"bad --args {spec!r} near {text[pos:]!r}: expected items like f32[512] or f64[]")
+        name, dims = m.group(1).lower(), m.group(2)
+        if name not in DTYPES:
+            raise CLIError(f"bad --args {spec!r}: unknown dtype {m.group(1)!r}; use one of "
+                           f"{', '.join(k for k in DTYPES if len(k) <= 4)}")
+        shape: tuple[int, ...] = ()
+        if dims is not None and dims.strip():
+            parts = [p.strip() for p in dims.split(",")]
+            if any(not p.isdigit() for p in parts):
+                raise CLIError(f"bad --args {spec!r}: shape [{dims}] must be non-negative integers")
+            shape = tuple(int(p) for p in parts)
+        items.append(ArgSpec(DTYPES[name], shape))
+        pos = m.end()
+    if not items:
+        raise CLIError("--args is empty; describe each positional argument, e.g. f32[3],f32[3,3]")
+    return items
+
+
+def parse_argnums(text: Optional[str]):
+    if text is None:
+        return None
+    try:
+        nums = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise CLIError(f"bad --argnums {text!r}: expected integers like 0 or 0,2") from None
+    if not nums:
+        raise CLIError("--argnums is empty")
+    return nums[0] if len(nums) == 1 and "," not in text else nums
+
+
+@dataclasses.dataclass
+class Target:
+    """A resolved TARGET: the function, example arguments, argnums and a name."""
+
+    name: str
+    fn: Callable
+    args: tuple
+    argnums: Any
+
+
+def _enable_x64() -> None:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def _make_args(specs: Sequence[ArgSpec]) -> tuple:
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    out = []
+    for s in specs:
+        if s.dtype == "bool":
+            out.append(jnp.asarray(rng.random(s.shape) < 0.5))
+        elif s.dtype.startswith(("int", "uint")):
+            out.append(jnp.asarray(rng.integers(0, 4, s.shape), dtype=s.dtype))
+        else:
+            out.append(jnp.asarray(rng.uniform(0.5, 1.5, s.shape), dtype=s.dtype))
+    return tuple(out)
+
+
+def resolve_target(target: str, args_spec: Optional[str], argnums_text: Optional[str], x64: bool) -> Target:
+    """Turn the command line's TARGET, ``--args`` and ``--argnums`` into a :class:`Target`."""
+    from ccjax.tasks import TASKS
+
+    if x64:
+        _enable_x64()
+    argnums = parse_argnums(argnums_text)
+    if target in TASKS:
+        task = TASKS[target]
+        if args_spec is not None:
+            raise CLIError(f"{target} is a task with fixed inputs; --args is only for module:function targets")
+        fn, args = task.graph_fn_and_inputs(0)
+        return Target(target, fn, tuple(args), task.argnums if argnums is None else argnums)
+    if ":" not in target:
+        close = [t for t in TASKS if t.lower() == target.lower()]
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise CLIError(f"unknown target {target!r}{hint}: use a task name ({', '.join(TASKS)}) "
+                       f"or module:function")
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise CLIError(f"bad target {target!r}: expected module:function")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise CLIError(f"cannot import module {module_name!r} for target {target!r}: {e}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise CLIError(f"module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise CLIError(f"target {target!r} is not callable (got {type(obj).__name__})")
+    if args_spec is None:
+        raise CLIError(f"target {target!r} needs --args describing its positional arguments, "
+                       f"e.g. --args f32[512],f32[3,3]")
+    specs = parse_args_spec(args_spec)
+    if any(s.dtype == "float64" for s in specs):
+        _enable_x64()
+    return Target(target, obj, _make_args(specs), 0 if argnums is None else argnums)
+
+
+def build_graph(t: Target):
+    """The graph of a target; tracing failures become :class:`CLIError` (exit 3)."""
+    import ccjax
+
+    try:
+        return ccjax.graph(t.fn, *t.args, argnums=t.argnums)
+    except (ValueError, TypeError) as e:
+        if "argnums" in str(e):
+            raise CLIError(f"bad --argnums for {t.name}: {e}") from None
+        raise CLIError(f"cannot trace {t.name} with arguments {_describe_args(t.args)}: "
+                       f"{type(e).__name__}: {e}", EXIT_TRACE) from None
+    except Exception as e:  # noqa: BLE001 - any failure inside the user's function
+        raise CLIError(f"cannot trace {t.name} with arguments {_describe_args(t.args)}: "
+                       f"{type(e).__name__}: {e}", EXIT_TRACE) from None
+
+
+def _describe_args(args: tuple) -> str:
+    import numpy as np
+
+    return ",".join(f"{np.dtype(a.dtype).name}[{','.join(map(str, a.shape))}]" for a in args)
+
+
+def _cache(ns):
+    from ccjax.cache import OrderCache
+
+    if getattr(ns, "no_cache", False):
+        return None
+    return OrderCache(ns.cache_dir) if getattr(ns, "cache_dir", None) else OrderCache()
+
+
+# -- shared options -----------------------------------------------------------------------------
+
+
+def _target_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help="a task name (see `ccjax tasks`) or module:function")
+    p.add_argument("--args", help="argument shapes and dtypes for module:function, e.g. f32[512],f32[3,3]")
+    p.add_argument("--argnums", help="differentiated arguments, e.g. 0 or 0,1 (tasks: all)")
+    p.add_argument("--x64", action="store_true", help="enable jax_enable_x64 before tracing")
+
+
+def _cache_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", help="order cache root (default: $CCJAX_CACHE_DIR or the user cache dir)")
+
+
+def _output_options(p: argparse.ArgumentParser, no_cache: str, quiet: str) -> None:
+    """``--no-cache``, ``-q/--quiet`` and ``--cache-dir`` of the commands that price orders."""
+    p.add_argument("--no-cache", action="store_true", help=no_cache)
+    p.add_argument("-q", "--quiet", action="store_true", help=quiet)
+    _cache_options(p)
+
+
+def _positive(kind: Callable):
+    """An argparse type: a positive finite number of ``kind``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse

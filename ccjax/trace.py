@@ -1,0 +1,160 @@
+"""Trace a function into its computational :class:`~ccjax.graph.Graph`.
+
+The function-facing half of the graph layer: argument handling exactly as
+``jax.jacrev`` does it (``argnums``, ``has_aux``, pytrees, dtype checks),
+``jax.make_jaxpr`` of the flattened function, and a bounded cache of graphs
+keyed by the jaxpr's structure, so repeated calls reuse the graph, its plans
+and its compiled runners.  Everything above (plans, orders, the public API)
+starts from :func:`trace` or :func:`graph`; nothing here knows about orders.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Callable, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ccjax._jaxpr import is_jax_value, structural_key
+from ccjax.graph import Graph, build_program
+
+_GRAPH_CACHE_SIZE = 256
+
+
+class _LRU:
+    """A small bounded mapping (the only state ccjax keeps between calls)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.data: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, key):
+        if key in self.data:
+            self.data.move_to_end(key)
+            return self.data[key]
+        return None
+
+    def put(self, key, value) -> None:
+        self.data[key] = value
+        self.data.move_to_end(key)
+        while len(self.data) > self.size:
+            self.data.popitem(last=False)
+
+
+_graphs = _LRU(_GRAPH_CACHE_SIZE)
+
+
+@dataclasses.dataclass
+class Traced:
+    closed: Any
+    leaves: list
+    in_tree: Any
+    diff_leaves: tuple[int, ...]
+    out_tree: Any
+    n_out: int
+    aux_tree: Any
+    aux_static: dict
+
+
+def _normalize_argnums(argnums, n_args: int) -> tuple[tuple[int, ...], bool]:
+    single = isinstance(argnums, int)
+    nums = (argnums,) if single else tuple(argnums)
+    if not nums:
+        raise ValueError("argnums must not be empty")
+    out = []
+    for a in nums:
+        if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
+            raise TypeError(f"argnums must be an int or a tuple of ints, got {argnums!r}")
+        if not -n_args <= a < n_args:
+            raise ValueError(f"argnums {argnums!r} out of range for a function called with {n_args} "
+                             f"positional arguments")
+        out.append(int(a) % n_args)
+    return tuple(out), single
+
+
+def check_inputs(leaves, diff_leaves, holomorphic: bool, allow_int: bool) -> None:
+    for k in diff_leaves:
+        dtype = jnp.result_type(leaves[k]) if not hasattr(leaves[k], "dtype") else leaves[k].dtype
+        if holomorphic:
+            if not jnp.issubdtype(dtype, jnp.complexfloating):
+                raise TypeError(f"jacve with holomorphic=True requires inputs with complex dtype, but got {dtype}.")
+        elif jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(f"jacve requires real-valued inputs (got {dtype}); for holomorphic functions "
+                            f"pass holomorphic=True.")
+        elif not jnp.issubdtype(dtype, jnp.inexact) and not allow_int:
+            raise TypeError(f"jacve requires real-valued inputs (input dtype that is a sub-dtype of "
+                            f"np.inexact), but got {dtype}. If you want to use Boolean- or integer-valued "
+                            f"inputs, use vjp or set allow_int to True.")
+
+
+def check_outputs(out_avals, holomorphic: bool) -> None:
+    for aval in out_avals:
+        if holomorphic:
+            if not jnp.issubdtype(aval.dtype, jnp.complexfloating):
+                raise TypeError(f"jacve with holomorphic=True requires complex outputs, but got {aval.dtype}.")
+        elif not jnp.issubdtype(aval.dtype, jnp.floating):
+            raise TypeError(f"jacve requires real-valued outputs (output dtype that is a sub-dtype of "
+                            f"np.floating), but got {aval.dtype}. For differentiation of functions with "
+                            f"integer outputs, use jax.vjp directly.")
+
+
+def trace(fun: Callable, args: tuple, kwargs: dict, argnums, has_aux: bool) -> tuple[Traced, tuple, bool]:
+    nums, single = _normalize_argnums(argnums, len(args))
+    if len(set(nums)) != len(nums):
+        raise ValueError(f"argnums must not repeat an argument, got {argnums!r}")
+    # As in jax.jacrev, arguments not in argnums are closed over as they are
+    # (a Python int may be a shape); only the differentiated ones are traced.
+    leaves, in_tree = jax.tree_util.tree_flatten(tuple(args[k] for k in nums))
+    diff_leaves = tuple(range(len(leaves)))
+    store: dict = {}
+
+    def flat_fun(*flat):
+        full = list(args)
+        for k, a in zip(nums, jax.tree_util.tree_unflatten(in_tree, flat)):
+            full[k] = a
+        # Work on concrete values is done now, not staged: like jax.jacrev,
+        # a non-differentiated array may drive Python control flow.
+        with jax.ensure_compile_time_eval():
+            out = fun(*full, **kwargs)
+        if has_aux:
+            if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise TypeError("a function called with has_aux=True must return a pair (output, aux), "
+                                f"got {type(out).__name__}")
+            out, aux = out
+            aux_leaves, store["aux"] = jax.tree_util.tree_flatten(aux)
+            # Non-JAX aux leaves (strings, objects) are passed through untouched.
+            store["aux_static"] = {k: a for k, a in enumerate(aux_leaves) if not is_jax_value(a)}
+            aux_leaves = [a for a in aux_leaves if is_jax_value(a)]
+        else:
+            aux_leaves = []
+        out_leaves, store["out"] = jax.tree_util.tree_flatten(out)
+        store["n_out"] = len(out_leaves)
+        return list(out_leaves) + list(aux_leaves)
+
+    closed = jax.make_jaxpr(flat_fun)(*leaves)
+    traced = Traced(closed, leaves, in_tree, diff_leaves, store["out"], store["n_out"], store.get("aux"),
+                     store.get("aux_static", {}))
+    return traced, nums, single
+
+
+def graph_of(t: Traced, holomorphic: bool = False) -> Graph:
+    """The graph of a traced function (from the bounded graph cache when the
+    same jaxpr structure was seen).  ``holomorphic``: complex values are
+    single vertices with complex partials (``jacve(holomorphic=True)``);
+    otherwise every computation on active complex values is fused into real
+    regions (see :func:`ccjax.graph.build_program`)."""
+    key = (structural_key(t.closed.jaxpr), t.diff_leaves, t.n_out, bool(holomorphic))
+    g = _graphs.get(key)
+    if g is None:
+        g = Graph(build_program(t.closed, t.diff_leaves, holomorphic), t.diff_leaves, t.n_out)
+        if g.program.cacheable:
+            _graphs.put(key, g)
+    return g
+
+
+def graph(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, **kwargs) -> Graph:
+    """The computational :class:`~ccjax.graph.Graph` of ``fun`` at ``args``."""
+    t, _, _ = trace(fun, args, kwargs, argnums, False)
+    return graph_of(t)
