@@ -30,7 +30,8 @@ import jax
 from benchmarks.common import (Progress, add_timing_args, apply_smoke, begin, command_line, environment,
                                fmt_time, markdown_table, save_results, time_interleaved)
 from benchmarks.runtime import ASDEX, JACFWD, JACREV, SCATTER, Setting, _err, check_tree
-from ccjax.api import _graph_of, _plan, _trace
+from ccjax.api import _plan
+from ccjax.trace import graph_of, trace
 from ccjax.eliminate import dense_block, final_values, partial_values, write_jacobian
 
 AUTO, ELIM, WRITE, ZEROS = "ccjax auto", "elimination", "writing", "zeros"
@@ -49,8 +50,8 @@ def pieces(st: Setting):
     """``(elim, write, zeros, diff_leaves)``: jittable functions of the
     differentiated leaves (arguments not differentiated are baked in), of the
     compact final values, and of nothing."""
-    t, _, _ = _trace(st.fn, st.args, {}, st.argnums, False)
-    g = _graph_of(t)
+    t, _, _ = trace(st.fn, st.args, {}, st.argnums, False)
+    g = graph_of(t)
     plan = _plan(g, "auto")
     prog, consts = g.program, list(t.closed.consts)
 

@@ -67,6 +67,31 @@ def is_custom_vjp(eqn) -> bool:
     return eqn.primitive.name.startswith("custom_vjp_call")
 
 
+#: Collectives over named axes (``vmap``/``shard_map`` axis names): their
+#: reverse-mode derivative mixes the cotangents of all members of the axis.
+COLLECTIVES = frozenset({"psum", "pmax", "pmin", "ppermute", "all_gather", "all_to_all", "reduce_scatter",
+                         "ragged_all_to_all", "psum_invariant", "pbroadcast", "pvary", "pgather"})
+
+
+def count_multiplications(jaxpr) -> int:
+    """Scalar multiplications in ``jaxpr``: a ``mul`` costs its output size, a
+    ``dot_general`` its whole iteration space; sub-jaxprs are counted once
+    per run (a ``scan`` body ``length`` times, a ``while`` body once)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "mul":
+            total += int(np.prod(eqn.outvars[0].aval.shape))
+        elif name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs[k] for k in contract]))
+        repeat = int(eqn.params.get("length", 1)) if name == "scan" else 1
+        for sub in jex.jaxprs_in_params(eqn.params):
+            total += repeat * count_multiplications(sub)
+    return total
+
+
 class _Identity:
     """Compares by identity and holds a reference, so the id cannot be reused."""
 
@@ -117,3 +142,21 @@ def structural_key(jaxpr) -> tuple:
 
     walk(jaxpr)
     return str(jaxpr), tuple(extra)
+
+
+def is_weakly_typed(x) -> bool:
+    """Whether ``x`` (a Python scalar, array or tracer) has a weak type."""
+    return bool(getattr(jax.typeof(x), "weak_type", False))
+
+
+def as_weakly_typed(x):
+    """``x`` with the same values and dtype but a weak type.
+
+    ``jax.jacrev`` returns weakly typed blocks for weakly typed inputs (it
+    casts each cotangent to its input's type); no public function sets the
+    flag, so the public ``convert_element_type`` primitive is bound with it,
+    as ``jax.lax`` itself does.
+    """
+    if is_weakly_typed(x):
+        return x
+    return jax.lax.convert_element_type_p.bind(x, new_dtype=x.dtype, weak_type=True, sharding=None)

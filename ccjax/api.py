@@ -15,30 +15,38 @@ from typing import Callable, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import sparse
 
-from ccjax.eliminate import LAYOUTS, CostReport, OrderError, Plan, execute, plan_elimination, validate_order
+from ccjax._jaxpr import as_weakly_typed, is_weakly_typed
+from ccjax.eliminate import LAYOUTS, CostReport, Plan, execute, plan_elimination, validate_order
 from ccjax.graph import Graph
-from ccjax.resolve import resolve_order
+from ccjax.jax_modes import execute_jax_mode, plan_jax_mode
+from ccjax.resolve import OrderSpec, order_spec, resolve_order
 from ccjax.trace import check_inputs, check_outputs, graph, graph_of, trace
-
-OrderSpec = Union[str, Sequence[int]]
 
 __all__ = ["jacve", "graph", "cost", "cost_report"]
 
 
 def _order_key(g: Graph, order: OrderSpec):
-    if isinstance(order, str) and order.lower() == "learned":
+    spec = order_spec(order)
+    if spec == "learned":
         from ccjax.search.policy import policy_version
 
         return ("learned", policy_version())  # a new policy file gives a new order
-    return order.lower() if isinstance(order, str) else validate_order(g, order)
+    return spec if isinstance(spec, str) else validate_order(g, spec)
 
 
 def _plan(g: Graph, order: OrderSpec) -> Plan:
+    order = order_spec(order)  # once: an iterator of ids is read here only
     key = _order_key(g, order)
     plan = g.plans.get(key)
     if plan is None:
-        plan = plan_elimination(g, resolve_order(g, order))
+        if g.whole_reverse:
+            if not isinstance(order, str):
+                validate_order(g, order)  # a wrong order is still an error
+            plan = plan_jax_mode(g, "rev")
+        else:
+            plan = plan_elimination(g, resolve_order(g, order))
         g.plans[key] = plan
     return plan
 
@@ -59,6 +67,8 @@ def _runner(g: Graph, order: OrderSpec, layout: str = "dense") -> Callable:
     prog = g.program
 
     def run(inputs, consts):
+        if plan.mode != "eliminate":
+            return execute_jax_mode(g, plan, inputs, consts, layout)
         env = prog.evaluate(inputs, consts)
         return execute(g, plan, env, layout), [env[i] for i in prog.outputs[len(g.outputs):]]
 
@@ -88,8 +98,12 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
     ``order``: ``"fwd"``/``"forward"``, ``"rev"``/``"reverse"``,
     ``"markowitz"``, ``"auto"`` (best known order: the order cache, else the
     cheapest built-in heuristic), ``"learned"`` (the greedy order of the
-    shipped policy network, see ``ccjax.search``), or a sequence of vertex ids permuting
-    ``ccjax.graph(fun, *args).eliminable``.
+    shipped policy network, see ``ccjax.search``), or a sequence of integer vertex
+    ids permuting ``ccjax.graph(fun, *args, argnums=argnums, has_aux=has_aux).eliminable``.
+    A bad name, bytes, a set or a non-integer id is a ``ccjax.OrderError``
+    here already; ids are checked against the graph when it is traced.
+
+    Blocks have their input's dtype and weak type, as in ``jax.jacrev``.
 
     ``output="sparse"`` returns every block as a
     ``jax.experimental.sparse.BCOO`` holding only its structural nonzeros
@@ -98,11 +112,8 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
     """
     if output not in LAYOUTS:
         raise ValueError(f"output must be one of {LAYOUTS}, got {output!r}")
-    if not isinstance(order, str):
-        try:
-            order = tuple(order)
-        except TypeError:
-            raise OrderError(f"order must be a name or a sequence of vertex ids, got {order!r}") from None
+    # Checked now, like ``output``: a bad name or id type is an error at creation.
+    order = order_spec(order)
 
     @functools.wraps(fun)
     def jac_fun(*args, **kwargs):
@@ -116,6 +127,7 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
         inputs = [_as_value(x, prog.avals[i]) for x, i in zip(t.leaves, prog.inputs)]
         blocks, aux = run(inputs, list(t.closed.consts))
         n_in = len(t.diff_leaves)
+        blocks = _match_weak_types(blocks, [t.leaves[k] for k in t.diff_leaves])
         jac_leaves = [_unflatten_inputs(blocks[k * n_in:(k + 1) * n_in], args, nums, single)
                       for k in range(t.n_out)]
         jac = jax.tree_util.tree_unflatten(t.out_tree, jac_leaves)
@@ -129,6 +141,19 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
     return jac_fun
 
 
+def _match_weak_types(blocks: list, diff_inputs: list) -> list:
+    """Blocks of weakly typed inputs (Python scalars, ``jnp.asarray(1.0)``)
+    made weakly typed too: ``jax.jacrev`` casts every block to its input's
+    type, weak flag included, and that flag decides later type promotion.
+    ``blocks`` is output-major: block ``k`` belongs to input ``k % n_in``."""
+    weak = [is_weakly_typed(x) for x in diff_inputs]
+    if not any(weak):
+        return blocks
+    n_in = len(diff_inputs)
+    return [as_weakly_typed(b) if weak[k % n_in] and not isinstance(b, sparse.BCOO) else b
+            for k, b in enumerate(blocks)]
+
+
 def _unflatten_inputs(row: list, args: tuple, nums: tuple, single: bool):
     trees, pos = [], 0
     for num in nums:
@@ -139,13 +164,17 @@ def _unflatten_inputs(row: list, args: tuple, nums: tuple, single: bool):
 
 
 def cost_report(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0,
-                order: OrderSpec = "auto", **kwargs) -> CostReport:
-    """Multiplications, additions and peak stored values of ``order``."""
-    return _plan(graph(fun, *args, argnums=argnums, **kwargs), order).report
+                order: OrderSpec = "auto", has_aux: bool = False, holomorphic: bool = False,
+                **kwargs) -> CostReport:
+    """Multiplications, additions and peak stored values of ``order``
+    (``has_aux``, ``holomorphic``: as for ``jacve``)."""
+    g = graph(fun, *args, argnums=argnums, has_aux=has_aux, holomorphic=holomorphic, **kwargs)
+    return _plan(g, order).report
 
 
 def cost(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, order: OrderSpec = "auto",
-         **kwargs) -> int:
+         has_aux: bool = False, holomorphic: bool = False, **kwargs) -> int:
     """Number of scalar multiplications ``jacve(fun, order=order)`` performs."""
-    return cost_report(fun, *args, argnums=argnums, order=order, **kwargs).mults
+    return cost_report(fun, *args, argnums=argnums, order=order, has_aux=has_aux, holomorphic=holomorphic,
+                       **kwargs).mults
 

@@ -15,10 +15,13 @@ Guarantees:
   ``os.replace``) and serialised per key by an advisory file lock, so
   several processes may write at once; a write keeps the better of the
   stored and the new order (lower cost; ties keep the stored one);
-* every loaded order is checked: a file that is not valid JSON, not ours,
-  written for another key or graph, or whose order is not a permutation of
-  the graph's eliminable vertices gives a :class:`CacheWarning` and counts
-  as a miss (the next write replaces it); the cost of a loaded order is
+* every loaded order is checked: a file that cannot be read (no
+  permission, a directory), is not UTF-8 or valid JSON (truncated, nested
+  too deeply), is not ours, was written for another key or graph, whose
+  order is not a permutation of the graph's eliminable vertices or whose
+  lower bound exceeds the order's cost gives a :class:`CacheWarning` naming
+  the file and counts as a miss (the next write replaces it, an empty
+  directory in its place included); the cost of a loaded order is
   recomputed with :func:`ccjax.eliminate.plan_elimination` and the recorded
   cost is never trusted;
 * no state is kept in memory between calls.
@@ -87,8 +90,8 @@ class CacheEntry:
                 method=str(d.get("method", "")), lower_bound=None if lb is None else _as_int(lb),
                 label=str(d.get("label", "")), n_eliminable=_as_int(d.get("n_eliminable", 0)),
                 created=float(d.get("created", 0.0)))
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"malformed record: {e}") from None
+        except (KeyError, TypeError, OverflowError) as e:
+            raise ValueError(f"malformed record: {e!r}") from None
         return entry
 
 
@@ -139,6 +142,13 @@ def _warn(msg: str) -> None:
     warnings.warn(msg, CacheWarning, stacklevel=3)
 
 
+def _short(what: object, limit: int = 200) -> str:
+    """``str(what)`` cut to ``limit`` characters: a hostile file must not
+    flood the warning (and an order error lists every vertex)."""
+    text = str(what)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class OrderCache:
     """The on-disk order store (see module docstring).
 
@@ -163,8 +173,11 @@ class OrderCache:
 
     # -- reading ---------------------------------------------------------------
     def _read(self, path: Path, quiet: bool = False) -> Optional[CacheEntry]:
+        """The record in ``path``, or None (with a warning unless ``quiet``)
+        for anything that is not one of ours: a cache file is never trusted,
+        so no content may turn a lookup into an exception."""
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -172,15 +185,17 @@ class OrderCache:
                 _warn(f"ccjax order cache: cannot read {path}: {e}; ignoring it")
             return None
         try:
-            entry = CacheEntry.from_json(json.loads(text))
-        except (ValueError, json.JSONDecodeError) as e:
+            # UnicodeDecodeError and JSONDecodeError are ValueErrors; deeply
+            # nested JSON exhausts the parser's recursion limit.
+            entry = CacheEntry.from_json(json.loads(data.decode("utf-8")))
+        except (ValueError, RecursionError) as e:
             if not quiet:
-                _warn(f"ccjax order cache: {path} is corrupt or foreign ({e}); ignoring it, "
-                      f"it will be rebuilt")
+                _warn(f"ccjax order cache: {path} is corrupt or foreign ({type(e).__name__}: {_short(e)}); "
+                      f"ignoring it, it will be rebuilt")
             return None
         if entry.key != path.stem:
             if not quiet:
-                _warn(f"ccjax order cache: {path} holds key {entry.key!r}; ignoring it")
+                _warn(f"ccjax order cache: {path} holds key {_short(repr(entry.key))}; ignoring it")
             return None
         return entry
 
@@ -189,19 +204,25 @@ class OrderCache:
         None on a miss or when the stored record cannot be trusted."""
         if not self.enabled:
             return None
-        key = graph_key(graph)
-        entry = self._read(self._file(key))
+        path = self._file(graph_key(graph))
+        entry = self._read(path)
         if entry is None:
             return None
         if entry.fingerprint != graph.fingerprint or entry.diff_leaves != tuple(graph.diff_leaves):
-            _warn(f"ccjax order cache: record {key} belongs to another graph; ignoring it")
+            _warn(f"ccjax order cache: {path} belongs to another graph; ignoring it, it will be rebuilt")
             return None
         try:
             order = validate_order(graph, entry.order)
         except OrderError as e:
-            _warn(f"ccjax order cache: stale order for {key} ({e}); ignoring it")
+            _warn(f"ccjax order cache: stale order in {path} ({_short(e)}); ignoring it, it will be rebuilt")
             return None
         cost = plan_elimination(graph, order).report.mults
+        if entry.lower_bound is not None and not 0 <= entry.lower_bound <= cost:
+            # A bound above the order's real cost is impossible; trusting it
+            # would let a later search report a false optimum.
+            _warn(f"ccjax order cache: {path} records the impossible lower bound {entry.lower_bound} "
+                  f"(the order costs {cost}); ignoring it, it will be rebuilt")
+            return None
         return dataclasses.replace(entry, order=order, cost=cost)
 
     def entries(self) -> list[CacheEntry]:
@@ -257,7 +278,10 @@ class OrderCache:
                 json.dump(entry.to_json(), fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, self._file(entry.key))
+            target = self._file(entry.key)
+            if target.is_dir() and not target.is_symlink():
+                target.rmdir()  # an empty directory squatting the name; a full one is left alone (OSError)
+            os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

@@ -46,13 +46,16 @@ class Plan:
     ``raw``: slot of each raw partial of the graph (in ``graph.raw`` order);
     ``steps``: ``(kind, dst, a, b, plan)`` with kind 'prod' (``a`` outer,
     ``b`` inner) or 'sum'; ``final``: ``{(input vertex, output vertex): slot}``
-    and ``structures`` the structure of every slot.
+    and ``structures`` the structure of every slot.  ``mode`` is
+    ``"eliminate"``, or ``"jax-rev"``/``"jax-fwd"`` for JAX's AD of the
+    whole program (:mod:`ccjax.jax_modes`; no steps).
     """
 
     steps: tuple
     final: dict
     structures: tuple
     report: CostReport
+    mode: str = "eliminate"
 
 
 class OrderError(ValueError):

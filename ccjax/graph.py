@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import math
 from typing import Any, Optional, Sequence
 
@@ -33,6 +34,7 @@ from ccjax.structure import Structure, sum_plan, unit
 
 STOP = "ccjax_stop"  # internal: identity value, no derivative (primal half of a custom JVP)
 TANGENT_OF = "ccjax_tangent_of"  # internal: value of operand 0, derivative of operand 1
+REGION = "ccjax_complex_region"  # internal: nodes on complex values fused into one real-to-real node
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +48,45 @@ class Node:
     outs: tuple[int, ...]
     reverse_only: bool = False
 
+    @property
+    def reads(self) -> tuple[int, ...]:
+        """Every variable :meth:`ad_eval` reads: ``ins``, plus the operands
+        of the original call for a ``TANGENT_OF`` node."""
+        return self.ins + (self.params[2] if self.name == TANGENT_OF else ())
+
+    def ad_eval(self, env) -> list:
+        """Like :meth:`eval` on ``env`` (values by variable id), but JAX's AD
+        of it is JAX's AD of the original program: a ``TANGENT_OF`` node
+        rebinds its original ``custom_jvp`` call, so differentiating it
+        (to any order) follows the custom rule."""
+        if self.name == TANGENT_OF:
+            primitive, params, operands, k = self.params
+            return [_jaxpr.bind(primitive, params, [env[i] for i in operands])[k]]
+        return self.eval(*[env[i] for i in self.ins])
+
     def eval(self, *args) -> list:
+        if self.name == REGION:
+            return self.params(*args)
         if self.primitive is None:
             return [args[0]]
         return _jaxpr.bind(self.primitive, self.params, args)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Region:
+    """Nodes evaluated as one: ``ins`` (variable ids read from outside) to
+    ``outs`` (ids used outside).  JAX's AD of :meth:`__call__` is the exact
+    local Jacobian, with custom JVP rules inside still followed."""
+
+    nodes: tuple
+    ins: tuple[int, ...]
+    outs: tuple[int, ...]
+
+    def __call__(self, *args) -> list:
+        env = dict(zip(self.ins, args))
+        for node in self.nodes:
+            env.update(zip(node.outs, node.ad_eval(env)))
+        return [env[o] for o in self.outs]
 
 
 @dataclasses.dataclass
@@ -66,7 +103,10 @@ class Program:
     top_consts: list
     cacheable: bool = True
 
-    def evaluate(self, input_values: Sequence, top_const_values: Sequence) -> list:
+    def evaluate(self, input_values: Sequence, top_const_values: Sequence, differentiable: bool = False) -> list:
+        """Values of every variable.  ``differentiable``: JAX's AD of the
+        evaluation follows custom JVP rules, as JAX's AD of the original
+        function does (plain evaluation only needs the values)."""
         env: list = [None] * len(self.avals)
         for i, v in zip(self.inputs, input_values):
             env[i] = v
@@ -75,7 +115,7 @@ class Program:
         for i, v in self.consts.items():
             env[i] = v
         for node in self.nodes:
-            outs = node.eval(*[env[i] for i in node.ins])
+            outs = node.ad_eval(env) if differentiable else node.eval(*[env[i] for i in node.ins])
             for i, v in zip(node.outs, outs):
                 env[i] = v
         return env
@@ -180,9 +220,10 @@ class _ProgramBuilder:
         outs = self.inline(closed.jaxpr, cids, stopped + [ins[k] for k in tangent_idx])
         m = len(eqn.outvars)
         result = []
-        for p, t, v in zip(outs[:m], outs[m:], eqn.outvars):
+        for k, (p, t, v) in enumerate(zip(outs[:m], outs[m:], eqn.outvars)):
             if self.active[t] and _inexact(v.aval.dtype):
-                result.append(self.node(TANGENT_OF, None, None, [p, t], [v.aval], [True])[0])
+                original = (eqn.primitive, eqn.params, tuple(ins), k)
+                result.append(self.node(TANGENT_OF, None, original, [p, t], [v.aval], [True])[0])
             else:
                 result.append(p)
         return result
@@ -196,7 +237,145 @@ def build_program(closed_jaxpr, diff_inputs: Sequence[int], holomorphic: bool = 
     inputs = [b.var(v.aval, k in diff and _inexact(v.aval.dtype)) for k, v in enumerate(jaxpr.invars)]
     top = [b.var(v.aval, False) for v in jaxpr.constvars]
     outputs = b.inline(jaxpr, top, inputs)
-    return Program(b.avals, b.active, b.nodes, inputs, outputs, b.consts, top, b.cacheable)
+    nodes = b.nodes if holomorphic else fuse_complex(b.nodes, b.avals, b.active, outputs)
+    return Program(b.avals, b.active, nodes, inputs, outputs, b.consts, top, b.cacheable)
+
+
+def needs_whole_reverse(node: Node) -> tuple[str, ...]:
+    """Why ``node``'s derivative exists only as JAX's reverse pass over the
+    whole function (empty when it has a local Jacobian): a ``custom_vjp``
+    rule may be nonlinear in the cotangent, and a collective's transpose
+    mixes the cotangents of all members of a named axis."""
+    if node.name == REGION:
+        return tuple(sorted({w for n in node.params.nodes for w in needs_whole_reverse(n)}))
+    if node.reverse_only or node.name in _jaxpr.COLLECTIVES:
+        return (node.name,)
+    return ()
+
+
+def _complex(aval) -> bool:
+    return jnp.issubdtype(aval.dtype, jnp.complexfloating)
+
+
+def fuse_complex(nodes: list, avals: list, active: list, outputs: Sequence[int]) -> list:
+    """Fuse every computation on active complex values into real-to-real nodes.
+
+    A complex value is two real values, and a partial through a
+    non-holomorphic operation (``real``, ``abs``, ``conj``, ...) is not one
+    complex number.  So unless the user declared the function holomorphic,
+    the nodes reading or writing an active complex variable are grouped
+    (connected through those variables, then closed so that no outside node
+    lies on a path between two of their nodes) and each group becomes one
+    :data:`REGION` node, whose exact local Jacobian JAX's AD computes.
+    The returned list is topologically ordered.
+    """
+    touches = [any(active[i] and _complex(avals[i]) for i in n.ins + n.outs) for n in nodes]
+    if not any(touches):
+        return nodes
+    producer = {o: k for k, n in enumerate(nodes) for o in n.outs}
+    consumers: dict[int, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for i in n.reads:
+            consumers.setdefault(i, []).append(k)
+    parent = list(range(len(nodes)))
+
+    def find(k):
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for k, n in enumerate(nodes):
+        if touches[k]:
+            for i in n.ins + n.outs:
+                if active[i] and _complex(avals[i]):
+                    for j in consumers.get(i, []) + ([producer[i]] if i in producer else []):
+                        parent[find(j)] = find(k)
+    groups: dict[int, set[int]] = {}
+    for k in range(len(nodes)):
+        if touches[k]:
+            groups.setdefault(find(k), set()).add(k)
+    regions = _convex(list(groups.values()), nodes, producer, consumers)
+    return _contract(nodes, regions, set(outputs))
+
+
+def _reach(start: set[int], step) -> set[int]:
+    seen, todo = set(), list(start)
+    while todo:
+        k = todo.pop()
+        for j in step(k):
+            if j not in seen:
+                seen.add(j)
+                todo.append(j)
+    return seen
+
+
+def _convex(regions: list, nodes: list, producer: dict, consumers: dict) -> list:
+    """Grow each region by the nodes on paths between its nodes, merging
+    regions that meet, until stable (then contracting them keeps a DAG)."""
+    down = lambda k: [j for o in nodes[k].outs for j in consumers.get(o, [])]
+    up = lambda k: [producer[i] for i in nodes[k].reads if i in producer]
+    while True:
+        grown = []
+        for r in regions:
+            r = r | (_reach(r, down) & _reach(r, up))
+            for g in [g for g in grown if g & r]:
+                grown.remove(g)
+                r = r | g
+            grown.append(r)
+        if len(grown) == len(regions) and all(a == b for a, b in zip(grown, regions)):
+            return grown
+        regions = grown
+
+
+def _contract(nodes: list, regions: list, outputs: set[int]) -> list:
+    """Replace each region by one :data:`REGION` node, in topological order."""
+    owner = {k: r for r, ks in enumerate(regions) for k in ks}
+    units: list = []
+    made = set()
+    for k in range(len(nodes)):
+        if k not in owner:
+            units.append(nodes[k])
+        elif owner[k] not in made:
+            made.add(owner[k])
+            units.append(_region_node(nodes, sorted(regions[owner[k]]), outputs))
+    return _toposort(units)
+
+
+def _region_node(nodes: list, members: list[int], outputs: set[int]) -> Node:
+    inner = [nodes[k] for k in members]
+    produced = {o for n in inner for o in n.outs}
+    ins = tuple(dict.fromkeys(i for n in inner for i in n.reads if i not in produced))
+    member_set = set(members)
+    read_outside = {i for k, n in enumerate(nodes) if k not in member_set for i in n.reads}
+    outs = tuple(o for n in inner for o in n.outs if o in read_outside or o in outputs)
+    return Node(REGION, None, Region(tuple(inner), ins, outs), ins, outs,
+                reverse_only=any(n.reverse_only for n in inner))
+
+
+def _toposort(units: list) -> list:
+    """Order nodes so every variable is produced before it is read (stable:
+    the original order wherever it already is one)."""
+    producer = {o: k for k, n in enumerate(units) for o in n.outs}
+    deps = [{producer[i] for i in n.reads if i in producer and producer[i] != k} for k, n in enumerate(units)]
+    users: dict[int, list[int]] = {}
+    for k, d in enumerate(deps):
+        for j in d:
+            users.setdefault(j, []).append(k)
+    missing = [len(d) for d in deps]
+    ready = [k for k, m in enumerate(missing) if m == 0]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        k = heapq.heappop(ready)
+        out.append(units[k])
+        for j in users.get(k, []):
+            missing[j] -= 1
+            if missing[j] == 0:
+                heapq.heappush(ready, j)
+    if len(out) != len(units):  # pragma: no cover - _convex guarantees a DAG
+        raise AssertionError("complex regions left a cycle")
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -233,8 +412,11 @@ class Graph:
     Attributes: ``vertices`` (list of :class:`Vertex`), ``edges``
     (``{(src, dst): Structure}``), ``inputs`` (vertex id or None per
     differentiated input leaf), ``outputs`` (vertex id or None per output
-    leaf), ``eliminable`` (ids an explicit order must permute) and
-    ``fingerprint``.
+    leaf), ``eliminable`` (ids an explicit order must permute),
+    ``fingerprint``, and ``whole_reverse``: the primitives (if any) whose
+    derivative exists only as JAX's reverse pass over the whole function
+    (see :func:`needs_whole_reverse`); such a graph's Jacobian is computed
+    that way, whatever the order.
     """
 
     def __init__(self, program: Program, diff_leaves: Sequence[int], n_outputs: int):
@@ -274,6 +456,7 @@ class Graph:
             if is_vertex[var] and var not in var_to_vertex:
                 var_to_vertex[var] = add_vertex(var, "input", f"input[{k}]")
         raw: list[RawPartial] = []
+        whole_reverse: set[str] = set()
         for n_idx, node in enumerate(prog.nodes):
             outs = [o for o in node.outs if is_vertex[o]]
             if not outs:
@@ -283,6 +466,7 @@ class Graph:
             active_slots = tuple(s for s, i in enumerate(node.ins) if is_vertex[i] and i in var_to_vertex)
             if not active_slots:
                 continue
+            whole_reverse.update(needs_whole_reverse(node))
             for p in self._node_partials(node, active_slots):
                 dst = node.outs[p.out]
                 if is_vertex[dst]:
@@ -320,6 +504,7 @@ class Graph:
                 vertices[v] = dataclasses.replace(vertices[v], kind="output")
                 outputs.append(v)
         self.vertices, self.edges, self.raw = vertices, edges, raw
+        self.whole_reverse = tuple(sorted(whole_reverse))
         self.inputs = [var_to_vertex.get(var) for var in input_vars]
         self.outputs = outputs
         self._prune()

@@ -13,11 +13,17 @@ classical searches of :mod:`ccjax.orders`, the learned policy of
 """
 from __future__ import annotations
 
+import collections.abc
+import math
+import numbers
+import operator
 import time
 from typing import Any, Callable, Optional, Sequence, Union
 
+import numpy as np
+
 from ccjax.cache import OrderCache
-from ccjax.eliminate import validate_order
+from ccjax.eliminate import OrderError, validate_order
 from ccjax.graph import Graph
 from ccjax.orders import search as classical
 from ccjax.orders.heuristics import HEURISTICS
@@ -36,6 +42,67 @@ DEFAULT_MCTS_EPISODES = 4
 #: Order names :func:`resolve_order` accepts besides the heuristics.
 SPECIAL_ORDERS = ("auto", "learned")
 
+#: Every order name (case-insensitive).
+ORDER_NAMES = tuple(sorted(HEURISTICS)) + SPECIAL_ORDERS
+
+OrderSpec = Union[str, Sequence[int]]
+
+
+def _vertex_id(item: Any, position: int) -> int:
+    """One id of an explicit order: a Python or NumPy integer (or an integer
+    0-d array).  Floats are refused even when whole, and bools are not ids."""
+    if not isinstance(item, (bool, np.bool_)) and not isinstance(item, (float, complex, np.inexact)):
+        try:
+            return operator.index(item)
+        except TypeError:
+            pass
+    raise OrderError(f"vertex ids must be integers, but item {position} of the order is {item!r} "
+                     f"({type(item).__name__})")
+
+
+def order_spec(order: Any) -> Union[str, tuple[int, ...]]:
+    """Check an order specification before any graph exists.
+
+    Returns the lower-cased name, or the explicit order as a tuple of ints
+    (still to be checked against a graph by
+    :func:`~ccjax.eliminate.validate_order`).  Raises :class:`OrderError`
+    for an unknown name, for bytes (``b"rev"`` would read as the ids
+    114, 101, 118), for containers without a defined order (sets, dicts)
+    and for ids that are not integers, so a bad order is reported when
+    ``jacve`` is created rather than when the Jacobian is first computed.
+    """
+    if isinstance(order, str):
+        name = order.lower()
+        if name not in ORDER_NAMES:
+            raise OrderError(f"unknown order {order!r}; use one of {list(ORDER_NAMES)} or a sequence of "
+                             f"vertex ids")
+        return name
+    if isinstance(order, (bytes, bytearray, memoryview)):
+        raise OrderError(f"order must be a name (str) or a sequence of vertex ids, got bytes {bytes(order)!r}; "
+                         f"decode a name first")
+    if isinstance(order, (collections.abc.Set, collections.abc.Mapping)):
+        raise OrderError(f"order must be a sequence with a defined order (list, tuple, 1-d integer array), "
+                         f"got a {type(order).__name__}: {order!r}")
+    try:
+        items = tuple(order)
+    except TypeError:
+        raise OrderError(f"order must be a name or a sequence of vertex ids, got {order!r}") from None
+    return tuple(_vertex_id(v, k) for k, v in enumerate(items))
+
+
+def check_time_budget(time_budget: Any) -> Optional[float]:
+    """``time_budget`` as float seconds (None: no limit), or a clear error:
+    a real number that is finite and positive is required."""
+    if time_budget is None:
+        return None
+    if isinstance(time_budget, (bool, np.bool_)) or not isinstance(time_budget, numbers.Real):
+        raise TypeError(f"time_budget must be a number of seconds or None, got {time_budget!r} "
+                        f"({type(time_budget).__name__})")
+    if not (math.isfinite(time_budget) and time_budget > 0):
+        raise ValueError(f"time_budget must be a positive, finite number of seconds (None for no limit), "
+                         f"got {time_budget!r}")
+    return float(time_budget)
+
 
 def auto_order(graph: Graph, cache: Optional[OrderCache] = None) -> tuple[int, ...]:
     """The order ``order="auto"`` uses: the cached order if it is valid and
@@ -48,21 +115,18 @@ def auto_order(graph: Graph, cache: Optional[OrderCache] = None) -> tuple[int, .
     return quick_order(graph, None if entry is None else entry.order)[0]
 
 
-def resolve_order(graph: Graph, order: Union[str, Sequence[int]]) -> tuple[int, ...]:
+def resolve_order(graph: Graph, order: OrderSpec) -> tuple[int, ...]:
     """Turn an order specification into a validated tuple of vertex ids."""
-    if isinstance(order, str):
-        name = order.lower()
-        if name == "auto":
-            return auto_order(graph)
-        if name == "learned":
-            from ccjax.search.api import learned_order  # jax-heavy; only when asked for
+    spec = order_spec(order)
+    if spec == "auto":
+        return auto_order(graph)
+    if spec == "learned":
+        from ccjax.search.api import learned_order  # jax-heavy; only when asked for
 
-            return validate_order(graph, learned_order(graph))
-        if name not in HEURISTICS:
-            raise ValueError(f"unknown order {order!r}; use one of {sorted(HEURISTICS) + list(SPECIAL_ORDERS)} "
-                             f"or a sequence of vertex ids")
-        return HEURISTICS[name](graph)
-    return validate_order(graph, order)
+        return validate_order(graph, learned_order(graph))
+    if isinstance(spec, str):
+        return HEURISTICS[spec](graph)
+    return validate_order(graph, spec)
 
 
 def _mcts_method(policy=None) -> Callable[[Graph, Incumbent, int, Optional[float]], None]:
@@ -87,6 +151,7 @@ def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float
                  anneal_runs: Optional[int] = None, policy=None) -> SearchResult:
     """:func:`ccjax.orders.search.search_graph` with ``method="mcts"`` too
     (``policy``: a :class:`~ccjax.search.policy.Policy`, default the shipped one)."""
+    time_budget = check_time_budget(time_budget)
     return classical.search_graph(graph, method, time_budget, seed, progress, cached, anneal_runs,
                                   extra_methods={"mcts": _mcts_method(policy)})
 
@@ -113,7 +178,8 @@ def forget_order(graph: Graph, name: str) -> None:
 
 def search_order(fun: Callable, *args: Any, argnums: Union[int, Sequence[int]] = 0, method: str = "auto",
                  time_budget: Optional[float] = None, seed: int = 0, cache: Union[bool, Any] = True,
-                 progress: Optional[Progress] = None, label: str = "", **kwargs: Any) -> SearchResult:
+                 progress: Optional[Progress] = None, label: str = "", has_aux: bool = False,
+                 **kwargs: Any) -> SearchResult:
     """Search a cheap elimination order for ``jacve(fun, argnums)`` at ``args``.
 
     ``method``: ``"auto"``, ``"anneal"``, ``"beam"``, ``"exact"`` or
@@ -123,9 +189,11 @@ def search_order(fun: Callable, *args: Any, argnums: Union[int, Sequence[int]] =
     location), False, a path or an :class:`~ccjax.cache.OrderCache`; the
     search starts from the cached order and stores its result (the better
     one is kept), so that ``jacve(fun, order="auto")`` uses it.  Returns a
-    :class:`~ccjax.orders.search.SearchResult`.
+    :class:`~ccjax.orders.search.SearchResult`.  ``has_aux``: ``fun``
+    returns ``(output, aux)``, as for ``jacve(fun, has_aux=True)``.
     """
-    g = trace_graph(fun, *args, argnums=argnums, **kwargs)
+    time_budget = check_time_budget(time_budget)
+    g = trace_graph(fun, *args, argnums=argnums, has_aux=has_aux, **kwargs)
     store = as_cache(cache)
     entry = store.get(g) if store is not None else None
     result = search_graph(g, method, time_budget, seed, progress, None if entry is None else entry.order)

@@ -58,14 +58,27 @@ class Traced:
     aux_static: dict
 
 
+def _is_index(a) -> bool:
+    """A Python or NumPy integer (not a bool): what JAX's transforms take as an argnum."""
+    return isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
+
+
 def _normalize_argnums(argnums, n_args: int) -> tuple[tuple[int, ...], bool]:
-    single = isinstance(argnums, int)
-    nums = (argnums,) if single else tuple(argnums)
+    # A NumPy integer is a single argnum, as for jax.grad and jax.jacfwd (JAX 0.10's
+    # jax.jacrev alone wraps its result in a 1-tuple then, by an isinstance(int) check).
+    single = _is_index(argnums)
+    if single:
+        nums = (argnums,)
+    else:
+        try:
+            nums = tuple(argnums)
+        except TypeError:
+            raise TypeError(f"argnums must be an int or a tuple of ints, got {argnums!r}") from None
     if not nums:
         raise ValueError("argnums must not be empty")
     out = []
     for a in nums:
-        if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
+        if not _is_index(a):
             raise TypeError(f"argnums must be an int or a tuple of ints, got {argnums!r}")
         if not -n_args <= a < n_args:
             raise ValueError(f"argnums {argnums!r} out of range for a function called with {n_args} "
@@ -75,14 +88,17 @@ def _normalize_argnums(argnums, n_args: int) -> tuple[tuple[int, ...], bool]:
 
 
 def check_inputs(leaves, diff_leaves, holomorphic: bool, allow_int: bool) -> None:
+    """The input dtype checks of ``jax.jacrev``.
+
+    Complex inputs without ``holomorphic`` are accepted, as ``jax.jacrev``
+    accepts them: :func:`check_outputs` then requires real outputs, and the
+    Jacobian of such a C -> R function is complex (JAX's convention).
+    """
     for k in diff_leaves:
         dtype = jnp.result_type(leaves[k]) if not hasattr(leaves[k], "dtype") else leaves[k].dtype
         if holomorphic:
             if not jnp.issubdtype(dtype, jnp.complexfloating):
                 raise TypeError(f"jacve with holomorphic=True requires inputs with complex dtype, but got {dtype}.")
-        elif jnp.issubdtype(dtype, jnp.complexfloating):
-            raise TypeError(f"jacve requires real-valued inputs (got {dtype}); for holomorphic functions "
-                            f"pass holomorphic=True.")
         elif not jnp.issubdtype(dtype, jnp.inexact) and not allow_int:
             raise TypeError(f"jacve requires real-valued inputs (input dtype that is a sub-dtype of "
                             f"np.inexact), but got {dtype}. If you want to use Boolean- or integer-valued "
@@ -90,10 +106,16 @@ def check_inputs(leaves, diff_leaves, holomorphic: bool, allow_int: bool) -> Non
 
 
 def check_outputs(out_avals, holomorphic: bool) -> None:
+    """The output dtype checks of ``jax.jacrev``."""
     for aval in out_avals:
         if holomorphic:
             if not jnp.issubdtype(aval.dtype, jnp.complexfloating):
                 raise TypeError(f"jacve with holomorphic=True requires complex outputs, but got {aval.dtype}.")
+        elif jnp.issubdtype(aval.dtype, jnp.complexfloating):
+            raise TypeError(f"jacve requires real-valued outputs (output dtype that is a sub-dtype of "
+                            f"np.floating), but got {aval.dtype}. For holomorphic differentiation, pass "
+                            f"holomorphic=True. For differentiation of non-holomorphic functions involving "
+                            f"complex outputs, use jax.vjp directly.")
         elif not jnp.issubdtype(aval.dtype, jnp.floating):
             raise TypeError(f"jacve requires real-valued outputs (output dtype that is a sub-dtype of "
                             f"np.floating), but got {aval.dtype}. For differentiation of functions with "
@@ -154,7 +176,12 @@ def graph_of(t: Traced, holomorphic: bool = False) -> Graph:
     return g
 
 
-def graph(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, **kwargs) -> Graph:
-    """The computational :class:`~ccjax.graph.Graph` of ``fun`` at ``args``."""
-    t, _, _ = trace(fun, args, kwargs, argnums, False)
-    return graph_of(t)
+def graph(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, has_aux: bool = False,
+          holomorphic: bool = False, **kwargs) -> Graph:
+    """The computational :class:`~ccjax.graph.Graph` of ``fun`` at ``args``:
+    the graph ``jacve(fun, argnums=argnums, has_aux=has_aux,
+    holomorphic=holomorphic)`` eliminates, so an explicit order can be built
+    from its ``eliminable`` vertices (with ``has_aux`` the aux values are not
+    outputs of the graph)."""
+    t, _, _ = trace(fun, args, kwargs, argnums, has_aux)
+    return graph_of(t, holomorphic)

@@ -216,12 +216,28 @@ def test_train_bad_arguments_exit_2(capsys, argv, tmp_path):
 
 @pytest.mark.parametrize("config, message", [
     ('{"no_such_setting": 1}', "unknown settings no_such_setting"), ("[1, 2]", "JSON object"),
-    ("{not json", "cannot read --config"), ('{"network": {"width": 3}}', "--config")])
+    ("{not json", "cannot read --config"), ('{"network": {"width": 3}}', "--config"),
+    ("[" * 100000, "cannot read --config"), ('{"iterations": "many"}', "iterations")])
 def test_train_bad_config_file(capsys, tmp_path, config, message):
     (tmp_path / "c.json").write_text(config)
     code, _, err = run(capsys, "train", "--dir", "r", "--config", "c.json")
     assert code == EXIT_USAGE and message in err
     assert not (tmp_path / "r").exists()
+
+
+def test_train_unreadable_saved_config_is_named(capsys, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_bytes(b"[" * 100000)
+    code, _, err = run(capsys, "train", "--dir", "run", "--iterations", "1")
+    assert code == 1 and "config.json" in err and err.startswith("ccjax: error:")
+
+
+def test_export_of_a_bad_checkpoint_is_named(capsys, tmp_path, monkeypatch):
+    from ccjax.search import train as train_lib
+
+    monkeypatch.setattr(train_lib, "train", lambda *a, **k: {"iterations": [{}], "elapsed": 0.0})
+    code, _, err = run(capsys, "train", "--dir", "run", "--iterations", "1", "--export", "p.msgpack", "-q")
+    assert code == 1 and err.startswith("ccjax: error:") and not (tmp_path / "p.msgpack").exists()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ jax.config.update("jax_enable_x64", True)
 from counting import count_mults
 
 import ccjax
-from ccjax.api import _trace
+from ccjax.trace import trace
 from ccjax.eliminate import partial_values, plan_elimination, run_plan
 from ccjax.orders import HEURISTICS
 from ccjax.tasks import TASKS, random_function, random_input_shapes, random_inputs
@@ -65,7 +65,7 @@ def test_diverse_functions_all_orders(seed):
 def _executed_mults(g, plan, fn, args, argnums):
     """Multiplications in the jaxpr of the elimination alone, with the
     partials' values fed in as inputs."""
-    traced, _, _ = _trace(fn, args, {}, argnums, False)
+    traced, _, _ = trace(fn, args, {}, argnums, False)
     env = g.program.evaluate(traced.leaves, list(traced.closed.consts))
     return count_mults(lambda raw: run_plan(g, plan, raw), partial_values(g, env))
 

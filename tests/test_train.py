@@ -122,17 +122,19 @@ def test_corrupt_checkpoint_file_is_named(trained, tmp_path, name, damage):
     assert open(path, "rb").read() != data  # not silently overwritten by a fresh start
 
 
-def test_interrupted_save_resumes_from_the_state(trained, tmp_path):
-    """A run stopped after writing the replay and history of iteration 2 but
-    before its state (``_save`` writes the state last) resumes at iteration 1
-    and must not record iteration 2 twice."""
+def test_state_of_another_iteration_is_refused(trained, tmp_path):
+    """The state of iteration 1 beside the replay and history of iteration 2
+    (what a kill between the files of the old, unjournalled save left) would
+    resume with the moves of an unfinished iteration: refused, naming the
+    files, and nothing is overwritten.  Kills during a save are covered by
+    tests/test_data_safety.py."""
     d = _copy(trained, tmp_path)
     shutil.copy(os.path.join(os.path.dirname(trained[0]), "state-1.msgpack"), os.path.join(d, train.STATE_FILE))
     assert int(_read_state(d)["iteration"]) == 1
-    records = []
-    history = train.train(d, TINY, progress=records.append)
-    assert [r["iteration"] for r in records] == [2]
-    assert [r["iteration"] for r in history["iterations"]] == [1, 2]
+    before = {f: open(os.path.join(d, f), "rb").read() for f in os.listdir(d)}
+    with pytest.raises(CheckpointError, match=r"state\.msgpack is at iteration 1 but .*history\.json records 2"):
+        train.train(d, TINY)
+    assert {f: open(os.path.join(d, f), "rb").read() for f in os.listdir(d)} == before
 
 
 def test_replay_round_trip(tmp_path):

@@ -11,25 +11,14 @@ from ccjax.cli.common import EXIT_ERROR, EXIT_OK, CLIError, _positive
 def _config_file(path: str, base):
     """``base`` (a TrainConfig) updated with the fields of the JSON file ``path``
     (``network`` and ``search`` may give only some of their fields)."""
-    from ccjax.search import train as train_lib
-
     try:
-        given = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise CLIError(f"cannot read --config {path}: {e}") from None
-    d = base.to_dict()
+        given = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise CLIError(f"cannot read --config {path}: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(given, dict):
         raise CLIError(f"--config {path} must hold a JSON object of training settings")
-    unknown = sorted(set(given) - set(d))
-    if unknown:
-        raise CLIError(f"--config {path}: unknown settings {', '.join(unknown)}; known: {', '.join(sorted(d))}")
-    for k, v in given.items():
-        if k in ("network", "search") and isinstance(v, dict):
-            d[k] = {**d[k], **v}
-        else:
-            d[k] = v
     try:
-        return train_lib.TrainConfig.from_dict(d)
+        return base.updated(given)
     except (TypeError, ValueError) as e:
         raise CLIError(f"--config {path}: {e}") from None
 
@@ -39,13 +28,10 @@ def _train_config(ns):
     updated by ``--config``, for a new run) with the command line's changes."""
     from ccjax.search import train as train_lib
 
-    path = Path(ns.dir) / train_lib.CONFIG_FILE
-    saved = None
-    if path.exists():
-        try:
-            saved = train_lib.TrainConfig.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            raise CLIError(f"{path} is not a training configuration: {e}", EXIT_ERROR) from None
+    try:
+        saved = train_lib.read_config(ns.dir)
+    except train_lib.CheckpointError as e:
+        raise CLIError(str(e), EXIT_ERROR) from None
     base = saved if saved is not None else train_lib.TrainConfig()
     if ns.config is not None:
         base = _config_file(ns.config, base)
@@ -156,7 +142,10 @@ def cmd_train(ns) -> int:
     if ns.export:
         if not done:
             raise CLIError(f"nothing to export: {ns.dir} holds no finished iteration", EXIT_ERROR)
-        train_lib.export_policy(ns.dir, ns.export)
+        try:
+            train_lib.export_policy(ns.dir, ns.export)
+        except train_lib.CheckpointError as e:
+            raise CLIError(str(e), EXIT_ERROR) from None
         print(f"wrote {ns.export}")
     return EXIT_OK
 

@@ -2,10 +2,13 @@
 
 The partial of each floating output with respect to each differentiated
 operand is the dense local Jacobian of that single equation, computed by
-JAX's own AD (forward mode, or reverse mode for ``custom_vjp`` calls): exact
-for ``cond``, ``scan``, ``while``, ``sort``, ``gather``... never a silent zero.
+JAX's own AD (reverse mode, as ``jax.jacrev`` does, or forward mode for
+equations without a reverse rule): exact for ``cond``, ``scan``, ``while``,
+``sort``, ``gather``... never a silent zero.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,25 +20,81 @@ from ccjax.structure import dense
 def dense_partials(ctx: RuleContext) -> list[Partial]:
     """One dense partial per (floating output, differentiated variable).
 
-    A variable read by several operand slots is differentiated through all of
-    them at once, as JAX's AD of the enclosing function would (some rules, e.g.
-    ``custom_linear_solve``, accept tangents only in that joint form)."""
+    Every differentiated variable is differentiated in one joint call, as
+    JAX's AD of the enclosing function would: a variable read by several
+    operand slots through all of them at once, and the variables together
+    (some rules, e.g. ``custom_linear_solve`` with a pytree right-hand
+    side, fail on a symbolic-zero tangent for one of their operands)."""
     outs = [j for j, a in enumerate(ctx.out_avals) if jnp.issubdtype(a.dtype, jnp.inexact)]
-    jac = jax.jacrev if ctx.reverse_only else jax.jacfwd
     groups = ctx.same_var or tuple((s,) for s in ctx.active)
+    reverse = _has_reverse_mode(ctx)
     parts = []
-    for slots in groups:
-        for j in outs:
-            st, prepare = dense(tuple(ctx.out_avals[j].shape), tuple(ctx.in_avals[slots[0]].shape))
+    for j in outs:
+        out_aval = ctx.out_avals[j]
+        transforms = [_jacobian_transform(ctx.in_avals[g[0]].dtype, out_aval.dtype, reverse) for g in groups]
+        joint = all(t == transforms[0] for t in transforms)
+        for k, slots in enumerate(groups):
+            in_aval = ctx.in_avals[slots[0]]
+            dtype = jnp.result_type(in_aval.dtype, out_aval.dtype)
+            st, prepare = dense(tuple(out_aval.shape), tuple(in_aval.shape))
+            together = groups if joint else (slots,)
 
-            def values(ins, _outs, slots=slots, j=j, prepare=prepare):
-                def f(x):
+            def values(ins, _outs, together=together, k=k if joint else 0, j=j, prepare=prepare,
+                       jac=transforms[k], dtype=dtype):
+                def f(*xs):
                     args = list(ins)
-                    for s in slots:
-                        args[s] = x
+                    for g, x in zip(together, xs):
+                        for s in g:
+                            args[s] = x
                     return ctx.eval(*args)[j]
 
-                return prepare(jac(f)(ins[slots[0]]).astype(ctx.out_avals[j].dtype))
+                argnums = tuple(range(len(together)))
+                return prepare(jac(f, argnums=argnums)(*[ins[g[0]] for g in together])[k].astype(dtype))
 
             parts.append(Partial(j, slots[0], st, values))
     return parts
+
+
+def _has_reverse_mode(ctx: RuleContext) -> bool:
+    """Whether JAX can differentiate the equation in reverse mode (a
+    ``while_loop`` over differentiated values cannot), checked on shapes."""
+    spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+
+    def f(*xs):
+        args = list(xs)
+        return [o for o, a in zip(ctx.eval(*args), ctx.out_avals) if jnp.issubdtype(a.dtype, jnp.inexact)]
+
+    try:
+        primals = [spec(a) for a in ctx.in_avals]
+        jax.eval_shape(lambda *xs: jax.vjp(lambda *d: f(*_with(xs, ctx.active, d)),
+                                          *[xs[s] for s in ctx.active])[1](f(*xs)), *primals)
+        return True
+    except Exception:  # noqa: BLE001 - any refusal of JAX's reverse mode
+        return False
+
+
+def _with(args, slots, values) -> list:
+    args = list(args)
+    for s, v in zip(slots, values):
+        args[s] = v
+    return args
+
+
+def _jacobian_transform(in_dtype, out_dtype, reverse: bool):
+    """JAX's AD transform for one local Jacobian: reverse mode wherever JAX
+    has it, since ``jax.jacrev``'s answer is the one to match where the two
+    modes disagree (a gather at an out-of-range index: the forward rule
+    follows the clamped read, the transpose drops it); forward mode only
+    for equations without a reverse rule.  Complex to complex is the
+    complex derivative (the graph is holomorphic; elsewhere complex values
+    are fused into real regions); complex to real is ``jax.jacrev``'s
+    convention, the only one JAX defines.
+    """
+    if jnp.issubdtype(in_dtype, jnp.complexfloating) and jnp.issubdtype(out_dtype, jnp.complexfloating):
+        return _HOLOMORPHIC[reverse]
+    return jax.jacrev if reverse or jnp.issubdtype(in_dtype, jnp.complexfloating) else jax.jacfwd
+
+
+#: The complex-derivative transforms, made once so that equal choices compare equal.
+_HOLOMORPHIC = {True: functools.partial(jax.jacrev, holomorphic=True),
+                False: functools.partial(jax.jacfwd, holomorphic=True)}

@@ -62,20 +62,24 @@ def _transpose(ctx):
 
 
 def _reshape(ctx):
+    """Unit partial of a reshape: a relabeling when a common factorisation of
+    the two shapes exists, else an exact dense 0/1 matrix.
+
+    ``dimensions`` (``lax.reshape(x, shape, dimensions)``) transposes the
+    operand first: the factor labels are computed for the transposed shape
+    and handed back to the operand axes they came from, so the transpose
+    costs nothing."""
     if 0 not in ctx.active:
         return []
-    if ctx.params.get("dimensions") is not None:
-        raise NotImplementedError("reshape with `dimensions` is not produced by jnp")
     in_shape, out_shape = _shape(ctx.in_avals[0]), _shape(ctx.out_avals[0])
-    fa = [n for n in in_shape if n > 1]
+    dims = ctx.params.get("dimensions")
+    perm = tuple(range(len(in_shape))) if dims is None else tuple(dims)
+    moved_shape = tuple(in_shape[k] for k in perm)  # the operand after the transpose
+    fa = [n for n in moved_shape if n > 1]
     fb = [n for n in out_shape if n > 1]
     chain = common_chain(fa, fb)
     if chain is None:
-        # No common factorisation: an exact dense identity (a permutation of entries).
-        st, prepare = dense(out_shape, in_shape)
-        n = int(np.prod(in_shape))
-        eye = np.eye(n).reshape(out_shape + in_shape)
-        return [Partial(0, 0, st, lambda ins, outs: prepare(jnp.asarray(eye, outs[0].dtype)))]
+        return [_dense_reshape(in_shape, out_shape, perm)]
     factors = [y // x for x, y in reversed(list(zip(chain, chain[1:])))]
 
     def axes(shape):
@@ -90,8 +94,23 @@ def _reshape(ctx):
             nxt += count
         return result
 
-    st, _ = make_structure(axes(out_shape), axes(in_shape), dict(enumerate(factors)), None)
+    moved_axes = axes(moved_shape)
+    in_axes = [None] * len(in_shape)
+    for pos, k in enumerate(perm):
+        in_axes[k] = moved_axes[pos]
+    st, _ = make_structure(axes(out_shape), in_axes, dict(enumerate(factors)), None)
     return [Partial(0, 0, st, None)]
+
+
+def _dense_reshape(in_shape: tuple, out_shape: tuple, perm: tuple) -> Partial:
+    """Exact dense partial of ``reshape(transpose(x, perm), out_shape)`` when
+    no factorisation is common: row ``o`` is one-hot at the operand entry
+    that output entry ``o`` reads (a permutation of entries)."""
+    st, prepare = dense(out_shape, in_shape)
+    n = int(np.prod(in_shape))
+    source = np.arange(n).reshape(in_shape).transpose(perm).reshape(-1)
+    eye = np.eye(n, dtype=bool)[source].reshape(out_shape + in_shape)
+    return Partial(0, 0, st, lambda ins, outs: prepare(jnp.asarray(eye, outs[0].dtype)))
 
 
 # ---------------------------------------------------------------------------

@@ -49,11 +49,20 @@ def _order_of(enc: EncodedGraph, actions: np.ndarray, active: np.ndarray) -> tup
 
 
 def learned_order(graph: Graph, policy: Optional[Policy] = None) -> tuple[int, ...]:
-    """The policy's greedy order (argmax at every step) for ``graph``."""
+    """The policy's greedy order (argmax at every step) for ``graph``.
+
+    ``jacve(order="learned")`` asks for it while tracing the user's function
+    (under ``jit``, ``scan``, ``vmap``...), where JAX would stage the policy's
+    computation into that trace and hand back tracers.  The order depends on
+    the graph and the policy only, both concrete, so it is computed eagerly
+    (``jax.ensure_compile_time_eval``), loading the policy included: the
+    cached policy must never hold tracers of some trace.
+    """
     if not graph.eliminable:
         return ()
-    policy = default_policy() if policy is None else policy
-    return _greedy_order(graph, encode_for_policy(graph), policy)
+    with jax.ensure_compile_time_eval():
+        policy = default_policy() if policy is None else policy
+        return _greedy_order(graph, encode_for_policy(graph), policy)
 
 
 def _greedy_order(graph: Graph, enc: EncodedGraph, policy: Policy) -> tuple[int, ...]:

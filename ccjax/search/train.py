@@ -7,21 +7,28 @@ replay buffer, and takes several AdamW steps on minibatches drawn from it:
 cross-entropy to the action weights plus the squared error of the
 transformed value.
 
-Checkpoints (a directory) are written after every iteration, atomically
-(temporary file + rename), in safe formats: the parameters and optimiser
-state with ``flax.serialization`` (msgpack), the replay buffer as ``.npz``
-(loaded with ``allow_pickle=False``), the history and config as JSON.  A
-run started again on the same directory resumes after the last finished
-iteration; a corrupt file raises :class:`CheckpointError` naming it
-rather than silently starting over.
+Checkpoints (a directory) are written after every iteration in safe
+formats: the parameters and optimiser state with ``flax.serialization``
+(msgpack), the replay buffer as ``.npz`` (loaded with
+``allow_pickle=False``), the history and config as JSON.  Each file is
+written atomically (temporary file + rename) and the files of one iteration
+are staged before any replaces its predecessor (see :func:`_save`), so a
+run killed at any moment resumes after exactly the last finished
+iteration: nothing finished lost, nothing of the unfinished one kept.
+Every file read is checked on its own and against the others; a missing,
+corrupt or inconsistent one raises :class:`CheckpointError` naming it
+rather than silently starting over.  Temporaries of interrupted writes are
+removed when a run opens the directory.
 
 When several devices exist the games of an iteration are sharded across
 them (``jax.sharding``); parameters and tables are replicated.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Callable, Optional, Sequence
@@ -76,21 +83,116 @@ class TrainConfig:
     network: NetworkConfig = NetworkConfig()
     search: MCTSConfig = MCTSConfig(num_simulations=16, max_num_considered_actions=8)
 
+    def __post_init__(self):
+        """Refuse a bad setting here, naming it, rather than as a raw error
+        deep inside training (or a silently different run)."""
+        for name in ("iterations", "games_per_iteration", "num_vertices", "num_structures", "replay_capacity",
+                     "batch_size", "updates_per_iteration"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "pretrain_updates"):
+            _check_int(name, getattr(self, name), 0)
+        _check_int("seed", self.seed, 0, 2 ** 32 - 1)
+        for name in ("learning_rate", "max_grad_norm"):
+            _check_number(name, getattr(self, name), 0.0, inclusive=False)
+        for name in ("weight_decay", "value_weight", "demo_seconds", "demo_fraction"):
+            _check_number(name, getattr(self, name), 0.0)
+        if self.demo_fraction >= 1.0:
+            raise ValueError(f"demo_fraction must be below 1, got {self.demo_fraction!r}")
+        _check_tuple("train_tasks", self.train_tasks, lambda w, v: _check_type(w, v, str, "a string"))
+        _check_tuple("random_seeds", self.random_seeds, lambda w, v: _check_int(w, v, 0))
+        if not self.train_tasks and not self.random_seeds:
+            raise ValueError("train_tasks and random_seeds are both empty: there is nothing to train on")
+        _check_network(self.network)
+        _check_search(self.search)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        """Inverse of :meth:`to_dict`; ``ValueError`` for anything else."""
+        """Inverse of :meth:`to_dict`: every setting must be given, nothing
+        else; ``ValueError`` naming the setting for anything else."""
         try:
-            d = dict(d)
-            d["network"] = NetworkConfig(**d["network"])
-            d["search"] = MCTSConfig(**d["search"])
+            fields = _exact_fields(cls, d, "")
+            fields["network"] = NetworkConfig(**_exact_fields(NetworkConfig, fields["network"], "network."))
+            fields["search"] = MCTSConfig(**_exact_fields(MCTSConfig, fields["search"], "search."))
             for k in ("train_tasks", "random_seeds"):
-                d[k] = tuple(d[k])
-            return cls(**d)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"not a training configuration: {e!r}") from e
+                if isinstance(fields[k], list):  # JSON has no tuples; a string stays a (refused) string
+                    fields[k] = tuple(fields[k])
+            return cls(**fields)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"not a training configuration: {e}") from e
+
+    def updated(self, settings: dict) -> "TrainConfig":
+        """This configuration with some settings changed (``network`` and
+        ``search`` may give only some of theirs), e.g. from a user's JSON
+        file; ``ValueError`` naming an unknown or invalid setting."""
+        if not isinstance(settings, dict):
+            raise ValueError(f"training settings must be a JSON object, got {type(settings).__name__}")
+        d = self.to_dict()
+        unknown = sorted(str(k) for k in settings if k not in d)
+        if unknown:
+            raise ValueError(f"unknown settings {', '.join(unknown)}; known: {', '.join(sorted(d))}")
+        for k, v in settings.items():
+            d[k] = {**d[k], **v} if k in ("network", "search") and isinstance(v, dict) else v
+        return TrainConfig.from_dict(d)
+
+
+def _exact_fields(cls, d, prefix: str) -> dict:
+    """``d`` as keyword arguments of dataclass ``cls``: exactly its fields."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{prefix.rstrip('.') or 'the configuration'} must be an object, got {d!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in d if k not in names)
+    missing = sorted(names - set(d))
+    problems = []
+    if unknown:
+        problems.append(f"unknown settings {', '.join(prefix + k for k in unknown)}")
+    if missing:
+        problems.append(f"missing settings {', '.join(prefix + k for k in missing)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return dict(d)
+
+
+def _check_type(where: str, value, kind: type, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{where} must be {what}, got {value!r}")
+
+
+def _check_int(where: str, value, low: int, high: Optional[int] = None) -> None:
+    _check_type(where, value, int, "an integer")
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{where} must be {bounds}, got {value}")
+
+
+def _check_number(where: str, value, low: float, inclusive: bool = True) -> None:
+    _check_type(where, value, (int, float), "a number")
+    if not math.isfinite(value) or value < low or (value == low and not inclusive):
+        raise ValueError(f"{where} must be a finite number {'>=' if inclusive else '>'} {low}, got {value!r}")
+
+
+def _check_tuple(where: str, value, check_item: Callable[[str, object], None]) -> None:
+    _check_type(where, value, tuple, "a tuple (a list in JSON)")
+    for i, item in enumerate(value):
+        check_item(f"{where}[{i}]", item)
+
+
+def _check_network(net) -> None:
+    _check_type("network", net, NetworkConfig, "a NetworkConfig")
+    for name in ("dim", "heads", "layers", "edge_dim"):
+        _check_int(f"network.{name}", getattr(net, name), 1)
+    if net.dim % net.heads:
+        raise ValueError(f"network.dim ({net.dim}) must be a multiple of network.heads ({net.heads})")
+
+
+def _check_search(search) -> None:
+    _check_type("search", search, MCTSConfig, "an MCTSConfig")
+    for name in ("num_simulations", "max_num_considered_actions"):
+        _check_int(f"search.{name}", getattr(search, name), 1)
+    for name in ("gumbel_scale", "illegal_penalty"):
+        _check_number(f"search.{name}", getattr(search, name), 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -101,7 +203,9 @@ class TrainConfig:
 @dataclasses.dataclass
 class Replay:
     """A ring buffer of moves.  ``size`` entries are valid, ``next`` is the
-    slot written next; arrays have ``capacity`` rows."""
+    slot written next; arrays have ``capacity`` rows.  ``iteration`` tags a
+    checkpointed buffer with the training iteration it ends (None for
+    demonstrations), so that a resume can tell it belongs to the state."""
 
     edges: np.ndarray  # (C, N, N) int16
     remaining: np.ndarray  # (C, N) bool
@@ -110,6 +214,7 @@ class Replay:
     value: np.ndarray  # (C,) float32, return to go
     size: int = 0
     next: int = 0
+    iteration: Optional[int] = None
 
     @classmethod
     def empty(cls, capacity: int, n: int) -> "Replay":
@@ -137,27 +242,58 @@ class Replay:
         return states, jnp.asarray(self.policy[idx]), jnp.asarray(self.value[idx])
 
     def save(self, path: str) -> None:
-        _atomic(path, lambda f: np.savez(f, edges=self.edges[:self.size], remaining=self.remaining[:self.size],
-                                         graph=self.graph[:self.size], policy=self.policy[:self.size],
-                                         value=self.value[:self.size], next=np.int64(self.next)))
+        arrays = {k: getattr(self, k)[:self.size] for k in _REPLAY_ARRAYS}
+        arrays["next"] = np.int64(self.next)
+        if self.iteration is not None:
+            arrays["iteration"] = np.int64(self.iteration)
+        _atomic(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str, capacity: Optional[int], n: int) -> "Replay":
-        """Read a saved buffer; ``capacity`` None means exactly its rows."""
+        """Read a saved buffer; ``capacity`` None means exactly its rows.
+        Every array is checked: a bad value would train silently wrong."""
         try:
             with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in ("edges", "remaining", "graph", "policy", "value", "next")}
+                data = {k: z[k] for k in _REPLAY_ARRAYS + ("next",)}
+                tag = z["iteration"] if "iteration" in z.files else None
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
             raise CheckpointError(f"replay buffer {path} is unreadable: {e}") from e
         size = len(data["graph"])
         capacity = max(size, 1) if capacity is None else capacity
-        if size > capacity or data["edges"].shape[1:] != (n, n):
-            raise CheckpointError(f"replay buffer {path} does not match the configuration")
         r = cls.empty(capacity, n)
-        r.edges[:size], r.remaining[:size], r.graph[:size] = data["edges"], data["remaining"], data["graph"]
-        r.policy[:size], r.value[:size] = data["policy"], data["value"]
+        problem = _replay_problem(r, data, size)
+        if problem:
+            raise CheckpointError(f"replay buffer {path} does not match the configuration: {problem}")
+        for k in _REPLAY_ARRAYS:
+            getattr(r, k)[:size] = data[k]
         r.size, r.next = size, int(data["next"]) % capacity
+        if tag is not None:
+            if tag.shape != () or tag.dtype.kind not in "iu" or int(tag) < 0:
+                raise CheckpointError(f"replay buffer {path} has a bad iteration tag {tag!r}")
+            r.iteration = int(tag)
         return r
+
+
+_REPLAY_ARRAYS = ("edges", "remaining", "graph", "policy", "value")
+
+
+def _replay_problem(empty: Replay, data: dict, size: int) -> Optional[str]:
+    """What is wrong with the saved arrays ``data`` for buffer ``empty``, or None."""
+    capacity = empty.capacity
+    if size > capacity:
+        return f"{size} moves do not fit its capacity {capacity}"
+    for k in _REPLAY_ARRAYS:
+        want, got = getattr(empty, k), data[k]
+        if got.dtype != want.dtype or got.shape != (size,) + want.shape[1:]:
+            return f"{k} is {got.dtype}{list(got.shape)}, not {want.dtype}{[size, *want.shape[1:]]}"
+    nxt = data["next"]
+    if nxt.shape != () or nxt.dtype.kind not in "iu" or not (int(nxt) == size if size < capacity
+                                                             else 0 <= int(nxt) < capacity):
+        return f"next slot {nxt!r} is impossible for {size} moves in {capacity} slots"
+    if not (np.all(np.isfinite(data["policy"])) and np.all(data["policy"] >= 0)
+            and np.all(np.isfinite(data["value"]))):
+        return "non-finite or negative targets"
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -165,8 +301,17 @@ class Replay:
 # ---------------------------------------------------------------------------
 
 
+STATE_FILE, REPLAY_FILE, HISTORY_FILE, CONFIG_FILE = "state.msgpack", "replay.npz", "history.json", "config.json"
+DEMO_FILE = "demos.npz"
+#: The files of one finished iteration, in the order they are written.
+CHECKPOINT_FILES = (REPLAY_FILE, HISTORY_FILE, STATE_FILE)
+#: Suffix of a finished iteration's file written whole but not yet in place (see :func:`_save`).
+STAGED = ".next"
+_TMP = ".tmp-"
+
+
 def _atomic(path: str, write: Callable) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}{_TMP}{os.getpid()}"
     with open(tmp, "wb") as f:
         write(f)
         f.flush()
@@ -178,16 +323,133 @@ def _write_json(path: str, obj) -> None:
     _atomic(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=True).encode()))
 
 
-def _read_json(path: str):
+def _read_bytes(path: str) -> bytes:
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
         raise CheckpointError(f"{path} is unreadable: {e}") from e
 
 
-STATE_FILE, REPLAY_FILE, HISTORY_FILE, CONFIG_FILE = "state.msgpack", "replay.npz", "history.json", "config.json"
-DEMO_FILE = "demos.npz"
+def _read_json(path: str):
+    try:
+        return json.loads(_read_bytes(path).decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # bad UTF-8 and bad JSON are ValueErrors
+        raise CheckpointError(f"{path} is unreadable: {type(e).__name__}: {str(e)[:200]}") from e
+
+
+def read_config(checkpoint_dir: str) -> Optional[TrainConfig]:
+    """The configuration saved in ``checkpoint_dir`` (None when there is
+    none); :class:`CheckpointError` naming the file when it is bad."""
+    path = os.path.join(checkpoint_dir, CONFIG_FILE)
+    if not os.path.lexists(path):
+        return None
+    try:
+        return TrainConfig.from_dict(_read_json(path))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs; assumed on Windows, where probing with
+    ``os.kill`` would terminate it."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
+
+
+def _remove_stale_temporaries(checkpoint_dir: str) -> None:
+    """Delete the ``NAME.tmp-PID`` files of writes that never finished: a
+    dead process's, and this process's own (an earlier call that failed
+    mid-write; no write of this process is under way now).  A live other
+    process's are left alone."""
+    for name in os.listdir(checkpoint_dir):
+        stem, sep, pid = name.rpartition(_TMP)
+        path = os.path.join(checkpoint_dir, name)
+        if not (sep and stem and pid.isdigit() and os.path.isfile(path)):
+            continue
+        if int(pid) == os.getpid() or not _pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def _sync_directory(path: str) -> None:
+    """Make the renames in ``path`` durable (POSIX; elsewhere a no-op)."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save(checkpoint_dir: str, state: TrainState, replay: Replay, history: dict) -> None:
+    """Write a finished iteration so that a kill at any moment leaves either
+    the previous checkpoint or this one, never a mix: each file is first
+    written whole as ``NAME.next``, the state last (its staged file marks
+    the set complete), then they are renamed into place, the state last.
+    :func:`_finish_interrupted_save` completes or discards what a kill left."""
+    replay.save(os.path.join(checkpoint_dir, REPLAY_FILE + STAGED))
+    _write_json(os.path.join(checkpoint_dir, HISTORY_FILE + STAGED), history)
+    data = _state_bytes(state)
+    _atomic(os.path.join(checkpoint_dir, STATE_FILE + STAGED), lambda f: f.write(data))
+    _publish(checkpoint_dir)
+
+
+def _publish(checkpoint_dir: str) -> None:
+    """Move the staged files of a complete save into place, the state last."""
+    for name in CHECKPOINT_FILES:
+        path = os.path.join(checkpoint_dir, name)
+        if os.path.lexists(path + STAGED):
+            os.replace(path + STAGED, path)
+    _sync_directory(checkpoint_dir)
+
+
+def _finish_interrupted_save(checkpoint_dir: str) -> None:
+    """Complete a save killed while moving its files into place (its staged
+    state exists, so every staged file was whole), or discard one killed
+    while staging (the iteration was never finished on disk)."""
+    if os.path.lexists(os.path.join(checkpoint_dir, STATE_FILE + STAGED)):
+        _publish(checkpoint_dir)
+        return
+    for name in CHECKPOINT_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(checkpoint_dir, name + STAGED))
+
+
+def _run_config(checkpoint_dir: str, config: Optional[TrainConfig]) -> TrainConfig:
+    """``config``, checked against the one saved in the directory (only the
+    number of iterations may change on resume, to train longer); the saved
+    one, or the defaults, when None."""
+    saved = read_config(checkpoint_dir)
+    if saved is None:
+        return TrainConfig() if config is None else config
+    if config is not None and dataclasses.replace(config, iterations=saved.iterations) != saved:
+        raise CheckpointError(f"{checkpoint_dir} holds a run with another configuration; "
+                              f"use a new directory or the same settings")
+    return saved if config is None else config
+
+
+def _has_checkpoint(checkpoint_dir: str, config: TrainConfig) -> bool:
+    """Whether the directory holds a finished iteration to resume.  Only
+    some of the files is an error naming the missing ones: starting over
+    would overwrite the finished iterations the others hold."""
+    present = [n for n in CHECKPOINT_FILES if os.path.lexists(os.path.join(checkpoint_dir, n))]
+    if not present:
+        return False
+    needed = (CONFIG_FILE,) + CHECKPOINT_FILES + ((DEMO_FILE,) if config.demo_seconds > 0 else ())
+    missing = [path for path in (os.path.join(checkpoint_dir, n) for n in needed) if not os.path.lexists(path)]
+    if missing:
+        raise CheckpointError(f"{', '.join(missing)} missing: the checkpoint in {checkpoint_dir} is incomplete "
+                              f"({', '.join(present)} present); restore it, or start over in a new directory")
+    return True
 
 
 @dataclasses.dataclass
@@ -213,8 +475,91 @@ def _state_from_bytes(template: TrainState, data: bytes, path: str) -> TrainStat
         d = flax.serialization.from_bytes(target, data)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{path} is not a checkpoint of this configuration: {e}") from e
+    for part in ("params", "opt_state", "rng"):
+        if not _same_layout(target[part], d[part]):
+            raise CheckpointError(f"{path} is not a checkpoint of this configuration: its {part} differ in "
+                                  f"shape or type")
+    for part in ("iteration", "updates"):
+        if not _is_count(d[part]):
+            raise CheckpointError(f"{path}: {part} is {d[part]!r}, not a count")
     return TrainState(d["params"], d["opt_state"], int(d["iteration"]), int(d["updates"]), np.asarray(d["rng"]),
                       {})
+
+
+def _same_layout(template, restored) -> bool:
+    """Whether two pytrees have the same structure, leaf shapes and dtypes."""
+    a, tree_a = jax.tree_util.tree_flatten(template)
+    b, tree_b = jax.tree_util.tree_flatten(restored)
+    return tree_a == tree_b and all(np.shape(x) == np.shape(y) and np.asarray(x).dtype == np.asarray(y).dtype
+                                    for x, y in zip(a, b))
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 0
+
+
+def _read_history(path: str) -> dict:
+    """The history file, every field a resume relies on checked."""
+    h = _read_json(path)
+    if not isinstance(h, dict) or not isinstance(h.get("iterations"), list):
+        raise CheckpointError(f"{path} is not a training history")
+    for i, record in enumerate(h["iterations"], 1):
+        number = record.get("iteration") if isinstance(record, dict) else None
+        if not _is_count(number) or number != i:
+            raise CheckpointError(f"{path}: record {i} of the history is numbered {number!r}")
+    elapsed = h.get("elapsed")
+    if not (isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool) and math.isfinite(elapsed)
+            and elapsed >= 0):
+        raise CheckpointError(f"{path}: elapsed time {elapsed!r} is not a duration")
+    best = h.get("best", {})
+    if not (isinstance(best, dict) and all(_is_best(v) for v in best.values())):
+        raise CheckpointError(f"{path}: the best orders are not [cost, positions] pairs")
+    pretrain = h.get("pretrain", {"updates": 0})
+    if not (isinstance(pretrain, dict) and _is_count(pretrain.get("updates"))):
+        raise CheckpointError(f"{path}: the pretraining record has no count of updates")
+    return h
+
+
+def _is_best(v) -> bool:
+    return (isinstance(v, list) and len(v) == 2 and _is_count(v[0]) and isinstance(v[1], list)
+            and all(_is_count(p) for p in v[1]))
+
+
+def _load_checkpoint(checkpoint_dir: str, config: TrainConfig, template: TrainState,
+                     names: list[str]) -> tuple[TrainState, Replay, dict]:
+    """The state, replay buffer and history after the last finished
+    iteration, each file checked on its own and against the others."""
+    state_path, replay_path, history_path = (os.path.join(checkpoint_dir, n)
+                                             for n in (STATE_FILE, REPLAY_FILE, HISTORY_FILE))
+    state = _state_from_bytes(template, _read_bytes(state_path), state_path)
+    history = _read_history(history_path)
+    if history.get("corpus") != names:
+        raise CheckpointError(f"{history_path}: the corpus changed since the checkpoint was written")
+    done = len(history["iterations"])
+    if done != state.iteration:
+        raise CheckpointError(f"{state_path} is at iteration {state.iteration} but {history_path} records "
+                              f"{done}: the files do not belong together")
+    updates = history.get("pretrain", {"updates": 0})["updates"] + done * config.updates_per_iteration
+    if state.updates != updates:
+        raise CheckpointError(f"{state_path} records {state.updates} updates, {history_path} implies {updates}")
+    unknown = set(history.get("best", {})) - set(names)
+    if unknown:
+        raise CheckpointError(f"{history_path}: best orders of graphs outside the corpus: {sorted(unknown)}")
+    replay = Replay.load(replay_path, config.replay_capacity, config.num_vertices)
+    if replay.iteration != state.iteration:
+        raise CheckpointError(f"{replay_path} holds the moves up to iteration {replay.iteration}, {state_path} is "
+                              f"at iteration {state.iteration}: the files do not belong together")
+    _check_in_corpus(replay, replay_path, len(names), config.num_structures)
+    state.best = history.get("best", {})
+    return state, replay, history
+
+
+def _check_in_corpus(replay: Replay, path: str, num_graphs: int, num_structures: int) -> None:
+    """Graph and structure ids out of range would be clamped by JAX's
+    gathers: a silently wrong training, so an error naming the file."""
+    graph, edges = replay.graph[:replay.size], replay.edges[:replay.size]
+    if np.any((graph < 0) | (graph >= num_graphs)) or np.any((edges < -1) | (edges >= num_structures)):
+        raise CheckpointError(f"replay buffer {path} refers to graphs or edge structures outside the corpus")
 
 
 # ---------------------------------------------------------------------------
@@ -353,23 +698,16 @@ def train(checkpoint_dir: str, config: Optional[TrainConfig] = None,
     iterations are done or ``max_seconds`` pass; returns the history.
 
     Without ``config`` the directory's saved configuration is used.  A
-    directory holding a different configuration raises
-    :class:`CheckpointError`.
+    directory holding a different configuration, or a missing, corrupt or
+    inconsistent checkpoint file, raises :class:`CheckpointError` before
+    anything is written.  Opening the directory removes the temporaries of
+    interrupted writes and completes (or discards) an interrupted save.
     """
     os.makedirs(checkpoint_dir, exist_ok=True)
-    cfg_path = os.path.join(checkpoint_dir, CONFIG_FILE)
-    if os.path.exists(cfg_path):
-        try:
-            saved = TrainConfig.from_dict(_read_json(cfg_path))
-        except ValueError as e:
-            raise CheckpointError(f"{cfg_path}: {e}") from e
-        # Only the number of iterations may change on resume (to train longer).
-        if config is not None and dataclasses.replace(config, iterations=saved.iterations) != saved:
-            raise CheckpointError(f"{checkpoint_dir} holds a run with another configuration; "
-                                  f"use a new directory or the same settings")
-        config = saved if config is None else config
-    config = TrainConfig() if config is None else config
-    _write_json(cfg_path, config.to_dict())
+    _remove_stale_temporaries(checkpoint_dir)
+    _finish_interrupted_save(checkpoint_dir)
+    config = _run_config(checkpoint_dir, config)
+    resume = _has_checkpoint(checkpoint_dir, config)
 
     items = corpus_lib.build(config.train_tasks, config.random_seeds, config.num_vertices, config.num_structures)
     names = [it.name for it in items]
@@ -378,23 +716,13 @@ def train(checkpoint_dir: str, config: Optional[TrainConfig] = None,
     obs0 = game.observe(tables, game.initial_state(tables, 0))
     params = network.init_params(config.network, obs0, config.seed)
     state = TrainState(params, optimizer.init(params), 0, 0, np.asarray(jax.random.PRNGKey(config.seed)), {})
-    replay = Replay.empty(config.replay_capacity, config.num_vertices)
-    history: dict = {"iterations": [], "corpus": names, "elapsed": 0.0}
-
-    state_path = os.path.join(checkpoint_dir, STATE_FILE)
-    if os.path.exists(state_path):
-        with open(state_path, "rb") as f:
-            state = _state_from_bytes(state, f.read(), state_path)
-        replay = Replay.load(os.path.join(checkpoint_dir, REPLAY_FILE), config.replay_capacity, config.num_vertices)
-        history_path = os.path.join(checkpoint_dir, HISTORY_FILE)
-        history = _read_json(history_path)
-        if not isinstance(history, dict) or not isinstance(history.get("iterations"), list):
-            raise CheckpointError(f"{history_path} is not a training history")
-        if history.get("corpus") != names:
-            raise CheckpointError(f"{checkpoint_dir}: the corpus changed since the checkpoint was written")
-        # A run stopped between writing the history and the state: the state decides.
-        history["iterations"] = history["iterations"][:state.iteration]
-        state.best = history.get("best", {})
+    if resume:
+        state, replay, history = _load_checkpoint(checkpoint_dir, config, state, names)
+    else:
+        replay = Replay.empty(config.replay_capacity, config.num_vertices)
+        history = {"iterations": [], "corpus": names, "elapsed": 0.0}
+    # Only now that everything read is known good (a longer run records its new iteration count).
+    _write_json(os.path.join(checkpoint_dir, CONFIG_FILE), config.to_dict())
 
     update = make_update(config, optimizer)
     np_rng = np.random.default_rng([config.seed, state.iteration])
@@ -403,6 +731,7 @@ def train(checkpoint_dir: str, config: Optional[TrainConfig] = None,
         demo_path = os.path.join(checkpoint_dir, DEMO_FILE)
         if os.path.exists(demo_path):
             demos = Replay.load(demo_path, None, config.num_vertices)
+            _check_in_corpus(demos, demo_path, len(names), config.num_structures)
         else:
             demos = demonstrations(items, tables, config.demo_seconds, config.seed, config.num_vertices)
             demos.save(demo_path)
@@ -453,32 +782,31 @@ def train(checkpoint_dir: str, config: Optional[TrainConfig] = None,
         history["iterations"].append(record)
         history["elapsed"] = elapsed0 + time.perf_counter() - start
         history["best"] = state.best
+        replay.iteration = state.iteration
         _save(checkpoint_dir, state, replay, history)
         if progress is not None:
             progress({**record, "best": {k: v[0] for k, v in state.best.items()}})
     return history
 
 
-def _save(checkpoint_dir: str, state: TrainState, replay: Replay, history: dict) -> None:
-    """Replay and history first, the state last: the state's iteration
-    count is what a resumed run trusts."""
-    replay.save(os.path.join(checkpoint_dir, REPLAY_FILE))
-    _write_json(os.path.join(checkpoint_dir, HISTORY_FILE), history)
-    data = _state_bytes(state)
-    _atomic(os.path.join(checkpoint_dir, STATE_FILE), lambda f: f.write(data))
-
-
 def export_policy(checkpoint_dir: str, path: str) -> None:
     """Write the checkpoint's network as a policy file (see :mod:`ccjax.search.policy`)."""
     from ccjax.search.policy import save_policy
 
+    config = read_config(checkpoint_dir)
+    state_path, history_path = (os.path.join(checkpoint_dir, n) for n in (STATE_FILE, HISTORY_FILE))
+    if config is None:
+        raise CheckpointError(f"{os.path.join(checkpoint_dir, CONFIG_FILE)} missing: {checkpoint_dir} holds no run")
+    data = _read_bytes(state_path)
     try:
-        config = TrainConfig.from_dict(_read_json(os.path.join(checkpoint_dir, CONFIG_FILE)))
-    except ValueError as e:
-        raise CheckpointError(f"{checkpoint_dir}: {e}") from e
-    with open(os.path.join(checkpoint_dir, STATE_FILE), "rb") as f:
-        raw = flax.serialization.msgpack_restore(f.read())
-    history = _read_json(os.path.join(checkpoint_dir, HISTORY_FILE))
-    save_policy(path, config.network, raw["params"], config.search,
+        raw = flax.serialization.msgpack_restore(data)
+        params, iteration = raw["params"], raw["iteration"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise CheckpointError(f"{state_path} is not a training state: {e!r}") from e
+    history = _read_history(history_path)
+    if not _is_count(iteration) or iteration != len(history["iterations"]):
+        raise CheckpointError(f"{state_path} is at iteration {iteration!r} but {history_path} records "
+                              f"{len(history['iterations'])}: the files do not belong together")
+    save_policy(path, config.network, params, config.search,
                 {"iterations": len(history["iterations"]), "train_seconds": history["elapsed"],
-                 "corpus": history["corpus"], "num_vertices": config.num_vertices})
+                 "corpus": history.get("corpus"), "num_vertices": config.num_vertices})

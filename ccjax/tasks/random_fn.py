@@ -44,6 +44,7 @@ into the outputs), so the jaxpr has no dead equations and every input matters.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,12 @@ OP_FAMILIES: tuple[str, ...] = (
     "scatter_add",
     "pad",
 )
+#: Program classes where JAX's own AD semantics are easy to miss: complex
+#: intermediates of a real function, custom_vjp rules nonlinear in the
+#: cotangent, custom_jvp rules, gathers and scatters at out-of-range indices
+#: in every index mode.  Not in the default mix (which the paper's task ``f``
+#: and the training corpus are drawn from); ask for them with ``ops=``.
+FIDELITY_FAMILIES: tuple[str, ...] = ("complex", "custom_vjp", "custom_jvp", "gather_oob", "scatter_oob")
 #: Families that apply to shape-``()`` values (used by task ``g``).
 ELEMENTWISE_FAMILIES: tuple[str, ...] = ("unary", "binary", "where", "clip")
 #: The paper's mix for task ``f``: elementwise, reduction, reshape-like and dot_general.
@@ -106,6 +113,11 @@ _FAMILY_WEIGHTS: dict[str, float] = {
     "gather": 0.8,
     "scatter_add": 0.6,
     "pad": 0.6,
+    "complex": 1.5,
+    "custom_vjp": 1.0,
+    "custom_jvp": 1.0,
+    "gather_oob": 1.0,
+    "scatter_oob": 1.0,
 }
 
 MAX_SIZE = 64  # largest number of elements of any value
@@ -596,6 +608,128 @@ def _op_pad(b: _Builder) -> None:
     b.emit(f"pad[{list(cfg)}, {value}]", fn, (x,), out, max(b.values[x].bound, abs(value)))
 
 
+# ------------------------------------------------------------ fidelity families
+_COMPLEX: dict[str, tuple[Callable[[Array], Array], Callable[[float], float]]] = {
+    "imag_exp_i": (lambda x: jnp.imag(jnp.exp(1j * x)), lambda m: 1.0),
+    "abs_complex": (lambda x: jnp.abs(x + 1j * jnp.sin(x)), lambda m: math.sqrt(m * m + 1.0)),
+    "angle": (lambda x: jnp.angle(x + 1j * (1.0 + 0.5 * jnp.cos(x))), lambda m: math.pi),
+    "real_conj_prod": (lambda x: jnp.real(jnp.conj(x + 1j * x * x) * (x - 0.5j)), lambda m: m * m + m * m * m),
+}
+
+
+def _op_complex(b: _Builder) -> None:
+    x = b.pick()
+    if b.values[x].ndim >= 1 and b.values[x].shape[-1] >= 2 and b.coin(0.3):
+        n = b.values[x].shape[-1]
+        x = b.tame(x, 1.0)
+        b.emit("abs_rfft_sq", lambda v: jnp.abs(jnp.fft.rfft(v, axis=-1)) ** 2, (x,),
+               b.values[x].shape[:-1] + (n // 2 + 1,), (n * b.values[x].bound) ** 2)
+        return
+    name = str(b.rng.choice(sorted(_COMPLEX)))
+    fn, bound = _COMPLEX[name]
+    if bound(b.values[x].bound) > BOUND_LIMIT:
+        x = b.tame(x, 1.0)
+    b.emit(name, fn, (x,), b.values[x].shape, bound(b.values[x].bound))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def clip_gradient(lo: float, hi: float, x: Array) -> Array:
+    """Identity whose reverse rule clips the cotangent (JAX's documented example):
+    nonlinear in the cotangent."""
+    return x
+
+
+clip_gradient.defvjp(lambda lo, hi, x: (x, None), lambda lo, hi, _, g: (jnp.clip(g, lo, hi),))
+
+
+@jax.custom_vjp
+def sin_with_rule(x: Array) -> Array:
+    """``sin`` with a hand-written (linear) reverse rule."""
+    return jnp.sin(x)
+
+
+sin_with_rule.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.cos(x),))
+
+
+def _op_custom_vjp(b: _Builder) -> None:
+    x = b.pick()
+    if b.coin():
+        b.emit("clip_gradient[-0.4,0.3]", lambda v: clip_gradient(-0.4, 0.3, v), (x,), b.values[x].shape,
+               b.values[x].bound)
+    else:
+        b.emit("sin_with_rule", sin_with_rule, (x,), b.values[x].shape, min(b.values[x].bound, 1.0))
+
+
+_CUSTOM_JVP: dict[str, tuple[Callable[[Array], Array], Callable[[float], float]]] = {
+    "relu": (jax.nn.relu, lambda m: m),
+    "softplus": (jax.nn.softplus, lambda m: m + 1.0),
+    "silu": (jax.nn.silu, lambda m: m),
+    "logsumexp": (lambda x: jax.nn.logsumexp(x, axis=-1, keepdims=True) * jnp.ones_like(x),
+                  lambda m: m + 4.2),
+}
+
+
+def _op_custom_jvp(b: _Builder) -> None:
+    x = b.pick()
+    name = str(b.rng.choice(sorted(_CUSTOM_JVP)))
+    fn, bound = _CUSTOM_JVP[name]
+    if bound(b.values[x].bound) > BOUND_LIMIT:
+        x = b.tame(x, 1.0)
+    b.emit(name, fn, (x,), b.values[x].shape, bound(b.values[x].bound))
+
+
+_GATHER_MODES = ("clip", "fill", "wrap", None)
+
+
+def _oob_indices(b: _Builder, n: int, k: int) -> np.ndarray:
+    """``k`` indices into an axis of size ``n``, some out of range both ways."""
+    return b.rng.integers(-2 * n, 2 * n, size=k).astype(np.int32)
+
+
+def _op_gather_oob(b: _Builder) -> None:
+    x = b.pick(lambda v: v.ndim >= 1)
+    if x is None:
+        return
+    shape = b.values[x].shape
+    k = b.randint(1, 5)
+    out = (k,) + shape[1:]
+    if math.prod(out) > MAX_SIZE:
+        return
+    idx = _oob_indices(b, shape[0], k)
+    mode = _GATHER_MODES[b.randint(0, len(_GATHER_MODES) - 1)]
+    fill = float(np.round(b.rng.uniform(-1.0, 1.0), 3))
+    if mode == "fill":
+        fn: Callable[..., Array] = lambda v, ix=idx: v.at[ix].get(mode="fill", fill_value=fill)
+    elif mode is None:
+        fn = lambda v, ix=idx: v[ix]
+    else:
+        fn = lambda v, ix=idx, m=mode: jnp.take(v, ix, axis=0, mode=m)
+    b.emit(f"gather[{mode}, {idx.tolist()}]", fn, (x,), out, max(b.values[x].bound, abs(fill)))
+
+
+def _op_scatter_oob(b: _Builder) -> None:
+    x = b.pick(lambda v: v.ndim >= 1)
+    if x is None:
+        return
+    shape = b.values[x].shape
+    y = b.pick()
+    k = b.randint(1, 4)
+    idx = _oob_indices(b, shape[0], k)
+    kind = str(b.rng.choice(["add", "set", "max"]))
+    mode = str(b.rng.choice(["drop", "clip", "promise_in_bounds"]))
+    if mode == "promise_in_bounds":
+        idx = np.mod(idx, shape[0]).astype(np.int32)
+    x, y = b.tame_pair(x, y, 1.0)
+    def update(v, kk=k, r=shape[1:]):  # y as updates of shape (k,) + rest
+        v = v if v.shape == r or not v.shape else jnp.mean(v)
+        return jnp.broadcast_to(v, (kk,) + r)
+
+    fns = {"add": lambda u, v, ix=idx: u.at[ix].add(update(v), mode=mode),
+           "set": lambda u, v, ix=idx: u.at[ix].set(update(v), mode=mode),
+           "max": lambda u, v, ix=idx: u.at[ix].max(update(v), mode=mode)}
+    b.emit(f"scatter_{kind}[{mode}, {idx.tolist()}]", fns[kind], (x, y), shape, (k + 1) * 1.0)
+
+
 _BUILDERS: dict[str, Callable[[_Builder], None]] = {
     "unary": _op_unary,
     "binary": _op_binary,
@@ -613,6 +747,11 @@ _BUILDERS: dict[str, Callable[[_Builder], None]] = {
     "gather": _op_gather,
     "scatter_add": _op_scatter_add,
     "pad": _op_pad,
+    "complex": _op_complex,
+    "custom_vjp": _op_custom_vjp,
+    "custom_jvp": _op_custom_jvp,
+    "gather_oob": _op_gather_oob,
+    "scatter_oob": _op_scatter_oob,
 }
 
 
@@ -664,7 +803,7 @@ def random_function(
     families = tuple(OP_FAMILIES if ops is None else ops)
     unknown = [f for f in families if f not in _BUILDERS]
     if unknown or not families:
-        raise ValueError(f"unknown op families {unknown}; choose from {OP_FAMILIES}")
+        raise ValueError(f"unknown op families {unknown}; choose from {OP_FAMILIES + FIDELITY_FAMILIES}")
     if not input_shapes:
         raise ValueError("random_function needs at least one input")
     if n_ops < 1:

@@ -1,0 +1,78 @@
+"""Whole-function JAX AD as a plan: ``jax.jacrev``/``jax.jacfwd`` of the program.
+
+Some derivatives exist only as JAX's reverse pass over the whole function
+(see :func:`ccjax.graph.needs_whole_reverse`): a ``custom_vjp`` rule
+applied to the real cotangent, a collective's transpose over a named axis.
+For those graphs no elimination order reproduces ``jax.jacrev``, so the
+plan is JAX's own reverse mode over the flattened program, which follows
+custom JVP rules exactly as AD of the original function does.  The report
+counts the multiplications of that program beyond the primal evaluation,
+as read from its jaxpr.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.experimental import sparse
+
+from ccjax._jaxpr import count_multiplications
+from ccjax.eliminate import CostReport, Plan
+from ccjax.graph import Graph
+
+MODES = ("rev", "fwd")
+
+
+def _outputs_fn(graph: Graph, inputs: Sequence, consts: Sequence):
+    """``f(*diff_inputs) -> (outputs, env)`` over the program."""
+    prog = graph.program
+    n_out = len(graph.outputs)
+
+    def f(*diff):
+        full = list(inputs)
+        for leaf, x in zip(graph.diff_leaves, diff):
+            full[leaf] = x
+        env = prog.evaluate(full, consts, differentiable=True)
+        return [env[i] for i in prog.outputs[:n_out]], [env[i] for i in prog.outputs[n_out:]]
+
+    return f
+
+
+def _jacobian(graph: Graph, mode: str, inputs: Sequence, consts: Sequence):
+    f = _outputs_fn(graph, inputs, consts)
+    transform = jax.jacrev if mode == "rev" else jax.jacfwd
+    argnums = tuple(range(len(graph.diff_leaves)))
+    diff = [inputs[leaf] for leaf in graph.diff_leaves]
+    return transform(f, argnums=argnums, has_aux=True)(*diff)
+
+
+def plan_jax_mode(graph: Graph, mode: str) -> Plan:
+    """The plan that runs ``jax.jacrev`` (``mode="rev"``) or ``jax.jacfwd``
+    of the whole program."""
+    if mode not in MODES:
+        raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
+    prog = graph.program
+    spec = lambda i: jax.ShapeDtypeStruct(prog.avals[i].shape, prog.avals[i].dtype)
+    ins, cs = [spec(i) for i in prog.inputs], [spec(i) for i in prog.top_consts]
+    total = count_multiplications(jax.make_jaxpr(lambda i, c: _jacobian(graph, mode, i, c))(ins, cs).jaxpr)
+    primal = count_multiplications(jax.make_jaxpr(
+        lambda i, c: graph.program.evaluate(i, c, differentiable=True))(ins, cs).jaxpr)
+    report = CostReport(max(0, total - primal), 0, 0, ())
+    return Plan((), {}, (), report, mode=f"jax-{mode}")
+
+
+def execute_jax_mode(graph: Graph, plan: Plan, inputs: Sequence, consts: Sequence,
+                     layout: str = "dense") -> tuple[list, list]:
+    """``(blocks, aux)``: the Jacobian blocks output-major in the
+    ``jax.jacrev`` layout (dense, or BCOO holding every entry for
+    ``layout="sparse"``) and the auxiliary outputs."""
+    jac, aux = _jacobian(graph, plan.mode.removeprefix("jax-"), inputs, consts)
+    prog = graph.program
+    blocks = []
+    for row in jac:
+        for leaf, block in zip(graph.diff_leaves, row):
+            block = block.astype(prog.avals[prog.inputs[leaf]].dtype)
+            blocks.append(sparse.BCOO.fromdense(block, nse=int(np.prod(block.shape))) if layout == "sparse"
+                          else block)
+    return blocks, aux

@@ -1,0 +1,369 @@
+"""Program classes where a plain elimination would give wrong numbers.
+
+Each class is checked against ``jax.jacrev`` in float64 for every named
+order, eagerly, under ``jax.jit`` and under ``jax.vmap``:
+
+* real functions with complex intermediates (non-holomorphic operations
+  such as ``real``, ``imag``, ``abs``, ``angle``, FFTs);
+* ``custom_vjp`` rules that are not linear in the cotangent, with and
+  without ``nondiff_argnums``, several outputs, ``symbolic_zeros``;
+* collectives over a named ``vmap`` axis;
+* gathers and scatters at out-of-range indices, in every index mode.
+"""
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+jax.config.update("jax_enable_x64", True)
+
+import ccjax  # noqa: E402
+from ccjax.tasks.random_fn import FIDELITY_FAMILIES, OP_FAMILIES, random_function, random_inputs  # noqa: E402
+
+ORDERS = ("fwd", "rev", "markowitz", "auto")
+
+
+def assert_close(got, want, what=""):
+    got_leaves, want_leaves = jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)
+    assert len(got_leaves) == len(want_leaves), what
+    for g, w in zip(got_leaves, want_leaves):
+        assert g.shape == w.shape and g.dtype == w.dtype, (what, g.shape, w.shape, g.dtype, w.dtype)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-9, atol=1e-12, err_msg=what)
+
+
+def check_all_ways(f, *args, argnums=0, vmap=True):
+    want = jax.jacrev(f, argnums=argnums)(*args)
+    for order in ORDERS:
+        jac = ccjax.jacve(f, argnums=argnums, order=order)
+        assert_close(jac(*args), want, f"eager {order}")
+        assert_close(jax.jit(jac)(*args), want, f"jit {order}")
+    if vmap:
+        batched = [jnp.stack([a, a * 0.5 + 0.1]) for a in args]
+        want_b = jax.vmap(jax.jacrev(f, argnums=argnums))(*batched)
+        assert_close(jax.vmap(ccjax.jacve(f, argnums=argnums))(*batched), want_b, "vmap")
+
+
+X = jnp.array([0.3, -0.7, 1.1, 2.0])
+
+COMPLEX_INTERMEDIATES = {
+    "imag_exp": lambda a: jnp.imag(jnp.exp(1j * a)),
+    "abs": lambda a: jnp.abs(a + 2j * a ** 2),
+    "angle": lambda a: jnp.angle(a + 1j * jnp.sin(a)),
+    "real_imag_of_products": lambda a: jnp.real((a + 1j) * (a - 2j * a)) + jnp.imag((a + 1j) * (a * a + 1j)),
+    "rfft_power": lambda a: jnp.abs(jnp.fft.rfft(a)) ** 2,
+    "fft_roundtrip": lambda a: jnp.real(jnp.fft.ifft(jnp.fft.fft(a) * jnp.arange(4))) * a,
+    "conj": lambda a: jnp.real(jnp.conj(a + 1j * a ** 2) * (a - 1j)),
+    "complex_reenters_real": lambda a: jnp.sin(jnp.real(jnp.exp(1j * a)) * a)
+    + jnp.imag(jnp.exp(1j * a * jnp.cos(jnp.real(jnp.exp(1j * a))))),
+    "lax_complex": lambda a: jnp.abs(lax.complex(a, a ** 2) * lax.complex(jnp.cos(a), a)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPLEX_INTERMEDIATES))
+def test_real_function_with_complex_intermediates(name):
+    check_all_ways(COMPLEX_INTERMEDIATES[name], X)
+
+
+def test_complex_region_is_one_node_between_real_vertices():
+    g = ccjax.graph(COMPLEX_INTERMEDIATES["complex_reenters_real"], X)
+    assert all(not jnp.issubdtype(v.dtype, jnp.complexfloating) for v in g.vertices)
+
+
+def test_holomorphic_graphs_keep_complex_vertices():
+    f = lambda z: jnp.sin(z) * z ** 2
+    z = jnp.array([0.3 + 0.2j, -0.5 + 1j])
+    got = ccjax.jacve(f, holomorphic=True)(z)
+    assert_close(got, jax.jacrev(f, holomorphic=True)(z))
+
+
+# -- custom_vjp rules ---------------------------------------------------------------------------
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def clip_gradient(lo, hi, x):
+    return x
+
+
+clip_gradient.defvjp(lambda lo, hi, x: (x, None), lambda lo, hi, res, g: (jnp.clip(g, lo, hi),))
+
+
+@jax.custom_vjp
+def sign_grad(x, y):
+    """Two outputs; the rule is nonlinear in both cotangents jointly."""
+    return x * y, jnp.sin(x)
+
+
+def _sign_fwd(x, y):
+    return (x * y, jnp.sin(x)), (x, y)
+
+
+def _sign_bwd(res, g):
+    x, y = res
+    ga, gb = g
+    s = jnp.sign(ga + gb)
+    return s * jnp.abs(ga) * y + gb * jnp.cos(x), s * x
+
+
+sign_grad.defvjp(_sign_fwd, _sign_bwd)
+
+
+@partial(jax.custom_vjp)
+def scaled_identity(x):
+    return x
+
+
+def _scaled_fwd(x):
+    return x, None
+
+
+def _scaled_bwd(_, g):
+    return (g * jnp.linalg.norm(g),)  # nonlinear: scales by the cotangent's norm
+
+
+scaled_identity.defvjp(_scaled_fwd, _scaled_bwd)
+
+
+@jax.custom_vjp
+def linear_rule(x):
+    return jnp.sin(x)
+
+
+linear_rule.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.cos(x),))
+
+
+@partial(jax.custom_vjp)
+def symbolic(x, y):
+    return x * y
+
+
+def _symbolic_fwd(x, y):
+    return x.value * y.value, (x.value, y.value)
+
+
+def _symbolic_bwd(res, g):
+    x, y = res
+    return g * y * 2.0, g * x * 3.0  # deliberately not the true derivative
+
+
+symbolic.defvjp(_symbolic_fwd, _symbolic_bwd, symbolic_zeros=True)
+
+CUSTOM_VJP = {
+    "clip_gradient_times_3": lambda x: clip_gradient(-0.5, 0.5, x) * 3,
+    "clip_gradient_mixed": lambda x: jnp.sin(clip_gradient(-0.2, 0.3, x * x)) * x + x.sum(),
+    "two_outputs": lambda x: sign_grad(jnp.tanh(x), x * 2.0)[0] * 3.0 + sign_grad(x, x)[1],
+    "norm_scaled": lambda x: scaled_identity(jnp.sin(x) * 2.0) * jnp.arange(1.0, 5.0),
+    "linear_rule": lambda x: linear_rule(x * x) * x,
+    "symbolic_zeros": lambda x: symbolic(x, jnp.cos(x)) + x,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CUSTOM_VJP))
+def test_custom_vjp_rules_apply_to_the_whole_cotangent(name):
+    check_all_ways(CUSTOM_VJP[name], X)
+
+
+def test_custom_vjp_rule_is_not_applied_to_unit_cotangents():
+    jac = ccjax.jacve(CUSTOM_VJP["clip_gradient_times_3"], order="fwd")(X)
+    np.testing.assert_allclose(jac, 0.5 * np.eye(4))
+
+
+def test_whole_reverse_graphs_still_check_explicit_orders():
+    f = CUSTOM_VJP["clip_gradient_mixed"]
+    g = ccjax.graph(f, X)
+    assert g.whole_reverse == ("custom_vjp_call",)
+    assert_close(ccjax.jacve(f, order=list(reversed(g.eliminable)))(X), jax.jacrev(f)(X))
+    with pytest.raises(ccjax.OrderError):
+        ccjax.jacve(f, order=[10 ** 6])(X)
+
+
+def test_whole_reverse_cost_counts_the_reverse_pass():
+    f = CUSTOM_VJP["linear_rule"]
+    assert ccjax.cost(f, X, order="rev") == ccjax.cost(f, X, order="fwd") > 0
+
+
+def test_custom_vjp3_flag():
+    flag = "jax_custom_vjp3"
+    if flag not in jax.config.values:
+        pytest.skip(f"this JAX has no {flag} flag")
+    old = jax.config.values[flag]
+    try:
+        jax.config.update(flag, not old)
+        for name in ("clip_gradient_times_3", "two_outputs", "symbolic_zeros"):
+            check_all_ways(CUSTOM_VJP[name], X, vmap=False)
+    finally:
+        jax.config.update(flag, old)
+
+
+# -- named axes ---------------------------------------------------------------------------------
+
+COLLECTIVE = {
+    "psum": lambda y: jnp.sin(lax.psum(y ** 2, "i")) * y,
+    "psum_twice": lambda y: lax.psum(jnp.sin(lax.psum(y, "i")) * y * jnp.cos(y), "i"),
+    "pmean_all_gather": lambda y: lax.pmean(y, "i") * lax.all_gather(y, "i").sum(0) + y ** 2,
+    "ppermute": lambda y: lax.ppermute(y ** 2, "i", [(0, 1), (1, 2), (2, 0)]) * y,
+}
+
+
+@pytest.mark.parametrize("name", sorted(COLLECTIVE))
+@pytest.mark.parametrize("order", ORDERS)
+def test_collectives_under_a_named_vmap_axis(name, order):
+    f = COLLECTIVE[name]
+    ys = jnp.array([[0.3, 0.5], [0.9, -0.2], [1.3, 0.1]])
+    want = jax.vmap(jax.jacrev(f), axis_name="i")(ys)
+    got = jax.vmap(ccjax.jacve(f, order=order), axis_name="i")(ys)
+    assert_close(got, want, name)
+    assert_close(jax.jit(jax.vmap(ccjax.jacve(f, order=order), axis_name="i"))(ys), want, name)
+
+
+# -- out-of-range gathers and scatters ------------------------------------------------------------
+
+Y = jnp.arange(1.0, 7.0)
+IDX = jnp.array([7, 1, -1, -9, 5])
+
+OUT_OF_RANGE = {
+    "index_default": lambda y: y[jnp.array([7, 1])] * 2.0,
+    "take_clip": lambda y: jnp.take(y, IDX, mode="clip") * y[0],
+    "take_fill": lambda y: jnp.take(y, IDX, mode="fill", fill_value=0.5) ** 2,
+    "take_wrap": lambda y: jnp.take(y, IDX, mode="wrap") * 3.0,
+    "at_get_promise": lambda y: y.at[jnp.array([2, 4])].get(mode="promise_in_bounds") * y[1],
+    "at_get_fill": lambda y: y.at[IDX].get(mode="fill", fill_value=-1.0) * y.sum(),
+    "scatter_add_drop": lambda y: jnp.zeros(6).at[IDX].add(y[:5] ** 2),
+    "scatter_set_drop": lambda y: y.at[IDX].set(jnp.sin(y[:5])) * y,
+    "scatter_mul_unique": lambda y: y.at[jnp.array([7, 1, 3])].multiply(y[1:4], unique_indices=True),
+    "scatter_max": lambda y: y.at[jnp.array([0, 0, 9])].max(y[3:] * 2.0),
+    "gather_2d": lambda y: y.reshape(2, 3)[jnp.array([0, 1, 2]), jnp.array([2, 3, -4])] * 2.0,
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUT_OF_RANGE))
+def test_out_of_range_indices_match_jacrev(name):
+    check_all_ways(OUT_OF_RANGE[name], Y)
+
+
+# -- the order cache and compiled runners ---------------------------------------------------------
+
+def test_search_replaces_the_compiled_auto_runner(tmp_path, monkeypatch):
+    from ccjax.cache import OrderCache
+
+    monkeypatch.setenv("CCJAX_CACHE_DIR", str(tmp_path))
+    from ccjax.tasks import TASKS
+
+    fn, args = TASKS["RoeFlux_1d"].graph_fn_and_inputs(0)
+    argnums = TASKS["RoeFlux_1d"].argnums
+    jac = ccjax.jacve(fn, argnums=argnums, order="auto")
+    before = jac(*args)
+    g = ccjax.graph(fn, *args, argnums=argnums)
+    old_plan = g.plans["auto"]
+    r = ccjax.search_order(fn, *args, argnums=argnums, method="beam", time_budget=2.0, cache=OrderCache(tmp_path))
+    assert "auto" not in g.plans and not [k for k in g.runners if k[0] == "auto"]
+    after = jac(*args)
+    assert g.plans["auto"].report.order == r.order or g.plans["auto"].report.mults <= old_plan.report.mults
+    assert_close(after, before)
+
+
+# -- property test over the generator's fidelity families -----------------------------------------
+
+def test_generator_reaches_the_fidelity_primitives():
+    seen = set()
+    for seed in range(40):
+        f = random_function(seed, [(4,), (3, 2)], n_ops=12, ops=FIDELITY_FAMILIES + ("unary", "binary"))
+        jaxpr = jax.make_jaxpr(f)(*random_inputs(seed, [(4,), (3, 2)]))
+        seen |= _primitives(jaxpr.jaxpr)
+    for name in ("custom_vjp_call", "gather", "scatter", "fft", "real", "imag", "abs", "custom_jvp_call"):
+        assert name in seen or any(s.startswith(name) for s in seen), (name, sorted(seen))
+
+
+def _primitives(jaxpr) -> set:
+    out = set()
+    for eqn in jaxpr.eqns:
+        out.add(eqn.primitive.name)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            out |= _primitives(sub)
+    return out
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10 ** 6), order=st.sampled_from(ORDERS + ("random",)))
+def test_random_functions_with_fidelity_families_match_jacrev(seed, order):
+    shapes = [(4,), (3, 2)]
+    f = random_function(seed, shapes, n_ops=int(np.random.default_rng(seed).integers(4, 14)),
+                        ops=OP_FAMILIES + FIDELITY_FAMILIES)
+    args = random_inputs(seed, shapes)
+    want = jax.jacrev(f, argnums=(0, 1))(*args)
+    if order == "random":
+        g = ccjax.graph(f, *args, argnums=(0, 1))
+        order = [int(v) for v in np.random.default_rng(seed).permutation(np.array(g.eliminable, dtype=int))]
+    jac = ccjax.jacve(f, argnums=(0, 1), order=order)
+    assert_close(jac(*args), want, "eager")
+    assert_close(jax.jit(jac)(*args), want, "jit")
+
+
+# -- NaN and inf: the one intended difference from jax.jacrev --------------------------------------
+
+def _structural_pattern(f, args, argnums):
+    """Boolean arrays: where ``output="sparse"`` stores an entry (the entries some path reaches)."""
+    blocks = jax.tree_util.tree_leaves(ccjax.jacve(f, argnums=argnums, output="sparse")(*args),
+                                       is_leaf=lambda x: isinstance(x, jax.experimental.sparse.BCOO))
+    masks = []
+    for b in blocks:
+        m = np.zeros(b.shape, bool)
+        idx = np.asarray(b.indices)
+        if idx.size:
+            m[tuple(idx.T)] = True
+        masks.append(m)
+    return masks
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10 ** 6), bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+       order=st.sampled_from(ORDERS), jit=st.booleans())
+def test_nan_rule_structural_zeros_are_exact_and_finite_entries_agree(seed, bad, order, jit):
+    shapes = [(4,), (3, 2)]
+    f = random_function(seed, shapes, n_ops=int(np.random.default_rng(seed).integers(4, 14)))
+    args = list(random_inputs(seed, shapes))
+    poisoned = np.array(args[0])
+    poisoned[seed % 4] = bad
+    args[0] = jnp.asarray(poisoned)
+    jac = ccjax.jacve(f, argnums=(0, 1), order=order)
+    got = jax.tree_util.tree_leaves((jax.jit(jac) if jit else jac)(*args))
+    want = jax.tree_util.tree_leaves(jax.jacrev(f, argnums=(0, 1))(*args))
+    for g, w, reached in zip(got, want, _structural_pattern(f, args, (0, 1))):
+        g, w = np.asarray(g), np.asarray(w)
+        assert np.all(g[~reached] == 0), "a structural zero must be exactly 0, NaN inputs or not"
+        both = np.isfinite(g) & np.isfinite(w)
+        np.testing.assert_allclose(g[both], w[both], rtol=1e-9, atol=1e-12)
+
+
+def test_nan_rule_examples():
+    x = jnp.array([jnp.nan, 1.0, 2.0])
+    # elementwise: ccjax keeps NaN on the diagonal; jax.jacrev multiplies the zero
+    # cotangents of the other rows by cos(nan) and fills the whole column with NaN
+    got, want = np.asarray(ccjax.jacve(jnp.sin)(x)), np.asarray(jax.jacrev(jnp.sin)(x))
+    assert np.isnan(got[0, 0]) and np.all(got[1:, 0] == 0) and np.isnan(want[1:, 0]).all()
+    np.testing.assert_allclose(got[:, 1:], want[:, 1:])
+    f = lambda x: jnp.tanh(jnp.sin(x) * 2.0 + x ** 2).sum() * x
+    # d out[i]/dx[j] = [i == j] S + x[i] dS/dx[j] with S = sum(...) NaN; for i != j, both > 0, the
+    # entry does not depend on x[0]: ccjax gives its value, jax.jacrev NaN everywhere
+    off = ~np.eye(2, dtype=bool)
+    want = np.asarray(jax.jacrev(f)(x.at[0].set(0.0)))[1:, 1:][off]
+    assert np.isnan(np.asarray(jax.jacrev(f)(x))).all()
+    for order in ORDERS:
+        got = np.asarray(ccjax.jacve(f, order=order)(x))
+        assert np.isnan(got[0]).all() and np.isnan(np.diag(got)).all()
+        np.testing.assert_allclose(got[1:, 1:][off], want)
+
+
+def test_custom_linear_solve_with_a_pytree_right_hand_side():
+    from jax.scipy.sparse.linalg import cg
+
+    a = jnp.array([[4.0, 1.0], [1.0, 3.0]])
+
+    def f(x):
+        sol, _ = cg(lambda v: {"a": a @ v["a"], "b": 2.0 * (a @ v["b"])}, {"a": x[:2], "b": x[2:]})
+        return sol["a"] * x[0] + sol["b"]
+
+    check_all_ways(f, X)
