@@ -110,24 +110,72 @@ class _Identity:
 _PRINTED = (int, float, complex, bool, str, bytes, type(None), np.dtype, np.generic, enum.Enum, type)
 
 
+def _const_key(value):
+    """A constant by value (shape, dtype, bytes); a tracer by identity."""
+    if is_tracer(value):
+        return _Identity(value)
+    array = np.asarray(value)
+    return array.shape, array.dtype.str, array.tobytes()
+
+
+def _custom_jvp_rule(eqn) -> tuple:
+    """The custom rule of a ``custom_jvp_call``: ``(JVP jaxpr, keys of the
+    values it closes over)``.  With every tangent nonzero the jaxpr's
+    invars are the primals followed by the tangents."""
+    n = len(eqn.invars) - eqn.params["num_consts"]
+    jaxpr, consts, _ = eqn.params["jvp_jaxpr_fun"].call_wrapped(*[False] * n)
+    return jaxpr, tuple(_const_key(c) for c in consts)
+
+
 def structural_key(jaxpr) -> tuple:
     """A key equal for two jaxprs that build the same graph.
 
-    The printed jaxpr fixes primitives, parameters, shapes and dtypes.  Parameter
-    objects that printing elides (custom JVP/VJP rules, wrapped functions) are
-    added themselves: compared by equality where hashable, else by identity
-    (with a reference held), so two different rules never share a graph.
+    The printed jaxpr fixes primitives, parameters, shapes and dtypes.
+    Parameter objects that printing elides are added themselves: compared
+    by equality where hashable, else by identity (with a reference held),
+    so two different rules never share a graph.
+
+    Except ``custom_jvp`` rules: JAX wraps a rule in a new function object
+    at every trace, so keyed by that object a function using ``jax.nn.relu``
+    would never share a graph between calls.  With ``symbolic_zeros=False``
+    (the default) a rule only ever sees instantiated tangents, so the
+    printed JVP jaxpr of the rule with every tangent nonzero, and the
+    values it closes over, fix it; that jaxpr is walked in turn from its
+    tangents.  Only calls whose operands may carry a derivative (depend on
+    an input of the jaxpr, or on a tangent inside a rule) are keyed by
+    their rule: the graph expands no other (``relu``'s rule calls ``relu``
+    on the primal, ``jnp.sinc``'s a new rule of a series), and evaluating
+    one never runs its rule.
     """
     extra = []
 
-    def param(value):
-        if isinstance(value, jex.ClosedJaxpr):
-            walk(value.jaxpr)
-        elif isinstance(value, jex.Jaxpr):
-            walk(value)
+    def walk(jx, live: set) -> None:
+        for eqn in jx.eqns:
+            flags = [not is_literal(a) and a in live for a in eqn.invars]
+            if any(flags):
+                live.update(eqn.outvars)
+            custom_jvp = is_custom_jvp(eqn) and not eqn.params["symbolic_zeros"]
+            for name, value in eqn.params.items():
+                if custom_jvp and name == "jvp_jaxpr_fun":
+                    if any(flags):
+                        rule, consts = _custom_jvp_rule(eqn)
+                        extra.append((str(rule), consts))
+                        walk(rule, set(rule.invars[len(rule.invars) // 2:]))
+                else:
+                    param(value, flags, eqn.primitive.name in CALL_PRIMITIVES or is_custom_jvp(eqn))
+
+    def param(value, flags: list, one_to_one: bool) -> None:
+        """``flags``: which operands of the equation may carry a derivative;
+        ``one_to_one``: a sub-jaxpr's invars are the operands (a call)."""
+        if isinstance(value, (jex.ClosedJaxpr, jex.Jaxpr)):
+            jx = value.jaxpr if isinstance(value, jex.ClosedJaxpr) else value
+            if one_to_one:
+                walk(jx, {v for v, f in zip(jx.invars, flags) if f})
+            else:  # loops and branches: every invar when any operand is live
+                walk(jx, set(jx.invars) if any(flags) else set())
         elif isinstance(value, (tuple, list)):
             for v in value:
-                param(v)
+                param(v, flags, one_to_one)
         elif not isinstance(value, _PRINTED):
             try:
                 hash(value)
@@ -135,12 +183,7 @@ def structural_key(jaxpr) -> tuple:
             except TypeError:
                 extra.append(_Identity(value))
 
-    def walk(jx):
-        for eqn in jx.eqns:
-            for value in eqn.params.values():
-                param(value)
-
-    walk(jaxpr)
+    walk(jaxpr, set(jaxpr.invars))
     return str(jaxpr), tuple(extra)
 
 

@@ -20,7 +20,7 @@ from jax.experimental import sparse
 from ccjax._jaxpr import as_weakly_typed, is_weakly_typed
 from ccjax.eliminate import LAYOUTS, CostReport, Plan, execute, plan_elimination, validate_order
 from ccjax.graph import Graph
-from ccjax.jax_modes import execute_jax_mode, plan_jax_mode
+from ccjax.jax_modes import cheapest, execute_jax_mode, plan_jax_mode
 from ccjax.resolve import OrderSpec, order_spec, resolve_order
 from ccjax.trace import check_inputs, check_outputs, graph, graph_of, trace
 
@@ -47,6 +47,8 @@ def _plan(g: Graph, order: OrderSpec) -> Plan:
             plan = plan_jax_mode(g, "rev")
         else:
             plan = plan_elimination(g, resolve_order(g, order))
+            if key == "auto":
+                plan = cheapest(g, plan)
         g.plans[key] = plan
     return plan
 
@@ -97,8 +99,11 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
 
     ``order``: ``"fwd"``/``"forward"``, ``"rev"``/``"reverse"``,
     ``"markowitz"``, ``"auto"`` (best known order: the order cache, else the
-    cheapest built-in heuristic), ``"learned"`` (the greedy order of the
-    shipped policy network, see ``ccjax.search``), or a sequence of integer vertex
+    cheapest built-in heuristic; or JAX's own reverse/forward mode over the
+    whole function when that multiplies less, see
+    :func:`ccjax.jax_modes.cheapest`), ``"learned"`` (the greedy order of the
+    shipped policy network, see ``ccjax.search``, or the cheapest quick
+    heuristic when that is cheaper), or a sequence of integer vertex
     ids permuting ``ccjax.graph(fun, *args, argnums=argnums, has_aux=has_aux).eliminable``.
     A bad name, bytes, a set or a non-integer id is a ``ccjax.OrderError``
     here already; ids are checked against the graph when it is traced.

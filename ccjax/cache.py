@@ -1,9 +1,14 @@
 """A persistent store of the best known elimination order per graph.
 
 Layout: one JSON file per graph under ``<root>/orders/<key>.json``, where
-``key`` is the graph fingerprint (which already encodes every vertex shape,
-dtype and edge structure) joined with the differentiated input leaves
-(``argnums``).  ``<root>`` is, in order of precedence, the ``path`` argument,
+``key`` (:func:`graph_key`) hashes what the elimination costs depend on --
+every vertex's kind, label and shape, every edge structure, the inputs and
+outputs -- joined with the differentiated input leaves (``argnums``).  Float
+dtypes are left out: a float32 and a float64 graph of one function have the
+same vertices, edges and structures, so an order searched in one (``ccjax
+search`` runs in float32 by default) serves the other (a script run with
+``jax_enable_x64``).  The graph's ``fingerprint`` (dtypes included) is stored
+with the order for display.  ``<root>`` is, in order of precedence, the ``path`` argument,
 the ``CCJAX_CACHE_DIR`` environment variable (empty, ``0``, ``off`` or
 ``none`` disable the cache), or the user cache directory
 (``$XDG_CACHE_HOME/ccjax``, ``~/.cache/ccjax``, ``~/Library/Caches/ccjax``
@@ -17,7 +22,7 @@ Guarantees:
   stored and the new order (lower cost; ties keep the stored one);
 * every loaded order is checked: a file that cannot be read (no
   permission, a directory), is not UTF-8 or valid JSON (truncated, nested
-  too deeply), is not ours, was written for another key or graph, whose
+  too deeply), is not ours, was written for another key or inputs, whose
   order is not a permutation of the graph's eliminable vertices or whose
   lower bound exceeds the order's cost gives a :class:`CacheWarning` naming
   the file and counts as a miss (the next write replaces it, an empty
@@ -30,17 +35,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
 import warnings
+import weakref
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 
-from ccjax.eliminate import OrderError, plan_elimination, validate_order
-from ccjax.graph import Graph
+if TYPE_CHECKING:
+    from ccjax.graph import Graph
 
 ENV_VAR = "CCJAX_CACHE_DIR"
 FORMAT = "ccjax-order-cache"
@@ -57,7 +64,9 @@ class CacheWarning(UserWarning):
 @dataclasses.dataclass(frozen=True)
 class CacheEntry:
     """One stored order.  ``cost`` is the recorded cost (recomputed on load
-    by :meth:`OrderCache.get`); ``label`` is free text (e.g. a task name)."""
+    by :meth:`OrderCache.get`); ``label`` is free text (e.g. a task name);
+    ``fingerprint`` is that of the graph the order was stored for (dtypes
+    included, so it may differ from the graph that finds it by ``key``)."""
 
     key: str
     fingerprint: str
@@ -101,10 +110,29 @@ def _as_int(x) -> int:
     return x
 
 
+_STRUCTURE_KEYS: weakref.WeakKeyDictionary[Graph, str] = weakref.WeakKeyDictionary()
+
+
+def structure_key(graph: Graph) -> str:
+    """A hash of what an order's validity and cost depend on: vertices (id,
+    kind, label, shape), edges with their structures, inputs and outputs.
+    Unlike ``graph.fingerprint`` it leaves dtypes out (see module docstring)."""
+    key = _STRUCTURE_KEYS.get(graph)
+    if key is None:
+        h = hashlib.sha256()
+        for v in graph.vertices:
+            h.update(repr((v.id, v.kind, v.label, v.shape)).encode())
+        for (u, w), st in sorted(graph.edges.items()):
+            h.update(repr((u, w, st)).encode())
+        h.update(repr((graph.inputs, graph.outputs)).encode())
+        key = _STRUCTURE_KEYS[graph] = h.hexdigest()[:20]
+    return key
+
+
 def graph_key(graph: Graph) -> str:
-    """Cache key of a graph: fingerprint plus differentiated input leaves."""
+    """Cache key of a graph: :func:`structure_key` plus differentiated input leaves."""
     leaves = "_".join(str(i) for i in graph.diff_leaves) or "none"
-    return f"{graph.fingerprint}-{leaves}"
+    return f"{structure_key(graph)}-{leaves}"
 
 
 def default_cache_dir() -> Optional[Path]:
@@ -202,13 +230,15 @@ class OrderCache:
     def get(self, graph: Graph) -> Optional[CacheEntry]:
         """The stored order for ``graph``, validated, with its cost recomputed;
         None on a miss or when the stored record cannot be trusted."""
+        from ccjax.eliminate import OrderError, plan_elimination, validate_order  # JAX: not for `cache list`
+
         if not self.enabled:
             return None
         path = self._file(graph_key(graph))
         entry = self._read(path)
         if entry is None:
             return None
-        if entry.fingerprint != graph.fingerprint or entry.diff_leaves != tuple(graph.diff_leaves):
+        if entry.diff_leaves != tuple(graph.diff_leaves):
             _warn(f"ccjax order cache: {path} belongs to another graph; ignoring it, it will be rebuilt")
             return None
         try:
@@ -242,6 +272,8 @@ class OrderCache:
         """Store ``order`` for ``graph`` unless an order at least as cheap is
         stored already.  Returns the entry now stored (None if disabled or
         the directory is not writable, which only warns)."""
+        from ccjax.eliminate import plan_elimination, validate_order  # JAX: not for `cache list`
+
         if not self.enabled:
             return None
         order = validate_order(graph, order)

@@ -100,16 +100,17 @@ def plan_elimination(graph: Graph, order: Sequence[int]) -> Plan:
     structures: list[Structure] = []
     steps: list = []
     live_values: dict[int, int] = {}
-    peak = [0]
+    live = [0, 0]  # values stored now, and the peak; a running total keeps planning linear
 
     def new_slot(st: Structure) -> int:
         structures.append(st)
         live_values[len(structures) - 1] = st.nnz_values
-        peak[0] = max(peak[0], sum(live_values.values()))
+        live[0] += st.nnz_values
+        live[1] = max(live[1], live[0])
         return len(structures) - 1
 
     def drop(slot: int) -> None:
-        live_values.pop(slot, None)
+        live[0] -= live_values.pop(slot, 0)
 
     mults = additions = 0
     edges: dict[tuple[int, int], int] = {}
@@ -162,7 +163,7 @@ def plan_elimination(graph: Graph, order: Sequence[int]) -> Plan:
         for w in succs.pop(v, set()):
             drop(edges.pop((v, w)))
             preds[w].discard(v)
-    report = CostReport(mults, additions, peak[0], order)
+    report = CostReport(mults, additions, live[1], order)
     return Plan(tuple(steps), dict(edges), tuple(structures), report)
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse
 
 from ccjax._jaxpr import count_multiplications
-from ccjax.eliminate import CostReport, Plan
+from ccjax.eliminate import CostReport, Plan, execute
 from ccjax.graph import Graph
 
 MODES = ("rev", "fwd")
@@ -47,19 +48,55 @@ def _jacobian(graph: Graph, mode: str, inputs: Sequence, consts: Sequence):
     return transform(f, argnums=argnums, has_aux=True)(*diff)
 
 
-def plan_jax_mode(graph: Graph, mode: str) -> Plan:
-    """The plan that runs ``jax.jacrev`` (``mode="rev"``) or ``jax.jacfwd``
-    of the whole program."""
-    if mode not in MODES:
-        raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
+def _specs(graph: Graph) -> tuple[list, list]:
     prog = graph.program
     spec = lambda i: jax.ShapeDtypeStruct(prog.avals[i].shape, prog.avals[i].dtype)
-    ins, cs = [spec(i) for i in prog.inputs], [spec(i) for i in prog.top_consts]
-    total = count_multiplications(jax.make_jaxpr(lambda i, c: _jacobian(graph, mode, i, c))(ins, cs).jaxpr)
+    return [spec(i) for i in prog.inputs], [spec(i) for i in prog.top_consts]
+
+
+def _mults_beyond_primal(graph: Graph, fn) -> int:
+    """Multiplications of ``fn(inputs, consts)`` minus those of the primal program."""
+    ins, cs = _specs(graph)
+    total = count_multiplications(jax.make_jaxpr(fn)(ins, cs).jaxpr)
     primal = count_multiplications(jax.make_jaxpr(
         lambda i, c: graph.program.evaluate(i, c, differentiable=True))(ins, cs).jaxpr)
-    report = CostReport(max(0, total - primal), 0, 0, ())
-    return Plan((), {}, (), report, mode=f"jax-{mode}")
+    return max(0, total - primal)
+
+
+def plan_jax_mode(graph: Graph, mode: str) -> Plan:
+    """The plan that runs ``jax.jacrev`` (``mode="rev"``) or ``jax.jacfwd``
+    of the whole program.  Its report counts every multiplication of that
+    program beyond the primal evaluation."""
+    if mode not in MODES:
+        raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
+    mults = _mults_beyond_primal(graph, lambda i, c: _jacobian(graph, mode, i, c))
+    return Plan((), {}, (), CostReport(mults, 0, 0, ()), mode=f"jax-{mode}")
+
+
+def program_mults(graph: Graph, plan: Plan) -> int:
+    """Every multiplication the compiled Jacobian program of ``plan``
+    performs beyond the primal evaluation: for an elimination, the partials'
+    values (a dense local Jacobian costs what JAX's AD of its equation does)
+    as well as the products that ``plan.report`` counts."""
+    if plan.mode != "eliminate":
+        return plan.report.mults
+    return _mults_beyond_primal(graph, lambda i, c: execute(graph, plan, graph.program.evaluate(i, c)))
+
+
+def cheapest(graph: Graph, elimination: Plan) -> Plan:
+    """``elimination`` or JAX's reverse or forward mode over the whole
+    program, whichever multiplies least by :func:`program_mults` (ties keep
+    the elimination, whose output keeps its structure).  This is how
+    ``order="auto"`` is never costlier than the better plain mode."""
+    best, best_mults = elimination, program_mults(graph, elimination)
+    for mode in MODES:
+        try:
+            plan = plan_jax_mode(graph, mode)
+        except (TypeError, ValueError, NotImplementedError):  # e.g. no reverse mode through a while_loop
+            continue
+        if plan.report.mults < best_mults:
+            best, best_mults = plan, plan.report.mults
+    return best
 
 
 def execute_jax_mode(graph: Graph, plan: Plan, inputs: Sequence, consts: Sequence,
@@ -73,6 +110,11 @@ def execute_jax_mode(graph: Graph, plan: Plan, inputs: Sequence, consts: Sequenc
     for row in jac:
         for leaf, block in zip(graph.diff_leaves, row):
             block = block.astype(prog.avals[prog.inputs[leaf]].dtype)
-            blocks.append(sparse.BCOO.fromdense(block, nse=int(np.prod(block.shape))) if layout == "sparse"
-                          else block)
+            blocks.append(_every_entry(block) if layout == "sparse" else block)
     return blocks, aux
+
+
+def _every_entry(block) -> sparse.BCOO:
+    """``block`` as a BCOO listing every entry (JAX's modes know no structure)."""
+    indices = np.indices(block.shape).reshape(block.ndim, -1).T.astype(np.int32)
+    return sparse.BCOO((block.reshape(-1), jnp.asarray(indices)), shape=block.shape)

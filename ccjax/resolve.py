@@ -27,6 +27,7 @@ from ccjax.eliminate import OrderError, validate_order
 from ccjax.graph import Graph
 from ccjax.orders import search as classical
 from ccjax.orders.heuristics import HEURISTICS
+from ccjax.orders.incremental import Evaluator
 from ccjax.orders.search import Incumbent, Progress, SearchResult, quick_order
 from ccjax.trace import graph as trace_graph
 
@@ -115,15 +116,27 @@ def auto_order(graph: Graph, cache: Optional[OrderCache] = None) -> tuple[int, .
     return quick_order(graph, None if entry is None else entry.order)[0]
 
 
+def learned_or_quick_order(graph: Graph) -> tuple[int, ...]:
+    """The order ``order="learned"`` uses: the policy's greedy order, unless
+    a quick greedy variant of ``"auto"`` (:func:`quick_order`, the cache
+    aside) costs fewer multiplications; so asking for the learned order
+    never gives a worse order than the quick heuristics.  Ties keep the
+    learned order."""
+    from ccjax.search.api import learned_order  # jax-heavy; only when asked for
+
+    learned = validate_order(graph, learned_order(graph))
+    quick, quick_cost, _ = quick_order(graph)
+    return quick if quick_cost < Evaluator(graph).cost(learned) else learned
+
+
 def resolve_order(graph: Graph, order: OrderSpec) -> tuple[int, ...]:
-    """Turn an order specification into a validated tuple of vertex ids."""
+    """Turn an order specification into a validated tuple of vertex ids
+    (``"learned"``: see :func:`learned_or_quick_order`)."""
     spec = order_spec(order)
     if spec == "auto":
         return auto_order(graph)
     if spec == "learned":
-        from ccjax.search.api import learned_order  # jax-heavy; only when asked for
-
-        return validate_order(graph, learned_order(graph))
+        return learned_or_quick_order(graph)
     if isinstance(spec, str):
         return HEURISTICS[spec](graph)
     return validate_order(graph, spec)

@@ -10,6 +10,7 @@ starts from :func:`trace` or :func:`graph`; nothing here knows about orders.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 from typing import Any, Callable, Sequence, Union
 
@@ -122,23 +123,50 @@ def check_outputs(out_avals, holomorphic: bool) -> None:
                             f"integer outputs, use jax.vjp directly.")
 
 
+#: What JAX raises when Python needs the value of a staged (traced) array.
+CONCRETIZATION_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError,
+                         jax.errors.TracerArrayConversionError, jax.errors.NonConcreteBooleanIndexError)
+
+
 def trace(fun: Callable, args: tuple, kwargs: dict, argnums, has_aux: bool) -> tuple[Traced, tuple, bool]:
+    """``jax.make_jaxpr`` of ``fun`` over the leaves of the ``argnums`` arguments.
+
+    Work on constants (closed-over parameters, flax initialisers, non-
+    differentiated arguments) is staged into the jaxpr like everything else:
+    it is an inactive part of the graph and runs inside the compiled runner,
+    where it costs one XLA computation rather than an eager dispatch per
+    operation.  Only when Python needs such a value (``if``, ``int()``,
+    ``np.asarray``, boolean indexing on a non-differentiated array, which
+    ``jax.jacrev`` allows) is ``fun`` traced again with constant work done
+    eagerly (``jax.ensure_compile_time_eval``); ``fun`` then runs twice.
+    """
     nums, single = _normalize_argnums(argnums, len(args))
     if len(set(nums)) != len(nums):
         raise ValueError(f"argnums must not repeat an argument, got {argnums!r}")
     # As in jax.jacrev, arguments not in argnums are closed over as they are
     # (a Python int may be a shape); only the differentiated ones are traced.
     leaves, in_tree = jax.tree_util.tree_flatten(tuple(args[k] for k in nums))
-    diff_leaves = tuple(range(len(leaves)))
+    try:
+        closed, store = _make_jaxpr(fun, args, kwargs, nums, in_tree, leaves, has_aux, eager=False)
+    except CONCRETIZATION_ERRORS:
+        closed, store = _make_jaxpr(fun, args, kwargs, nums, in_tree, leaves, has_aux, eager=True)
+    traced = Traced(closed, leaves, in_tree, tuple(range(len(leaves))), store["out"], store["n_out"],
+                    store.get("aux"), store.get("aux_static", {}))
+    return traced, nums, single
+
+
+def _make_jaxpr(fun: Callable, args: tuple, kwargs: dict, nums: tuple, in_tree, leaves: list, has_aux: bool,
+                eager: bool) -> tuple[Any, dict]:
+    """The closed jaxpr of ``fun`` over ``leaves`` and what tracing learnt of
+    its outputs (``out``/``aux`` trees, ``n_out``, static aux leaves).
+    ``eager``: work on concrete values is done now, not staged."""
     store: dict = {}
 
     def flat_fun(*flat):
         full = list(args)
         for k, a in zip(nums, jax.tree_util.tree_unflatten(in_tree, flat)):
             full[k] = a
-        # Work on concrete values is done now, not staged: like jax.jacrev,
-        # a non-differentiated array may drive Python control flow.
-        with jax.ensure_compile_time_eval():
+        with jax.ensure_compile_time_eval() if eager else contextlib.nullcontext():
             out = fun(*full, **kwargs)
         if has_aux:
             if not (isinstance(out, (tuple, list)) and len(out) == 2):
@@ -155,10 +183,7 @@ def trace(fun: Callable, args: tuple, kwargs: dict, argnums, has_aux: bool) -> t
         store["n_out"] = len(out_leaves)
         return list(out_leaves) + list(aux_leaves)
 
-    closed = jax.make_jaxpr(flat_fun)(*leaves)
-    traced = Traced(closed, leaves, in_tree, diff_leaves, store["out"], store["n_out"], store.get("aux"),
-                     store.get("aux_static", {}))
-    return traced, nums, single
+    return jax.make_jaxpr(flat_fun)(*leaves), store
 
 
 def graph_of(t: Traced, holomorphic: bool = False) -> Graph:

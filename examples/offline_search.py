@@ -2,7 +2,9 @@
 
 Step 1 ("search", done once, offline): ``ccjax.search_order`` looks for a
 cheaper order than forward/reverse/Markowitz and stores it in an order cache
-(``ccjax.cache.OrderCache``) keyed by the graph's fingerprint.  Step 2
+(``ccjax.cache.OrderCache``) keyed by the graph's structure
+(``ccjax.cache.graph_key``: vertices, shapes and edge structures, not the
+float dtype).  Step 2
 ("reuse", in any later process): look the order up for a freshly traced graph
 and pass it to ``ccjax.jacve(f, order=...)``; the Jacobian is checked against
 ``jax.jacrev``.  With ``CCJAX_CACHE_DIR`` pointing at the cache, plain
@@ -13,7 +15,7 @@ and pass it to ``ccjax.jacve(f, order=...)``; the Jacobian is checked against
     python examples/offline_search.py --cache-dir DIR --step reuse
 
 Orders are tied to a graph, not to a function object: any function with the
-same fingerprint (same primitives, shapes, dtypes and argnums) reuses it.
+same structure (same primitives, shapes and argnums) reuses it.
 """
 import argparse
 import json

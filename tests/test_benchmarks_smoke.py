@@ -101,3 +101,38 @@ def test_breakdown_smoke(tmp_path):
     res = data["results"]["HumanHeartDipole"]["4"]
     for name in ("ccjax auto", "elimination", "writing", "zeros"):
         assert res[name]["status"] == "ok" and res[name]["median_s"] > 0, (name, res[name])
+
+
+def test_programs_smoke(tmp_path):
+    """One tiny program, every method, one timed call: the table, the JSON and
+    the plot are written and every cell is accounted for."""
+    out = _run("benchmarks.programs", "--quick", "--programs", "burgers1d_upwind", "--quiet", "--out", str(tmp_path),
+               tmp_path=tmp_path)
+    del out
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.programs import CCJAX, CCJAX_SPARSE, METHODS, PRIMAL
+
+    data = json.loads((tmp_path / "programs_cpu.json").read_text())
+    md = (tmp_path / "programs_cpu.md").read_text()
+    assert data["meta"]["quick"] and list(data["results"]) == ["burgers1d_upwind"]
+    pr = data["results"]["burgers1d_upwind"]
+    assert pr["info"]["true_nnz"] > 0 and pr["info"]["m"] == pr["info"]["n"] == 32
+    assert set(pr["methods"]) == {PRIMAL, *METHODS}
+    for method, rec in pr["methods"].items():
+        if method.startswith("asdex") and not HAVE_ASDEX:
+            assert rec["status"] == "skipped"
+            continue
+        assert rec["status"] in ("ok", "error", "mismatch", "skipped"), (method, rec)
+        if rec["status"] != "ok":
+            assert rec.get("error"), (method, rec)
+            continue
+        assert rec["median_s"] > 0 and rec["first_call_s"] > 0, (method, rec)
+        if method != PRIMAL:
+            assert rec["check"] == "ok", (method, rec)
+    for method in (CCJAX, CCJAX_SPARSE):  # ccjax itself must work on this program
+        assert pr["methods"][method]["status"] == "ok", pr["methods"][method]
+    assert pr["methods"][CCJAX_SPARSE]["nse"] >= pr["info"]["true_nnz"]
+    assert "| burgers1d_upwind |" in md and "Geometric-mean speedup" in md
+    if HAVE_MPL:
+        assert (tmp_path / "programs_cpu.png").stat().st_size > 0

@@ -224,3 +224,22 @@ def test_unwritable_directory_only_warns(tmp_path):
         assert store.put(g, HEURISTICS["rev"](g)) is None
     with pytest.warns(CacheWarning):
         assert store.get(g) is None
+
+
+def test_key_ignores_float_dtypes(cache_dir):
+    """A float32 and a float64 graph of one function share a key, so an
+    order searched in one (``ccjax search`` runs in float32) serves the
+    other; the stored fingerprint says which graph it was stored for."""
+    fn, args, argnums = _roe()
+    g64 = ccjax.graph(fn, *args, argnums=argnums)
+    g32 = ccjax.graph(fn, *[jnp.asarray(a, jnp.float32) for a in args], argnums=argnums)
+    assert g32.dtype == jnp.float32 and g64.dtype == jnp.float64
+    assert g32.fingerprint != g64.fingerprint and graph_key(g32) == graph_key(g64)
+    store = OrderCache()
+    order = tuple(HEURISTICS["rev"](g32))
+    store.put(g32, order, label="float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        entry = store.get(g64)
+    assert entry.order == order and entry.cost == _cost(g64, order) and entry.fingerprint == g32.fingerprint
+    assert entry.label == "float32" and auto_order(g64) == auto_order(g32)

@@ -296,7 +296,9 @@ def test_cost_learned_order(capsys, tiny_policy, tmp_path, monkeypatch):
     try:
         code, out, err = run(capsys, "cost", "g", "--order", "learned", "-q")
         assert code == EXIT_OK, err
-        want = plan_elimination(g, learned_order(g, policy_lib.load_policy(str(tiny_policy)))).report.mults
-        assert int(out) == want
+        from ccjax.orders.search import quick_order
+
+        learned = plan_elimination(g, learned_order(g, policy_lib.load_policy(str(tiny_policy)))).report.mults
+        assert int(out) == min(learned, quick_order(g)[1])  # never worse than the quick heuristics
     finally:  # the plan of "learned" is kept with the (cached) graph; it depends on the policy
         g.plans.pop("learned", None)

@@ -304,9 +304,9 @@ def test_random_functions_with_fidelity_families_match_jacrev(seed, order):
 
 # -- NaN and inf: the one intended difference from jax.jacrev --------------------------------------
 
-def _structural_pattern(f, args, argnums):
+def _structural_pattern(f, args, argnums, order):
     """Boolean arrays: where ``output="sparse"`` stores an entry (the entries some path reaches)."""
-    blocks = jax.tree_util.tree_leaves(ccjax.jacve(f, argnums=argnums, output="sparse")(*args),
+    blocks = jax.tree_util.tree_leaves(ccjax.jacve(f, argnums=argnums, order=order, output="sparse")(*args),
                                        is_leaf=lambda x: isinstance(x, jax.experimental.sparse.BCOO))
     masks = []
     for b in blocks:
@@ -331,7 +331,7 @@ def test_nan_rule_structural_zeros_are_exact_and_finite_entries_agree(seed, bad,
     jac = ccjax.jacve(f, argnums=(0, 1), order=order)
     got = jax.tree_util.tree_leaves((jax.jit(jac) if jit else jac)(*args))
     want = jax.tree_util.tree_leaves(jax.jacrev(f, argnums=(0, 1))(*args))
-    for g, w, reached in zip(got, want, _structural_pattern(f, args, (0, 1))):
+    for g, w, reached in zip(got, want, _structural_pattern(f, args, (0, 1), order)):
         g, w = np.asarray(g), np.asarray(w)
         assert np.all(g[~reached] == 0), "a structural zero must be exactly 0, NaN inputs or not"
         both = np.isfinite(g) & np.isfinite(w)

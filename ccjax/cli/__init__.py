@@ -24,7 +24,6 @@ arguments; 4 an optional dependency is missing (matplotlib for pictures);
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Optional, Sequence
 
@@ -58,10 +57,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``ccjax`` console script; returns the exit status."""
-    parser = make_parser()
-    ns = parser.parse_args(argv)
-    if getattr(ns, "budget", None) is not None and not (ns.budget > 0 and math.isfinite(ns.budget)):
-        parser.error(f"--budget must be a positive number of seconds, got {ns.budget}")
+    ns = make_parser().parse_args(argv)
     try:
         return ns.func(ns)
     except CLIError as e:

@@ -18,11 +18,28 @@ def cmd_cache(ns) -> int:
     entries = store.entries()
     print(f"{len(entries)} cached order{'s' if len(entries) != 1 else ''} in {store.directory}")
     if entries:
-        print(f"{'key':34s} {'label':22s} {'elim':>5s} {'cost':>9s} {'bound':>9s}  method")
-        for e in entries:
-            lb = "-" if e.lower_bound is None else str(e.lower_bound)
-            print(f"{e.key[:34]:34s} {e.label[:22]:22s} {e.n_eliminable:5d} {e.cost:9d} {lb:>9s}  {e.method}")
+        print(_table(entries))
     return EXIT_OK
+
+
+#: The columns of ``ccjax cache list``: header, cell of an entry, right-aligned.
+_COLUMNS = (("key", lambda e: e.key, False), ("elim", lambda e: str(e.n_eliminable), True),
+            ("cost", lambda e: str(e.cost), True),
+            ("bound", lambda e: "-" if e.lower_bound is None else str(e.lower_bound), True),
+            ("method", lambda e: e.method or "-", False), ("label", lambda e: e.label or "-", False))
+
+
+def _table(entries) -> str:
+    """The entries as a table whose columns fit their widest cell: keys in
+    full (they name the files, and ``ccjax cost``/``show`` name the entry
+    ``auto`` used by them), the free-text label last."""
+    rows = [[h for h, _, _ in _COLUMNS]] + [[cell(e) for _, cell, _ in _COLUMNS] for e in entries]
+    widths = [max(len(r[k]) for r in rows) for k in range(len(_COLUMNS))]
+    lines = []
+    for r in rows:
+        cells = [c.rjust(w) if right else c.ljust(w) for c, w, (_, _, right) in zip(r, widths, _COLUMNS)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 def add_parser(sub) -> None:

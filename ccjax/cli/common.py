@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import importlib
 import math
 import re
@@ -123,8 +124,8 @@ def resolve_target(target: str, args_spec: Optional[str], argnums_text: Optional
         fn, args = task.graph_fn_and_inputs(0)
         return Target(target, fn, tuple(args), task.argnums if argnums is None else argnums)
     if ":" not in target:
-        close = [t for t in TASKS if t.lower() == target.lower()]
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        close = suggest(target, TASKS)
+        hint = f" (did you mean {close}?)" if close else ""
         raise CLIError(f"unknown target {target!r}{hint}: use a task name ({', '.join(TASKS)}) "
                        f"or module:function")
     module_name, _, attr = target.partition(":")
@@ -151,6 +152,19 @@ def resolve_target(target: str, args_spec: Optional[str], argnums_text: Optional
     return Target(target, obj, _make_args(specs), 0 if argnums is None else argnums)
 
 
+def _normalised(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def suggest(name: str, choices: Sequence[str]) -> Optional[str]:
+    """The choice ``name`` most likely misspells, or None: names compare
+    without case and underscores (``RoeFlux1d``, ``roeflux_1d`` ->
+    ``RoeFlux_1d``), then by :func:`difflib.get_close_matches`."""
+    by_form = {_normalised(c): c for c in choices}
+    close = difflib.get_close_matches(_normalised(name), list(by_form), n=1, cutoff=0.75)
+    return by_form[close[0]] if close else None
+
+
 def build_graph(t: Target):
     """The graph of a target; tracing failures become :class:`CLIError` (exit 3)."""
     import ccjax
@@ -165,6 +179,28 @@ def build_graph(t: Target):
     except Exception as e:  # noqa: BLE001 - any failure inside the user's function
         raise CLIError(f"cannot trace {t.name} with arguments {_describe_args(t.args)}: "
                        f"{type(e).__name__}: {e}", EXIT_TRACE) from None
+
+
+def auto_choice(graph, store) -> tuple[tuple[int, ...], str]:
+    """The order ``order="auto"`` takes for ``graph`` with the order cache
+    ``store`` (None: no cache), picked as :func:`ccjax.resolve.auto_order`
+    does (the cached order unless a quick greedy variant is cheaper), and a
+    line naming the cached entry used (key, label, method, cost) or saying
+    that none was: a search stored for other inputs or argnums is a miss,
+    and the user should see it."""
+    from ccjax.cache import graph_key
+    from ccjax.orders.search import quick_order
+
+    entry = store.get(graph) if store is not None else None
+    order, cost, name = quick_order(graph, None if entry is None else entry.order)
+    heuristic = f"heuristic {name} ({cost} multiplications)"
+    if store is None or not store.enabled:
+        return order, f"auto: order cache not used; {heuristic}"
+    if entry is None:
+        return order, f"auto: no cached order for key {graph_key(graph)} in {store.directory}; {heuristic}"
+    cached = (f"cached order {entry.key} (label {entry.label or '-'}, method {entry.method or '-'}, "
+              f"cost {entry.cost})")
+    return order, f"auto: {cached}" if name == "cache" else f"auto: {heuristic} beats the {cached}"
 
 
 def _describe_args(args: tuple) -> str:
@@ -202,16 +238,19 @@ def _output_options(p: argparse.ArgumentParser, no_cache: str, quiet: str) -> No
     _cache_options(p)
 
 
-def _positive(kind: Callable):
-    """An argparse type: a positive finite number of ``kind``."""
+def _positive(kind: Callable, what: str = ""):
+    """An argparse type: a positive finite number of ``kind`` (``what``
+    names it in the message, e.g. "number of seconds").  Its errors are
+    argparse errors of the subcommand, so they print that command's usage."""
+    expected = f"expected a positive {what or kind.__name__}"
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
         if not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}")
         return value
 
     parse.__name__ = kind.__name__

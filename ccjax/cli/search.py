@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from ccjax.cli.common import (EXIT_ERROR, EXIT_OK, CLIError, _cache, _describe_args, _output_options,
+from ccjax.cli.common import (EXIT_ERROR, EXIT_OK, CLIError, _cache, _describe_args, _output_options, _positive,
                               _target_options, build_graph, resolve_target)
 from ccjax.cli.progress import _ProgressBar
 
@@ -23,6 +23,7 @@ def _load_policy(path: Optional[str]):
 
 
 def cmd_search(ns) -> int:
+    from ccjax.cache import graph_key
     from ccjax.resolve import forget_order, search_graph
 
     if ns.policy is not None and ns.method != "mcts":
@@ -64,8 +65,9 @@ def cmd_search(ns) -> int:
         lines.append(f"saved to cache {store.directory / (saved.key + '.json')}{note}")
     if ns.json:
         record = {"target": t.name, "args": _describe_args(t.args), "argnums": t.argnums,
-                  "fingerprint": r.fingerprint, "order": list(r.order), "cost": r.cost, "method": r.method,
-                  "lower_bound": r.lower_bound, "baselines": r.baselines, "elapsed": r.elapsed, "seed": ns.seed}
+                  "fingerprint": r.fingerprint, "graph_key": graph_key(g), "order": list(r.order), "cost": r.cost,
+                  "method": r.method, "lower_bound": r.lower_bound, "baselines": r.baselines, "elapsed": r.elapsed,
+                  "seed": ns.seed}
         Path(ns.json).write_text(json.dumps(record, indent=1) + "\n")
         lines.append(f"wrote {ns.json}")
     if not ns.quiet:
@@ -80,7 +82,8 @@ def add_parser(sub) -> None:
     _target_options(p)
     p.add_argument("--method", default="auto", choices=("auto", "anneal", "beam", "exact", "mcts"),
                    help="mcts: Gumbel MuZero guided by the learned policy")
-    p.add_argument("--budget", type=float, default=60.0, help="time budget in seconds (default 60)")
+    p.add_argument("--budget", type=_positive(float, "number of seconds"), default=60.0, metavar="SECONDS",
+                   help="time budget in seconds (default 60)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the result to this JSON file")
     p.add_argument("--policy", metavar="FILE",

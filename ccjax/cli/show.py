@@ -5,13 +5,15 @@ import re
 import sys
 from pathlib import Path
 
-from ccjax.cli.common import EXIT_MISSING, EXIT_OK, _target_options, build_graph, resolve_target
+from ccjax.cli.common import (EXIT_MISSING, EXIT_OK, _cache, _cache_options, _target_options, auto_choice,
+                              build_graph, resolve_target)
 
 
 def cmd_show(ns) -> int:
     t = resolve_target(ns.target, ns.args, ns.argnums, ns.x64)
     g = build_graph(t)
     print(g.summary())
+    print(auto_choice(g, _cache(ns))[1])
     if ns.no_picture:
         return EXIT_OK
     out = Path(ns.output) if ns.output else Path(re.sub(r"[^A-Za-z0-9_.-]+", "_", t.name) + ".png")
@@ -79,4 +81,6 @@ def add_parser(sub) -> None:
     _target_options(p)
     p.add_argument("-o", "--output", help="picture file (default: TARGET.png)")
     p.add_argument("--no-picture", action="store_true", help="only print the summary")
+    p.add_argument("--no-cache", action="store_true", help="do not look up which order auto takes in the cache")
+    _cache_options(p)
     p.set_defaults(func=cmd_show)

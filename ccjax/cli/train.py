@@ -8,19 +8,23 @@ from pathlib import Path
 from ccjax.cli.common import EXIT_ERROR, EXIT_OK, CLIError, _positive
 
 
-def _config_file(path: str, base):
-    """``base`` (a TrainConfig) updated with the fields of the JSON file ``path``
-    (``network`` and ``search`` may give only some of their fields)."""
+def _config_file(text: str, base):
+    """``base`` (a TrainConfig) updated with the settings of ``--config``:
+    the path of a JSON file, or the JSON object itself when ``text`` starts
+    with ``{`` (no file name does; ``network`` and ``search`` may give only
+    some of their fields)."""
+    inline = text.lstrip().startswith("{")
+    what = "the inline --config" if inline else f"--config {text}"
     try:
-        given = json.loads(Path(path).read_bytes().decode("utf-8"))
+        given = json.loads(text if inline else Path(text).read_bytes().decode("utf-8"))
     except (OSError, ValueError, RecursionError) as e:
-        raise CLIError(f"cannot read --config {path}: {type(e).__name__}: {str(e)[:200]}") from None
+        raise CLIError(f"cannot read {what}: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(given, dict):
-        raise CLIError(f"--config {path} must hold a JSON object of training settings")
+        raise CLIError(f"{what} must hold a JSON object of training settings")
     try:
         return base.updated(given)
     except (TypeError, ValueError) as e:
-        raise CLIError(f"--config {path}: {e}") from None
+        raise CLIError(f"{what}: {e}") from None
 
 
 def _train_config(ns):
@@ -160,8 +164,10 @@ def add_parser(sub) -> None:
                         "run again to resume)")
     p.add_argument("--games", type=_positive(int), metavar="G", help="self-play games per iteration (new runs only)")
     p.add_argument("--simulations", type=_positive(int), metavar="S", help="MCTS simulations per move (new runs only)")
-    p.add_argument("--config", metavar="FILE", help="a JSON object of training settings for a new run, e.g. "
-                   '{"train_tasks": ["g"], "random_seeds": [], "num_vertices": 64, "network": {"layers": 1}}')
+    p.add_argument("--config", metavar="FILE",
+                   help="path to a JSON file of training settings for a new run, holding e.g. "
+                        '{"train_tasks": ["g"], "random_seeds": [], "num_vertices": 64, "network": {"layers": 1}} '
+                        "(a value starting with { is read as that JSON object itself)")
     p.add_argument("--export", metavar="FILE", help="write the trained network to this policy file at the end")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-iteration progress")
     p.set_defaults(func=cmd_train)

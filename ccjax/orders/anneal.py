@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from ccjax.orders.deadline import passed
 from ccjax.orders.incremental import Evaluator, IncrementalOrder
 
 
@@ -68,9 +68,12 @@ def anneal(ev: Evaluator, start: Sequence[int], rng: np.random.Generator,
     """One annealing run from ``start``; returns the best order seen.
 
     ``on_improve(order, cost)`` is called on every new best.  Stops after
-    ``config.moves`` moves or at ``deadline`` (``time.perf_counter()``).
+    ``config.moves`` moves or at ``deadline`` (``time.perf_counter()``),
+    which is checked before every move (a move re-evaluates up to the whole
+    order); building the start's trajectory raises
+    :class:`~ccjax.orders.deadline.OutOfTime` when the deadline passes first.
     """
-    cur = IncrementalOrder(ev, start)
+    cur = IncrementalOrder(ev, start, deadline)
     best_order, best_cost = tuple(cur.order), cur.total
     n = len(cur.order)
     if n < 2:
@@ -82,7 +85,7 @@ def anneal(ev: Evaluator, start: Sequence[int], rng: np.random.Generator,
     accepted = 0
     moves = 0
     for moves in range(1, config.moves + 1):
-        if deadline is not None and (moves & 63) == 0 and time.perf_counter() > deadline:
+        if passed(deadline):
             break
         i, seq = _proposal_seq(cur.order, rng, config.max_shift)
         slack = -temp * math.log(max(rng.random(), 1e-300))

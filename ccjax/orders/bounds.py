@@ -29,21 +29,37 @@ to ``v`` (fact 3).  So ``v`` has at least ``a(v)`` valued predecessors,
 ``a(v)`` the minimum number of vertices without an all-unit path to ``v``
 that separate the inputs from ``v`` (a max-flow), likewise ``b(v)`` valued
 successors, and costs at least ``a(v) * b(v)`` multiplications (fact 2).
+
+Each term bounds one vertex's own elimination, so a sum over some of the
+vertices is a bound too: with a ``deadline`` (``time.perf_counter()``) the
+max-flows stop when it passes (they take seconds on a graph of a thousand
+vertices) and the vertices left count with :func:`count_bound`'s term alone.
 """
 from __future__ import annotations
 
 from collections import deque
+from typing import Optional
 
+from ccjax.orders.deadline import passed
 from ccjax.orders.incremental import Evaluator, State
 
 
-def can_cancel(ev: Evaluator) -> bool:
-    """Whether some future sum could cancel to zero (see module docstring)."""
+def can_cancel(ev: Evaluator, deadline: Optional[float] = None) -> bool:
+    """Whether some future sum could cancel to zero (see module docstring).
+
+    Two unit paths of opposite signs between the same vertices leave their
+    last common vertex along different unit edges, so only vertices with two
+    or more unit out-edges start a search.  True (the safe answer: only the
+    weaker count bound is used) when ``deadline`` passes first."""
     root = ev.root
     unit = {}
     for u, succ in root.succs.items():
         unit[u] = [(w, ev.structures[s].sign) for w, s in succ.items() if not ev.is_valued(s)]
     for a in root.succs:
+        if len(unit[a]) < 2:
+            continue
+        if passed(deadline):
+            return True
         seen: set[tuple[int, int]] = set()
         stack = list(unit[a])
         while stack:
@@ -158,8 +174,10 @@ def _disjoint_paths(sources: list, target: int, nbrs: dict, blocked: set, limit:
     return flow
 
 
-def vertex_bounds(ev: Evaluator, state: State, limit: int = 64) -> dict[int, int]:
-    """``{v: a(v) * b(v)}`` for the remaining vertices (see module docstring).
+def vertex_bounds(ev: Evaluator, state: State, limit: int = 64,
+                  deadline: Optional[float] = None) -> dict[int, int]:
+    """``{v: a(v) * b(v)}`` for the remaining vertices (see module docstring),
+    or for those done when ``deadline`` passed.
 
     Only valid when :func:`can_cancel` is False.  Each value bounds the cost
     of eliminating ``v`` from ``state`` or from any state reachable from it,
@@ -172,23 +190,27 @@ def vertex_bounds(ev: Evaluator, state: State, limit: int = 64) -> dict[int, int
     for v in ev.eliminable:
         if mask >> v & 1:
             continue
+        if passed(deadline):
+            break
         a = _disjoint_paths(inputs, v, succs, _unit_reach(ev, v, preds), limit)
         b = _disjoint_paths(outputs, v, preds, _unit_reach(ev, v, succs), limit) if a else 0
         out[v] = a * b
     return out
 
 
-def cut_bound(ev: Evaluator, state: State, limit: int = 64) -> int:
+def cut_bound(ev: Evaluator, state: State, limit: int = 64, deadline: Optional[float] = None) -> int:
     """Sum over remaining vertices of ``max(count, a(v) * b(v))`` (see module
-    docstring).  Only valid when :func:`can_cancel` is False."""
+    docstring; ``a(v) * b(v)`` only for the vertices done by ``deadline``).
+    Only valid when :func:`can_cancel` is False."""
     preds, succs = state.preds, state.succs
-    return sum(max(int(_has_valued(ev, preds[v]) and _has_valued(ev, succs[v])), ab)
-               for v, ab in vertex_bounds(ev, state, limit).items())
+    cuts = vertex_bounds(ev, state, limit, deadline)
+    return sum(max(int(_has_valued(ev, preds[v]) and _has_valued(ev, succs[v])), cuts.get(v, 0))
+               for v in ev.eliminable if not state.mask >> v & 1)
 
 
-def lower_bound(ev: Evaluator, state: State) -> int:
+def lower_bound(ev: Evaluator, state: State, deadline: Optional[float] = None) -> int:
     """The best bound here for ``state``: :func:`cut_bound` when no sum can
     cancel, else :func:`count_bound`."""
-    if can_cancel(ev):
+    if can_cancel(ev, deadline):
         return count_bound(ev, state, cancel=True)
-    return cut_bound(ev, state)
+    return cut_bound(ev, state, deadline=deadline)

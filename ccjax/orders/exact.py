@@ -24,17 +24,13 @@ cancellation, the valued-path count of the state.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Callable, Optional, Sequence
 
 from ccjax.orders.bounds import can_cancel, count_bound, vertex_bounds
+from ccjax.orders.deadline import OutOfTime, check
 from ccjax.orders.incremental import Evaluator, State
 
 INF = float("inf")
-
-
-class _Timeout(Exception):
-    pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +51,9 @@ class _Solver:
         self.ev = ev
         self.deadline = deadline
         self.use_bound = use_bound
-        self.cancel = can_cancel(ev)
-        self.static = {} if self.cancel or not use_bound else vertex_bounds(ev, ev.root)
+        self.cancel = can_cancel(ev, deadline)  # True when cut short: the bound valid either way
+        # vertices whose cut bound the deadline cut off count with the count term alone
+        self.static = {} if self.cancel or not use_bound else vertex_bounds(ev, ev.root, deadline=deadline)
         self.table: dict[tuple[int, int], tuple[float, bool, Optional[int]]] = {}
         self.nodes = 0
         self.full = 0
@@ -73,7 +70,7 @@ class _Solver:
         for v in self.ev.eliminable:
             if mask >> v & 1:
                 continue
-            b = static[v]
+            b = static.get(v, 0)
             if b < 1 and any(valued(s) for s in preds[v].values()) and any(valued(s) for s in succs[v].values()):
                 b = 1
             total += b
@@ -90,8 +87,7 @@ class _Solver:
             self.table[key] = (0, True, None)
             return 0, True
         self.nodes += 1
-        if self.deadline is not None and (self.nodes & 255) == 0 and time.perf_counter() > self.deadline:
-            raise _Timeout
+        check(self.deadline)  # a node costs O(n) step costs: the clock is cheap beside it
         old_lb = entry[0] if entry is not None else 0
         h = max(self.h(state), old_lb)
         if h > budget:
@@ -138,15 +134,18 @@ class _Solver:
 
 
 def exact_search(ev: Evaluator, upper: Sequence[int], deadline: Optional[float] = None,
-                 on_bound: Optional[Callable[[int], None]] = None) -> ExactResult:
+                 on_bound: Optional[Callable[[int], None]] = None,
+                 upper_cost: Optional[int] = None) -> ExactResult:
     """Prove the optimum or certify a lower bound, starting from order ``upper``.
 
     ``upper`` (any valid order) is the incumbent; the result's order is
     never worse.  ``deadline`` is a ``time.perf_counter()`` value;
     ``on_bound(lb)`` is called whenever the certified bound rises.
+    ``upper_cost``: the cost of ``upper`` when the caller knows it (one
+    evaluation takes a second on a graph of a few thousand vertices).
     """
     upper = tuple(int(v) for v in upper)
-    ub = ev.cost(upper)
+    ub = ev.cost(upper) if upper_cost is None else upper_cost
     solver = _Solver(ev, deadline)
     root = ev.root
     lb = solver.h(root)
@@ -168,7 +167,7 @@ def exact_search(ev: Evaluator, upper: Sequence[int], deadline: Optional[float] 
                 on_bound(lb)
             budget = max(lb, budget + step)
             step *= 2
-    except _Timeout:
+    except (OutOfTime, RecursionError):  # a deep search stops like a late one: with its certified bound
         pass
     lb = min(lb, best_cost)
     return ExactResult(best_order, best_cost, lb, lb >= best_cost, solver.nodes)

@@ -28,6 +28,7 @@ import dataclasses
 from typing import NamedTuple, Optional, Sequence
 
 from ccjax.graph import Graph
+from ccjax.orders.deadline import check
 from ccjax.structure import Structure, product_plan, sum_plan
 
 
@@ -191,18 +192,24 @@ class Evaluator:
                         key ^= hash((u, w, n))
         return State(preds, succs, key, state.mask | (1 << v)), cost
 
-    def cost(self, order: Sequence[int]) -> int:
-        """Total multiplications of a (valid) order."""
+    def cost(self, order: Sequence[int], deadline: Optional[float] = None) -> int:
+        """Total multiplications of a (valid) order; raises
+        :class:`~ccjax.orders.deadline.OutOfTime` once ``deadline`` passes
+        (one evaluation takes a second on a graph of a few thousand vertices)."""
         state, total = self.root, 0
         for v in order:
+            check(deadline)
             state, c = self.eliminate(state, v)
             total += c
         return total
 
-    def trajectory(self, order: Sequence[int]) -> tuple[list[State], list[int]]:
-        """States before each step (and the final one) and cumulative costs."""
+    def trajectory(self, order: Sequence[int],
+                   deadline: Optional[float] = None) -> tuple[list[State], list[int]]:
+        """States before each step (and the final one) and cumulative costs
+        (``deadline`` as in :meth:`cost`)."""
         states, cum = [self.root], [0]
         for v in order:
+            check(deadline)
             s, c = self.eliminate(states[-1], v)
             states.append(s)
             cum.append(cum[-1] + c)
@@ -233,10 +240,10 @@ class IncrementalOrder:
     total cost of ``order``.
     """
 
-    def __init__(self, ev: Evaluator, order: Sequence[int]):
+    def __init__(self, ev: Evaluator, order: Sequence[int], deadline: Optional[float] = None):
         self.ev = ev
         self.order = [int(v) for v in order]
-        self.states, self.cum = ev.trajectory(self.order)
+        self.states, self.cum = ev.trajectory(self.order, deadline)
 
     @property
     def total(self) -> int:

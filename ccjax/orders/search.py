@@ -19,7 +19,9 @@ Methods (all on the one cost model, through
 
 Every method starts from the best of the greedy variants and of the order
 cache, so its result is never worse than ``order="auto"``.  The search is
-*anytime*: ``time_budget`` (seconds) stops it with the best order so far.
+*anytime*: ``time_budget`` (seconds) stops it with the best order so far,
+within the budget plus about one evaluation of an order (every loop that
+grows with the graph reads the clock, :mod:`ccjax.orders.deadline`).
 It is deterministic for a given ``seed`` and amount of work: the sequence of
 candidate orders depends only on the seed, a time budget only truncates it
 (without a budget a fixed amount of work is done).
@@ -37,6 +39,7 @@ from ccjax.graph import Graph
 from ccjax.orders.anneal import AnnealConfig, anneal
 from ccjax.orders.beam import beam_search
 from ccjax.orders.bounds import lower_bound
+from ccjax.orders.deadline import OutOfTime
 from ccjax.orders.exact import exact_search
 from ccjax.orders.greedy import QUICK, VARIANTS
 from ccjax.orders.incremental import Evaluator
@@ -54,6 +57,12 @@ ANNEAL_TEMPERATURES = ((0.02, 0.0003), (0.006, 0.0002))
 
 #: Moves of the first anneal run; each later run doubles, up to ``AnnealConfig().moves``.
 ANNEAL_FIRST_MOVES = 2500
+
+#: Share of the budget the first lower bound may take (its max-flows take seconds on 1,000 vertices).
+BOUND_SHARE = 0.1
+
+#: The orders a search result compares with (``SearchResult.baselines``).
+BASELINES = ("fwd", "rev", "markowitz")
 
 Progress = Callable[["ProgressInfo"], None]
 
@@ -84,8 +93,10 @@ class SearchResult:
     found it (``"anneal"``, ``"beam"``, ``"exact"``, ``"heuristic:<name>"``
     or ``"cache"``); ``lower_bound``: a certified lower bound on every
     order's cost, or None; ``fingerprint``: the graph's; ``elapsed``:
-    seconds; ``baselines``: costs of ``fwd``, ``rev`` and ``markowitz``;
-    ``optimal``: ``lower_bound == cost``.
+    seconds; ``baselines``: costs of ``fwd``, ``rev`` and ``markowitz``
+    (those the start phase reached within the budget; on a large graph
+    with a small budget possibly only ``fwd``); ``optimal``:
+    ``lower_bound == cost``.
     """
 
     order: tuple[int, ...]
@@ -148,30 +159,40 @@ class Incumbent:
             return None
         return self.start + fraction * self.budget
 
+    def from_now(self, fraction: float) -> Optional[float]:
+        """A deadline ``fraction`` of the budget from now, never past the end."""
+        if self.budget is None:
+            return None
+        return min(self.deadline(), time.perf_counter() + fraction * self.budget)
+
     def optimal_reached(self) -> bool:
         return self.cost is not None and self.lower_bound is not None and self.lower_bound >= self.cost
 
-    def out_of_time(self) -> bool:
-        return self.budget is not None and time.perf_counter() >= self.start + self.budget
 
-
-def _starts(ev: Evaluator, best: Incumbent, cached: Optional[Sequence[int]]) -> list[tuple[int, ...]]:
-    """Run every greedy variant (and the cached order); offer them; return
-    the distinct orders, best first."""
+def _starts(ev: Evaluator, best: Incumbent,
+            cached: Optional[Sequence[int]]) -> tuple[list[tuple[int, ...]], dict[str, int]]:
+    """Run the greedy variants (and the cached order) until the deadline;
+    offer them.  Returns the distinct orders, best first, and the cost of
+    each variant run.  The first order (the cached one, else ``fwd``) is
+    evaluated whatever the clock says: a search always returns an order."""
     seen: dict[tuple[int, ...], int] = {}
+    costs: dict[str, int] = {}
     if cached is not None:
         o = tuple(cached)
         seen[o] = ev.cost(o)
         best.offer(o, seen[o], "cache")
-    for name, fn in VARIANTS.items():
-        if best.out_of_time() and best.cost is not None:
-            break
-        o = tuple(fn(ev))
-        if o not in seen:
-            seen[o] = ev.cost(o)
-            best.evaluations += 1
-        best.offer(o, seen[o], f"heuristic:{name}")
-    return sorted(seen, key=lambda o: (seen[o], o))
+    deadline = best.deadline()
+    try:
+        for name, variant in VARIANTS.items():  # fwd first
+            o = tuple(variant(ev, deadline))
+            if o not in seen:
+                seen[o] = ev.cost(o, deadline if seen else None)
+                best.evaluations += 1
+            costs[name] = seen[o]
+            best.offer(o, seen[o], f"heuristic:{name}")
+    except OutOfTime:
+        pass
+    return sorted(seen, key=lambda o: (seen[o], o)), costs
 
 
 def _run_beam(ev: Evaluator, best: Incumbent, deadline: Optional[float], max_width: Optional[int]) -> None:
@@ -207,8 +228,11 @@ def _run_anneal(ev: Evaluator, best: Incumbent, starts: list, rng: np.random.Gen
         # short runs first (a small budget still finishes cooling), then longer ones
         moves = min(ANNEAL_FIRST_MOVES << k, AnnealConfig().moves)
         t_start, t_end = ANNEAL_TEMPERATURES[k % len(ANNEAL_TEMPERATURES)]
-        r = anneal(ev, start, rng, AnnealConfig(moves=moves, t_start=t_start, t_end=t_end), deadline,
-                   on_improve=lambda o, c: best.offer(o, c, "anneal"))
+        try:
+            r = anneal(ev, start, rng, AnnealConfig(moves=moves, t_start=t_start, t_end=t_end), deadline,
+                       on_improve=lambda o, c: best.offer(o, c, "anneal"))
+        except OutOfTime:  # the start's trajectory was not built in time
+            break
         best.evaluations += r.moves
         best.offer(r.order, r.cost, "anneal")
         k += 1
@@ -216,7 +240,7 @@ def _run_anneal(ev: Evaluator, best: Incumbent, starts: list, rng: np.random.Gen
 
 def _run_exact(ev: Evaluator, best: Incumbent, deadline: Optional[float]) -> None:
     best.phase = "exact"
-    r = exact_search(ev, best.order, deadline, on_bound=best.bound)
+    r = exact_search(ev, best.order, deadline, on_bound=best.bound, upper_cost=best.cost)
     best.evaluations += r.nodes
     best.offer(r.order, r.cost, "exact")
     best.bound(r.lower_bound)
@@ -245,9 +269,9 @@ def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float
     best = Incumbent(start, time_budget, progress)
     ev = Evaluator(graph)
     best.phase = "heuristics"
-    starts = _starts(ev, best, cached)
+    starts, start_costs = _starts(ev, best, cached)
     n = len(graph.eliminable)
-    best.bound(best.cost if n < 2 else lower_bound(ev, ev.root))  # one order only: optimal
+    best.bound(best.cost if n < 2 else lower_bound(ev, ev.root, best.from_now(BOUND_SHARE)))  # n < 2: optimal
     rng = np.random.default_rng(seed)
     runs = anneal_runs if anneal_runs is not None else (None if time_budget else DEFAULT_ANNEAL_RUNS)
     if n >= 2 and not best.optimal_reached():
@@ -271,7 +295,7 @@ def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float
     cost = plan_elimination(graph, order).report.mults
     if cost != best.cost:  # pragma: no cover - the evaluator is tested to agree
         raise AssertionError(f"search evaluator disagrees with plan_elimination: {best.cost} vs {cost}")
-    baselines = {name: ev.cost(VARIANTS[name](ev)) for name in ("fwd", "rev", "markowitz")}
+    baselines = {name: start_costs[name] for name in BASELINES if name in start_costs}
     lb = best.lower_bound
     return SearchResult(order, cost, best.method, None if lb is None else min(lb, cost), graph.fingerprint,
                         time.perf_counter() - start, baselines, best.evaluations)

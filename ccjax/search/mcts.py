@@ -108,26 +108,6 @@ def _play(tables: GameTables, states: game.GameState, actions) -> tuple[game.Ste
     return res, -res.mults.astype(jnp.float32) / jnp.asarray(tables.scale)[states.graph]
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def greedy_rollout(net: NetworkConfig, net_params, tables: GameTables, states: game.GameState):
-    """Play every game to the end by the policy's argmax.
-
-    Returns ``(actions (N, B), active (N, B), final states)``; step ``k`` of
-    game ``b`` was played when ``active[k, b]``.
-    """
-    capacity = states.edges.shape[-1]
-
-    def body(s, _):
-        logits, _ = evaluate(net, net_params, tables, s)
-        action = jnp.argmax(logits, axis=-1)
-        active = ~jax.vmap(game.is_terminal)(s)
-        res, _ = _play(tables, s, action)
-        return res.state, (action, active)
-
-    final, (actions, active) = jax.lax.scan(body, states, None, length=capacity)
-    return actions, active, final
-
-
 def initial_states(tables: GameTables, graph_ids) -> game.GameState:
     """A batch of fresh games on the given graphs of stacked ``tables``."""
     return jax.vmap(lambda g: game.initial_state(tables, g))(jnp.asarray(graph_ids, jnp.int32))

@@ -14,7 +14,6 @@ from typing import Optional
 
 import flax.serialization
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ccjax.search.mcts import MCTSConfig
@@ -54,7 +53,12 @@ def save_policy(path: str, net: NetworkConfig, params, search: MCTSConfig, info:
 
 
 def load_policy(path: str) -> Policy:
-    """Read a policy file; :class:`PolicyError` if it is not one."""
+    """Read a policy file; :class:`PolicyError` if it is not one.
+
+    The parameters stay NumPy arrays: loading runs no JAX operation, which
+    would be staged into whatever function is being traced when
+    ``jacve(order="learned")`` first asks for the policy (under ``jit``),
+    leaving tracers in the cached policy."""
     try:
         with open(path, "rb") as f:
             raw = flax.serialization.msgpack_restore(f.read())
@@ -63,7 +67,7 @@ def load_policy(path: str) -> Policy:
         net = NetworkConfig(**json.loads(raw["network"]))
         search = MCTSConfig(**json.loads(raw["search"]))
         info = json.loads(raw["info"])
-        params = jax.tree_util.tree_map(jnp.asarray, raw["params"])
+        params = jax.tree_util.tree_map(np.asarray, raw["params"])
     except FileNotFoundError:
         raise PolicyError(f"no policy file at {path}") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way

@@ -664,7 +664,7 @@ _CUSTOM_JVP: dict[str, tuple[Callable[[Array], Array], Callable[[float], float]]
     "relu": (jax.nn.relu, lambda m: m),
     "softplus": (jax.nn.softplus, lambda m: m + 1.0),
     "silu": (jax.nn.silu, lambda m: m),
-    "logsumexp": (lambda x: jax.nn.logsumexp(x, axis=-1, keepdims=True) * jnp.ones_like(x),
+    "logsumexp": (lambda x: jax.nn.logsumexp(x, axis=-1 if x.ndim else None, keepdims=True) * jnp.ones_like(x),
                   lambda m: m + 4.2),
 }
 

@@ -1,0 +1,630 @@
+"""The programs of ``benchmarks.programs``: functions a scientist or an ML
+engineer differentiates, each with its inputs at a full and a quick size.
+
+A :class:`Program` is a function, its arguments (NumPy: floating arrays in
+float64, index arrays in int32; the benchmark casts the floating ones to
+float32 for timing and keeps float64 for the correctness check), which of them
+are differentiated, and how a Jacobian method is applied to it
+(``transform``):
+
+* ``"plain"``: ``M(fn, argnums)`` — the Jacobian of ``fn``;
+* ``"vmap"``: ``vmap(M(fn, argnums), in_axes)`` — per-example Jacobians;
+* ``"nested"``: ``M(M(fn))`` — the Hessian of a scalar ``fn`` by the method
+  applied twice (``jacve(jacve(f))``, ``jacrev(jacrev(f))``, ...).
+
+``ref`` names the eager float64 AD mode of the reference Jacobian: ``"rev"``
+(``jax.jacrev``) unless JAX cannot reverse the program (``lax.while_loop``:
+``"fwd"``, ``jax.jacfwd``).
+
+Every function is written dtype-generically (Python float literals, dtypes
+taken from the arguments), so one definition serves float32 and float64.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+@dataclasses.dataclass
+class Program:
+    name: str
+    category: str
+    fn: Callable
+    args: tuple
+    argnums: int | tuple[int, ...] = 0
+    transform: str = "plain"
+    in_axes: Any = None
+    ref: str = "rev"
+    what: str = ""
+
+    def __post_init__(self):
+        assert self.transform in ("plain", "vmap", "nested"), self.transform
+        assert self.ref in ("rev", "fwd"), self.ref
+
+
+def _rng(name: str) -> np.random.Generator:
+    """A generator seeded by the name (deterministic across runs)."""
+    return np.random.default_rng(sum(ord(c) * 31 ** k for k, c in enumerate(name)) % (2 ** 32))
+
+
+def _f64_tree(tree):
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
+
+
+# ====================================================================== PDE residuals
+def burgers_residual(u, u_old):
+    """Implicit-Euler residual of viscous Burgers, first-order upwind
+    convection (u > 0), Dirichlet zeros; neighbours by concatenate + slices."""
+    n = u.shape[0]
+    dx, dt, nu = 1.0 / (n + 1), 1e-3, 0.01
+    zero = jnp.zeros((1,), u.dtype)
+    ul = jnp.concatenate([zero, u[:-1]])
+    ur = jnp.concatenate([u[1:], zero])
+    return (u - u_old) / dt + u * (u - ul) / dx - nu * (ur - 2.0 * u + ul) / dx ** 2
+
+
+def bratu2d_residual(U):
+    """Bratu problem -Δu - λ e^u = 0 on the unit square, 5-point stencil,
+    Dirichlet zeros by jnp.pad, neighbours by slicing."""
+    n = U.shape[0]
+    h, lam = 1.0 / (n + 1), 6.0
+    P = jnp.pad(U, 1)
+    lap = (P[:-2, 1:-1] + P[2:, 1:-1] + P[1:-1, :-2] + P[1:-1, 2:] - 4.0 * U) / h ** 2
+    return lap + lam * jnp.exp(U)
+
+
+def bratu1d_residual(u):
+    """Periodic 1D Bratu, tridiagonal via jnp.roll."""
+    n = u.shape[0]
+    h, lam = 1.0 / n, 2.0
+    return (jnp.roll(u, 1) - 2.0 * u + jnp.roll(u, -1)) / h ** 2 + lam * jnp.exp(u)
+
+
+def allen_cahn_residual(u):
+    """Allen–Cahn ε²u'' + u - u³ with Neumann boundaries (jnp.pad mode="edge")
+    and fluxes by jnp.diff."""
+    n = u.shape[0]
+    h, eps2 = 1.0 / n, 1e-3
+    flux = jnp.diff(jnp.pad(u, 1, mode="edge")) / h
+    return eps2 * jnp.diff(flux) / h + u - u ** 3
+
+
+# ====================================================================== Newton
+def broyden_F(x):
+    """Broyden's tridiagonal system."""
+    zero = jnp.zeros((1,), x.dtype)
+    xm = jnp.concatenate([zero, x[:-1]])
+    xp = jnp.concatenate([x[1:], zero])
+    return (3.0 - 2.0 * x) * x - xm - 2.0 * xp + 1.0
+
+
+def broyden_J(x):
+    n = x.shape[0]
+    return jnp.diag(3.0 - 4.0 * x) - jnp.eye(n, k=-1, dtype=x.dtype) - 2.0 * jnp.eye(n, k=1, dtype=x.dtype)
+
+
+def newton_step(x):
+    """One Newton step with the analytic Jacobian: x - J(x)⁻¹F(x) (jnp.linalg.solve)."""
+    return x - jnp.linalg.solve(broyden_J(x), broyden_F(x))
+
+
+def newton_jacfwd_3(x):
+    """Three Newton steps whose Jacobian comes from jax.jacfwd inside f."""
+    for _ in range(3):
+        x = x - jnp.linalg.solve(jax.jacfwd(broyden_F)(x), broyden_F(x))
+    return x
+
+
+# ====================================================================== flax
+def _flax_models():
+    import flax.linen as nn
+
+    class MLP(nn.Module):
+        features: Sequence[int]
+
+        @nn.compact
+        def __call__(self, x):
+            for f in self.features[:-1]:
+                x = nn.gelu(nn.Dense(f)(x))
+            return nn.Dense(self.features[-1])(x)
+
+    class CNN(nn.Module):
+        width: int = 8
+        classes: int = 10
+
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(self.width, (3, 3))(x))
+            x = nn.relu(nn.Conv(self.width, (3, 3), strides=(2, 2))(x))
+            x = x.reshape((x.shape[0], -1))
+            return nn.Dense(self.classes)(x)
+
+    class Attention(nn.Module):
+        features: int
+
+        @nn.compact
+        def __call__(self, x):
+            y = nn.MultiHeadDotProductAttention(num_heads=1, qkv_features=self.features)(x, x)
+            return nn.LayerNorm()(x + y)
+
+    return MLP, CNN, Attention
+
+
+def _init(model, x) -> dict:
+    return _f64_tree(model.init(jax.random.PRNGKey(0), jnp.asarray(x, jnp.float32))["params"])
+
+
+def flax_mlp_params(quick: bool) -> Program:
+    MLP, _, _ = _flax_models()
+    feats, b, d = ((8, 4), 2, 4) if quick else ((64, 64, 10), 4, 32)
+    model = MLP(feats)
+    x = _rng("mlp").standard_normal((b, d))
+    params = _init(model, x)
+
+    def f(params, x):
+        return model.apply({"params": params}, x)
+
+    return Program("flax_mlp_params", "flax", f, (params, x), 0,
+                   what=f"linen MLP {d}-{'-'.join(map(str, feats))}, batch {b}: logits w.r.t. the parameter dict")
+
+
+def flax_mlp_input(quick: bool) -> Program:
+    MLP, _, _ = _flax_models()
+    feats, b, d = ((8, 4), 2, 4) if quick else ((64, 64, 10), 8, 32)
+    model = MLP(feats)
+    x = _rng("mlpx").standard_normal((b, d))
+    params = _init(model, x)
+
+    def f(x, params):
+        return model.apply({"params": params}, x)
+
+    return Program("flax_mlp_input", "flax", f, (x, params), 0,
+                   what=f"linen MLP {d}-{'-'.join(map(str, feats))}: logits w.r.t. a batch of {b} inputs")
+
+
+def flax_cnn_input(quick: bool) -> Program:
+    _, CNN, _ = _flax_models()
+    s, w = (6, 2) if quick else (16, 8)
+    model = CNN(width=w)
+    x = _rng("cnn").standard_normal((1, s, s, 1))
+    params = _init(model, x)
+
+    def f(x, params):
+        return model.apply({"params": params}, x)
+
+    return Program("flax_cnn_input", "flax", f, (x, params), 0,
+                   what=f"linen conv net (2 conv, {w} channels, stride 2, dense 10) on a {s}x{s} image, w.r.t. the image")
+
+
+def flax_attention_input(quick: bool) -> Program:
+    _, _, Attention = _flax_models()
+    L, d = (3, 4) if quick else (16, 32)
+    model = Attention(d)
+    x = _rng("attn").standard_normal((L, d))
+    params = _init(model, x)
+
+    def f(x, params):
+        return model.apply({"params": params}, x)
+
+    return Program("flax_attention_input", "flax", f, (x, params), 0,
+                   what=f"linen single-head self-attention + residual + LayerNorm, {L} tokens x {d}, w.r.t. tokens")
+
+
+# ====================================================================== linear algebra
+def _wellcond(rng, n, scale=0.3):
+    return np.eye(n) + scale * rng.standard_normal((n, n)) / np.sqrt(n)
+
+
+def linalg_solve(A, b):
+    return jnp.linalg.solve(A, b)
+
+
+def linalg_cholesky(M):
+    n = M.shape[0]
+    return jnp.linalg.cholesky(M @ M.T + n * jnp.eye(n, dtype=M.dtype))
+
+
+def linalg_eigh(A):
+    """Eigenvalues and the squared first components of the eigenvectors
+    (sign-invariant) of the symmetric part."""
+    w, V = jnp.linalg.eigh(0.5 * (A + A.T))
+    return jnp.concatenate([w, V[0] ** 2])
+
+
+def linalg_inv(A):
+    return jnp.linalg.inv(A)
+
+
+def linalg_det(A):
+    return jnp.linalg.det(A)
+
+
+def linalg_expm(A):
+    return jax.scipy.linalg.expm(A)
+
+
+# ====================================================================== control flow
+def scan_rnn(x, W, U, h0):
+    """Elman RNN by lax.scan: all hidden states w.r.t. the input sequence."""
+    def step(h, xt):
+        h = jnp.tanh(W @ h + U @ xt)
+        return h, h
+
+    return lax.scan(step, h0, x)[1]
+
+
+def fori_euler(x, W):
+    """50 explicit Euler steps of x' = tanh(W x) by lax.fori_loop."""
+    return lax.fori_loop(0, 50, lambda i, x: x + 0.02 * jnp.tanh(W @ x), x)
+
+
+def while_fixed(x, W):
+    """lax.while_loop with a fixed trip count of 20 (JAX cannot reverse it)."""
+    def body(c):
+        i, x = c
+        return i + 1, x + 0.05 * jnp.sin(W @ x)
+
+    return lax.while_loop(lambda c: c[0] < 20, body, (0, x))[1]
+
+
+def cond_branch(x):
+    return lax.cond(jnp.sum(x) > 0, lambda x: jnp.sin(x) * x + jnp.roll(x, 1),
+                    lambda x: jnp.cos(x) + x ** 2, x)
+
+
+def switch_branch(x):
+    k = jnp.clip((jnp.abs(x[0]) * 3.0).astype(jnp.int32), 0, 2)
+    return lax.switch(k, [lambda x: jnp.tanh(x) * 2.0, lambda x: x * jnp.exp(-x ** 2),
+                          lambda x: jnp.cumsum(x) * 0.1], x)
+
+
+# ====================================================================== gather / scatter, conv, sort, FFT
+def gather_big(x, idx):
+    return x[idx] ** 2 + jnp.sin(x[idx])
+
+
+def scatter_add(x, idx, nbins: int):
+    return jnp.zeros((nbins,), x.dtype).at[idx].add(x ** 2)
+
+
+def conv2d_scalar(img, kernel):
+    y = lax.conv_general_dilated(img, kernel, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return jnp.sum(jnp.tanh(y) ** 2)
+
+
+def sort_values(x):
+    return jnp.sort(jnp.sin(3.0 * x) * x)
+
+
+def fft_filter(x, H):
+    """Low-pass filter by rfft / irfft (complex intermediates, real output)."""
+    return jnp.fft.irfft(jnp.fft.rfft(jnp.tanh(x)) * H, n=x.shape[0])
+
+
+# ====================================================================== ODEs
+def lorenz96(x):
+    return (jnp.roll(x, -1) - jnp.roll(x, 2)) * jnp.roll(x, 1) - x + 8.0
+
+
+def lorenz96_indexed(x):
+    """Lorenz-96 with the neighbours taken by constant index vectors (gathers)."""
+    n = x.shape[0]
+    i = np.arange(n)
+    return (x[(i + 1) % n] - x[(i - 2) % n]) * x[(i - 1) % n] - x + 8.0
+
+
+def rk4_lorenz96(x):
+    """10 unrolled RK4 steps of Lorenz-96.  The right-hand side takes its
+    neighbours by index: with jnp.roll (slices + concatenate) XLA:CPU needs
+    over a minute to compile the Jacobian of every method (jacrev 94 s, ccjax
+    178 s at n = 8 on the shared 2-core machine; 18 s for jacrev at 4 steps),
+    so that variant would only measure the first-call limit."""
+    dt = 0.01
+    for _ in range(10):
+        k1 = lorenz96_indexed(x)
+        k2 = lorenz96_indexed(x + 0.5 * dt * k1)
+        k3 = lorenz96_indexed(x + 0.5 * dt * k2)
+        k4 = lorenz96_indexed(x + dt * k3)
+        x = x + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+    return x
+
+
+# ====================================================================== Hessians
+def lj_energy(x):
+    """Lennard-Jones energy of the particles at x (flat, 3 per particle)."""
+    p = x.reshape(-1, 3)
+    n = p.shape[0]
+    d = p[:, None, :] - p[None, :, :]
+    r2 = jnp.sum(d * d, -1) + jnp.eye(n, dtype=x.dtype)
+    inv6 = 1.0 / r2 ** 3
+    mask = jnp.triu(jnp.ones((n, n), x.dtype), 1)
+    return jnp.sum(4.0 * (inv6 * inv6 - inv6) * mask)
+
+
+def _lj_positions(quick: bool) -> np.ndarray:
+    shape = (2, 2, 1) if quick else (2, 2, 4)
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in shape], indexing="ij"), -1).reshape(-1, 3) * 1.12
+    return (grid + 0.05 * _rng("lj").standard_normal(grid.shape)).reshape(-1)
+
+
+# ====================================================================== good cases
+def mlp_single(x, W1, b1, W2, b2):
+    return W2 @ jnp.tanh(W1 @ x + b1) + b2
+
+
+def cumsum_sq(x):
+    return jnp.cumsum(x * x)
+
+
+def logsumexp_rows(X):
+    return jax.nn.logsumexp(X, axis=1)
+
+
+def norms(X):
+    return jnp.concatenate([jnp.linalg.norm(X, axis=1), jnp.linalg.norm(X)[None]])
+
+
+def interp(xq, fp, xp):
+    return jnp.interp(xq, xp, fp)
+
+
+def remat_blocks(x, W):
+    block = jax.checkpoint(lambda x: jnp.tanh(W @ x) + x)
+    for _ in range(4):
+        x = block(x)
+    return x
+
+
+# ====================================================================== the registry
+def _builders() -> dict[str, Callable[[bool], Program]]:
+    B: dict[str, Callable[[bool], Program]] = {}
+
+    def reg(fn):
+        B[fn.__name__[2:]] = fn
+        return fn
+
+    @reg
+    def p_burgers1d_upwind(q):
+        n = 32 if q else 1024
+        r = _rng("burgers")
+        u = 0.5 + 0.1 * r.random(n)
+        return Program("burgers1d_upwind", "PDE", burgers_residual, (u, u + 0.01 * r.standard_normal(n)), 0,
+                       what=f"implicit-Euler Burgers residual, upwind, concatenate/slices, n={n}")
+
+    @reg
+    def p_bratu2d_5pt(q):
+        n = 6 if q else 32
+        return Program("bratu2d_5pt", "PDE", bratu2d_residual, (0.1 * _rng("bratu2").random((n, n)),), 0,
+                       what=f"2D Bratu 5-point stencil, jnp.pad + slices, {n}x{n}")
+
+    @reg
+    def p_bratu1d_roll(q):
+        n = 32 if q else 4096
+        return Program("bratu1d_roll", "PDE", bratu1d_residual, (0.1 * _rng("bratu1").random(n),), 0,
+                       what=f"periodic 1D Bratu, tridiagonal by jnp.roll, n={n}")
+
+    @reg
+    def p_allen_cahn1d(q):
+        n = 16 if q else 256
+        return Program("allen_cahn1d", "PDE", allen_cahn_residual, (_rng("ac").standard_normal(n),), 0,
+                       what=f"Allen–Cahn residual, jnp.pad(mode='edge') + jnp.diff, n={n}")
+
+    @reg
+    def p_newton_step(q):
+        n = 6 if q else 64
+        return Program("newton_step", "Newton", newton_step, (-0.5 + 0.1 * _rng("newton").random(n),), 0,
+                       what=f"one Newton step x - solve(J(x), F(x)), Broyden tridiagonal, n={n}")
+
+    @reg
+    def p_newton_jacfwd_3(q):
+        n = 4 if q else 16
+        return Program("newton_jacfwd_3", "Newton", newton_jacfwd_3, (-0.5 + 0.1 * _rng("newton3").random(n),), 0,
+                       what=f"3 Newton steps, J = jax.jacfwd(F) inside f, jnp.linalg.solve, n={n}")
+
+    B["flax_mlp_params"] = flax_mlp_params
+    B["flax_mlp_input"] = flax_mlp_input
+    B["flax_cnn_input"] = flax_cnn_input
+    B["flax_attention_input"] = flax_attention_input
+
+    @reg
+    def p_linalg_solve(q):
+        n = 4 if q else 32
+        r = _rng("solve")
+        return Program("linalg_solve", "linalg", linalg_solve, (_wellcond(r, n), r.standard_normal(n)), (0, 1),
+                       what=f"jnp.linalg.solve(A, b) w.r.t. A and b, n={n}")
+
+    @reg
+    def p_linalg_cholesky(q):
+        n = 4 if q else 16
+        return Program("linalg_cholesky", "linalg", linalg_cholesky, (_rng("chol").standard_normal((n, n)),), 0,
+                       what=f"cholesky(M Mᵀ + nI), {n}x{n}")
+
+    @reg
+    def p_linalg_eigh(q):
+        n = 4 if q else 16
+        return Program("linalg_eigh", "linalg", linalg_eigh, (_rng("eigh").standard_normal((n, n)),), 0,
+                       what=f"eigh of the symmetric part: eigenvalues and squared first eigenvector components, {n}x{n}")
+
+    @reg
+    def p_linalg_inv(q):
+        n = 4 if q else 16
+        return Program("linalg_inv", "linalg", linalg_inv, (_wellcond(_rng("inv"), n),), 0,
+                       what=f"jnp.linalg.inv, {n}x{n}")
+
+    @reg
+    def p_linalg_det(q):
+        n = 4 if q else 16
+        return Program("linalg_det", "linalg", linalg_det, (_wellcond(_rng("det"), n),), 0,
+                       what=f"jnp.linalg.det, {n}x{n} -> scalar")
+
+    @reg
+    def p_linalg_expm(q):
+        n = 3 if q else 8
+        return Program("linalg_expm", "linalg", linalg_expm, (0.3 * _rng("expm").standard_normal((n, n)),), 0,
+                       what=f"jax.scipy.linalg.expm, {n}x{n}")
+
+    @reg
+    def p_scan_rnn(q):
+        T, d, h = (3, 2, 4) if q else (20, 8, 32)
+        r = _rng("rnn")
+        return Program("scan_rnn", "control flow", scan_rnn,
+                       (r.standard_normal((T, d)), r.standard_normal((h, h)) / np.sqrt(h),
+                        r.standard_normal((h, d)) / np.sqrt(d), np.zeros(h)), 0,
+                       what=f"lax.scan Elman RNN, T={T}, d={d}, h={h}: all hidden states w.r.t. the inputs")
+
+    @reg
+    def p_fori_euler(q):
+        n = 4 if q else 32
+        r = _rng("fori")
+        return Program("fori_euler", "control flow", fori_euler,
+                       (r.standard_normal(n), r.standard_normal((n, n)) / np.sqrt(n)), 0,
+                       what=f"lax.fori_loop, 50 Euler steps of x' = tanh(Wx), n={n}")
+
+    @reg
+    def p_while_fixed(q):
+        n = 4 if q else 32
+        r = _rng("while")
+        return Program("while_fixed", "control flow", while_fixed,
+                       (r.standard_normal(n), r.standard_normal((n, n)) / np.sqrt(n)), 0, ref="fwd",
+                       what=f"lax.while_loop, fixed 20 trips, n={n} (not reversible: reference jacfwd)")
+
+    @reg
+    def p_cond(q):
+        n = 8 if q else 64
+        return Program("cond", "control flow", cond_branch, (_rng("cond").standard_normal(n) + 0.3,), 0,
+                       what=f"lax.cond on the sign of sum(x), n={n}")
+
+    @reg
+    def p_switch(q):
+        n = 8 if q else 64
+        x = _rng("switch").standard_normal(n)
+        x[0] = 0.5  # branch 1
+        return Program("switch", "control flow", switch_branch, (x,), 0,
+                       what=f"lax.switch on an index computed from x, 3 branches, n={n}")
+
+    @reg
+    def p_gather_big_index(q):
+        n, k = (16, 64) if q else (1024, 4096)
+        r = _rng("gather")
+        return Program("gather_big_index", "gather/scatter", gather_big,
+                       (r.standard_normal(n), r.integers(0, n, k).astype(np.int32)), 0,
+                       what=f"x[idx]: {n} values, {k} indices")
+
+    @reg
+    def p_scatter_add(q):
+        n, bins = (32, 8) if q else (2048, 256)
+        r = _rng("scatter")
+        idx = r.integers(0, bins, n).astype(np.int32)
+        return Program("scatter_add", "gather/scatter", lambda x, idx: scatter_add(x, idx, bins),
+                       (r.standard_normal(n), idx), 0, what=f"zeros({bins}).at[idx].add(x²), {n} values")
+
+    @reg
+    def p_conv2d_scalar(q):
+        s, c = (8, 2) if q else (64, 4)
+        r = _rng("conv")
+        return Program("conv2d_scalar", "conv", conv2d_scalar,
+                       (r.standard_normal((1, 1, s, s)), 0.3 * r.standard_normal((c, 1, 3, 3))), (0, 1),
+                       what=f"lax.conv_general_dilated 3x3, {c} channels, {s}x{s} image -> scalar, w.r.t. image and kernel")
+
+    @reg
+    def p_sort(q):
+        n = 16 if q else 256
+        return Program("sort", "sort/FFT", sort_values, (_rng("sort").standard_normal(n),), 0,
+                       what=f"jnp.sort(sin(3x)·x), n={n}")
+
+    @reg
+    def p_fft_filter(q):
+        n = 16 if q else 256
+        k = np.arange(n // 2 + 1)
+        return Program("fft_filter", "sort/FFT", fft_filter, (_rng("fft").standard_normal(n), np.exp(-(k / (n / 8)) ** 2)),
+                       0, what=f"irfft(rfft(tanh x)·H), n={n}")
+
+    @reg
+    def p_lorenz96_rhs(q):
+        n = 8 if q else 64
+        return Program("lorenz96_rhs", "ODE", lorenz96, (8.0 + _rng("l96").standard_normal(n),), 0,
+                       what=f"Lorenz-96 right-hand side (jnp.roll), n={n}")
+
+    @reg
+    def p_rk4_lorenz96(q):
+        n = 8 if q else 64
+        return Program("rk4_lorenz96", "ODE", rk4_lorenz96, (8.0 + _rng("rk4").standard_normal(n),), 0,
+                       what=f"10 unrolled RK4 steps of Lorenz-96 (neighbours by index vectors), n={n}")
+
+    @reg
+    def p_lj_hessian_grad(q):
+        x = _lj_positions(q)
+        return Program("lj_hessian_grad", "Hessian", jax.grad(lj_energy), (x,), 0,
+                       what=f"M(jax.grad(E)): Lennard-Jones energy of {x.size // 3} particles")
+
+    @reg
+    def p_lj_hessian_nested(q):
+        x = _lj_positions(q)
+        return Program("lj_hessian_nested", "Hessian", lj_energy, (x,), 0, transform="nested",
+                       what=f"M(M(E)) (jacve(jacve(E)), jacrev(jacrev(E)), ...): Lennard-Jones, {x.size // 3} particles")
+
+    @reg
+    def p_vmap_jac_mlp(q):
+        B, d, h, o = (4, 3, 4, 2) if q else (128, 16, 32, 8)
+        r = _rng("vmapmlp")
+        return Program("vmap_jac_mlp", "good cases", mlp_single,
+                       (r.standard_normal((B, d)), r.standard_normal((h, d)) / np.sqrt(d), r.standard_normal(h),
+                        r.standard_normal((o, h)) / np.sqrt(h), r.standard_normal(o)), 0,
+                       transform="vmap", in_axes=(0, None, None, None, None),
+                       what=f"vmap(M(mlp)): per-example input Jacobians of a {d}-{h}-{o} MLP, batch {B}")
+
+    @reg
+    def p_cumsum(q):
+        n = 16 if q else 1024
+        return Program("cumsum", "good cases", cumsum_sq, (_rng("cumsum").standard_normal(n),), 0,
+                       what=f"jnp.cumsum(x²), n={n}")
+
+    @reg
+    def p_logsumexp(q):
+        n = 4 if q else 64
+        return Program("logsumexp", "good cases", logsumexp_rows, (_rng("lse").standard_normal((n, n)),), 0,
+                       what=f"jax.nn.logsumexp over rows, {n}x{n}")
+
+    @reg
+    def p_norms(q):
+        m, n = (4, 3) if q else (128, 32)
+        return Program("norms", "good cases", norms, (_rng("norms").standard_normal((m, n)),), 0,
+                       what=f"row norms and the Frobenius norm of a {m}x{n} matrix")
+
+    @reg
+    def p_interp(q):
+        nq, nf = (8, 6) if q else (512, 128)
+        r = _rng("interp")
+        xp = np.linspace(0.0, 1.0, nf)
+        return Program("interp", "good cases", interp, (r.uniform(0.01, 0.99, nq), np.sin(6 * xp), xp), (0, 1),
+                       what=f"jnp.interp, {nq} queries on a {nf}-point table, w.r.t. queries and table values")
+
+    @reg
+    def p_remat(q):
+        n = 4 if q else 128
+        r = _rng("remat")
+        return Program("remat", "good cases", remat_blocks,
+                       (r.standard_normal(n), r.standard_normal((n, n)) / np.sqrt(n)), 0,
+                       what=f"4 residual tanh blocks under jax.checkpoint, n={n}")
+
+    return B
+
+
+BUILDERS = _builders()
+#: Program names in table order.
+NAMES = tuple(BUILDERS)
+
+
+def build(names: Sequence[str] | None, quick: bool) -> list[Program]:
+    if not names:
+        names = NAMES
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        raise SystemExit(f"unknown program(s) {unknown}; known: {', '.join(NAMES)}")
+    return [BUILDERS[n](quick) for n in names]

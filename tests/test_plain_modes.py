@@ -1,0 +1,118 @@
+"""``order="auto"`` against JAX's own plain modes over the whole program.
+
+The plan of ``auto`` is the cheaper of the best elimination and
+``jax.jacrev``/``jax.jacfwd`` of the whole (flattened) program, by every
+multiplication the compiled program performs beyond the primal; the count
+of the JAX modes is read from their jaxprs, so it is what runs.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+import ccjax  # noqa: E402
+from ccjax._jaxpr import count_multiplications  # noqa: E402
+from ccjax.api import _plan  # noqa: E402
+from ccjax.eliminate import plan_elimination  # noqa: E402
+from ccjax.jax_modes import cheapest, plan_jax_mode, program_mults  # noqa: E402
+from ccjax.resolve import resolve_order  # noqa: E402
+from ccjax.tasks import TASKS  # noqa: E402
+
+
+def burgers(u):
+    """Upwind Burgers residual written with shifts: dense 0/1 selection
+    matrices for the elimination, a cheap linear pass for JAX."""
+    n = u.shape[0]
+    left = jnp.concatenate([u[-1:], u[:-1]])
+    right = jnp.concatenate([u[1:], u[:1]])
+    return u * (u - left) * n - 0.01 * (right - 2 * u + left) * n * n
+
+
+@pytest.fixture(autouse=True)
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CCJAX_CACHE_DIR", str(tmp_path))
+
+
+def test_auto_takes_a_plain_mode_when_elimination_multiplies_more():
+    u = jnp.linspace(0.0, 1.0, 128)
+    g = ccjax.graph(burgers, u)
+    plan = _plan(g, "auto")
+    assert plan.mode in ("jax-rev", "jax-fwd")
+    assert plan.report.mults < program_mults(g, plan_elimination(g, resolve_order(g, "auto")))
+    np.testing.assert_allclose(ccjax.jacve(burgers)(u), jax.jacrev(burgers)(u), rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(ccjax.jacve(burgers))(u), jax.jacrev(burgers)(u), rtol=1e-12)
+    assert ccjax.cost(burgers, u, order="auto") == plan.report.mults
+    # named orders still eliminate
+    assert _plan(g, "rev").mode == "eliminate"
+
+
+@pytest.mark.parametrize("name", ["RoeFlux_1d", "HumanHeartDipole", "f"])
+def test_auto_keeps_the_elimination_where_it_is_cheaper(name):
+    task = TASKS[name]
+    fn, args = task.graph_fn_and_inputs(0)
+    g = ccjax.graph(fn, *args, argnums=task.argnums)
+    plan = _plan(g, "auto")
+    assert plan.mode == "eliminate"
+    for mode in ("rev", "fwd"):
+        assert program_mults(g, plan) <= plan_jax_mode(g, mode).report.mults
+
+
+def test_jax_mode_count_is_the_jaxpr_count():
+    f = lambda x: jnp.sin(x) * x ** 2 @ jnp.ones((3, 2))
+    x = jnp.arange(1.0, 4.0)
+    g = ccjax.graph(f, x)
+    rev = plan_jax_mode(g, "rev")
+    primal = count_multiplications(jax.make_jaxpr(f)(x).jaxpr)
+    total = count_multiplications(jax.make_jaxpr(jax.jacrev(f))(x).jaxpr)
+    # the flattened program may order its ops differently, not multiply more or less
+    assert rev.report.mults == total - primal
+
+
+def test_cheapest_prefers_the_elimination_on_ties():
+    f = lambda x: x * 2.0
+    x = jnp.ones(3)
+    g = ccjax.graph(f, x)
+    elim = plan_elimination(g, resolve_order(g, "rev"))
+    assert cheapest(g, elim) is elim
+
+
+def test_program_mults_counts_dense_partials_too():
+    f = lambda x: jnp.sort(x) * x
+    x = jnp.array([3.0, 1.0, 2.0])
+    g = ccjax.graph(f, x)
+    plan = plan_elimination(g, resolve_order(g, "rev"))
+    assert program_mults(g, plan) >= plan.report.mults
+
+
+def test_auto_skips_a_plain_mode_jax_cannot_run():
+    def f(x):
+        return jax.lax.while_loop(lambda c: c[1] < 3, lambda c: (jnp.sin(c[0]) * 1.5, c[1] + 1), (x, 0))[0]
+
+    x = jnp.array([0.3, 0.9])
+    got = ccjax.jacve(f)(x)
+    np.testing.assert_allclose(got, jax.jacfwd(f)(x), rtol=1e-12)
+    assert _plan(ccjax.graph(f, x), "auto").mode in ("eliminate", "jax-fwd")
+
+
+def test_cli_cost_says_when_auto_runs_a_plain_mode(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from ccjax.cli import main
+
+    (tmp_path / "stencil_mod.py").write_text(
+        "import jax.numpy as jnp\n"
+        "def burgers(u):\n"
+        "    left = jnp.concatenate([u[-1:], u[:-1]]); right = jnp.concatenate([u[1:], u[:1]])\n"
+        "    return u * (u - left) - 0.01 * (right - 2 * u + left)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("stencil_mod", None)
+    assert main(["cost", "stencil_mod:burgers", "--args", "f64[128]", "--order", "auto", "--no-cache"]) == 0
+    out = capsys.readouterr().out
+    assert "runs JAX's" in out and "mode over the whole function" in out
+    assert main(["cost", "stencil_mod:burgers", "--args", "f64[128]", "--order", "auto", "--no-cache", "-q"]) == 0
+    quiet = int(capsys.readouterr().out.strip())
+    u = jnp.linspace(0.0, 1.0, 128)
+    assert quiet == ccjax.cost(sys.modules["stencil_mod"].burgers, u, order="auto")

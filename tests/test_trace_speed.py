@@ -1,0 +1,137 @@
+"""Tracing cost: constant work is staged (not run eagerly op by op), Python
+control flow on constants still works, and repeated eager calls reuse the
+cached graph, also through ``custom_jvp`` rules (``jax.nn.relu``)."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ccjax
+from ccjax import trace as trace_mod
+from conftest import assert_jac_equal
+
+x3 = jnp.array([0.3, -0.7, 1.1])
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    """A flax.linen MLP in float64, its parameters and an input batch."""
+    model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(8), nn.relu, nn.Dense(3)])
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5)))
+    params = model.init(jax.random.PRNGKey(0), x)
+    return model, params, x
+
+
+def test_linen_mlp_input_jacobian(mlp):
+    model, params, x = mlp
+    f = lambda x: model.apply(params, x)
+    assert_jac_equal(ccjax.jacve(f)(x), jax.jacrev(f)(x))
+
+
+def test_linen_mlp_params_jacobian(mlp):
+    model, params, x = mlp
+    f = lambda p: model.apply(p, x)
+    assert_jac_equal(ccjax.jacve(f)(params), jax.jacrev(f)(params))
+
+
+def test_nnx_model_jacobian():
+    nnx = pytest.importorskip("flax.nnx")
+    model = nnx.Sequential(nnx.Linear(5, 8, rngs=nnx.Rngs(0)), nnx.relu, nnx.Linear(8, 3, rngs=nnx.Rngs(1)))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5)))
+    assert_jac_equal(ccjax.jacve(lambda x: model(x))(x), jax.jacrev(lambda x: model(x))(x))
+
+
+def _counting(f):
+    """``f`` and a list that grows by one per call of it."""
+    calls = []
+
+    def counted(*args):
+        calls.append(None)
+        return f(*args)
+
+    return counted, calls
+
+
+def test_constant_work_is_traced_once():
+    """No Python needs a constant's value: one trace, constant work staged."""
+    w = jnp.linspace(0.5, 1.5, 3)
+    f, calls = _counting(lambda x: jnp.tanh(x) * jnp.exp(w).sum())
+    assert_jac_equal(ccjax.jacve(f)(x3), jax.jacrev(f)(x3))
+    assert len(calls) == 2  # one trace each for jacve and jax.jacrev
+    eqns = ccjax.graph(lambda x: jnp.tanh(x) * jnp.exp(w).sum(), x3).program.nodes
+    assert "exp" in [node.name for node in eqns]  # staged, not a precomputed constant
+
+
+@pytest.mark.parametrize("case", ["if", "int", "numpy", "bool_index"])
+def test_python_control_flow_on_constants(case):
+    """As with ``jax.jacrev``, Python may read a non-differentiated array's
+    value; ccjax then traces again with constant work done eagerly."""
+    y = jnp.array([1.0, -2.0, 3.0])
+    fs = {
+        "if": lambda x, y: x * 3.0 if float(jnp.sum(y)) > 0 else x,
+        "int": lambda x, y: x * jnp.ones(int(jnp.sum(y > 0))).sum(),
+        "numpy": lambda x, y: x * float(np.asarray(jnp.cumsum(y))[-1]),
+        "bool_index": lambda x, y: x * jnp.sum(y[y > 0]),
+    }
+    f, calls = _counting(fs[case])
+    assert_jac_equal(ccjax.jacve(f)(x3, y), jax.jacrev(f)(x3, y))
+    assert len(calls) == 3  # two traces for jacve, one for jax.jacrev
+
+
+def test_control_flow_on_differentiated_input_still_raises():
+    f = lambda x: x if float(jnp.sum(x)) > 0 else -x
+    with pytest.raises(jax.errors.ConcretizationTypeError):
+        ccjax.jacve(f)(x3)
+
+
+def _count_graphs(monkeypatch) -> list:
+    """An empty graph cache, and a list that grows by one per graph built."""
+    monkeypatch.setattr(trace_mod, "_graphs", trace_mod._LRU(16))
+    built = []
+    init = trace_mod.Graph.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(None)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(trace_mod.Graph, "__init__", counting_init)
+    return built
+
+
+def test_relu_network_hits_graph_cache(monkeypatch):
+    """A ``custom_jvp`` rule is a new function object at every trace; the
+    graph cache must still recognise the function (one graph, not one per
+    call)."""
+    built = _count_graphs(monkeypatch)
+    W = jnp.asarray(np.random.default_rng(2).normal(size=(4, 3)))
+    f = lambda x: jnp.sum(jax.nn.relu(W @ x) * jax.nn.softplus(x[0]) + jnp.sinc(W @ x))
+    for _ in range(5):
+        assert_jac_equal(ccjax.jacve(f)(x3), jax.jacrev(f)(x3))
+    assert len(built) == 1
+
+
+def test_linen_mlp_hits_graph_cache(monkeypatch, mlp):
+    model, params, x = mlp
+    built = _count_graphs(monkeypatch)
+    for _ in range(3):
+        ccjax.jacve(lambda x: model.apply(params, x))(x)
+        ccjax.jacve(lambda p: model.apply(p, x))(params)
+    assert len(built) == 2
+
+
+def test_custom_jvp_rules_with_different_constants_get_different_graphs(monkeypatch):
+    """Keying rules by their JVP jaxpr keeps the values they close over."""
+    built = _count_graphs(monkeypatch)
+    for c in (2.0, 3.0, 2.0):
+        cc = jnp.full((3,), c)
+
+        @jax.custom_jvp
+        def f(x):
+            return jnp.sin(x)
+
+        f.defjvp(lambda p, t: (f(p[0]), cc * t[0]))
+        assert_jac_equal(ccjax.jacve(f)(x3), jnp.diag(cc))
+    assert len(built) == 2
