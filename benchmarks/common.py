@@ -284,3 +284,16 @@ def fmt_time(seconds: float | None) -> str:
 def geomean(xs: Sequence[float]) -> float:
     xs = [x for x in xs if x is not None and x > 0 and math.isfinite(x)]
     return float(math.exp(sum(math.log(x) for x in xs) / len(xs))) if xs else math.nan
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, or None (with a note on
+    stderr) when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return None
+    return plt

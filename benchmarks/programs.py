@@ -62,7 +62,7 @@ import numpy as np
 
 import ccjax
 from benchmarks.common import (Progress, command_line, environment, geomean, isolate_order_cache,
-                               markdown_table, print_summary, save_results, time_interleaved)
+                               markdown_table, print_summary, pyplot, save_results, time_interleaved)
 from benchmarks.common import fmt_time as _fmt_time
 from benchmarks.programs_suite import NAMES, Program, build
 
@@ -641,12 +641,8 @@ def render(data: dict) -> str:
 
 
 def plot(data: dict, path: str) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return False
     rows = data["summary"]["rows"]
     names = [r["task"] for r in rows]

@@ -188,6 +188,24 @@ def flax_mlp_input(quick: bool) -> Program:
                    what=f"linen MLP {d}-{'-'.join(map(str, feats))}: logits w.r.t. a batch of {b} inputs")
 
 
+def flax_nnx_mlp_input(quick: bool) -> Program:
+    """An ``nnx`` module is closed over: its parameters are constants of ``f``."""
+    from flax import nnx
+
+    d, h, o, b = (4, 8, 3, 2) if quick else (32, 64, 10, 8)
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.l1, self.l2, self.l3 = nnx.Linear(d, h, rngs=rngs), nnx.Linear(h, h, rngs=rngs), nnx.Linear(h, o, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l3(jax.nn.relu(self.l2(jax.nn.relu(self.l1(x)))))
+
+    model = MLP(nnx.Rngs(0))
+    return Program("flax_nnx_mlp_input", "flax", lambda x: model(x), (_rng("nnx").standard_normal((b, d)),), 0,
+                   what=f"nnx MLP {d}-{h}-{h}-{o} (closed over): logits w.r.t. a batch of {b} inputs")
+
+
 def flax_cnn_input(quick: bool) -> Program:
     _, CNN, _ = _flax_models()
     s, w = (6, 2) if quick else (16, 8)
@@ -429,6 +447,7 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
 
     B["flax_mlp_params"] = flax_mlp_params
     B["flax_mlp_input"] = flax_mlp_input
+    B["flax_nnx_mlp_input"] = flax_nnx_mlp_input
     B["flax_cnn_input"] = flax_cnn_input
     B["flax_attention_input"] = flax_attention_input
 

@@ -46,7 +46,7 @@ from jax.flatten_util import ravel_pytree
 import ccjax
 from benchmarks.common import (Progress, add_timing_args, apply_smoke, begin, command_line, environment,
                                fmt_time, geomean, markdown_table, print_summary, save_results,
-                               time_interleaved, xla_flops)
+                               pyplot, time_interleaved, xla_flops)
 
 CCJAX_ORDERS = ("fwd", "rev", "markowitz", "auto")
 AUTO = "ccjax auto"
@@ -618,12 +618,8 @@ def render(data: dict) -> str:
 
 
 def plot(data: dict, path: str) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return False
     tasks = list(data["results"])
     batches = [k for k in data["meta"]["settings"] if k != "none"]

@@ -233,13 +233,17 @@ _UNARY: dict[str, tuple[Callable[[Array], Array], Callable[[float], float]]] = {
 }
 
 
-def _op_unary(b: _Builder) -> None:
-    x = b.pick()
-    name = str(b.rng.choice(sorted(_UNARY)))
-    fn, bound = _UNARY[name]
+def _emit_from_table(b: _Builder, x: int, table: dict) -> None:
+    """Apply a random shape-preserving function of ``table`` (name -> (fn, bound of |fn|)) to ``x``."""
+    name = str(b.rng.choice(sorted(table)))
+    fn, bound = table[name]
     if bound(b.values[x].bound) > BOUND_LIMIT:
         x = b.tame(x, 1.0)
     b.emit(name, fn, (x,), b.values[x].shape, bound(b.values[x].bound))
+
+
+def _op_unary(b: _Builder) -> None:
+    _emit_from_table(b, b.pick(), _UNARY)
 
 
 _BINARY: dict[str, tuple[Callable[[Array, Array], Array], Callable[[float, float], float]]] = {
@@ -625,11 +629,7 @@ def _op_complex(b: _Builder) -> None:
         b.emit("abs_rfft_sq", lambda v: jnp.abs(jnp.fft.rfft(v, axis=-1)) ** 2, (x,),
                b.values[x].shape[:-1] + (n // 2 + 1,), (n * b.values[x].bound) ** 2)
         return
-    name = str(b.rng.choice(sorted(_COMPLEX)))
-    fn, bound = _COMPLEX[name]
-    if bound(b.values[x].bound) > BOUND_LIMIT:
-        x = b.tame(x, 1.0)
-    b.emit(name, fn, (x,), b.values[x].shape, bound(b.values[x].bound))
+    _emit_from_table(b, x, _COMPLEX)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -670,12 +670,7 @@ _CUSTOM_JVP: dict[str, tuple[Callable[[Array], Array], Callable[[float], float]]
 
 
 def _op_custom_jvp(b: _Builder) -> None:
-    x = b.pick()
-    name = str(b.rng.choice(sorted(_CUSTOM_JVP)))
-    fn, bound = _CUSTOM_JVP[name]
-    if bound(b.values[x].bound) > BOUND_LIMIT:
-        x = b.tame(x, 1.0)
-    b.emit(name, fn, (x,), b.values[x].shape, bound(b.values[x].bound))
+    _emit_from_table(b, b.pick(), _CUSTOM_JVP)
 
 
 _GATHER_MODES = ("clip", "fill", "wrap", None)
