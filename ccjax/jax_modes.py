@@ -11,6 +11,7 @@ as read from its jaxpr.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -54,13 +55,17 @@ def _specs(graph: Graph) -> tuple[list, list]:
     return [spec(i) for i in prog.inputs], [spec(i) for i in prog.top_consts]
 
 
+@functools.lru_cache(maxsize=64)
+def _primal_mults(graph: Graph) -> int:
+    ins, cs = _specs(graph)
+    return count_multiplications(jax.make_jaxpr(
+        lambda i, c: graph.program.evaluate(i, c, differentiable=True))(ins, cs).jaxpr)
+
+
 def _mults_beyond_primal(graph: Graph, fn) -> int:
     """Multiplications of ``fn(inputs, consts)`` minus those of the primal program."""
     ins, cs = _specs(graph)
-    total = count_multiplications(jax.make_jaxpr(fn)(ins, cs).jaxpr)
-    primal = count_multiplications(jax.make_jaxpr(
-        lambda i, c: graph.program.evaluate(i, c, differentiable=True))(ins, cs).jaxpr)
-    return max(0, total - primal)
+    return max(0, count_multiplications(jax.make_jaxpr(fn)(ins, cs).jaxpr) - _primal_mults(graph))
 
 
 def plan_jax_mode(graph: Graph, mode: str) -> Plan:
@@ -87,15 +92,28 @@ def cheapest(graph: Graph, elimination: Plan) -> Plan:
     """``elimination`` or JAX's reverse or forward mode over the whole
     program, whichever multiplies least by :func:`program_mults` (ties keep
     the elimination, whose output keeps its structure).  This is how
-    ``order="auto"`` is never costlier than the better plain mode."""
+    ``order="auto"`` is never costlier than the better plain mode.
+
+    One reverse pass and one forward pass multiply about equally, and JAX
+    runs one per output or per input element; so the mode with fewer passes
+    is counted first and the other only when the first cannot run (a
+    ``while_loop`` has no reverse mode) or the two sides are within 2x."""
     best, best_mults = elimination, program_mults(graph, elimination)
-    for mode in MODES:
+    prog = graph.program
+    size = lambda ids: sum(int(np.prod(prog.avals[i].shape)) for i in ids)
+    n_in = size(prog.inputs[leaf] for leaf in graph.diff_leaves)
+    n_out = size(prog.outputs[:len(graph.outputs)])
+    modes = ("rev", "fwd") if n_out <= n_in else ("fwd", "rev")
+    count_both = max(n_in, n_out) <= 2 * min(n_in, n_out)
+    for mode in modes:
         try:
             plan = plan_jax_mode(graph, mode)
         except (TypeError, ValueError, NotImplementedError):  # e.g. no reverse mode through a while_loop
             continue
         if plan.report.mults < best_mults:
             best, best_mults = plan, plan.report.mults
+        if not count_both:
+            break
     return best
 
 
