@@ -30,7 +30,7 @@ import numpy as np
 
 from ccjax import _jaxpr
 from ccjax.rules import Partial, RuleContext, ZERO_DERIVATIVE, partials
-from ccjax.structure import Structure, sum_plan, unit
+from ccjax.structure import Structure, UnionFind, sum_plan, unit
 
 STOP = "ccjax_stop"  # internal: identity value, no derivative (primal half of a custom JVP)
 TANGENT_OF = "ccjax_tangent_of"  # internal: value of operand 0, derivative of operand 1
@@ -277,24 +277,17 @@ def fuse_complex(nodes: list, avals: list, active: list, outputs: Sequence[int])
     for k, n in enumerate(nodes):
         for i in n.reads:
             consumers.setdefault(i, []).append(k)
-    parent = list(range(len(nodes)))
-
-    def find(k):
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
+    sets = UnionFind(len(nodes))
     for k, n in enumerate(nodes):
         if touches[k]:
             for i in n.ins + n.outs:
                 if active[i] and _complex(avals[i]):
                     for j in consumers.get(i, []) + ([producer[i]] if i in producer else []):
-                        parent[find(j)] = find(k)
+                        sets.union(j, k)
     groups: dict[int, set[int]] = {}
     for k in range(len(nodes)):
         if touches[k]:
-            groups.setdefault(find(k), set()).add(k)
+            groups.setdefault(sets.find(k), set()).add(k)
     regions = _convex(list(groups.values()), nodes, producer, consumers)
     return _contract(nodes, regions, set(outputs))
 

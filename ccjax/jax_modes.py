@@ -11,8 +11,7 @@ as read from its jaxpr.
 """
 from __future__ import annotations
 
-import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +26,7 @@ MODES = ("rev", "fwd")
 
 
 def _outputs_fn(graph: Graph, inputs: Sequence, consts: Sequence):
-    """``f(*diff_inputs) -> (outputs, env)`` over the program."""
+    """``f(*diff_inputs) -> (outputs, aux outputs)`` over the program."""
     prog = graph.program
     n_out = len(graph.outputs)
 
@@ -55,37 +54,38 @@ def _specs(graph: Graph) -> tuple[list, list]:
     return [spec(i) for i in prog.inputs], [spec(i) for i in prog.top_consts]
 
 
-@functools.lru_cache(maxsize=64)
-def _primal_mults(graph: Graph) -> int:
+def _mults(graph: Graph, fn) -> int:
+    """Multiplications in the jaxpr of ``fn(inputs, consts)`` on the program's input shapes."""
     ins, cs = _specs(graph)
-    return count_multiplications(jax.make_jaxpr(
-        lambda i, c: graph.program.evaluate(i, c, differentiable=True))(ins, cs).jaxpr)
+    return count_multiplications(jax.make_jaxpr(fn)(ins, cs).jaxpr)
 
 
-def _mults_beyond_primal(graph: Graph, fn) -> int:
-    """Multiplications of ``fn(inputs, consts)`` minus those of the primal program."""
-    ins, cs = _specs(graph)
-    return max(0, count_multiplications(jax.make_jaxpr(fn)(ins, cs).jaxpr) - _primal_mults(graph))
+def primal_mults(graph: Graph) -> int:
+    """Multiplications of the primal program alone (what the counts below leave out)."""
+    return _mults(graph, lambda i, c: graph.program.evaluate(i, c, differentiable=True))
 
 
-def plan_jax_mode(graph: Graph, mode: str) -> Plan:
+def plan_jax_mode(graph: Graph, mode: str, primal: Optional[int] = None) -> Plan:
     """The plan that runs ``jax.jacrev`` (``mode="rev"``) or ``jax.jacfwd``
     of the whole program.  Its report counts every multiplication of that
-    program beyond the primal evaluation."""
+    program beyond the primal evaluation (``primal``: :func:`primal_mults`,
+    when already known)."""
     if mode not in MODES:
         raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
-    mults = _mults_beyond_primal(graph, lambda i, c: _jacobian(graph, mode, i, c))
+    primal = primal_mults(graph) if primal is None else primal
+    mults = max(0, _mults(graph, lambda i, c: _jacobian(graph, mode, i, c)) - primal)
     return Plan((), {}, (), CostReport(mults, 0, 0, ()), mode=f"jax-{mode}")
 
 
-def program_mults(graph: Graph, plan: Plan) -> int:
+def program_mults(graph: Graph, plan: Plan, primal: Optional[int] = None) -> int:
     """Every multiplication the compiled Jacobian program of ``plan``
     performs beyond the primal evaluation: for an elimination, the partials'
     values (a dense local Jacobian costs what JAX's AD of its equation does)
     as well as the products that ``plan.report`` counts."""
     if plan.mode != "eliminate":
         return plan.report.mults
-    return _mults_beyond_primal(graph, lambda i, c: execute(graph, plan, graph.program.evaluate(i, c)))
+    primal = primal_mults(graph) if primal is None else primal
+    return max(0, _mults(graph, lambda i, c: execute(graph, plan, graph.program.evaluate(i, c))) - primal)
 
 
 def cheapest(graph: Graph, elimination: Plan) -> Plan:
@@ -98,7 +98,8 @@ def cheapest(graph: Graph, elimination: Plan) -> Plan:
     runs one per output or per input element; so the mode with fewer passes
     is counted first and the other only when the first cannot run (a
     ``while_loop`` has no reverse mode) or the two sides are within 2x."""
-    best, best_mults = elimination, program_mults(graph, elimination)
+    primal = primal_mults(graph)
+    best, best_mults = elimination, program_mults(graph, elimination, primal)
     prog = graph.program
     size = lambda ids: sum(int(np.prod(prog.avals[i].shape)) for i in ids)
     n_in = size(prog.inputs[leaf] for leaf in graph.diff_leaves)
@@ -107,7 +108,7 @@ def cheapest(graph: Graph, elimination: Plan) -> Plan:
     count_both = max(n_in, n_out) <= 2 * min(n_in, n_out)
     for mode in modes:
         try:
-            plan = plan_jax_mode(graph, mode)
+            plan = plan_jax_mode(graph, mode, primal)
         except (TypeError, ValueError, NotImplementedError):  # e.g. no reverse mode through a while_loop
             continue
         if plan.report.mults < best_mults:

@@ -31,9 +31,6 @@ from ccjax.orders.incremental import Evaluator
 from ccjax.orders.search import Incumbent, Progress, SearchResult, quick_order
 from ccjax.trace import graph as trace_graph
 
-#: The classical orders ``order="auto"`` always considers (with the other quick variants).
-AUTO_CANDIDATES = ("rev", "fwd", "markowitz")
-
 #: Every search method: the classical ones and the learned policy's MCTS.
 METHODS = classical.METHODS + ("mcts",)
 

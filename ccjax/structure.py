@@ -265,7 +265,9 @@ def split_sizes(factors: list[int], chain: list[int]) -> list[list[int]]:
     return list(reversed(result))
 
 
-class _UnionFind:
+class UnionFind:
+    """Disjoint sets over ``0..n-1``; a set's root is its smallest member."""
+
     def __init__(self, n: int):
         self.parent = list(range(n))
 
@@ -640,7 +642,7 @@ def product_plan(outer: Structure, inner: Structure) -> ProductPlan:
             break
     else:  # pragma: no cover - dense axes always align
         raise AssertionError("product structures failed to align")
-    uf = _UnionFind(len(work.sizes))
+    uf = UnionFind(len(work.sizes))
     for ax_o, ax_i in zip(work.groups[1], work.groups[2]):
         for so, si in zip(ax_o, ax_i):
             uf.union(so, si)

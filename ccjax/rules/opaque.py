@@ -61,8 +61,7 @@ def _has_reverse_mode(ctx: RuleContext) -> bool:
     spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
 
     def f(*xs):
-        args = list(xs)
-        return [o for o, a in zip(ctx.eval(*args), ctx.out_avals) if jnp.issubdtype(a.dtype, jnp.inexact)]
+        return [o for o, a in zip(ctx.eval(*xs), ctx.out_avals) if jnp.issubdtype(a.dtype, jnp.inexact)]
 
     try:
         primals = [spec(a) for a in ctx.in_avals]
