@@ -297,3 +297,17 @@ def pyplot():
         print("matplotlib not installed: no plot", file=sys.stderr)
         return None
     return plt
+
+
+def timed(rec) -> bool:
+    """Whether a method's record holds a successful timing."""
+    return rec is not None and rec.get("status") == "ok" and "median_s" in rec
+
+
+def fastest(results: dict, methods) -> tuple:
+    """``(method, median seconds)`` of the fastest timed of ``methods``, or ``(None, None)``."""
+    timings = [(results[m]["median_s"], m) for m in methods if timed(results.get(m))]
+    if not timings:
+        return None, None
+    t, m = min(timings)
+    return m, t

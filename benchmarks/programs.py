@@ -61,8 +61,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import ccjax
-from benchmarks.common import (Progress, command_line, environment, geomean, isolate_order_cache,
-                               markdown_table, print_summary, pyplot, save_results, time_interleaved)
+from benchmarks.common import (Progress, command_line, environment, fastest, geomean, isolate_order_cache,
+                               markdown_table, print_summary, pyplot, save_results, time_interleaved, timed)
 from benchmarks.common import fmt_time as _fmt_time
 from benchmarks.programs_suite import NAMES, Program, build
 
@@ -425,40 +425,28 @@ def run_program(p: Program, methods, opts, prog: Progress) -> dict:
 
 
 # ------------------------------------------------------------------ summary
-def _ok(rec) -> bool:
-    return rec is not None and rec.get("status") == "ok" and "median_s" in rec
-
-
-def best_baseline(r: dict) -> tuple[str | None, float | None]:
-    c = [(r[m]["median_s"], m) for m in BASELINES if _ok(r.get(m))]
-    if not c:
-        return None, None
-    t, m = min(c)
-    return m, t
-
-
 def summarize(data: dict) -> dict:
     rows, sp, sp_min, sp_sparse = [], [], [], []
     for name, pr in data["results"].items():
         r = pr["methods"]
-        base, bt = best_baseline(r)
+        base, bt = fastest(r, BASELINES)
         row = {"task": name, "best": base, "best_s": bt}
-        mins = [r[m]["min_s"] for m in BASELINES if _ok(r.get(m))]
+        mins = [r[m]["min_s"] for m in BASELINES if timed(r.get(m))]
         row["speedup_min"] = row["ratio_min"] = None
-        if mins and _ok(r.get(CCJAX)):
+        if mins and timed(r.get(CCJAX)):
             row["speedup_min"] = min(mins) / r[CCJAX]["min_s"]
             row["ratio_min"] = 1 / row["speedup_min"]
             sp_min.append(row["speedup_min"])
         # median far above the fastest call: a bimodal distribution (machine load), not the method
         row["bimodal"] = any(r[m]["median_s"] > BIMODAL * r[m]["min_s"] for m in (CCJAX,) + BASELINES
-                             if _ok(r.get(m)))
+                             if timed(r.get(m)))
         # ccjax, jacrev and jacfwd all within 5%: most likely a floor of the machine, not the methods' cost
-        meds = [r[m]["median_s"] for m in (CCJAX,) + BASELINES if _ok(r.get(m))]
-        f_s = r[PRIMAL]["median_s"] if _ok(r.get(PRIMAL)) else None
+        meds = [r[m]["median_s"] for m in (CCJAX,) + BASELINES if timed(r.get(m))]
+        f_s = r[PRIMAL]["median_s"] if timed(r.get(PRIMAL)) else None
         row["plateau"] = bool(len(meds) == 3 and max(meds) < PLATEAU * min(meds) and f_s
                               and min(meds) > 20 * f_s)
         for key, m in (("ccjax", CCJAX), ("sparse", CCJAX_SPARSE)):
-            t = r[m]["median_s"] if _ok(r.get(m)) else None
+            t = r[m]["median_s"] if timed(r.get(m)) else None
             row[f"{key}_s"] = t
             row[f"{key}_ratio"] = t / bt if (t and bt) else None
         row["speedup"] = 1 / row["ccjax_ratio"] if row["ccjax_ratio"] else None

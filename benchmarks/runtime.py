@@ -44,9 +44,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import ccjax
-from benchmarks.common import (Progress, add_timing_args, apply_smoke, begin, command_line, environment,
+from benchmarks.common import (Progress, add_timing_args, apply_smoke, begin, command_line, environment, fastest,
                                fmt_time, geomean, markdown_table, print_summary, save_results,
-                               pyplot, time_interleaved, xla_flops)
+                               pyplot, time_interleaved, timed, xla_flops)
 
 CCJAX_ORDERS = ("fwd", "rev", "markowitz", "auto")
 AUTO = "ccjax auto"
@@ -484,18 +484,6 @@ def run_setting(st: Setting, methods: Sequence[str], opts, prog: Progress, prev:
 
 
 # ------------------------------------------------------------------ reporting
-def _ok(rec):
-    return rec is not None and rec.get("status") == "ok" and "median_s" in rec
-
-
-def best_peer(results: dict) -> tuple[str | None, float | None]:
-    peers = [(results[p]["median_s"], p) for p in PEERS if _ok(results.get(p))]
-    if not peers:
-        return None, None
-    t, p = min(peers)
-    return p, t
-
-
 def summarize(data: dict, batch: int) -> dict:
     """Per task at ``batch``: ccjax auto, the best peer and the speedup (by
     median; also by the fastest call, less sensitive to machine load)."""
@@ -504,12 +492,12 @@ def summarize(data: dict, batch: int) -> dict:
         r = settings.get(str(batch))
         if r is None:
             continue
-        peer, pt = best_peer(r)
+        peer, pt = fastest(r, PEERS)
         auto = r.get(AUTO)
-        ok = _ok(auto)
+        ok = timed(auto)
         at = auto["median_s"] if ok else None
         sp = pt / at if (pt and at) else None
-        peers_min = [(r[p]["min_s"], p) for p in PEERS if _ok(r.get(p))]
+        peers_min = [(r[p]["min_s"], p) for p in PEERS if timed(r.get(p))]
         pm, pm_name = min(peers_min) if peers_min else (None, None)
         am = auto.get("min_s") if ok else None
         sp_min = pm / am if (pm and am) else None
@@ -521,8 +509,8 @@ def summarize(data: dict, batch: int) -> dict:
                      "auto_min_s": am, "auto_order": (auto or {}).get("resolves_to"),
                      "best_peer": peer, "best_peer_s": pt, "speedup": sp,
                      "best_peer_min": pm_name, "best_peer_min_s": pm, "speedup_min": sp_min,
-                     "compact_s": r.get(COMPACT, {}).get("median_s") if _ok(r.get(COMPACT)) else None,
-                     "primal_s": r.get(PRIMAL, {}).get("median_s") if _ok(r.get(PRIMAL)) else None})
+                     "compact_s": r.get(COMPACT, {}).get("median_s") if timed(r.get(COMPACT)) else None,
+                     "primal_s": r.get(PRIMAL, {}).get("median_s") if timed(r.get(PRIMAL)) else None})
     return {"batch": batch, "rows": rows, "geomean_speedup": geomean(speedups) if speedups else None,
             "geomean_speedup_min": geomean(speedups_min) if speedups_min else None,
             "n_tasks": len(speedups)}
@@ -641,7 +629,7 @@ def plot(data: dict, path: str) -> bool:
             xs, ys = [], []
             for k in batches:
                 rec = per.get(k, {}).get(m)
-                if _ok(rec):
+                if timed(rec):
                     xs.append(int(k))
                     ys.append(rec["median_s"] * 1e3)
             if xs:

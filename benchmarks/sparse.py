@@ -29,7 +29,7 @@ from jax.experimental import sparse
 import ccjax
 from benchmarks.common import (Progress, add_timing_args, apply_smoke, begin, command_line, environment,
                                fmt_time, geomean, markdown_table, print_summary, save_results,
-                               time_interleaved)
+                               time_interleaved, timed)
 from benchmarks.runtime import Setting, _err, check_tree, eager_reference
 
 CCJAX, ASDEX = "ccjax auto (sparse)", "asdex (bcoo)"
@@ -136,10 +136,6 @@ def run_setting(st: Setting, methods, opts, prog: Progress) -> dict:
     return res
 
 
-def _ok(rec) -> bool:
-    return rec is not None and rec.get("status") == "ok" and "median_s" in rec
-
-
 def summarize(data: dict, batch: str) -> dict:
     rows, speedups, speedups_min = [], [], []
     for task, per in data["results"].items():
@@ -147,8 +143,8 @@ def summarize(data: dict, batch: str) -> dict:
         if r is None:
             continue
         c, a = r.get(CCJAX), r.get(ASDEX)
-        sp = a["median_s"] / c["median_s"] if _ok(c) and _ok(a) else None
-        sp_min = a["min_s"] / c["min_s"] if _ok(c) and _ok(a) else None
+        sp = a["median_s"] / c["median_s"] if timed(c) and timed(a) else None
+        sp_min = a["min_s"] / c["min_s"] if timed(c) and timed(a) else None
         if sp:
             speedups.append(sp)
             speedups_min.append(sp_min)
@@ -162,7 +158,7 @@ def _time_cell(rec) -> str:
         return "–"
     if rec.get("status") == "mismatch":
         return f"MISMATCH {fmt_time(rec.get('median_s'))}"
-    if not _ok(rec):
+    if not timed(rec):
         return rec.get("status", "–")
     return f"{fmt_time(rec['median_s'])} ±{fmt_time(rec['iqr_s'] / 2)}"
 
