@@ -97,24 +97,30 @@ def cheapest(graph: Graph, elimination: Plan) -> Plan:
     One reverse pass and one forward pass multiply about equally, and JAX
     runs one per output or per input element; so the mode with fewer passes
     is counted first and the other only when the first cannot run (a
-    ``while_loop`` has no reverse mode) or the two sides are within 2x."""
+    ``while_loop`` has no reverse mode) or the two sides are within 2x.
+    The elimination's products (``elimination.report.mults``) are a lower
+    bound of its program's count, so when they alone lose, its program is
+    not traced (on large graphs each count is a full trace)."""
     primal = primal_mults(graph)
-    best, best_mults = elimination, program_mults(graph, elimination, primal)
     prog = graph.program
     size = lambda ids: sum(int(np.prod(prog.avals[i].shape)) for i in ids)
     n_in = size(prog.inputs[leaf] for leaf in graph.diff_leaves)
     n_out = size(prog.outputs[:len(graph.outputs)])
     modes = ("rev", "fwd") if n_out <= n_in else ("fwd", "rev")
     count_both = max(n_in, n_out) <= 2 * min(n_in, n_out)
+    best, best_mults = None, None
     for mode in modes:
         try:
             plan = plan_jax_mode(graph, mode, primal)
         except (TypeError, ValueError, NotImplementedError):  # e.g. no reverse mode through a while_loop
             continue
-        if plan.report.mults < best_mults:
+        if best is None or plan.report.mults < best_mults:
             best, best_mults = plan, plan.report.mults
         if not count_both:
             break
+    if best is None or (elimination.report.mults <= best_mults
+                        and program_mults(graph, elimination, primal) <= best_mults):
+        return elimination
     return best
 
 

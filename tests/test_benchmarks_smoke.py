@@ -136,3 +136,26 @@ def test_programs_smoke(tmp_path):
     assert "| burgers1d_upwind |" in md and "Geometric-mean speedup" in md
     if HAVE_MPL:
         assert (tmp_path / "programs_cpu.png").stat().st_size > 0
+
+
+def test_scaling_smoke(tmp_path):
+    """Every phase is measured in child interpreters, the ccjax result is
+    checked against float64 forward mode, and the report is written."""
+    _run("benchmarks.scaling", "--quick", "--sizes", "40", "120", "--programs", "mlp", "scan",
+         "--limit", "200", "--out", str(tmp_path), tmp_path=tmp_path)
+    data = json.loads((tmp_path / "scaling_cpu.json").read_text())
+    assert set(data["rows"]) == {"mlp", "scan"}
+    for program, rows in data["rows"].items():
+        assert [r["target"] for r in rows] == [40, 120]
+        for r in rows:
+            c = r["ccjax"]
+            assert "error" not in c, (program, c)
+            assert c["exact"], (program, c["max_rel_err"])
+            for phase in ("build", "plan_auto", "lower", "compile", "first", "steady"):
+                assert c[phase] > 0, (program, phase)
+            assert c["first"] >= c["compile"]
+            for peer in ("jacrev", "jacfwd"):
+                assert r[peer].get("steady", 0) > 0 or "error" in r[peer]
+    assert set(data["growth"]["mlp"]) >= {"build", "plan_auto", "compile", "first"}
+    md = (tmp_path / "scaling_cpu.md").read_text()
+    assert "## Growth exponents" in md and "| mlp |" in md

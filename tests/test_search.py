@@ -105,6 +105,59 @@ def test_incremental_is_fast_on_150_vertex_graph():
     assert rate > 1000, f"only {rate:.0f} orders per second"
 
 
+def _edges(state):
+    return {(u, w): sid for u, ws in state.succs.items() for w, sid in ws.items()}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_in_place_elimination_equals_persistent(seed):
+    """The single-pass (in-place) elimination that greedy orders and costs
+    use gives the same edges, Zobrist key and multiplications as the
+    persistent one, and leaves the states it was copied from untouched."""
+    g, _, _ = _random_graph(seed) if seed < 8 else (_task_graph(list(TASKS)[seed - 8]), None, None)
+    ev = Evaluator(g)
+    root_edges = _edges(ev.root)
+    order = _perm(g, np.random.default_rng(seed))
+    state, work = ev.root, ev.working_copy()
+    for v in order:
+        state, c = ev.eliminate(state, v)
+        assert ev.eliminate_in_place(work, v) == c
+        assert _edges(work) == _edges(state) and work.key == state.key and work.mask == state.mask
+    assert _edges(ev.root) == root_edges
+
+
+def _naive_greedy(ev, score, last):
+    """Greedy by full rescans, as the heap-based one must order."""
+    state, order = ev.root, []
+    remaining = set(ev.eliminable)
+    while remaining:
+        v = min(remaining, key=lambda x: (score(ev, state, x), -x if last else x))
+        state, _ = ev.eliminate(state, v)
+        remaining.discard(v)
+        order.append(v)
+    return order
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_heap_greedy_orders_equal_full_rescans(seed):
+    from ccjax.orders.greedy import SCORES, greedy
+
+    g, _, _ = _random_graph(seed) if seed < 6 else (_task_graph(list(TASKS)[seed]), None, None)
+    ev = Evaluator(g)
+    for name, score in SCORES.items():
+        for last in (False, True):
+            assert greedy(ev, score, last=last) == _naive_greedy(ev, score, last), (name, last)
+
+
+def test_quick_order_budget_keeps_forward_and_reverse():
+    g = _task_graph("RoeFlux_1d")
+    full = quick_order(g, budget=None)
+    cut = quick_order(g, budget=1e-9)  # every variant but the two sorts is cut off
+    assert cut[2] in ("fwd", "rev")
+    assert cut[1] == min(plan_elimination(g, HEURISTICS[h](g)).report.mults for h in ("fwd", "rev"))
+    assert full[1] <= cut[1] and full == quick_order(g)
+
+
 # -- heuristics ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["RoeFlux_1d", "PropaneCombustion", "Encoder"])

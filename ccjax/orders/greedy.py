@@ -19,15 +19,19 @@ evolving edge set, with structure-aware step costs from the one cost model.
 
 :func:`preeliminate`, :func:`greedy` and the :data:`VARIANTS` take an
 optional ``deadline`` (``time.perf_counter()``) and raise
-:class:`~ccjax.orders.deadline.OutOfTime` once it passes: one greedy variant
-takes seconds on a graph of a few thousand vertices.
+:class:`~ccjax.orders.deadline.OutOfTime` once it passes.  Both work on a
+private mutable copy of the state (:meth:`Evaluator.eliminate_in_place`),
+so one variant is near-linear in the graph: on a 4,800-vertex unrolled
+integrator Markowitz takes 0.03 s and ``pre+relative-last``, whose scores
+look two neighbours away, 0.9 s (a full rescan per step took minutes).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import heapq
+from typing import Callable, Optional, Union
 
 from ccjax.orders.deadline import check
-from ccjax.orders.incremental import Evaluator, State
+from ccjax.orders.incremental import Evaluator, State, WorkState
 
 Score = Callable[[Evaluator, State, int], float]
 
@@ -47,15 +51,15 @@ def _is_safe(ev: Evaluator, state: State, v: int) -> bool:
     return ev.step_cost(state, v) == 0
 
 
-def preeliminate(ev: Evaluator, state: Optional[State] = None, reverse: bool = False,
-                 deadline: Optional[float] = None) -> tuple[State, list[int]]:
-    """Safe pre-elimination from ``state`` (default: the graph).
+def preeliminate(ev: Evaluator, state: Union[State, WorkState, None] = None, reverse: bool = False,
+                 deadline: Optional[float] = None) -> tuple[WorkState, list[int]]:
+    """Safe pre-elimination from ``state`` (default: the graph; not modified).
 
     Returns the reduced state and the eliminated vertices in order.  Scans
     in evaluation order (``reverse``: from the outputs back) and repeats
     until no vertex qualifies.  Deterministic.
     """
-    state = ev.root if state is None else state
+    state = ev.working_copy(state)
     done: list[int] = []
     remaining = [v for v in ev.eliminable if not state.mask >> v & 1]
     if reverse:
@@ -67,7 +71,7 @@ def preeliminate(ev: Evaluator, state: Optional[State] = None, reverse: bool = F
         for v in remaining:
             check(deadline)
             if _is_safe(ev, state, v):
-                state, _ = ev.eliminate(state, v)
+                ev.eliminate_in_place(state, v)
                 done.append(v)
                 changed = True
             else:
@@ -107,32 +111,40 @@ SCORES: dict[str, Score] = {
 }
 
 
-def greedy(ev: Evaluator, score: Score, state: Optional[State] = None, last: bool = False,
+def greedy(ev: Evaluator, score: Score, state: Union[State, WorkState, None] = None, last: bool = False,
            deadline: Optional[float] = None) -> list[int]:
-    """Greedy completion of ``state``: smallest score first.
+    """Greedy completion of ``state`` (default: the graph; not modified):
+    smallest score first.
 
     Ties go to the lowest vertex id, or the highest with ``last``.  Scores
-    are recomputed only for vertices whose adjacency changed.
+    are recomputed only for vertices whose adjacency changed, and a heap
+    with stale entries skipped on pop finds the minimum, so one order costs
+    O(steps · (degree² + log vertices)).
     """
-    state = ev.root if state is None else state
-    remaining = {v for v in ev.eliminable if not state.mask >> v & 1}
-    scores = {v: score(ev, state, v) for v in remaining}
+    state = ev.working_copy(state)
     sign = -1 if last else 1
+    scores = {v: score(ev, state, v) for v in ev.eliminable if not state.mask >> v & 1}
+    heap = [(sc, sign * v, v) for v, sc in scores.items()]
+    heapq.heapify(heap)
     order: list[int] = []
-    while remaining:
+    while heap:
+        sc, _, v = heapq.heappop(heap)
+        if scores.get(v) != sc:
+            continue  # eliminated already, or rescored since this entry
         check(deadline)
-        v = min(remaining, key=lambda x: (scores[x], sign * x))
         dirty = set(state.preds[v]) | set(state.succs[v])
-        state, _ = ev.eliminate(state, v)
-        remaining.discard(v)
+        ev.eliminate_in_place(state, v)
         del scores[v]
         order.append(v)
         # a vertex's score depends on its own edges and, for fill, on its neighbours' edges
         if score in (score_relative, score_fill):
             dirty = {y for x in dirty if x in state.preds for y in (*state.preds[x], *state.succs[x], x)}
         for x in dirty:
-            if x in remaining:
-                scores[x] = score(ev, state, x)
+            if x in scores:
+                new = score(ev, state, x)
+                if new != scores[x]:
+                    scores[x] = new
+                    heapq.heappush(heap, (new, sign * x, x))
     return order
 
 

@@ -10,6 +10,8 @@ added is speed:
 * structures are interned to small ints and the two plans are memoised on
   pairs of ints (the plan functions themselves stay the single source of
   truth; the memo only avoids re-hashing structures);
+* a single pass along an order (:meth:`Evaluator.cost`, the greedy
+  heuristics) eliminates in place on a private :class:`WorkState`;
 * a :class:`State` is persistent (copy-on-write adjacency), so the states
   along an order can be kept and a local change of the order re-evaluated
   from the first changed position only;
@@ -39,6 +41,18 @@ class State(NamedTuple):
     live vertices; ``key``: Zobrist key of the edge set; ``mask``: bit ``v``
     set for every eliminated vertex ``v``.
     """
+
+    preds: dict
+    succs: dict
+    key: int
+    mask: int
+
+
+@dataclasses.dataclass
+class WorkState:
+    """A mutable :class:`State` for one pass along an order (a greedy order,
+    a cost): eliminating in place costs O(degree²) instead of the
+    O(vertices) copy that keeps a :class:`State` persistent."""
 
     preds: dict
     succs: dict
@@ -152,23 +166,44 @@ class Evaluator:
         return key
 
     def eliminate(self, state: State, v: int) -> tuple[State, int]:
-        """``(state after eliminating v, multiplications)``; ``state`` is unchanged."""
-        P = state.preds[v]
-        S = state.succs[v]
+        """``(state after eliminating v, multiplications)``; ``state`` is unchanged.
+
+        Copies the vertex maps (O(vertices)): keep this for searches that
+        branch; a single pass over an order uses :meth:`eliminate_in_place`."""
         preds = dict(state.preds)
         succs = dict(state.succs)
-        del preds[v], succs[v]
-        key = state.key
+        for u in state.preds[v]:
+            succs[u] = dict(succs[u])
+        for w in state.succs[v]:
+            preds[w] = dict(preds[w])
+        key, cost = self._eliminate_owned(preds, succs, state.key, v)
+        return State(preds, succs, key, state.mask | (1 << v)), cost
+
+    def working_copy(self, state: Optional[State] = None) -> "WorkState":
+        """A private, mutable copy of ``state`` (default: the graph) for
+        :meth:`eliminate_in_place`."""
+        state = self.root if state is None else state
+        return WorkState({v: dict(p) for v, p in state.preds.items()},
+                         {v: dict(s) for v, s in state.succs.items()}, state.key, state.mask)
+
+    def eliminate_in_place(self, state: "WorkState", v: int) -> int:
+        """Eliminate ``v`` from the private ``state`` in O(degree²); returns
+        the multiplications (the same as :meth:`eliminate`'s)."""
+        state.key, cost = self._eliminate_owned(state.preds, state.succs, state.key, v)
+        state.mask |= 1 << v
+        return cost
+
+    def _eliminate_owned(self, preds: dict, succs: dict, key: int, v: int) -> tuple[int, int]:
+        """Eliminate ``v`` by mutating ``preds``/``succs``, whose maps of ``v``
+        and of its neighbours the caller owns; returns ``(key, mults)``."""
+        P = preds.pop(v)
+        S = succs.pop(v)
         for u, a in P.items():
             key ^= hash((u, v, a))
-            su = dict(succs[u])
-            del su[v]
-            succs[u] = su
+            del succs[u][v]
         for w, b in S.items():
             key ^= hash((v, w, b))
-            pw = dict(preds[w])
-            del pw[v]
-            preds[w] = pw
+            del preds[w][v]
         cost = 0
         prod, add = self.product, self.add
         for u, a in P.items():
@@ -190,17 +225,16 @@ class Evaluator:
                         su[w] = n
                         preds[w][u] = n
                         key ^= hash((u, w, n))
-        return State(preds, succs, key, state.mask | (1 << v)), cost
+        return key, cost
 
     def cost(self, order: Sequence[int], deadline: Optional[float] = None) -> int:
         """Total multiplications of a (valid) order; raises
         :class:`~ccjax.orders.deadline.OutOfTime` once ``deadline`` passes
-        (one evaluation takes a second on a graph of a few thousand vertices)."""
-        state, total = self.root, 0
+        (one evaluation is in place, O(steps · degree²): 0.02 s on 4,800 vertices)."""
+        state, total = self.working_copy(), 0
         for v in order:
             check(deadline)
-            state, c = self.eliminate(state, v)
-            total += c
+            total += self.eliminate_in_place(state, v)
         return total
 
     def trajectory(self, order: Sequence[int],

@@ -301,16 +301,32 @@ def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float
                         time.perf_counter() - start, baselines, best.evaluations)
 
 
-def quick_order(graph: Graph, cached: Optional[Sequence[int]] = None) -> tuple[tuple[int, ...], int, str]:
+#: Seconds ``order="auto"`` spends on greedy variants beyond forward and
+#: reverse (which are sorts, always run): the heuristics cost
+#: O(steps · degree²) each, and on a graph of tens of thousands of vertices
+#: the later ones are cut off rather than delaying the first Jacobian.
+QUICK_BUDGET = 2.0
+
+
+def quick_order(graph: Graph, cached: Optional[Sequence[int]] = None,
+                budget: Optional[float] = QUICK_BUDGET) -> tuple[tuple[int, ...], int, str]:
     """``order="auto"`` without the cache: ``(order, cost, name)`` of the
-    cheapest of the quick greedy variants (and ``cached``, preferred on ties)."""
+    cheapest of the quick greedy variants (and ``cached``, preferred on ties).
+
+    ``budget``: seconds after which the variants not yet finished are
+    dropped (None: no limit); forward and reverse always run."""
     ev = Evaluator(graph)
+    deadline = None if budget is None else time.perf_counter() + budget
     best: Optional[tuple] = None
     if cached is not None:
         best = (tuple(cached), ev.cost(cached), "cache")
     for name in QUICK:
-        o = tuple(VARIANTS[name](ev))
-        c = ev.cost(o)
+        always = name in ("fwd", "rev")
+        try:
+            o = tuple(VARIANTS[name](ev, None if always else deadline))
+            c = ev.cost(o, None if always else deadline)
+        except OutOfTime:
+            continue
         if best is None or c < best[1]:
             best = (o, c, name)
     return best
