@@ -149,6 +149,31 @@ def test_heap_greedy_orders_equal_full_rescans(seed):
             assert greedy(ev, score, last=last) == _naive_greedy(ev, score, last), (name, last)
 
 
+def _rescan_markowitz(g):
+    """Markowitz by a full rescan per step: the oracle for the heap-based one."""
+    preds = {v: set() for v in g.eliminable}
+    succs = {v: set() for v in g.eliminable}
+    for (u, w) in g.edges:
+        succs.setdefault(u, set()).add(w)
+        preds.setdefault(w, set()).add(u)
+    remaining, order = set(g.eliminable), []
+    while remaining:
+        v = min(remaining, key=lambda x: (len(preds[x]) * len(succs[x]), x))
+        for u in preds[v]:
+            succs[u] = (succs[u] - {v}) | succs[v]
+        for w in succs[v]:
+            preds[w] = (preds[w] - {v}) | preds[v]
+        remaining.discard(v)
+        order.append(v)
+    return tuple(order)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_markowitz_heuristic_equals_full_rescans(seed):
+    g = _random_graph(seed, 3, 40)[0] if seed < 20 else _task_graph(list(TASKS)[seed - 20])
+    assert HEURISTICS["markowitz"](g) == _rescan_markowitz(g)
+
+
 def test_quick_order_budget_keeps_forward_and_reverse():
     g = _task_graph("RoeFlux_1d")
     full = quick_order(g, budget=None)
