@@ -274,6 +274,8 @@ def fmt_time(seconds: float | None) -> str:
     """Seconds as a short human string (µs / ms / s)."""
     if seconds is None or not math.isfinite(seconds):
         return "–"
+    if 0.9995 <= seconds < 1.0:  # "1e+03 ms" otherwise
+        seconds = 1.0
     if seconds < 1e-3:
         return f"{seconds * 1e6:.1f} µs"
     if seconds < 1.0:
@@ -284,6 +286,26 @@ def fmt_time(seconds: float | None) -> str:
 def geomean(xs: Sequence[float]) -> float:
     xs = [x for x in xs if x is not None and x > 0 and math.isfinite(x)]
     return float(math.exp(sum(math.log(x) for x in xs) / len(xs))) if xs else math.nan
+
+
+def memory_bytes(compiled) -> dict:
+    """``temp_bytes``, ``output_bytes`` and their sum ``mem_bytes`` of a
+    compiled program, or ``{}`` where the backend does not report them."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return {}
+    if m is None:
+        return {}
+    return {"temp_bytes": int(m.temp_size_in_bytes), "output_bytes": int(m.output_size_in_bytes),
+            "mem_bytes": int(m.temp_size_in_bytes) + int(m.output_size_in_bytes)}
+
+
+def save_figure(plt, fig, path: str) -> None:
+    """Write ``fig`` to ``path`` (its folder made if missing) and close it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def pyplot():

@@ -30,7 +30,7 @@ import time
 
 import ccjax
 from benchmarks.common import (PAPER_MULTS, Progress, environment, isolate_order_cache, markdown_table,
-                               select_tasks, write_json, write_text)
+                               save_figure, select_tasks, write_json, write_text)
 
 SMOKE_TASKS = ("g",)
 
@@ -102,9 +102,7 @@ def plot_history(history_path: str, out_png: str) -> dict:
     for ax in axes:
         ax.set_xlabel("iteration")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, out_png)
     return {"iterations": len(its), "train_seconds": hist.get("elapsed"), "corpus_size": len(hist["corpus"]),
             "first_ratio_mean10": float(np.mean(ratio[:10])) if len(ratio) else None,
             "last_ratio_mean10": float(np.mean(ratio[-10:])) if len(ratio) else None}

@@ -61,9 +61,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import ccjax
-from benchmarks.common import (Progress, command_line, environment, fastest, geomean, isolate_order_cache,
-                               markdown_table, print_summary, pyplot, save_results, time_interleaved, timed)
-from benchmarks.common import fmt_time as _fmt_time
+from benchmarks.common import (Progress, command_line, environment, fastest, fmt_time, geomean, isolate_order_cache,
+                               markdown_table, memory_bytes, print_summary, pyplot, save_figure, save_results,
+                               time_interleaved, timed)
 from benchmarks.programs_suite import NAMES, Program, build
 
 CCJAX, CCJAX_SPARSE, JACREV, JACFWD, ASDEX_DENSE, ASDEX_SPARSE, PRIMAL = (
@@ -81,13 +81,6 @@ F32_FLAG = 1e-2
 
 #: The quick programs the smoke test runs by default.
 QUICK_DEFAULT = ("burgers1d_upwind", "lj_hessian_nested")
-
-
-def fmt_time(seconds: float | None) -> str:
-    """``benchmarks.common.fmt_time``, without its "1e+03 ms" just below a second."""
-    if seconds is not None and 0.9995 <= seconds < 1.0:
-        seconds = 1.0
-    return _fmt_time(seconds)
 
 
 # ------------------------------------------------------------------ arguments and methods
@@ -274,17 +267,6 @@ def clear_caches() -> None:
     for obj in vars(structure).values():
         if callable(getattr(obj, "cache_clear", None)):
             obj.cache_clear()
-
-
-def memory_bytes(exe) -> dict:
-    try:
-        m = exe.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend reports it
-        return {}
-    if m is None:
-        return {}
-    return {"temp_bytes": int(m.temp_size_in_bytes), "output_bytes": int(m.output_size_in_bytes),
-            "mem_bytes": int(m.temp_size_in_bytes) + int(m.output_size_in_bytes)}
 
 
 # ------------------------------------------------------------------ one program
@@ -664,9 +646,7 @@ def plot(data: dict, path: str) -> bool:
     ax.grid(True, axis="x", which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 

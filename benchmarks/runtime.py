@@ -45,7 +45,7 @@ from jax.flatten_util import ravel_pytree
 
 import ccjax
 from benchmarks.common import (Progress, add_timing_args, apply_smoke, begin, command_line, environment, fastest,
-                               fmt_time, geomean, markdown_table, print_summary, save_results,
+                               fmt_time, geomean, markdown_table, print_summary, save_figure, save_results,
                                pyplot, time_interleaved, timed, xla_flops)
 
 CCJAX_ORDERS = ("fwd", "rev", "markowitz", "auto")
@@ -648,9 +648,7 @@ def plot(data: dict, path: str) -> bool:
     env = data["meta"]["env"]
     fig.suptitle(f"Jacobian of vmap(f): median time per call ({env['backend']}, {env['cpu_count']} cores)")
     fig.tight_layout(rect=(0, 0.08, 1, 0.96))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 

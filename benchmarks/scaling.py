@@ -40,12 +40,15 @@ import time
 
 import numpy as np
 
+from benchmarks.common import environment, fmt_time, memory_bytes, pyplot, save_figure, write_json, write_text
+
 PROGRAMS = ("rk4", "mlp", "scan")
 TOOLS = ("ccjax", "jacrev", "jacfwd")
 ORDERS = ("auto", "rev", "markowitz")
 SIZES = (100, 1000, 5000, 20000)
 QUICK_SIZES = (100, 300)
-PHASES = ("build", "plan_auto", "lower", "compile", "first")
+#: ccjax's timed phases, in the order a first call pays them, then the steady call.
+PHASES = ("build", "plan_auto", "plan_rev", "plan_markowitz", "lower", "compile", "first", "steady")
 
 
 # ------------------------------------------------------------------ programs
@@ -126,14 +129,6 @@ def _median_call(fn, args, budget: float = 1.0, most: int = 50) -> float:
     return float(np.median(times))
 
 
-def _memory(compiled) -> int | None:
-    try:
-        m = compiled.memory_analysis()
-        return int(m.temp_size_in_bytes) + int(m.output_size_in_bytes)
-    except Exception:  # noqa: BLE001 - not every backend reports it
-        return None
-
-
 def _reference(f, x) -> np.ndarray:
     """float64 Jacobian by forward mode, one JVP per input (eager: no compile)."""
     import jax
@@ -193,7 +188,7 @@ def measure_ccjax(program: str, n: int, compile: bool = True) -> dict:
     rec["first_run"] = time.perf_counter() - t0
     rec["first"] = rec["build"] + rec["plan_auto"] + rec["lower"] + rec["compile"] + rec["first_run"]
     rec["steady"] = _median_call(compiled, args)
-    rec["mem_bytes"] = _memory(compiled)
+    rec["mem_bytes"] = memory_bytes(compiled).get("mem_bytes")
     ref = _reference(f, x)
     err = float(np.max(np.abs(jac - ref)) / max(1e-30, float(np.max(np.abs(ref)))))
     rec["max_rel_err"] = err
@@ -217,7 +212,7 @@ def measure_peer(program: str, n: int, tool: str) -> dict:
     jax.block_until_ready(compiled(x))
     rec["first"] = rec["lower"] + rec["compile"] + time.perf_counter() - t0
     rec["steady"] = _median_call(compiled, (x,))
-    rec["mem_bytes"] = _memory(compiled)
+    rec["mem_bytes"] = memory_bytes(compiled).get("mem_bytes")
     return rec
 
 
@@ -277,22 +272,16 @@ def growth(data: dict) -> dict:
     out = {}
     for program, rows in data["rows"].items():
         out[program] = {}
-        for ph in ("build", "plan_auto", "plan_rev", "plan_markowitz", "lower", "compile", "first", "steady"):
+        for ph in PHASES:
             have = [r for r in rows if r["ccjax"].get(ph) is not None]
             out[program][ph] = exponent([r["equations"] for r in have], [r["ccjax"][ph] for r in have])
     return out
 
 
-def _s(x) -> str:
-    if x is None:
-        return "-"
-    return f"{x * 1e6:.0f} µs" if x < 1e-3 else f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
-
-
 def _peer(rec: dict, key: str) -> str:
     if "error" in rec:
         return "over limit" if rec.get("over_limit") else "skipped" if rec.get("skipped") else "failed"
-    return _s(rec.get(key))
+    return fmt_time(rec.get(key))
 
 
 def _mb(b) -> str:
@@ -319,12 +308,13 @@ def render(data: dict) -> str:
             if mode == "eliminate":
                 mode = f"eliminate ({c['eliminations']} steps)"
             exact = "-" if "exact" not in c else f"{'yes' if c['exact'] else 'NO'} ({c['max_rel_err']:.0e})"
-            first = _s(c.get("first")) if "first" in c else (
+            first = fmt_time(c["first"]) if "first" in c else (
                 "not compiled" if c.get("lower_only") else "over limit" if c.get("over_limit") else "failed")
+            t = lambda key: fmt_time(c.get(key))
             lines.append(
-                f"| {r['equations']} | {c.get('vertices', '-')} | {_s(c.get('build'))} | {_s(c.get('plan_auto'))} | "
-                f"{_s(c.get('plan_rev'))} | {_s(c.get('plan_markowitz'))} | {mode} | {c.get('executor_eqns', '-')} | "
-                f"{_s(c.get('lower'))} | {_s(c.get('compile'))} | **{first}** | {_s(c.get('steady'))} | "
+                f"| {r['equations']} | {c.get('vertices', '-')} | {t('build')} | {t('plan_auto')} | "
+                f"{t('plan_rev')} | {t('plan_markowitz')} | {mode} | {c.get('executor_eqns', '-')} | "
+                f"{t('lower')} | {t('compile')} | **{first}** | {t('steady')} | "
                 f"{_peer(rv, 'first')} | {_peer(rv, 'steady')} | {_peer(fw, 'first')} | {_peer(fw, 'steady')} | "
                 f"{exact} | {_mb(c.get('mem_bytes'))}/{_mb(rv.get('mem_bytes'))}/{_mb(fw.get('mem_bytes'))} | "
                 f"{_mb(c.get('peak_rss_bytes'))} |")
@@ -333,16 +323,12 @@ def render(data: dict) -> str:
               "| program | build | plan auto | plan rev | plan markowitz | lower | compile | first call | steady |",
               "|---|" + "---:|" * 8]
     for program, ex in data["growth"].items():
-        cells = " | ".join("-" if ex[k] is None else f"{ex[k]:.2f}"
-                           for k in ("build", "plan_auto", "plan_rev", "plan_markowitz", "lower", "compile",
-                                     "first", "steady"))
+        cells = " | ".join("-" if ex[k] is None else f"{ex[k]:.2f}" for k in PHASES)
         lines.append(f"| {program} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(data: dict, path: str) -> bool:
-    from benchmarks.common import pyplot
-
     plt = pyplot()
     if plt is None:
         return False
@@ -368,8 +354,7 @@ def plot(data: dict, path: str) -> bool:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 
@@ -396,8 +381,6 @@ def main(argv=None) -> dict | None:
         return None
     import jax
 
-    from benchmarks.common import environment, write_json, write_text
-
     t_start = time.perf_counter()
     data: dict = {"rows": {}}
     for program in opts.programs:
@@ -418,7 +401,7 @@ def main(argv=None) -> dict | None:
                         stopped.add(tool)
                 rec = row[tool]
                 print(f"{program:5s} {row['equations']:6d} eqns {tool:7s} "
-                      + " ".join(f"{k} {_s(rec[k])}" for k in PHASES + ("steady",) if k in rec)
+                      + " ".join(f"{k} {fmt_time(rec[k])}" for k in PHASES if k in rec)
                       + (f" [{rec['error']}]" if "error" in rec else ""),
                       flush=True)
             rows.append(row)
