@@ -42,7 +42,17 @@ def literal_value(atom):
 
 
 def bind(primitive, params: dict, args: Sequence[Any]) -> list:
-    """Apply one equation's primitive to ``args`` (values or tracers)."""
+    """Apply one equation's primitive to ``args`` (values or tracers).
+
+    A gather whose out-of-range reads JAX's two AD modes treat differently
+    is applied with the derivative ``jax.jacrev`` gives it in both modes
+    (:func:`_gather_dropping_tangents`)."""
+    if primitive.name == "gather" and not _checked_gather(params):
+        return [_gather_dropping_tangents(primitive, params)(*args)]
+    return _bind(primitive, params, args)
+
+
+def _bind(primitive, params: dict, args: Sequence[Any]) -> list:
     bind_params = primitive.get_bind_params(params)
     if isinstance(bind_params, tuple):  # older JAX: (subfuns, params)
         subfuns, bind_params = bind_params
@@ -90,6 +100,53 @@ def count_multiplications(jaxpr) -> int:
         for sub in jex.jaxprs_in_params(eqn.params):
             total += repeat * count_multiplications(sub)
     return total
+
+
+#: Gather modes whose derivative is the same in both of JAX's modes at every
+#: index.  Under ``PROMISE_IN_BOUNDS`` (``x[idx]``'s default) an out-of-range
+#: read follows XLA's clamped start in forward mode while the transpose, a
+#: scatter, drops the window, so ``jax.jacfwd`` and ``jax.jacrev`` disagree.
+_CHECKED_GATHER_MODES = frozenset({"CLIP", "FILL_OR_DROP"})
+
+
+def _checked_gather(params: dict) -> bool:
+    mode = params.get("mode")
+    return getattr(mode, "name", str(mode)) in _CHECKED_GATHER_MODES
+
+
+def _gather_dropping_tangents(primitive, params: dict):
+    """The gather of ``params`` whose JVP reads tangents in ``FILL_OR_DROP``
+    mode (filled with 0): the linear map ``jax.jacrev`` transposes, since
+    the scatter that transposes the gather drops out-of-range windows.
+    In range it is the gather's own derivative."""
+    tangent_params = dict(params, mode=jax.lax.GatherScatterMode.FILL_OR_DROP, fill_value=0)
+
+    @jax.custom_jvp
+    def gather(operand, indices):
+        return _bind(primitive, params, [operand, indices])[0]
+
+    @gather.defjvp
+    def gather_jvp(primals, tangents):
+        operand, indices = primals
+        return gather(operand, indices), _bind(primitive, tangent_params, [tangents[0], indices])[0]
+
+    return gather
+
+
+def forward_matches_reverse(name: str, params: Any, top_level: bool = True) -> bool:
+    """Whether JAX's forward-mode derivative of an equation (``name``,
+    ``params``) is, at every input, the linear map its reverse mode
+    transposes, so a Jacobian may be built either way and still equal
+    ``jax.jacrev``'s.  False for a ``custom_vjp`` call (no forward mode),
+    parameters this cannot read, or a gather in an unchecked index mode
+    inside a sub-jaxpr (a top-level one is applied by :func:`bind` with
+    ``jax.jacrev``'s derivative in both modes)."""
+    if not isinstance(params, dict) or name.startswith("custom_vjp_call"):
+        return False
+    if name == "gather" and not top_level and not _checked_gather(params):
+        return False
+    return all(forward_matches_reverse(e.primitive.name, e.params, top_level=False)
+               for sub in jex.jaxprs_in_params(params) for e in sub.eqns)
 
 
 class _Identity:

@@ -171,14 +171,28 @@ def partial_values(graph: Graph, env: Sequence) -> list:
     """Values of the graph's raw partials (None for unit ones), given the
     evaluated program ``env`` (values by variable id)."""
     nodes = graph.program.nodes
+    shared: dict = {}
     values = []
     for r in graph.raw:
         if r.partial.values is None:
             values.append(None)
-        else:
-            node = nodes[r.node]
-            values.append(r.partial.values([env[i] for i in node.ins], [env[o] for o in node.outs]))
+            continue
+        node = nodes[r.node]
+        values.append(evaluate_partial(r.partial, [env[i] for i in node.ins], [env[o] for o in node.outs],
+                                       shared))
     return values
+
+
+def evaluate_partial(partial, ins: Sequence, outs: Sequence, shared: dict):
+    """``partial``'s values from its equation's operands and results; a
+    computation shared with other partials of that equation runs once per
+    ``shared`` memo (keyed by the computation, holding its result)."""
+    if partial.shared is None:
+        return partial.values(ins, outs)
+    key = id(partial.shared)
+    if key not in shared:
+        shared[key] = (partial.shared, partial.shared(ins, outs))  # the function is kept so its id stays unique
+    return partial.pick(shared[key][1])
 
 
 def run_plan(graph: Graph, plan: Plan, raw_values: Sequence, layout: str = "dense") -> list:

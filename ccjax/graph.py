@@ -253,6 +253,20 @@ def needs_whole_reverse(node: Node) -> tuple[str, ...]:
     return ()
 
 
+def forward_matches_reverse(node: Node) -> bool:
+    """Whether JAX's forward mode differentiates ``node`` exactly as its
+    reverse mode does (see :func:`ccjax._jaxpr.forward_matches_reverse`);
+    a ``TANGENT_OF`` node is its ``custom_jvp`` call."""
+    if node.name == REGION:
+        return all(forward_matches_reverse(n) for n in node.params.nodes)
+    if node.name == TANGENT_OF:
+        primitive, params, _, _ = node.params
+        return _jaxpr.forward_matches_reverse(primitive.name, params)
+    if node.reverse_only:
+        return False
+    return node.primitive is None or _jaxpr.forward_matches_reverse(node.name, node.params)
+
+
 def _complex(aval) -> bool:
     return jnp.issubdtype(aval.dtype, jnp.complexfloating)
 
@@ -513,7 +527,8 @@ class Graph:
             groups.setdefault(node.ins[s], []).append(s)
         ctx = RuleContext(node.name, node.params, tuple(prog.avals[i] for i in node.ins),
                           tuple(prog.avals[o] for o in node.outs), active_slots, node.eval,
-                          node.reverse_only, tuple(tuple(g) for g in groups.values()))
+                          node.reverse_only, tuple(tuple(g) for g in groups.values()),
+                          forward_matches_reverse(node))
         return partials(ctx)
 
     def _prune(self) -> None:

@@ -7,7 +7,7 @@ For those graphs no elimination order reproduces ``jax.jacrev``, so the
 plan is JAX's own reverse mode over the flattened program, which follows
 custom JVP rules exactly as AD of the original function does.  The report
 counts the multiplications of that program beyond the primal evaluation,
-as read from its jaxpr.
+summed equation by equation (:mod:`ccjax.counting`).
 """
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ import numpy as np
 from jax.experimental import sparse
 
 from ccjax._jaxpr import count_multiplications
-from ccjax.eliminate import CostReport, Plan, execute
-from ccjax.graph import Graph
-
-MODES = ("rev", "fwd")
+from ccjax.counting import MODES, Counter
+from ccjax.eliminate import CostReport, Plan
+from ccjax.graph import Graph, forward_matches_reverse
 
 
 def _outputs_fn(graph: Graph, inputs: Sequence, consts: Sequence):
@@ -54,38 +53,39 @@ def _specs(graph: Graph) -> tuple[list, list]:
     return [spec(i) for i in prog.inputs], [spec(i) for i in prog.top_consts]
 
 
-def _mults(graph: Graph, fn) -> int:
-    """Multiplications in the jaxpr of ``fn(inputs, consts)`` on the program's input shapes."""
+def traced_mults(graph: Graph, fn) -> int:
+    """Multiplications in the jaxpr of ``fn(inputs, consts)`` on the
+    program's input shapes: one whole trace, the reference that
+    :class:`ccjax.counting.Counter` sums equation by equation."""
     ins, cs = _specs(graph)
     return count_multiplications(jax.make_jaxpr(fn)(ins, cs).jaxpr)
 
 
-def primal_mults(graph: Graph) -> int:
-    """Multiplications of the primal program alone (what the counts below leave out)."""
-    return _mults(graph, lambda i, c: graph.program.evaluate(i, c, differentiable=True))
+def traced_mode_mults(graph: Graph, mode: str) -> int:
+    """``mode``'s count from the jaxpr of the whole Jacobian program, less the primal's."""
+    primal = traced_mults(graph, lambda i, c: graph.program.evaluate(i, c, differentiable=True))
+    return max(0, traced_mults(graph, lambda i, c: _jacobian(graph, mode, i, c)) - primal)
 
 
-def plan_jax_mode(graph: Graph, mode: str, primal: Optional[int] = None) -> Plan:
+def plan_jax_mode(graph: Graph, mode: str, counter: Optional[Counter] = None) -> Plan:
     """The plan that runs ``jax.jacrev`` (``mode="rev"``) or ``jax.jacfwd``
     of the whole program.  Its report counts every multiplication of that
-    program beyond the primal evaluation (``primal``: :func:`primal_mults`,
-    when already known)."""
+    program beyond the primal evaluation, equation by equation
+    (:class:`ccjax.counting.Counter`, shared with other counts when given)."""
     if mode not in MODES:
         raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
-    primal = primal_mults(graph) if primal is None else primal
-    mults = max(0, _mults(graph, lambda i, c: _jacobian(graph, mode, i, c)) - primal)
+    mults = (counter or Counter(graph)).mode_mults(mode)
     return Plan((), {}, (), CostReport(mults, 0, 0, ()), mode=f"jax-{mode}")
 
 
-def program_mults(graph: Graph, plan: Plan, primal: Optional[int] = None) -> int:
+def program_mults(graph: Graph, plan: Plan, counter: Optional[Counter] = None) -> int:
     """Every multiplication the compiled Jacobian program of ``plan``
     performs beyond the primal evaluation: for an elimination, the partials'
     values (a dense local Jacobian costs what JAX's AD of its equation does)
     as well as the products that ``plan.report`` counts."""
     if plan.mode != "eliminate":
         return plan.report.mults
-    primal = primal_mults(graph) if primal is None else primal
-    return max(0, _mults(graph, lambda i, c: execute(graph, plan, graph.program.evaluate(i, c))) - primal)
+    return (counter or Counter(graph)).elimination_mults(plan.report.mults)
 
 
 def cheapest(graph: Graph, elimination: Plan) -> Plan:
@@ -94,33 +94,21 @@ def cheapest(graph: Graph, elimination: Plan) -> Plan:
     the elimination, whose output keeps its structure).  This is how
     ``order="auto"`` is never costlier than the better plain mode.
 
-    One reverse pass and one forward pass multiply about equally, and JAX
-    runs one per output or per input element; so the mode with fewer passes
-    is counted first and the other only when the first cannot run (a
-    ``while_loop`` has no reverse mode) or the two sides are within 2x.
-    The elimination's products (``elimination.report.mults``) are a lower
-    bound of its program's count, so when they alone lose, its program is
-    not traced (on large graphs each count is a full trace)."""
-    primal = primal_mults(graph)
-    prog = graph.program
-    size = lambda ids: sum(int(np.prod(prog.avals[i].shape)) for i in ids)
-    n_in = size(prog.inputs[leaf] for leaf in graph.diff_leaves)
-    n_out = size(prog.outputs[:len(graph.outputs)])
-    modes = ("rev", "fwd") if n_out <= n_in else ("fwd", "rev")
-    count_both = max(n_in, n_out) <= 2 * min(n_in, n_out)
-    best, best_mults = None, None
+    A mode JAX cannot run (a ``while_loop`` has no reverse mode) is left
+    out, and so is forward mode where it could differ from ``jax.jacrev``
+    (:func:`ccjax.graph.forward_matches_reverse`).  The counts are summed
+    equation by equation with one memo (:mod:`ccjax.counting`), so this
+    costs a trace per distinct equation, not per candidate program."""
+    counter = Counter(graph)
+    modes = MODES if all(forward_matches_reverse(node) for node in graph.program.nodes) else ("rev",)
+    best, best_mults = elimination, program_mults(graph, elimination, counter)
     for mode in modes:
         try:
-            plan = plan_jax_mode(graph, mode, primal)
+            plan = plan_jax_mode(graph, mode, counter)
         except (TypeError, ValueError, NotImplementedError):  # e.g. no reverse mode through a while_loop
             continue
-        if best is None or plan.report.mults < best_mults:
+        if plan.report.mults < best_mults:
             best, best_mults = plan, plan.report.mults
-        if not count_both:
-            break
-    if best is None or (elimination.report.mults <= best_mults
-                        and program_mults(graph, elimination, primal) <= best_mults):
-        return elimination
     return best
 
 

@@ -244,6 +244,47 @@ def test_out_of_range_indices_match_jacrev(name):
     check_all_ways(OUT_OF_RANGE[name], Y)
 
 
+@pytest.mark.parametrize("mode", ["fwd", "rev"])
+def test_whole_program_modes_through_out_of_range_gathers_match_jacrev(mode, monkeypatch):
+    # jax.jacfwd itself would read the clamped entry; the program's gathers
+    # are evaluated with jax.jacrev's derivative, so either plain mode matches it
+    import ccjax.api
+
+    idx = jnp.asarray(np.random.RandomState(0).randint(-9, 12, size=16))
+    f = lambda y: jax.scipy.linalg.expm(jnp.outer(y[idx], y[idx]) * 0.01)
+    want = jax.jacrev(f)(Y)
+    assert not np.allclose(jax.jacfwd(f)(Y), want)
+    monkeypatch.setattr(ccjax.api, "cheapest", lambda g, plan: ccjax.jax_modes.plan_jax_mode(g, mode))
+    assert_close(ccjax.jacve(f)(Y), want, mode)
+    assert_close(jax.jit(ccjax.jacve(f))(Y), want, mode)
+
+
+@pytest.mark.parametrize("mode, agrees", [("promise_in_bounds", False), ("clip", True), ("fill", True)])
+def test_forward_matches_reverse_reads_gather_modes_inside_loops(mode, agrees):
+    from ccjax._jaxpr import forward_matches_reverse
+
+    def body(c, _):
+        return c.at[jnp.array([7, 1])].get(mode=mode).sum() * c, None
+
+    jaxpr = jax.make_jaxpr(lambda y: lax.scan(body, y, None, length=2)[0])(Y).jaxpr
+    (eqn,) = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+    assert forward_matches_reverse(eqn.primitive.name, eqn.params) is agrees
+    (gather,) = [e for e in eqn.params["jaxpr"].jaxpr.eqns if e.primitive.name == "gather"]
+    assert forward_matches_reverse("gather", gather.params)  # top level: evaluated with jacrev's derivative
+    assert forward_matches_reverse("custom_vjp_call", {}) is False
+
+
+def test_opaque_partials_use_forward_mode_where_it_is_exact():
+    # a sort's forward Jacobian is a gather of the identity; its reverse one a scatter-add
+    jaxpr = str(jax.make_jaxpr(ccjax.jacve(lambda x: jnp.sort(jnp.sin(x) * x), order="rev"))(Y))
+    assert "gather" in jaxpr and "scatter-add" not in jaxpr
+    # so is a gather with more outputs than inputs, out-of-range reads included
+    f = lambda y: y[jnp.array([7, 1, -1, 2, 3, 9, 0])] * 2.0
+    jaxpr = str(jax.make_jaxpr(ccjax.jacve(f, order="rev"))(Y))
+    assert "scatter-add" not in jaxpr
+    check_all_ways(f, Y)
+
+
 # -- the order cache and compiled runners ---------------------------------------------------------
 
 def test_search_replaces_the_compiled_auto_runner(tmp_path, monkeypatch):

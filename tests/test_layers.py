@@ -20,7 +20,7 @@ LAYERS = (
     ("base", ("ccjax._jaxpr", "ccjax.structure", "ccjax.tasks")),
     ("rules", ("ccjax.rules",)),
     ("graph", ("ccjax.graph", "ccjax.trace")),
-    ("plan", ("ccjax.eliminate", "ccjax.jax_modes")),
+    ("plan", ("ccjax.eliminate", "ccjax.counting", "ccjax.jax_modes")),
     ("cache", ("ccjax.cache",)),
     ("orders", ("ccjax.orders",)),
     ("learned", ("ccjax.search",)),

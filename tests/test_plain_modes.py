@@ -2,8 +2,9 @@
 
 The plan of ``auto`` is the cheaper of the best elimination and
 ``jax.jacrev``/``jax.jacfwd`` of the whole (flattened) program, by every
-multiplication the compiled program performs beyond the primal; the count
-of the JAX modes is read from their jaxprs, so it is what runs.
+multiplication the compiled program performs beyond the primal; the counts
+are summed equation by equation and equal the count read from the jaxpr of
+the whole program, so they are what runs.
 """
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,10 @@ import ccjax  # noqa: E402
 from ccjax._jaxpr import count_multiplications  # noqa: E402
 from ccjax.api import _plan  # noqa: E402
 from ccjax.eliminate import plan_elimination  # noqa: E402
-from ccjax.jax_modes import cheapest, plan_jax_mode, program_mults  # noqa: E402
+from ccjax.counting import Counter  # noqa: E402
+from ccjax.eliminate import partial_values  # noqa: E402
+from ccjax.jax_modes import cheapest, plan_jax_mode, program_mults, traced_mode_mults, traced_mults  # noqa: E402
+from ccjax.tasks.random_fn import random_function, random_inputs  # noqa: E402
 from ccjax.resolve import resolve_order  # noqa: E402
 from ccjax.tasks import TASKS  # noqa: E402
 
@@ -68,6 +72,64 @@ def test_jax_mode_count_is_the_jaxpr_count():
     total = count_multiplications(jax.make_jaxpr(jax.jacrev(f))(x).jaxpr)
     # the flattened program may order its ops differently, not multiply more or less
     assert rev.report.mults == total - primal
+
+
+def _graphs_to_count():
+    for seed in range(12):
+        shapes = [(4,), (3, 2)]
+        f = random_function(seed, shapes, n_ops=12)
+        yield f"random{seed}", ccjax.graph(f, *random_inputs(seed, shapes), argnums=(0, 1))
+    for name in ("RoeFlux_1d", "RobotArm_6DOF", "BlackScholes_Jacobian", "Encoder"):
+        fn, args = TASKS[name].graph_fn_and_inputs(0)
+        yield name, ccjax.graph(fn, *args, argnums=TASKS[name].argnums)
+    x = jnp.linspace(0.1, 1.0, 6)
+    yield "sort_scan", ccjax.graph(
+        lambda x: jax.lax.scan(lambda c, y: (jnp.sin(c) * y, c * c), jnp.sort(x) * x, x[:3])[1], x)
+    dead = lambda x: (jnp.tanh(x) * 2.0, jnp.tanh(jnp.cos(x)))[0]  # an active output reaching no result
+    yield "dead_branch", ccjax.graph(dead, x)
+
+    @jax.custom_vjp
+    def clipped(v):
+        return jnp.sin(v) * v
+
+    clipped.defvjp(lambda v: (clipped(v), v), lambda v, g: (jnp.clip(g * jnp.cos(v), -1.0, 1.0),))
+    yield "custom_vjp", ccjax.graph(lambda x: clipped(x * x) * x, x)
+    yield "cond_gather", ccjax.graph(
+        lambda x: jax.lax.cond(x[0] > 0, jnp.sin, jnp.cos, x * x)[jnp.array([5, 1, 7])] * x[:3], x)
+    yield "while", ccjax.graph(
+        lambda x: jax.lax.while_loop(lambda c: c[1] < 3, lambda c: (jnp.sin(c[0]) * c[0], c[1] + 1), (x, 0))[0], x)
+
+
+@pytest.mark.parametrize("name, g", list(_graphs_to_count()), ids=lambda v: v if isinstance(v, str) else "")
+def test_counts_summed_per_equation_equal_the_whole_jaxpr(name, g):
+    counter = Counter(g)
+    for mode in ("rev", "fwd"):
+        try:
+            want = traced_mode_mults(g, mode)
+        except (TypeError, ValueError, NotImplementedError) as e:  # no reverse mode through a while_loop
+            with pytest.raises(type(e)):
+                counter.mode_mults(mode)
+            continue
+        assert counter.mode_mults(mode) == want, (name, mode)
+    prog = g.program
+    primal = traced_mults(g, lambda i, c: prog.evaluate(i, c))
+    partials = traced_mults(g, lambda i, c: partial_values(g, prog.evaluate(i, c))) - primal
+    assert counter.partial_mults() == partials, name
+    plan = plan_elimination(g, resolve_order(g, "markowitz"))
+    assert program_mults(g, plan) == partials + plan.report.mults
+
+
+def test_counter_traces_each_equation_signature_once():
+    def f(x):
+        for _ in range(30):
+            x = jnp.tanh(x * 1.5) * x
+        return x
+
+    g = ccjax.graph(f, jnp.linspace(0.1, 1.0, 5))
+    counter = Counter(g)
+    counter.mode_mults("rev")
+    # mul by a constant, tanh, mul of two active values: three signatures for 90 equations
+    assert len(g.program.nodes) == 90 and len(counter.memo) == 3
 
 
 def test_cheapest_prefers_the_elimination_on_ties():

@@ -18,7 +18,9 @@ class RuleContext:
     primitive on concrete operands (used by rules that lean on JAX's AD);
     ``reverse_only``: the equation supports reverse-mode AD only;
     ``same_var``: the active slots grouped by the variable they read (a rule
-    may give each slot its own partial; they are summed on the edge).
+    may give each slot its own partial; they are summed on the edge);
+    ``forward_exact``: JAX's forward mode of the equation equals its reverse
+    mode at every input (see :func:`ccjax.graph.forward_matches_reverse`).
     """
 
     name: str
@@ -29,6 +31,7 @@ class RuleContext:
     eval: Callable[..., list]
     reverse_only: bool = False
     same_var: tuple[tuple[int, ...], ...] = ()  # groups of active slots reading one variable
+    forward_exact: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,13 +39,18 @@ class Partial:
     """``∂out[out]/∂in[slot]``: its structure and how to compute its values.
 
     ``values(invals, outvals)`` returns an array laid out as
-    ``structure.val`` (or None for a unit partial).
+    ``structure.val`` (or None for a unit partial).  Partials of one
+    equation computed together (e.g. one forward-mode Jacobian of every
+    output) share ``shared``: ``values`` is then ``pick(shared(...))``, and
+    an executor evaluating several of them calls ``shared`` once.
     """
 
     out: int
     slot: int
     structure: Structure
     values: Optional[ValueFn]
+    shared: Optional[ValueFn] = None
+    pick: Optional[Callable[[Any], Any]] = None
 
 
 Rule = Callable[[RuleContext], list]

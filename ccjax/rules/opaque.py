@@ -2,9 +2,13 @@
 
 The partial of each floating output with respect to each differentiated
 operand is the dense local Jacobian of that single equation, computed by
-JAX's own AD (reverse mode, as ``jax.jacrev`` does, or forward mode for
-equations without a reverse rule): exact for ``cond``, ``scan``, ``while``,
-``sort``, ``gather``... never a silent zero.
+JAX's own AD: exact for ``cond``, ``scan``, ``while``, ``sort``,
+``gather``... never a silent zero.  Forward mode when the equation has no
+more differentiated input entries than output entries and its forward
+derivative is exactly the one reverse mode transposes (a ``sort``'s
+forward Jacobian is a gather of the identity, its reverse one a slow
+scatter-add); reverse mode otherwise, as ``jax.jacrev`` does, or forward
+mode for equations without a reverse rule.
 """
 from __future__ import annotations
 
@@ -24,10 +28,19 @@ def dense_partials(ctx: RuleContext) -> list[Partial]:
     JAX's AD of the enclosing function would: a variable read by several
     operand slots through all of them at once, and the variables together
     (some rules, e.g. ``custom_linear_solve`` with a pytree right-hand
-    side, fail on a symbolic-zero tangent for one of their operands)."""
+    side, fail on a symbolic-zero tangent for one of their operands).  In
+    forward mode one call also gives every output (the partials share it);
+    in reverse mode each output is its own call of ``out_size`` passes."""
     outs = [j for j, a in enumerate(ctx.out_avals) if jnp.issubdtype(a.dtype, jnp.inexact)]
     groups = ctx.same_var or tuple((s,) for s in ctx.active)
     reverse = _has_reverse_mode(ctx)
+    n_in = sum(ctx.in_avals[g[0]].size for g in groups)
+    n_out = sum(ctx.out_avals[j].size for j in outs)
+    forward = not reverse or (ctx.forward_exact and n_in <= n_out)
+    transforms = {_jacobian_transform(ctx.in_avals[g[0]].dtype, ctx.out_avals[j].dtype, not forward)
+                  for j in outs for g in groups}
+    if forward and len(transforms) == 1:
+        return _joint_forward(ctx, outs, groups, transforms.pop())
     parts = []
     for j in outs:
         out_aval = ctx.out_avals[j]
@@ -41,17 +54,45 @@ def dense_partials(ctx: RuleContext) -> list[Partial]:
 
             def values(ins, _outs, together=together, k=k if joint else 0, j=j, prepare=prepare,
                        jac=transforms[k], dtype=dtype):
-                def f(*xs):
-                    args = list(ins)
-                    for g, x in zip(together, xs):
-                        for s in g:
-                            args[s] = x
-                    return ctx.eval(*args)[j]
-
-                argnums = tuple(range(len(together)))
-                return prepare(jac(f, argnums=argnums)(*[ins[g[0]] for g in together])[k].astype(dtype))
+                jacobian = jac(_on(ctx, ins, together, (j,)), argnums=tuple(range(len(together))))
+                return prepare(jacobian(*[ins[g[0]] for g in together])[0][k].astype(dtype))
 
             parts.append(Partial(j, slots[0], st, values))
+    return parts
+
+
+def _on(ctx: RuleContext, ins, groups, outs):
+    """The equation at operands ``ins`` as a function of one value per
+    group of operand slots, returning its outputs ``outs``."""
+    def f(*xs):
+        args = list(ins)
+        for g, x in zip(groups, xs):
+            for s in g:
+                args[s] = x
+        results = ctx.eval(*args)
+        return [results[j] for j in outs]
+
+    return f
+
+
+def _joint_forward(ctx: RuleContext, outs, groups, jac) -> list[Partial]:
+    """Every (output, variable) partial from one forward-mode Jacobian."""
+    def joint(ins, _outs):
+        f = _on(ctx, ins, groups, outs)
+        return jac(f, argnums=tuple(range(len(groups))))(*[ins[g[0]] for g in groups])
+
+    parts = []
+    for jj, j in enumerate(outs):
+        out_aval = ctx.out_avals[j]
+        for k, slots in enumerate(groups):
+            in_aval = ctx.in_avals[slots[0]]
+            dtype = jnp.result_type(in_aval.dtype, out_aval.dtype)
+            st, prepare = dense(tuple(out_aval.shape), tuple(in_aval.shape))
+
+            def pick(result, jj=jj, k=k, prepare=prepare, dtype=dtype):
+                return prepare(result[jj][k].astype(dtype))
+
+            parts.append(Partial(j, slots[0], st, lambda ins, o, pick=pick: pick(joint(ins, o)), joint, pick))
     return parts
 
 
@@ -80,11 +121,12 @@ def _with(args, slots, values) -> list:
 
 
 def _jacobian_transform(in_dtype, out_dtype, reverse: bool):
-    """JAX's AD transform for one local Jacobian: reverse mode wherever JAX
-    has it, since ``jax.jacrev``'s answer is the one to match where the two
-    modes disagree (a gather at an out-of-range index: the forward rule
-    follows the clamped read, the transpose drops it); forward mode only
-    for equations without a reverse rule.  Complex to complex is the
+    """JAX's AD transform for one local Jacobian: reverse mode when asked
+    (``jax.jacrev``'s answer is the one to match where the two modes
+    disagree: a gather at an out-of-range index, whose forward rule follows
+    the clamped read while the transpose drops it), forward mode otherwise
+    (the caller asks for it only where the modes agree or reverse mode
+    does not exist).  Complex to complex is the
     complex derivative (the graph is holomorphic; elsewhere complex values
     are fused into real regions); complex to real is ``jax.jacrev``'s
     convention, the only one JAX defines.

@@ -1,0 +1,201 @@
+"""Multiplication counts of whole Jacobian programs, equation by equation.
+
+``order="auto"`` compares an elimination with JAX's reverse and forward
+modes over the whole function by the multiplications each program
+performs beyond the primal evaluation (:mod:`ccjax.jax_modes`).  Reading
+that from the jaxpr of the whole Jacobian program costs a full trace per
+candidate, about a millisecond per equation.  JAX's AD is compositional,
+so the same count is the sum, over the program's equations, of the count
+of each equation's own Jacobian program: ``vmap`` of its JVP over the
+``n_in`` tangent basis (forward mode) or of its VJP over the ``n_out``
+cotangent basis (reverse mode), with the same symbolic zeros the whole
+program has (inactive operands, outputs that reach no result).  Equations
+with the same signature (primitive, parameters, operand types, which
+operands are constants, active or live) count the same, so each signature
+is traced once; an unrolled integrator or a deep network has a few dozen.
+
+An elimination's program multiplies in its partials' values and in the
+products and sums its plan counts (``plan.report.mults``); the partials
+are counted per equation the same way.
+
+``tests/test_plain_modes.py`` checks every sum against the count of the
+whole program's jaxpr.
+"""
+from __future__ import annotations
+
+from typing import Hashable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ccjax._jaxpr import count_multiplications
+from ccjax.eliminate import evaluate_partial
+from ccjax.graph import Graph, Node
+
+MODES = ("rev", "fwd")
+
+
+def _inexact(aval) -> bool:
+    return jnp.issubdtype(aval.dtype, jnp.inexact)
+
+
+def _param_key(value) -> Hashable:
+    """``value`` if hashable, else its identity (never shared by mistake)."""
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return ("id", id(value))
+
+
+class Counter:
+    """Counts for one graph, memoised per equation signature.
+
+    ``live``: the variables whose cotangent is not a symbolic zero in JAX's
+    reverse pass (an active path leads from them to an output).
+    """
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        prog = graph.program
+        self.prog = prog
+        self.n_in = sum(int(np.prod(prog.avals[prog.inputs[leaf]].shape)) for leaf in graph.diff_leaves)
+        outputs = prog.outputs[:len(graph.outputs)]
+        self.n_out = sum(int(np.prod(prog.avals[i].shape)) for i in outputs)
+        live = {i for i in outputs if prog.active[i]}
+        for node in reversed(prog.nodes):
+            if any(o in live for o in node.outs):
+                live.update(i for i in node.reads if prog.active[i])
+        self.live = live
+        self.memo: dict = {}
+        self.signatures: dict = {}
+
+    # -- one equation ------------------------------------------------------
+
+    def _signature(self, node: Node) -> Hashable:
+        key = id(node)  # nodes live as long as the graph, so ids stay unique
+        if key not in self.signatures:
+            self.signatures[key] = self._make_signature(node)
+        return self.signatures[key]
+
+    def _make_signature(self, node: Node) -> Hashable:
+        prog = self.prog
+        if node.primitive is None or not isinstance(node.params, dict):
+            params: Hashable = ("node", id(node))  # internal nodes: never shared
+        else:
+            params = tuple((k, _param_key(v)) for k, v in sorted(node.params.items()))
+        reads = tuple((tuple(prog.avals[i].shape), str(prog.avals[i].dtype),
+                       bool(getattr(prog.avals[i], "weak_type", False)),
+                       i in prog.consts, bool(prog.active[i])) for i in node.reads)
+        # operands reading one variable stay tied (``x * x``)
+        ties = tuple(node.reads.index(i) for i in node.reads)
+        outs = tuple(o in self.live for o in node.outs)
+        return node.name, params, reads, ties, outs
+
+    def _env(self, node: Node, traced: Sequence) -> dict:
+        """Values by variable id: constants concrete (as in the whole
+        program, where operations on them alone are folded), the others
+        from ``traced`` in the order of :meth:`_traced_ids`."""
+        env = {i: self.prog.consts[i] for i in node.reads if i in self.prog.consts}
+        env.update(zip(self._traced_ids(node), traced))
+        return env
+
+    def _traced_ids(self, node: Node) -> list[int]:
+        return [i for i in dict.fromkeys(node.reads) if i not in self.prog.consts]
+
+    def _specs(self, ids: Sequence[int]) -> list:
+        return [jax.ShapeDtypeStruct(self.prog.avals[i].shape, self.prog.avals[i].dtype) for i in ids]
+
+    def _count(self, fn, ids: Sequence[int], extra: Sequence = ()) -> int:
+        return count_multiplications(jax.make_jaxpr(fn)(self._specs(ids), list(extra)).jaxpr)
+
+    def node_mults(self, node: Node, mode: str) -> int:
+        """Multiplications of ``node``'s part of ``jax.jacrev``/``jax.jacfwd``
+        of the whole program beyond its primal evaluation."""
+        prog = self.prog
+        active = [i for i in self._traced_ids(node) if prog.active[i]]
+        if not active:
+            return 0
+        key = (mode, self._signature(node))
+        if key in self.memo:
+            return self.memo[key]
+        ids = self._traced_ids(node)
+
+        def primal(values, _):
+            return node.ad_eval(self._env(node, values))
+
+        def on_active(values, act):
+            env = self._env(node, values)
+            env.update(zip(active, act))
+            return node.ad_eval(env)
+
+        pos = [ids.index(i) for i in active]
+        if mode == "fwd":
+            def jac(values, _):
+                outs = lambda *act: [o for o, k in zip(on_active(values, act), node.outs) if _inexact(prog.avals[k])]
+                basis = [jnp.zeros((self.n_in,) + tuple(prog.avals[i].shape), prog.avals[i].dtype) for i in active]
+                return jax.vmap(lambda *t: jax.jvp(outs, [values[p] for p in pos], list(t))[1])(*basis)
+        else:
+            # an output no result depends on gets no cotangent, but its
+            # residuals are still computed by the linearisation
+            live_outs = [k for k in node.outs if k in self.live and _inexact(prog.avals[k])]
+
+            def jac(values, _):
+                def outs(*act):
+                    res = dict(zip(node.outs, on_active(values, act)))
+                    return [res[k] for k in live_outs]
+
+                _, pullback = jax.vjp(outs, *[values[p] for p in pos])
+                if not live_outs:
+                    return []
+                basis = [jnp.zeros((self.n_out,) + tuple(prog.avals[k].shape), prog.avals[k].dtype)
+                         for k in live_outs]
+                return jax.vmap(lambda *c: pullback(list(c)))(*basis)
+        count = max(0, self._count(jac, ids) - self._count(primal, ids))
+        self.memo[key] = count
+        return count
+
+    # -- whole programs ----------------------------------------------------
+
+    def mode_mults(self, mode: str) -> int:
+        """What :func:`ccjax.jax_modes.plan_jax_mode` reports for ``mode``."""
+        if mode not in MODES:
+            raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
+        prog = self.prog
+        ends = (prog.outputs[:len(self.graph.outputs)] if mode == "rev"
+                else [prog.inputs[leaf] for leaf in self.graph.diff_leaves])
+        if not all(jnp.issubdtype(prog.avals[i].dtype, jnp.floating) for i in ends):
+            raise TypeError(f"jax.jac{mode} of this program needs real-valued "
+                            f"{'outputs' if mode == 'rev' else 'inputs'}")
+        return sum(self.node_mults(node, mode) for node in self.prog.nodes)
+
+    def partial_mults(self) -> int:
+        """Multiplications computing the values of the graph's partials (an
+        equation's partials together: some share one computation)."""
+        nodes = self.prog.nodes
+        by_node: dict[int, list] = {}
+        for r in self.graph.raw:
+            if r.partial.values is not None:
+                by_node.setdefault(r.node, []).append(r.partial)
+        total = 0
+        for n, parts in by_node.items():
+            node = nodes[n]
+            key = ("partials", self._signature(node), tuple((p.out, p.slot, p.structure) for p in parts))
+            if key not in self.memo:
+                def values(vals, outs, node=node, parts=parts):
+                    env = self._env(node, vals)
+                    shared: dict = {}
+                    return [evaluate_partial(p, [env[i] for i in node.ins], outs, shared) for p in parts]
+
+                self.memo[key] = self._count(values, self._traced_ids(node), self._specs(node.outs))
+            total += self.memo[key]
+        return total
+
+    def elimination_mults(self, report_mults: int) -> int:
+        """An elimination program's multiplications: partials and products."""
+        return self.partial_mults() + report_mults
+
+
+def mode_mults(graph: Graph, mode: str, counter: Optional[Counter] = None) -> int:
+    return (counter or Counter(graph)).mode_mults(mode)
