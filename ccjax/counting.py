@@ -23,7 +23,7 @@ whole program's jaxpr.
 """
 from __future__ import annotations
 
-from typing import Hashable, Optional, Sequence
+from typing import Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -133,7 +133,9 @@ class Counter:
         pos = [ids.index(i) for i in active]
         if mode == "fwd":
             def jac(values, _):
-                outs = lambda *act: [o for o, k in zip(on_active(values, act), node.outs) if _inexact(prog.avals[k])]
+                def outs(*act):
+                    return [o for o, k in zip(on_active(values, act), node.outs) if _inexact(prog.avals[k])]
+
                 basis = [jnp.zeros((self.n_in,) + tuple(prog.avals[i].shape), prog.avals[i].dtype) for i in active]
                 return jax.vmap(lambda *t: jax.jvp(outs, [values[p] for p in pos], list(t))[1])(*basis)
         else:
@@ -195,7 +197,3 @@ class Counter:
     def elimination_mults(self, report_mults: int) -> int:
         """An elimination program's multiplications: partials and products."""
         return self.partial_mults() + report_mults
-
-
-def mode_mults(graph: Graph, mode: str, counter: Optional[Counter] = None) -> int:
-    return (counter or Counter(graph)).mode_mults(mode)

@@ -336,8 +336,9 @@ class EmbedPlan:
         value = _broadcast(jnp.reshape(value, expanded), self.shape)
         if self.masks:
             keep = None
+            iota = lambda axis: lax.broadcasted_iota(np.int32, self.shape, axis)
             for a, b in self.masks:
-                eq = lax.eq(lax.broadcasted_iota(np.int32, self.shape, a), lax.broadcasted_iota(np.int32, self.shape, b))
+                eq = lax.eq(iota(a), iota(b))
                 keep = eq if keep is None else lax.bitwise_and(keep, eq)
             value = lax.select(keep, value, lax.full(self.shape, 0, value.dtype))
         return value
