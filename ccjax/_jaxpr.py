@@ -164,6 +164,16 @@ class _Identity:
         return id(self.obj)
 
 
+def hashable(value):
+    """``value`` where it is hashable, else a key comparing by its identity
+    (holding a reference, so the id cannot be reused)."""
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return _Identity(value)
+
+
 _PRINTED = (int, float, complex, bool, str, bytes, type(None), np.dtype, np.generic, enum.Enum, type)
 
 
@@ -234,11 +244,7 @@ def structural_key(jaxpr) -> tuple:
             for v in value:
                 param(v, flags, one_to_one)
         elif not isinstance(value, _PRINTED):
-            try:
-                hash(value)
-                extra.append(value)
-            except TypeError:
-                extra.append(_Identity(value))
+            extra.append(hashable(value))
 
     walk(jaxpr, set(jaxpr.invars))
     return str(jaxpr), tuple(extra)

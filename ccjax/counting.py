@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ccjax._jaxpr import count_multiplications
+from ccjax._jaxpr import count_multiplications, hashable
 from ccjax.eliminate import evaluate_partial
 from ccjax.graph import Graph, Node
 
@@ -38,15 +38,6 @@ MODES = ("rev", "fwd")
 
 def _inexact(aval) -> bool:
     return jnp.issubdtype(aval.dtype, jnp.inexact)
-
-
-def _param_key(value) -> Hashable:
-    """``value`` if hashable, else its identity (never shared by mistake)."""
-    try:
-        hash(value)
-        return value
-    except TypeError:
-        return ("id", id(value))
 
 
 class Counter:
@@ -84,7 +75,7 @@ class Counter:
         if node.primitive is None or not isinstance(node.params, dict):
             params: Hashable = ("node", id(node))  # internal nodes: never shared
         else:
-            params = tuple((k, _param_key(v)) for k, v in sorted(node.params.items()))
+            params = tuple((k, hashable(v)) for k, v in sorted(node.params.items()))
         reads = tuple((tuple(prog.avals[i].shape), str(prog.avals[i].dtype),
                        bool(getattr(prog.avals[i], "weak_type", False)),
                        i in prog.consts, bool(prog.active[i])) for i in node.reads)

@@ -186,13 +186,12 @@ def partial_values(graph: Graph, env: Sequence) -> list:
 def evaluate_partial(partial, ins: Sequence, outs: Sequence, shared: dict):
     """``partial``'s values from its equation's operands and results; a
     computation shared with other partials of that equation runs once per
-    ``shared`` memo (keyed by the computation, holding its result)."""
+    ``shared`` memo (the computation -> its result)."""
     if partial.shared is None:
         return partial.values(ins, outs)
-    key = id(partial.shared)
-    if key not in shared:
-        shared[key] = (partial.shared, partial.shared(ins, outs))  # the function is kept so its id stays unique
-    return partial.pick(shared[key][1])
+    if partial.shared not in shared:
+        shared[partial.shared] = partial.shared(ins, outs)
+    return partial.pick(shared[partial.shared])
 
 
 def run_plan(graph: Graph, plan: Plan, raw_values: Sequence, layout: str = "dense") -> list:
