@@ -19,7 +19,7 @@ from jax.experimental import sparse
 
 from ccjax._jaxpr import is_tracer
 from ccjax.graph import Graph
-from ccjax.structure import ProductPlan, Structure, SumPlan, product_plan, sum_plan, to_bcoo
+from ccjax.structure import ProductPlan, Structure, SumPlan, deband_plan, product_plan, sum_plan, to_bcoo
 
 LAYOUTS = ("dense", "sparse")
 
@@ -295,6 +295,9 @@ def dense_block(st: Optional[Structure], value, shape: tuple, dtype, tag: Option
             return jnp.zeros(shape, dtype)
         never = lax.broadcasted_iota(np.int32, shape, 0) == -1 - tag  # false everywhere
         return jnp.where(never, jnp.ones((), dtype), jnp.zeros((), dtype))
+    if st.bands:
+        deband = deband_plan(st)
+        st, value = deband.result, deband.apply(value, dtype)
     axes = st.out_axes + st.in_axes
     stored = set(st.val or ())
     count: dict = {}

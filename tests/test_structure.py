@@ -11,7 +11,7 @@ jax.config.update("jax_enable_x64", True)
 from counting import count_mults
 
 from ccjax.structure import (Structure, dense, densify_plan, make_structure, product_plan, structure_from_labels,
-                             sum_plan, to_dense, unit)
+                             sum_plan, to_bcoo, to_dense, unit)
 
 SIZES = [1, 2, 3, 4, 6]
 
@@ -22,9 +22,10 @@ def shapes(draw, max_rank=3):
 
 
 @st.composite
-def structures(draw, out_shape, in_shape):
+def structures(draw, out_shape, in_shape, bands=False):
     """A random structure over out_shape + in_shape, possibly with factored
-    axes (reshape-like) and shared, replicated and stored symbols."""
+    axes (reshape-like), shared, replicated and stored symbols and (with
+    ``bands``) banded pairs of axes with random diagonals and row ranges."""
     sizes: dict = {}
     pool: list = []
 
@@ -52,16 +53,48 @@ def structures(draw, out_shape, in_shape):
 
     out_axes = [axis(n) for n in out_shape]
     in_axes = [axis(n) for n in in_shape]
-    used = list(dict.fromkeys(l for ax in out_axes + in_axes for l in ax))
+    band_list, columns = [], set()
+    if bands:
+        once = [l for l, c in _label_counts(out_axes + in_axes).items() if c == 1]
+        rows = [ax[0] for ax in out_axes if len(ax) == 1 and ax[0] in once]
+        cols = [ax[0] for ax in in_axes if len(ax) == 1 and ax[0] in once]
+        for row in rows:
+            if not cols or not draw(st.booleans()):
+                continue
+            col = draw(st.sampled_from(cols))
+            cols.remove(col)
+            n_out, n_in = sizes[row], sizes[col]
+            k = draw(st.integers(1, 3))
+            offsets = tuple(draw(st.integers(-n_out + 1, n_in - 1)) for _ in range(k))
+            ranges = []
+            for _ in range(k):
+                lo = draw(st.integers(0, n_out - 1))
+                ranges.append((lo, draw(st.integers(lo + 1, n_out))))
+            slot = None
+            if k > 1:
+                slot = ("slot", row)
+                sizes[slot] = k
+            band_list.append((row, col, slot, offsets, tuple(ranges)))
+            columns.add(col)
+    used = list(dict.fromkeys(l for ax in out_axes + in_axes for l in ax if l not in columns))
+    used += [b[2] for b in band_list if b[2] is not None]
     if draw(st.integers(0, 3)) == 0:
-        return make_structure(out_axes, in_axes, sizes, None, draw(st.sampled_from([1, -1])))[0], None
+        return make_structure(out_axes, in_axes, sizes, None, draw(st.sampled_from([1, -1])), band_list)[0], None
     val = draw(st.permutations(used))
     val = [l for l in val if draw(st.booleans())]
-    structure, perm = make_structure(out_axes, in_axes, sizes, val)
+    structure, perm = make_structure(out_axes, in_axes, sizes, val, 1, band_list)
     shape = tuple(sizes[l] for l in val)
     seed = draw(st.integers(0, 2**31 - 1))
     value = np.random.default_rng(seed).normal(size=shape)
     return structure, jnp.transpose(jnp.asarray(value), perm)
+
+
+def _label_counts(axes):
+    count = {}
+    for ax in axes:
+        for l in ax:
+            count[l] = count.get(l, 0) + 1
+    return count
 
 
 def _dense(s, v):
@@ -108,6 +141,93 @@ def test_product_cost_is_what_runs(data):
         assert count_mults(fn, *args) == plan.mults
     else:
         assert count_mults(lambda x, y: plan.apply(x, y, jnp.float64), va, vb) == plan.mults
+
+
+@st.composite
+def stencils(draw, out_shape, in_shape):
+    """A structure pairing out axis k with in axis k as a delta, a band, a
+    dense block or a replication (the partials of shifted-data programs)."""
+    sizes, out_labels, in_labels, stored, band_list = {}, [], [], [], []
+    for k, (n_out, n_in) in enumerate(zip(out_shape, in_shape)):
+        kinds = (["band"] if max(n_out, n_in) > 1 else []) + ["dense", "replicate"] + (["delta"] if n_out == n_in else [])
+        kind = draw(st.sampled_from(kinds))
+        row, col = ("o", k), ("i", k)
+        sizes[row], sizes[col] = n_out, n_in
+        out_labels.append([row])
+        if kind == "delta":
+            in_labels.append([row])
+            stored += [row]
+        elif kind == "band":
+            in_labels.append([col])
+            n = draw(st.integers(1, 3))
+            offsets = tuple(draw(st.integers(-n_out + 1, n_in - 1)) for _ in range(n))
+            ranges = []
+            for _ in range(n):
+                lo = draw(st.integers(0, n_out - 1))
+                ranges.append((lo, draw(st.integers(lo + 1, n_out))))
+            slot = ("slot", k) if n > 1 else None
+            if slot:
+                sizes[slot] = n
+                stored.append(slot)
+            band_list.append((row, col, slot, offsets, tuple(ranges)))
+            stored.append(row)
+        else:
+            in_labels.append([col])
+            stored += [row, col] if kind == "dense" else [row]
+    if draw(st.integers(0, 2)) == 0:
+        return make_structure(out_labels, in_labels, sizes, None, draw(st.sampled_from([1, -1])), band_list)[0], None
+    val = [l for l in draw(st.permutations(stored)) if sizes[l] > 1 and draw(st.booleans())]
+    structure, perm = make_structure(out_labels, in_labels, sizes, val, 1, band_list)
+    value = np.random.default_rng(draw(st.integers(0, 2**31 - 1))).normal(size=tuple(sizes[l] for l in val))
+    return structure, jnp.transpose(jnp.asarray(value), perm)
+
+
+@st.composite
+def stencil_shapes(draw, rank):
+    return tuple(draw(st.sampled_from([1, 2, 3, 5, 6])) for _ in range(rank))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_banded_product_matches_dense_and_cost_is_what_runs(data):
+    if data.draw(st.booleans()):
+        rank = data.draw(st.integers(1, 2))
+        w, v, u = (data.draw(stencil_shapes(rank)) for _ in range(3))
+        a, va = data.draw(stencils(w, v))
+        b, vb = data.draw(stencils(v, u))
+    else:
+        w, v, u = data.draw(shapes()), data.draw(shapes()), data.draw(shapes())
+        a, va = data.draw(structures(w, v, bands=True))
+        b, vb = data.draw(structures(v, u, bands=True))
+    plan = product_plan(a, b)
+    got = _dense(plan.result, plan.apply(va, vb, jnp.float64))
+    want = np.tensordot(_dense(a, va), _dense(b, vb), axes=len(v))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    args = [x for x in (va, vb) if x is not None]
+    fn = lambda *xs: plan.apply(va if va is None else xs[0], vb if vb is None else xs[-1], jnp.float64)
+    assert count_mults(fn, *args) == plan.mults
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_banded_sum_and_sparse_form_match_dense(data):
+    if data.draw(st.booleans()):
+        rank = data.draw(st.integers(1, 2))
+        w, v = data.draw(stencil_shapes(rank)), data.draw(stencil_shapes(rank))
+        a, va = data.draw(stencils(w, v))
+        b, vb = data.draw(stencils(w, v))
+    else:
+        w, v = data.draw(shapes()), data.draw(shapes())
+        a, va = data.draw(structures(w, v, bands=True))
+        b, vb = data.draw(structures(w, v, bands=True))
+    plan = sum_plan(a, b)
+    want = _dense(a, va) + _dense(b, vb)
+    if plan.result is None:
+        np.testing.assert_array_equal(want, 0)
+        return
+    got = plan.apply(va, vb, jnp.float64)
+    np.testing.assert_allclose(_dense(plan.result, got), want, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(to_bcoo(plan.result, got, jnp.float64).todense()), want, atol=1e-12)
 
 
 def test_unit_times_unit_costs_nothing():

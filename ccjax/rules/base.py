@@ -57,14 +57,14 @@ Rule = Callable[[RuleContext], list]
 
 
 def labelled(out: int, slot: int, ctx: RuleContext, out_labels, in_labels, val_labels=None,
-             val_shape=None, values: Optional[ValueFn] = None, sign: int = 1) -> Partial:
+             val_shape=None, values: Optional[ValueFn] = None, sign: int = 1, bands=()) -> Partial:
     """Make a :class:`Partial` from one label per axis (see
     :func:`ccjax.structure.structure_from_labels`); ``values`` returns the
     value array in its natural shape ``val_shape``."""
     out_shape = tuple(ctx.out_avals[out].shape)
     in_shape = tuple(ctx.in_avals[slot].shape)
     st, prepare = structure_from_labels(out_shape, in_shape, out_labels, in_labels, val_labels,
-                                        val_shape, sign)
+                                        val_shape, sign, bands)
     if prepare is None:
         return Partial(out, slot, st, None)
     return Partial(out, slot, st, lambda ins, outs: prepare(values(ins, outs)))

@@ -5,9 +5,13 @@ Pure relabelings (``broadcast_in_dim``, ``reshape``, ``squeeze``,
 stored values, no multiplications.  Index shifts (``slice``, ``pad``,
 ``rev``, ``concatenate``, ``split``, ``dynamic_slice``,
 ``dynamic_update_slice``, ``cumsum``) keep untouched axes as Kronecker
-pairs and store a small 0/1 selection matrix per moved axis.
+pairs.  A moved axis read at a static offset (unit-stride slices, pads
+without interior, concatenation, split) is a band (:class:`ccjax.structure.Band`:
+no stored numbers); any other moved axis stores a small 0/1 selection matrix.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -118,17 +122,22 @@ def _dense_reshape(in_shape: tuple, out_shape: tuple, perm: tuple) -> Partial:
 # ---------------------------------------------------------------------------
 
 
-def _selection(ctx: RuleContext, mats: dict, out: int = 0, slot: int = 0) -> Partial:
-    """Partial that is a Kronecker pair on every axis except those in ``mats``.
+def _selection(ctx: RuleContext, mats: dict, out: int = 0, slot: int = 0, shifts: Optional[dict] = None) -> Partial:
+    """Partial that is a Kronecker pair on every axis except those in ``mats``
+    and ``shifts``.
 
-    ``mats[k](ins)`` returns the ``(out_k, in_k)`` 0/1 matrix of axis ``k``.
+    ``mats[k](ins)`` returns the ``(out_k, in_k)`` 0/1 matrix of axis ``k``;
+    ``shifts[k] = d`` makes axis ``k`` a band: out index ``i`` reads in index
+    ``i + d`` (no stored numbers).
     """
     out_shape, in_shape = _shape(ctx.out_avals[out]), _shape(ctx.in_avals[slot])
+    shifts = {k: d for k, d in (shifts or {}).items() if out_shape[k] > 1 or in_shape[k] > 1}
     moved = sorted(mats)
-    out_labels = [("o", k) if k in mats else ("ax", k) for k in range(len(out_shape))]
-    in_labels = [("i", k) if k in mats else ("ax", k) for k in range(len(in_shape))]
+    out_labels = [("o", k) if k in mats or k in shifts else ("ax", k) for k in range(len(out_shape))]
+    in_labels = [("i", k) if k in mats or k in shifts else ("ax", k) for k in range(len(in_shape))]
+    bands = [(("o", k), ("i", k), d) for k, d in sorted(shifts.items())]
     if not moved:
-        return labelled(out, slot, ctx, out_labels, in_labels)
+        return labelled(out, slot, ctx, out_labels, in_labels, bands=bands)
     val_labels = [lab for k in moved for lab in (("o", k), ("i", k))]
     val_shape = tuple(n for k in moved for n in (out_shape[k], in_shape[k]))
     dtype = ctx.out_avals[out].dtype
@@ -140,7 +149,7 @@ def _selection(ctx: RuleContext, mats: dict, out: int = 0, slot: int = 0) -> Par
             mask = m if mask is None else mask[..., None, None] & m
         return mask.astype(dtype)
 
-    return labelled(out, slot, ctx, out_labels, in_labels, val_labels, val_shape, values)
+    return labelled(out, slot, ctx, out_labels, in_labels, val_labels, val_shape, values, bands=bands)
 
 
 def _iotas(n_out: int, n_in: int):
@@ -164,11 +173,15 @@ def _slice(ctx):
         return []
     in_shape, out_shape = _shape(ctx.in_avals[0]), _shape(ctx.out_avals[0])
     strides = ctx.params["strides"] or (1,) * len(in_shape)
-    mats = {k: (lambda a: lambda ins: _take_matrix(*a))((n_out, n_in, start, stride))
-            for k, (start, stride, n_in, n_out) in enumerate(
-                zip(ctx.params["start_indices"], strides, in_shape, out_shape))
-            if not (start == 0 and stride == 1 and n_in == n_out)}
-    return [_selection(ctx, mats)]
+    mats, shifts = {}, {}
+    for k, (start, stride, n_in, n_out) in enumerate(zip(ctx.params["start_indices"], strides, in_shape, out_shape)):
+        if start == 0 and stride == 1 and n_in == n_out:
+            continue
+        if stride == 1:
+            shifts[k] = start
+        else:
+            mats[k] = (lambda a: lambda ins: _take_matrix(*a))((n_out, n_in, start, stride))
+    return [_selection(ctx, mats, shifts=shifts)]
 
 
 def _pad(ctx):
@@ -177,9 +190,9 @@ def _pad(ctx):
     config = ctx.params["padding_config"]
     if 0 in ctx.active:
         mats = {k: (lambda a: lambda ins: _embed_matrix(*a))((out_shape[k], in_shape[k], lo, interior + 1))
-                for k, (lo, hi, interior) in enumerate(config)
-                if not (lo == 0 and hi == 0 and interior == 0)}
-        parts.append(_selection(ctx, mats))
+                for k, (lo, hi, interior) in enumerate(config) if interior}
+        shifts = {k: -lo for k, (lo, hi, interior) in enumerate(config) if not interior and (lo or hi)}
+        parts.append(_selection(ctx, mats, shifts=shifts))
     if 1 in ctx.active:
         def values(ins, outs):
             covered = lax.pad(jnp.ones(in_shape, outs[0].dtype), jnp.zeros((), outs[0].dtype), config)
@@ -202,8 +215,7 @@ def _concatenate(ctx):
     axis = ctx.params["dimension"]
     n_out = _shape(ctx.out_avals[0])[axis]
     offsets = np.cumsum([0] + [a.shape[axis] for a in ctx.in_avals])
-    return [_selection(ctx, {axis: (lambda a: lambda ins: _embed_matrix(*a))(
-        (n_out, ctx.in_avals[s].shape[axis], int(offsets[s])))}, slot=s) for s in ctx.active]
+    return [_selection(ctx, {}, slot=s, shifts={axis: -int(offsets[s])}) for s in ctx.active]
 
 
 def _split(ctx):
@@ -216,8 +228,7 @@ def _split(ctx):
     for j, aval in enumerate(ctx.out_avals):
         if aval.size == 0:
             continue
-        args = (aval.shape[axis], n_in, int(offsets[j]))
-        parts.append(_selection(ctx, {axis: (lambda a: lambda ins: _take_matrix(*a))(args)}, out=j))
+        parts.append(_selection(ctx, {}, out=j, shifts={axis: int(offsets[j])}))
     return parts
 
 

@@ -1,4 +1,7 @@
-"""Structured partial Jacobians: one algebra for execution and for cost.
+"""Structured partial Jacobians without bands: one algebra for execution and for cost.
+
+(:mod:`ccjax.structure.bands` extends every operation to structures with
+bands; :mod:`ccjax.structure` dispatches between the two.)
 
 A partial ``J = ∂v/∂u`` has the ``jax.jacrev`` layout ``v.shape + u.shape``.
 Its :class:`Structure` describes it with *symbols*: every full axis of ``J``
@@ -36,6 +39,46 @@ Axes = tuple[tuple[int, ...], ...]
 
 
 @dataclasses.dataclass(frozen=True)
+class Band:
+    """Shifted data between out symbol ``out`` and in symbol ``inn``.
+
+    The partial carries the factor ``sum_k [lo_k <= i < hi_k] [j == i + offsets[k]]``
+    (``i`` the index of ``out``, ``j`` that of ``inn``, ``(lo_k, hi_k) =
+    ranges[k]``): one diagonal per offset, present on a range of rows.  With
+    more than one diagonal, symbol ``slot`` (size ``len(offsets)``) indexes
+    them; it occurs on no axis, and in the value when the diagonals carry
+    different numbers (a slot not in the value is summed).  Slices, pads and
+    concatenations are single unit diagonals; stencils sum a few of them.
+
+    Invariants: ``out`` occurs once on the out axes and ``inn`` once on the
+    in axes, nowhere else; ``inn`` is never stored; one of them may have
+    size 1 (a single element read or written: the only symbols of size 1,
+    never stored, so that a slice of one element composes with the
+    concatenation that puts it back); ``slot`` is None exactly
+    when there is one diagonal; ``0 <= lo_k < hi_k <= n_out`` and the range
+    only holds rows whose ``i + offsets[k]`` is a valid in index.
+    """
+
+    out: int
+    inn: int
+    slot: Optional[int]
+    offsets: tuple[int, ...]
+    ranges: tuple[tuple[int, int], ...]
+
+    @property
+    def nnz(self) -> int:
+        """Stored entries of the band per combination of the other symbols."""
+        return sum(hi - lo for lo, hi in self.ranges)
+
+
+def clip_range(lo: int, hi: int, offset: int, n_out: int, n_in: int) -> tuple[int, int]:
+    """The rows of ``[lo, hi)`` whose diagonal entry ``i + offset`` is a valid
+    in index (empty ranges come back as ``(0, 0)``)."""
+    lo, hi = max(lo, 0, -offset), min(hi, n_out, n_in - offset)
+    return (lo, hi) if lo < hi else (0, 0)
+
+
+@dataclasses.dataclass(frozen=True)
 class Structure:
     """Symbolic structure of a partial Jacobian (see module docstring).
 
@@ -49,6 +92,7 @@ class Structure:
     sizes: tuple[int, ...]
     val: Optional[tuple[int, ...]]
     sign: int = 1
+    bands: tuple[Band, ...] = ()
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -78,7 +122,8 @@ class Structure:
             return ",".join("".join(map(name, ax)) or "1" for ax in group)
 
         v = ("-" if self.sign < 0 else "+") + "1" if self.val is None else "".join(map(name, self.val))
-        return f"[{v}]({axes(self.out_axes)}|{axes(self.in_axes)})"
+        bands = "".join(f"{{{name(b.out)}>{name(b.inn)}{list(b.offsets)}}}" for b in self.bands)
+        return f"[{v}]({axes(self.out_axes)}|{axes(self.in_axes)}){bands}"
 
 
 def make_structure(
@@ -87,25 +132,44 @@ def make_structure(
     sizes: dict,
     val: Optional[Sequence[Hashable]],
     sign: int = 1,
+    bands: Sequence[tuple] = (),
 ) -> tuple[Structure, tuple[int, ...]]:
     """Canonicalise a structure written with arbitrary hashable labels.
 
-    Labels whose size is 1 are dropped everywhere.  Returns the structure and
-    the permutation ``perm`` such that ``value.transpose(perm)`` (after
-    squeezing size-1 axes of the value) is laid out as ``structure.val``;
-    rules use :func:`structure_from_labels` which applies it for them.
+    Labels whose size is 1 are dropped everywhere.  ``bands`` holds
+    ``(out_label, in_label, slot_label, offsets, ranges)`` (see :class:`Band`;
+    ``slot_label`` None for one diagonal; ranges are clipped to valid rows).
+    Symbols are numbered by first occurrence on the axes, then slots in band
+    order.  Returns the structure and the permutation ``perm`` such that
+    ``value.transpose(perm)`` (after squeezing size-1 axes of the value) is
+    laid out as ``structure.val``; rules use :func:`structure_from_labels`
+    which applies it for them.
     """
     numbering: dict = {}
+    ends = {label for b in bands for label in b[:2]}
     for ax in list(out_axes) + list(in_axes):
         for label in ax:
-            if sizes[label] > 1 and label not in numbering:
+            if (sizes[label] > 1 or label in ends) and label not in numbering:
                 numbering[label] = len(numbering)
+    bands = sorted(bands, key=lambda b: numbering[b[0]])
+    for out_label, in_label, slot, offsets, _ in bands:
+        if sizes[out_label] < 2 and sizes[in_label] < 2:
+            raise ValueError("a band links a symbol of size >= 2 to another symbol")
+        if (slot is None) != (len(offsets) == 1) or (slot is not None and sizes[slot] != len(offsets)):
+            raise ValueError("a band has a slot symbol exactly when it has several diagonals")
+        if slot is not None:
+            numbering[slot] = len(numbering)
     canon_sizes = [0] * len(numbering)
     for label, s in numbering.items():
         canon_sizes[s] = int(sizes[label])
-    canon = lambda group: tuple(tuple(numbering[l] for l in ax if sizes[l] > 1) for ax in group)
+    canon = lambda group: tuple(tuple(numbering[l] for l in ax if l in numbering) for ax in group)
+    canon_bands = tuple(
+        Band(numbering[o], numbering[i], None if k is None else numbering[k], tuple(int(d) for d in offsets),
+             tuple(clip_range(int(lo), int(hi), int(d), sizes[o], sizes[i]) for (lo, hi), d in zip(ranges, offsets)))
+        for o, i, k, offsets, ranges in bands)
     if val is None:
-        return Structure(canon(out_axes), canon(in_axes), tuple(canon_sizes), None, 1 if sign >= 0 else -1), ()
+        return Structure(canon(out_axes), canon(in_axes), tuple(canon_sizes), None, 1 if sign >= 0 else -1,
+                         canon_bands), ()
     kept = [l for l in val if sizes[l] > 1]
     if len(set(kept)) != len(kept):
         raise ValueError("value labels must be distinct")
@@ -114,11 +178,16 @@ def make_structure(
         raise ValueError(f"value labels {missing} do not occur on any axis")
     symbols = [numbering[l] for l in kept]
     perm = tuple(int(i) for i in np.argsort(symbols, kind="stable"))
-    return Structure(canon(out_axes), canon(in_axes), tuple(canon_sizes), tuple(sorted(symbols)), 1), perm
+    return Structure(canon(out_axes), canon(in_axes), tuple(canon_sizes), tuple(sorted(symbols)), 1,
+                     canon_bands), perm
 
 
-def structure_from_labels(out_shape, in_shape, out_labels, in_labels, val_labels=None, val_shape=None, sign=1):
+def structure_from_labels(out_shape, in_shape, out_labels, in_labels, val_labels=None, val_shape=None, sign=1,
+                          bands=()):
     """Build a structure from one label per axis (``None`` = fresh label).
+
+    ``bands`` are single unit diagonals ``(out_label, in_label, offset)``:
+    in index = out index + offset (see :class:`Band`).
 
     ``val_labels`` labels the axes of the value array as the rule produces it
     (natural shape ``val_shape``).  Returns ``(structure, prepare)`` where
@@ -141,13 +210,14 @@ def structure_from_labels(out_shape, in_shape, out_labels, in_labels, val_labels
 
     oa = lab(out_labels, out_shape)
     ia = lab(in_labels, in_shape)
+    bands = [(o, i, None, (d,), ((0, sizes[o]),)) for o, i, d in bands]
     if val_labels is None:
-        return make_structure(oa, ia, sizes, None, sign)[0], None
+        return make_structure(oa, ia, sizes, None, sign, bands)[0], None
     for label, n in zip(val_labels, val_shape):
         if sizes.get(label, n) != n:
             raise ValueError(f"value label {label!r} has size {n}, axis says {sizes[label]}")
         sizes.setdefault(label, n)
-    structure, perm = make_structure(oa, ia, sizes, list(val_labels), sign)
+    structure, perm = make_structure(oa, ia, sizes, list(val_labels), sign, bands)
     squeeze_shape = tuple(n for n in val_shape if n > 1)
 
     def prepare(value):
@@ -183,6 +253,8 @@ class _Work:
         self.sizes: list[int] = []
         self.groups: list[list[list[int]]] = []  # groups of axes (lists of symbol lists)
         self.vals: list[Optional[list[int]]] = []
+        self.bands: list[list[Band]] = []  # per structure, symbols renumbered
+        self.split_band = False  # a band symbol had to be split: no aligned form keeps the band
 
     def add(self, st: Structure) -> int:
         """Add a structure: returns its index; its axes are groups 2i, 2i+1."""
@@ -191,9 +263,13 @@ class _Work:
         self.groups.append([[s + off for s in ax] for ax in st.out_axes])
         self.groups.append([[s + off for s in ax] for ax in st.in_axes])
         self.vals.append(None if st.val is None else [s + off for s in st.val])
+        self.bands.append([dataclasses.replace(b, out=b.out + off, inn=b.inn + off,
+                                               slot=None if b.slot is None else b.slot + off) for b in st.bands])
         return len(self.vals) - 1
 
     def split(self, s: int, subs: list[int]) -> None:
+        if any(s in (b.out, b.inn) for bands in self.bands for b in bands):
+            self.split_band = True
         new = list(range(len(self.sizes), len(self.sizes) + len(subs)))
         self.sizes.extend(subs)
         for group in self.groups:
@@ -215,7 +291,10 @@ class _Work:
         for _ in range(4 * len(pairs) + 4):
             changed = False
             for (ga, ka), (gb, kb) in pairs:
-                a, b = self.groups[ga][ka], self.groups[gb][kb]
+                # Band ends of size 1 are the only symbols of size 1; they
+                # do not factor an axis.
+                a = [s for s in self.groups[ga][ka] if self.sizes[s] > 1]
+                b = [s for s in self.groups[gb][kb] if self.sizes[s] > 1]
                 fa, fb = [self.sizes[s] for s in a], [self.sizes[s] for s in b]
                 if fa == fb:
                     continue
@@ -223,9 +302,11 @@ class _Work:
                 if chain is None:
                     return False
                 for ax, f in ((a, fa), (b, fb)):
-                    for s, subs in zip(list(ax), split_sizes(f, chain)):
+                    for s, subs in zip(ax, split_sizes(f, chain)):
                         if len(subs) > 1:
                             self.split(s, subs)
+                if self.split_band:
+                    return False
                 changed = True
             if not changed:
                 return True
@@ -484,36 +565,48 @@ def densify_plan(st: Structure) -> DensifyPlan:
     return DensifyPlan(result, plan, tuple(shapes))
 
 
-def to_dense(st: Structure, value, dtype=None):
-    """The partial as a dense array of shape ``out_shape + in_shape``."""
-    dtype = dtype if dtype is not None else (jnp.result_type(float) if value is None else value.dtype)
-    plan = densify_plan(st)
-    return jnp.reshape(plan.apply(value, dtype), st.out_shape + st.in_shape)
-
-
 def to_bcoo(st: Structure, value, dtype=None):
     """The partial as a ``jax.experimental.sparse.BCOO`` of shape
     ``out_shape + in_shape`` holding exactly its structural nonzeros (one
-    entry per combination of symbol indices; indices are trace-time
-    constants, so the result stays jittable)."""
+    entry per combination of symbol indices, and per row and diagonal of a
+    band; indices are trace-time constants, so the result stays jittable)."""
     from jax.experimental import sparse
 
     dtype = dtype if dtype is not None else (jnp.result_type(float) if value is None else value.dtype)
-    grid = np.indices(st.sizes).reshape(len(st.sizes), -1) if st.sizes else np.zeros((0, 1), np.int64)
+    banded = {b.out for b in st.bands} | {b.inn for b in st.bands} | {b.slot for b in st.bands}
+    plain = [s for s in range(len(st.sizes)) if s not in banded]
+    # Entries: the grid of the plain symbols times, per band, its (row, diagonal) list.
+    factors = [np.arange(st.sizes[s])[None, :] for s in plain]
+    for b in st.bands:
+        rows = np.concatenate([np.arange(lo, hi) for lo, hi in b.ranges]).astype(np.int64)
+        slots = np.concatenate([np.full(hi - lo, k) for k, (lo, hi) in enumerate(b.ranges)]).astype(np.int64)
+        cols = rows + np.asarray(b.offsets, np.int64)[slots]
+        factors.append(np.stack([rows, cols, slots]))
+    counts = [f.shape[1] for f in factors]
+    grid = np.indices(counts).reshape(len(counts), -1) if counts else np.zeros((0, 1), np.int64)
     nse = grid.shape[1]
+    index = {}
+    for s, g in zip(plain, grid):
+        index[s] = g
+    for b, f, g in zip(st.bands, factors[len(plain):], grid[len(plain):]):
+        index[b.out], index[b.inn], index[b.slot] = f[0][g], f[1][g], f[2][g]
     columns = []
     for ax in st.out_axes + st.in_axes:
-        index = np.zeros(nse, np.int64)
+        column = np.zeros(nse, np.int64)
         for s in ax:
-            index = index * st.sizes[s] + grid[s]
-        columns.append(index)
+            column = column * st.sizes[s] + index[s]
+        columns.append(column)
     indices = np.stack(columns, axis=1) if columns else np.zeros((nse, 0), np.int64)
     if st.val is None:
         data = jnp.full((nse,), st.sign, dtype)
-    else:
-        # st.val is sorted by symbol, so the value's axes are already in grid order.
+    elif not st.bands:  # st.val is sorted by symbol, so the value's axes are already in grid order
         shape = [st.sizes[s] if s in st.val else 1 for s in range(len(st.sizes))]
         data = jnp.broadcast_to(jnp.reshape(jnp.asarray(value, dtype), shape), st.sizes).reshape(nse)
+    elif not st.val:
+        data = jnp.full((nse,), jnp.asarray(value, dtype))
+    else:
+        v = jnp.reshape(jnp.asarray(value, dtype), tuple(st.sizes[s] for s in st.val))
+        data = v[tuple(jnp.asarray(index[s]) for s in st.val)]
     return sparse.BCOO((data, jnp.asarray(indices, np.int32)), shape=st.out_shape + st.in_shape)
 
 

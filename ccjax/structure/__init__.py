@@ -1,0 +1,52 @@
+"""Structured partial Jacobians: one algebra for execution and for cost.
+
+:mod:`ccjax.structure.core` defines :class:`Structure` (symbols for deltas,
+replications and stored values) and plans products, sums and dense forms of
+structures without bands; :mod:`ccjax.structure.bands` plans them when a
+structure carries bands (shifted data).  The functions here take any
+structure and pick the one that applies; their plans all have ``result``,
+``mults`` (exactly the multiplications ``apply`` performs) and ``apply``.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+
+from ccjax.structure import bands, core
+from ccjax.structure.bands import deband_plan
+from ccjax.structure.core import (Axes, Band, ProductPlan, Structure, SumPlan, UnionFind, clip_range, common_chain,
+                                  contract, dense, make_structure, split_sizes, structure_from_labels, to_bcoo,
+                                  unit)
+
+__all__ = ["Axes", "Band", "ProductPlan", "Structure", "SumPlan", "UnionFind", "clip_range", "common_chain",
+           "contract", "deband_plan", "dense", "densify_plan", "make_structure", "product_plan", "split_sizes",
+           "structure_from_labels", "sum_plan", "to_bcoo", "to_dense", "unit"]
+
+
+@functools.lru_cache(maxsize=65536)
+def product_plan(outer: Structure, inner: Structure):
+    """Plan ``outer ∘ inner``; ``outer.in_shape`` must equal ``inner.out_shape``."""
+    if outer.in_shape != inner.out_shape:
+        raise ValueError(f"shape mismatch in product: {outer.in_shape} vs {inner.out_shape}")
+    return bands.product(outer, inner) if outer.bands or inner.bands else core.product_plan(outer, inner)
+
+
+@functools.lru_cache(maxsize=65536)
+def sum_plan(a: Structure, b: Structure):
+    """Plan ``a + b`` (same ``out_shape`` and ``in_shape``); ``result`` is None
+    when the sum is structurally zero."""
+    if a.out_shape != b.out_shape or a.in_shape != b.in_shape:
+        raise ValueError(f"cannot add partials of shapes {a.out_shape, a.in_shape} and {b.out_shape, b.in_shape}")
+    return bands.sum_(a, b) if a.bands or b.bands else core.sum_plan(a, b)
+
+
+def densify_plan(st: Structure):
+    """Plan the fully dense form of ``st`` (size-1 axes stay symbol-free)."""
+    return bands.densify(st) if st.bands else core.densify_plan(st)
+
+
+def to_dense(st: Structure, value, dtype=None):
+    """The partial as a dense array of shape ``out_shape + in_shape``."""
+    dtype = dtype if dtype is not None else (jnp.result_type(float) if value is None else value.dtype)
+    return jnp.reshape(densify_plan(st).apply(value, dtype), st.out_shape + st.in_shape)

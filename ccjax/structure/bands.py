@@ -1,0 +1,815 @@
+"""Products, sums and dense forms of structures with bands (shifted data).
+
+A :class:`~ccjax.structure.Band` stores a slice, pad or concatenation as a
+diagonal at an offset, and a stencil as a few of them, so an elimination
+through shifted data multiplies ``rows x diagonals`` numbers instead of a
+dense ``rows x columns`` block.  Every plan here has the interface of the
+plain plans in :mod:`ccjax.structure` (``result``, ``mults``,
+``additions``, ``apply``) and the same contract: ``mults`` is exactly what
+``apply`` multiplies.  Shifts are pads and static slices, merges of equal
+diagonals are additions, and the dense form is a ``select``: none of them
+multiplies.
+
+Cases the band algebra does not cover (a band symbol that a reshape would
+split, a band summed against a dense block, a band end of size 1 with no
+free axis to move to) fall back to the band's dense form, which is exact.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ccjax.structure.core import (Band, Structure, UnionFind, _add, _embed_plan, _Operand, _Work, clip_range, contract,
+                                  densify_plan, make_structure, product_plan, sum_plan)
+
+
+#: Most rows an element broadcast into a band may spread over (one diagonal each).
+MAX_SPREAD = 8
+
+# ---------------------------------------------------------------------------
+# Array steps: shift rows onto diagonals, merge equal diagonals.
+# ---------------------------------------------------------------------------
+
+
+def shift_rows(x, axis: int, n_rows: int, offsets: Sequence[int]):
+    """``y[..., i, k, ...] = x[..., i + offsets[k], ...]`` (zero outside ``x``).
+
+    Axis ``axis`` of ``x`` (the band's in side) becomes the out rows
+    (``n_rows``) followed by one axis of diagonals when there are several.
+    Pads and static slices only."""
+    n = x.shape[axis]
+    lo, hi = max(0, -min(offsets)), max(0, max(offsets) + n_rows - n)
+    if lo or hi:
+        config = [(0, 0, 0)] * x.ndim
+        config[axis] = (lo, hi, 0)
+        x = lax.pad(x, lax.full((), 0, x.dtype), config)
+    pieces = [lax.slice_in_dim(x, d + lo, d + lo + n_rows, axis=axis) for d in offsets]
+    if len(pieces) == 1:
+        return pieces[0]
+    return lax.concatenate([lax.expand_dims(p, (axis + 1,)) for p in pieces], axis + 1)
+
+
+def merge_slots(x, axis: int, groups: Sequence[Sequence[tuple]], rows: Optional[int] = None):
+    """``y[..., g, ...] = sum_{k in groups[g]} x[..., k, ...]``; a single group
+    drops the axis.  A member ``(k, lo, hi)`` with ``lo`` not None keeps
+    only rows ``[lo, hi)`` of axis ``rows`` (a diagonal merged into a wider
+    one).  Static slices, selects and additions only."""
+    if [list(g) for g in groups] == [[(k, None, None)] for k in range(x.shape[axis])]:
+        return x
+    merged = []
+    for group in groups:
+        part = None
+        for k, lo, hi in group:
+            term = lax.slice_in_dim(x, k, k + 1, axis=axis)
+            if lo is not None:
+                i = lax.broadcasted_iota(np.int32, term.shape, rows)
+                keep = lax.bitwise_and(lax.ge(i, np.int32(lo)), lax.lt(i, np.int32(hi)))
+                term = lax.select(keep, term, lax.full(term.shape, 0, term.dtype))
+            part = term if part is None else _add(part, term)
+        merged.append(part)
+    out = merged[0] if len(merged) == 1 else lax.concatenate(merged, axis)
+    return lax.squeeze(out, (axis,)) if len(groups) == 1 else out
+
+
+def _groups(keys: Sequence) -> list[list[int]]:
+    """Indices of equal keys, in order of first occurrence."""
+    index: dict = {}
+    for k, key in enumerate(keys):
+        index.setdefault(key, []).append(k)
+    return list(index.values())
+
+
+def fold(offsets: Sequence[int], ranges: Sequence[tuple[int, int]], maskable: bool):
+    """Merge diagonals at one offset into as few as possible.
+
+    Equal ``(offset, range)`` always merge; with ``maskable`` (the value has
+    the row axis) diagonals at one offset whose ranges overlap or touch
+    merge into their hull, each member keeping its own rows.  Returns the
+    groups for :func:`merge_slots` and the merged offsets and ranges.
+    """
+    if not maskable:
+        groups = _groups(list(zip(offsets, ranges)))
+        return ([tuple((k, None, None) for k in g) for g in groups], tuple(offsets[g[0]] for g in groups),
+                tuple(ranges[g[0]] for g in groups))
+    clusters: list = []  # [offset, lo, hi, members]
+    for k in sorted(range(len(offsets)), key=lambda k: (offsets[k], ranges[k])):
+        d, (lo, hi) = offsets[k], ranges[k]
+        last = clusters[-1] if clusters else None
+        if last is not None and last[0] == d and lo <= last[2]:
+            last[2] = max(last[2], hi)
+            last[3].append(k)
+        else:
+            clusters.append([d, lo, hi, [k]])
+    clusters.sort(key=lambda c: min(c[3]))  # keep the diagonals' first order
+    groups = [tuple((k, None, None) if ranges[k] == (lo, hi) else (k,) + tuple(ranges[k]) for k in members)
+              for _, lo, hi, members in clusters]
+    return groups, tuple(c[0] for c in clusters), tuple((c[1], c[2]) for c in clusters)
+
+
+# ---------------------------------------------------------------------------
+# Dense form: every band becomes an ordinary (row, column) pair in the value.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DebandPlan:
+    """``st`` with its bands written out as stored ``(row, column)`` pairs."""
+
+    source: Structure
+    result: Structure
+    perm: tuple[int, ...]
+
+    def apply(self, value, dtype):
+        st = self.source
+        if st.val is None:
+            value, letters = jnp.asarray(st.sign, dtype), []
+        else:
+            value, letters = jnp.reshape(jnp.asarray(value, dtype), tuple(st.sizes[s] for s in st.val)), list(st.val)
+        for band in st.bands:
+            if band.out not in letters:  # rows of a replicated value
+                value = lax.broadcast_in_dim(value, value.shape + (st.sizes[band.out],), tuple(range(value.ndim)))
+                letters.append(band.out)
+            pieces = [value if band.slot not in letters
+                      else lax.index_in_dim(value, k, letters.index(band.slot), keepdims=False)
+                      for k in range(len(band.offsets))]
+            if band.slot in letters:
+                letters.remove(band.slot)
+            rows = letters.index(band.out)
+            shape = pieces[0].shape + (st.sizes[band.inn],)
+            iota = lambda axis: lax.broadcasted_iota(np.int32, shape, axis)
+            i, j = iota(rows), iota(len(shape) - 1)
+            out = None
+            for piece, d, (lo, hi) in zip(pieces, band.offsets, band.ranges):
+                keep = lax.bitwise_and(lax.eq(j, lax.add(i, np.int32(d))),
+                                       lax.bitwise_and(lax.ge(i, np.int32(lo)), lax.lt(i, np.int32(hi))))
+                spread = lax.broadcast_in_dim(piece, shape, tuple(range(piece.ndim)))
+                term = lax.select(keep, spread, lax.full(shape, 0, dtype))
+                out = term if out is None else _add(out, term)
+            value = out
+            letters.append(band.inn)
+        value = _squeeze(value)
+        return jnp.transpose(value, self.perm) if self.perm != tuple(range(len(self.perm))) else value
+
+
+def _deband_letters(st: Structure) -> list[int]:
+    """Value letters of :meth:`DebandPlan.apply`'s output, in its order."""
+    letters = [] if st.val is None else list(st.val)
+    for band in st.bands:
+        if band.out not in letters:
+            letters.append(band.out)
+        if band.slot in letters:
+            letters.remove(band.slot)
+        letters.append(band.inn)
+    return letters
+
+
+def deband_plan(st: Structure) -> DebandPlan:
+    """Plan the band-free form of ``st`` (same partial, bands stored densely)."""
+    sizes = dict(enumerate(st.sizes))
+    letters = [s for s in _deband_letters(st) if st.sizes[s] > 1]
+    result, perm = make_structure(st.out_axes, st.in_axes, sizes, letters, 1)
+    return DebandPlan(st, result, perm)
+
+
+def _squeeze(x):
+    """Drop axes of size 1 (band ends of size 1; values have no others)."""
+    shape = tuple(n for n in x.shape if n != 1)
+    return x if shape == x.shape else jnp.reshape(x, shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """Two preparation steps, one after the other (``apply(value, dtype)``)."""
+
+    first: Any
+    second: Optional[Any]
+
+    @property
+    def result(self) -> Structure:
+        return (self.second or self.first).result
+
+    def apply(self, value, dtype):
+        value = self.first.apply(value, dtype)
+        return value if self.second is None else self.second.apply(value, dtype)
+
+
+def densify(st: Structure):
+    """Plan the fully dense form of a structure with bands."""
+    deband = deband_plan(st)
+    return Chain(deband, densify_plan(deband.result))
+
+
+# ---------------------------------------------------------------------------
+# Product.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Merge:
+    """Diagonal pairs ``(k1, k2)`` of a composed band folded into its slot."""
+
+    parts: int  # how many of (k1, k2) index the value (1 or 2)
+    groups: tuple[tuple[tuple, ...], ...]  # see merge_slots
+    rows: int  # the band's row letter
+
+
+def unshift_rows(x, axis: int, slot_axis: Optional[int], n_cols: int, offsets: Sequence[int],
+                 ranges: Sequence[tuple[int, int]]):
+    """``y[..., j, k, ...] = x[..., j - offsets[k], ...]`` where that row is in
+    ``ranges[k]``, else 0: a band's rows summed away, its value moved onto
+    its columns (axis ``axis`` becomes the columns, followed by the
+    diagonals when there are several; an existing diagonal axis
+    ``slot_axis`` is used per diagonal).  Static slices and pads only."""
+    if slot_axis is not None:
+        order = [a for a in range(x.ndim) if a != slot_axis]
+        order.insert(order.index(axis) + 1, slot_axis)
+        x = jnp.transpose(x, order)
+        axis = order.index(axis)
+    zero = lax.full((), 0, x.dtype)
+    pieces = []
+    for k, (d, (lo, hi)) in enumerate(zip(offsets, ranges)):
+        piece = x if slot_axis is None else lax.index_in_dim(x, k, axis + 1, keepdims=False)
+        if lo >= hi:  # an empty diagonal
+            shape = piece.shape[:axis] + (n_cols,) + piece.shape[axis + 1:]
+            pieces.append(lax.full(shape, 0, x.dtype))
+            continue
+        piece = lax.slice_in_dim(piece, lo, hi, axis=axis)
+        config = [(0, 0, 0)] * piece.ndim
+        config[axis] = (lo + d, n_cols - hi - d, 0)
+        pieces.append(lax.pad(piece, zero, config))
+    if len(pieces) == 1:
+        return pieces[0]
+    return lax.concatenate([lax.expand_dims(p, (axis + 1,)) for p in pieces], axis + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Steps:
+    """Array steps on one operand's value, after :class:`_Operand`, with the
+    value letters they leave (``letters``)."""
+
+    steps: tuple
+    letters: tuple
+
+    def apply(self, value, dtype):
+        for step in self.steps:
+            kind = step[0]
+            if kind == "ones":
+                value = jnp.ones((step[1],), dtype) if value is None else lax.broadcast_in_dim(
+                    value, (step[1],) + value.shape, tuple(range(1, value.ndim + 1)))
+            elif kind == "shift":
+                value = shift_rows(value, *step[1:])
+            elif kind == "unshift":
+                value = unshift_rows(value, *step[1:])
+            elif kind == "sum":
+                value = jnp.sum(value, axis=step[1])
+            else:  # squeeze
+                value = _squeeze(value)
+        return value
+
+
+def _plan_steps(letters: list, sizes, shifts: dict, unshifts: dict, ones: Optional[int]) -> tuple:
+    """Steps and resulting letters for one operand (before the final sums).
+
+    ``shifts[r] = band`` (outer band fixing root ``r``: ``r`` -> rows,
+    diagonals); ``unshifts[r] = band`` (inner band whose rows ``r`` are summed:
+    ``r`` -> columns, diagonals); ``ones``: a root to add in front as ones."""
+    steps, letters = [], list(letters)
+    if ones is not None:
+        steps.append(("ones", sizes[ones]))
+        letters.insert(0, ones)
+    for r, b in shifts.items():
+        if r in letters:
+            axis = letters.index(r)
+            steps.append(("shift", axis, sizes[b.out], b.offsets))
+            letters[axis:axis + 1] = [b.out] + ([b.slot] if b.slot is not None else [])
+    for r, b in unshifts.items():
+        if r in letters:
+            axis = letters.index(r)
+            slot_axis = letters.index(b.slot) if b.slot in letters else None
+            steps.append(("unshift", axis, slot_axis, sizes[b.inn], b.offsets, b.ranges))
+            if slot_axis is not None:
+                letters.remove(b.slot)
+            axis = letters.index(r)
+            letters[axis:axis + 1] = [b.inn] + ([b.slot] if b.slot is not None else [])
+    if any(sizes[r] == 1 for r in letters):
+        steps.append(("squeeze",))
+        letters = [r for r in letters if sizes[r] > 1]
+    return steps, letters
+
+
+@dataclasses.dataclass(frozen=True)
+class BandedProductPlan:
+    """``outer @ inner`` where either carries bands (see :func:`product`).
+
+    Each operand's value is prepared (:class:`_Operand`), moved through the
+    bands (:class:`_Steps`: shifts onto an outer band's rows, unshifts onto
+    an inner band's columns), multiplied in one ``mul``/``dot_general``
+    over ``out_letters``, and composed diagonals are folded (``merges``)."""
+
+    result: Structure
+    mults: int
+    outer: Optional[_Operand]
+    inner: Optional[_Operand]
+    outer_steps: Optional[_Steps]  # None: the operand is a unit
+    inner_steps: Optional[_Steps]
+    out_letters: tuple[int, ...]  # before merges
+    merges: tuple[tuple[int, _Merge], ...]  # (first axis in out_letters, merge)
+    factor: int
+    sign: int
+
+    def apply(self, v_outer, v_inner, dtype):
+        if self.outer_steps is None and self.inner_steps is None:
+            return None if self.result.val is None else jnp.asarray(self.sign * self.factor, dtype)
+        prepared = []
+        for op, steps, v in ((self.outer, self.outer_steps, v_outer), (self.inner, self.inner_steps, v_inner)):
+            if steps is not None:
+                v = op.apply(jnp.asarray(v, dtype)) if op is not None else None
+                prepared.append((steps.apply(v, dtype), steps.letters))
+        if len(prepared) == 2:
+            (a, la), (b, lb) = prepared
+            out = contract(a, la, b, lb, self.out_letters)
+        else:
+            (out, letters), = prepared
+            perm = [list(letters).index(r) for r in self.out_letters]
+            if perm != list(range(len(perm))):
+                out = jnp.transpose(out, perm)
+        for axis, merge in reversed(self.merges):
+            if merge.parts == 2:
+                out = jnp.reshape(out, out.shape[:axis] + (out.shape[axis] * out.shape[axis + 1],)
+                                  + out.shape[axis + 2:])
+            rows = self.out_letters.index(merge.rows) if merge.rows in self.out_letters else None
+            out = merge_slots(out, axis, merge.groups, rows)
+        if self.sign < 0:
+            out = lax.neg(out)
+        if self.factor != 1:
+            out = out * jnp.asarray(self.factor, out.dtype)
+        return out
+
+
+def _occurrences(groups) -> dict:
+    count: dict = {}
+    for group in groups:
+        for ax in group:
+            for s in ax:
+                count[s] = count.get(s, 0) + 1
+    return count
+
+
+def _banded_product(outer: Structure, inner: Structure) -> Optional[BandedProductPlan]:
+    """The product keeping bands, or None when a band meets a case the band
+    algebra does not cover (the caller then uses the dense form)."""
+    work = _Work()
+    io, ii = work.add(outer), work.add(inner)
+    if not work.align([((1, k), (2, k)) for k in range(len(outer.in_axes))]):
+        return None
+    uf = UnionFind(len(work.sizes))
+    for ax_o, ax_i in zip(work.groups[1], work.groups[2]):
+        wide = lambda ax: [s for s in ax if work.sizes[s] > 1]
+        for so, si in zip(wide(ax_o), wide(ax_i)):
+            uf.union(so, si)
+        ends_o, ends_i = [s for s in ax_o if work.sizes[s] == 1], [s for s in ax_i if work.sizes[s] == 1]
+        if len(ends_o) > 1 or len(ends_i) > 1:
+            return None
+        if ends_o and ends_i:
+            uf.union(ends_o[0], ends_i[0])
+    members: dict = {}
+    for side, group in ((0, 1), (1, 2)):
+        for ax in work.groups[group]:
+            for s in ax:
+                members.setdefault(uf.find(s), ([], []))[side].append(s)
+    occ_o = _occurrences(work.groups[0:2])
+    occ_i = _occurrences(work.groups[2:4])
+    out_syms_o = {s for ax in work.groups[0] for s in ax}
+    in_syms_i = {s for ax in work.groups[3] for s in ax}
+    inner_band_of = {b.out: b for b in work.bands[ii]}
+    sizes = {s: n for s, n in enumerate(work.sizes)}
+    result_bands = []  # label tuples for make_structure
+    combined: dict = {}  # result slot label -> (outer band, inner band, diagonal pairs)
+    subst: dict = {}  # root -> outer band whose rows fix it
+    composed = set()
+
+    def single(r):
+        mo, mi = members[r]
+        return (mo[0], mi[0]) if len(mo) == 1 and len(mi) == 1 else None
+
+    # A band end of size 1 facing an axis without symbols (the other
+    # operand reads or writes that single element): the end moves to a free
+    # axis of size 1 of the result, if there is one.
+    free = {0: [k for k, ax in enumerate(work.groups[0]) if not ax],
+            3: [k for k, ax in enumerate(work.groups[3]) if not ax]}
+    moved: dict = {}  # (group, axis) -> new end symbol
+
+    def move_end(group):
+        if not free[group]:
+            return None
+        end = len(work.sizes) + len(moved)
+        moved[(group, free[group].pop(0))] = end
+        sizes[end] = 1
+        return end
+
+    outer_rows = {b.out for b in work.bands[io]}
+    unshift: dict = {}  # root -> inner band whose rows the outer sums
+
+    def compose(b, b2):
+        n_a, n_c = sizes[b.out], sizes[b2.inn]
+        combos = []
+        for k1, (d1, (lo1, hi1)) in enumerate(zip(b.offsets, b.ranges)):
+            for k2, (d2, (lo2, hi2)) in enumerate(zip(b2.offsets, b2.ranges)):
+                rng = clip_range(max(lo1, lo2 - d1), min(hi1, hi2 - d1), d1 + d2, n_a, n_c)
+                if rng[0] < rng[1]:
+                    combos.append((k1, k2, d1 + d2, rng))
+        if not combos:  # no row reaches the inner band's rows: an empty diagonal
+            combos = [(0, 0, 0, (0, 0))]
+        label = ("slot", len(combined))
+        combined[label] = (b, b2, combos)
+        result_bands.append([b.out, b2.inn, label, None, None])
+        composed.add(b2.out)
+    for b in work.bands[io]:
+        r = uf.find(b.inn)
+        if members[r] == ([b.inn], []) and work.sizes[b.inn] == 1:
+            end = move_end(3)
+            if end is None:
+                return None
+            result_bands.append([b.out, end, b.slot, b.offsets, b.ranges])
+            continue
+        pair = single(r)
+        if pair is None:
+            return None
+        si = pair[1]
+        if si in inner_band_of:  # band after band: compose the diagonals
+            compose(b, inner_band_of[si])
+        elif occ_i.get(si) == 2 and si in in_syms_i:  # band after a delta: the band moves to its column
+            result_bands.append([b.out, r, b.slot, b.offsets, b.ranges])
+        elif (occ_i.get(si) == 1 and si not in (work.vals[ii] or ()) and si not in inner_band_of
+              and sizes[si] <= MAX_SPREAD and free[3]):
+            # The band reads a broadcast element (the adjoint of an edge
+            # pad): the broadcast is a band of one-row diagonals into a free
+            # axis of size 1 (row j at offset -j), composed as above.
+            n = sizes[si]
+            slot = ("spread", si) if n > 1 else None
+            sizes[slot] = n
+            b2 = Band(si, move_end(3), slot, tuple(-j for j in range(n)), tuple((j, j + 1) for j in range(n)))
+            compose(b, b2)
+        else:
+            return None
+        subst[r] = b
+    for b2 in work.bands[ii]:
+        if b2.out in composed:
+            continue
+        r = uf.find(b2.out)
+        if members[r] == ([], [b2.out]) and work.sizes[b2.out] == 1:
+            # The element is broadcast to m rows (an edge pad): row i reads
+            # it at offset d - i, a band of m one-row diagonals.
+            row = next((s for ax in work.groups[0] for s in ax
+                        if occ_o.get(s) == 1 and 1 < sizes[s] <= MAX_SPREAD and s not in outer_rows), None)
+            if row is not None and b2.slot is None and b2.ranges[0][0] < b2.ranges[0][1]:
+                outer_rows.add(row)
+                m, d = sizes[row], b2.offsets[0]
+                slot = ("spread", row)
+                sizes[slot] = m
+                result_bands.append([row, b2.inn, slot, tuple(d - i for i in range(m)),
+                                     tuple((i, i + 1) for i in range(m))])
+                continue
+            end = move_end(0)
+            if end is None:
+                return None
+            result_bands.append([end, b2.inn, b2.slot, b2.offsets, b2.ranges])
+            continue
+        pair = single(r)
+        if pair is None:
+            return None
+        if occ_o.get(pair[0]) == 2 and pair[0] in out_syms_o:  # a delta: the band moves to its row
+            result_bands.append([r, b2.inn, b2.slot, b2.offsets, b2.ranges])
+        elif occ_o.get(pair[0]) == 1:  # the outer sums the band's rows: values move onto its columns
+            unshift[r] = b2
+        else:
+            return None
+
+    if any(sizes[band[0]] == 1 and sizes[band[1]] == 1 for band in result_bands):
+        return None  # a single entry: its dense form is one number
+    res_out = [(moved[(0, k)],) if (0, k) in moved else tuple(uf.find(s) for s in ax)
+               for k, ax in enumerate(work.groups[0])]
+    res_in = [(moved[(3, k)],) if (3, k) in moved else tuple(uf.find(s) for s in ax)
+              for k, ax in enumerate(work.groups[3])]
+    order = list(dict.fromkeys(r for ax in res_out + res_in for r in ax))
+    slot_letters: dict = {}  # result slot label -> value letters it gathers
+    for label, (b, b2, _) in combined.items():
+        slot_letters[label] = [x for x in (b.slot, b2.slot) if x is not None]
+    for band in result_bands:
+        if band[2] is not None and band[2] not in combined:
+            slot_letters[band[2]] = [band[2]]
+    in_result = set(order) | {x for xs in slot_letters.values() for x in xs}
+
+    vo = None if work.vals[io] is None else [uf.find(s) for s in work.vals[io]]
+    vi = None if work.vals[ii] is None else [uf.find(s) for s in work.vals[ii]]
+
+    set_o, set_i = set(vo or ()), set(vi or ())
+    # Rows an unshifted band sums that neither value holds: the inner gets ones there.
+    missing = [r for r in unshift if r not in set_o and r not in set_i]
+    if len(missing) > 1:
+        return None
+    ones = missing[0] if missing else None
+    steps_of = lambda letters, shifts, ones_: _plan_steps(letters, sizes, shifts, unshift, ones_)
+    all_o = set(steps_of(vo or [], {}, None)[1])
+    all_i = set(steps_of(vi or [], subst, ones)[1])
+    moved_roots = set(subst) | set(unshift)
+    kept_slots = {b.slot for b in unshift.values() if b.slot is not None}  # an unshift reads them
+
+    def prepared(val_syms, letters, keep_if, shifts, ones_):
+        """(_Operand or None, letters after its steps, steps)."""
+        op = None
+        if letters is not None:
+            keep = list(dict.fromkeys(r for r in letters if r in moved_roots or r in kept_slots or r in in_result
+                                      or keep_if(r)))
+            op = _Operand(tuple(work.sizes[s] for s in val_syms), tuple(letters), tuple(keep))
+        if op is None and ones_ is None:
+            return None, None, None
+        steps, after = steps_of(list(op.keep) if op is not None else [], shifts, ones_)
+        return op, after, steps
+
+    op_o, lo_, steps_o = prepared(work.vals[io], vo, lambda r: r in all_i, {}, None)
+    op_i, li_, steps_i = prepared(work.vals[ii], vi, lambda r: r in all_o, subst, ones)
+    # Letters only one operand has after its steps, and the result does not
+    # keep, are summed before the product.
+    operand_steps = []
+    for after, steps, other in ((lo_, steps_o, li_), (li_, steps_i, lo_)):
+        if after is None:
+            operand_steps.append(None)
+            continue
+        summed = tuple(k for k, r in enumerate(after) if r not in in_result and r not in (other or ()))
+        if summed:
+            steps = steps + [("sum", summed)]
+            after = [r for k, r in enumerate(after) if k not in summed]
+        operand_steps.append(_Steps(tuple(steps), tuple(after)))
+    present = set(operand_steps[0].letters if operand_steps[0] else ()) | set(
+        operand_steps[1].letters if operand_steps[1] else ())
+    v_roots = {uf.find(s) for ax in work.groups[1] for s in ax}
+    factor = math.prod(work.sizes[r] for r in v_roots - in_result - set_o - set_i - moved_roots)
+
+    # Result slots: composed bands fold equal diagonals when the value
+    # depends on them; otherwise every diagonal pair stays a diagonal.
+    merges_by_label = {}
+    for label, (b, b2, combos) in combined.items():
+        parts = [x for x in slot_letters[label] if x in present]
+        if parts:
+            k2_count = len(b2.offsets)
+
+            def index(k1, k2):
+                if len(parts) == 2:
+                    return k1 * k2_count + k2
+                return k1 if parts[0] == b.slot else k2
+
+            groups, offsets, ranges = fold([c[2] for c in combos], [c[3] for c in combos], b.out in present)
+            groups = tuple(tuple((index(*combos[k][:2]), lo, hi) for k, lo, hi in g) for g in groups)
+            merges_by_label[label] = _Merge(len(parts), groups, b.out)
+        else:
+            offsets = tuple(d for _, _, d, _ in combos)
+            ranges = tuple(rng for _, _, _, rng in combos)
+        sizes[label] = len(offsets)
+        for band in result_bands:
+            if band[2] == label:
+                band[2] = label if len(offsets) > 1 else None
+                band[3], band[4] = offsets, ranges
+
+    final = [r for r in order if r in present]
+    final += [label for label, letters in slot_letters.items()
+              if any(x in present for x in letters) and sizes[label] > 1]
+    sign = (outer.sign if vo is None else 1) * (inner.sign if vi is None else 1)
+    bands = [tuple(band) for band in result_bands]
+    if operand_steps == [None, None]:
+        if factor == 1:
+            st, _ = make_structure(res_out, res_in, sizes, None, sign, bands)
+        else:
+            st, _ = make_structure(res_out, res_in, sizes, [], 1, bands)
+        return BandedProductPlan(st, 0, None, None, None, None, (), (), factor, sign)
+    st, perm = make_structure(res_out, res_in, sizes, final, 1, bands)
+    final = [final[p] for p in perm]
+    out_letters, merges = [], []
+    for label in final:
+        if label in combined:
+            parts = [x for x in slot_letters[label] if x in present]
+            merges.append((len(out_letters), merges_by_label[label]))
+            out_letters += parts
+        else:
+            out_letters.append(label)
+    # A composed slot that folds into one diagonal leaves the value: its
+    # merge squeezes the axis away.
+    for label, (b, b2, combos) in combined.items():
+        if sizes[label] == 1 and label in merges_by_label:
+            parts = [x for x in slot_letters[label] if x in present]
+            merges.append((len(out_letters), merges_by_label[label]))
+            out_letters += parts
+    merges.sort(key=lambda m: m[0])
+    mults = math.prod(sizes[r] for r in present) if None not in operand_steps else 0
+    if factor != 1:
+        mults += st.nnz_values
+    return BandedProductPlan(st, mults, op_o, op_i, operand_steps[0], operand_steps[1], tuple(out_letters),
+                             tuple(merges), factor, sign)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A plain plan run on the dense forms of banded operands."""
+
+    plan: Any
+    pre_a: Optional[DebandPlan]
+    pre_b: Optional[DebandPlan]
+
+    @property
+    def result(self):
+        return self.plan.result
+
+    @property
+    def mults(self) -> int:
+        return self.plan.mults
+
+    @property
+    def additions(self) -> int:
+        return self.plan.additions
+
+    def apply(self, va, vb, dtype):
+        if self.pre_a is not None:
+            va = self.pre_a.apply(va, dtype)
+        if self.pre_b is not None:
+            vb = self.pre_b.apply(vb, dtype)
+        return self.plan.apply(va, vb, dtype)
+
+
+def _dense_forms(plain_plan, a: Structure, b: Structure) -> Prepared:
+    pre_a = deband_plan(a) if a.bands else None
+    pre_b = deband_plan(b) if b.bands else None
+    plan = plain_plan(pre_a.result if pre_a else a, pre_b.result if pre_b else b)
+    return Prepared(plan, pre_a, pre_b)
+
+
+def product(outer: Structure, inner: Structure):
+    """Plan ``outer ∘ inner`` when either has bands."""
+    plan = _banded_product(outer, inner)
+    return plan if plan is not None else _dense_forms(product_plan, outer, inner)
+
+
+# ---------------------------------------------------------------------------
+# Sum.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BandedSumPlan:
+    """``a + b`` with bands: each operand laid out over the result's value
+    axes with its own diagonals, padded onto the union of diagonals, added,
+    equal diagonals merged.  ``const``: both unit with equal bands."""
+
+    result: Optional[Structure]
+    a: Any  # EmbedPlan or None
+    b: Any
+    pads: tuple[tuple[tuple[int, int, int], ...], ...]  # per operand: lax.pad config
+    merges: tuple[tuple[int, tuple, Optional[int]], ...]  # (slot axis, groups, row axis): see merge_slots
+    const: Optional[int]
+    additions: int
+
+    def apply(self, va, vb, dtype):
+        if self.result is None:
+            return None
+        if self.const is not None:
+            return jnp.asarray(self.const, dtype)
+        if self.a is None:  # unit + unit: the diagonals are the sum
+            return None
+        zero = lax.full((), 0, dtype)
+        ea = lax.pad(self.a.apply(va, dtype), zero, self.pads[0])
+        eb = lax.pad(self.b.apply(vb, dtype), zero, self.pads[1])
+        out = _add(ea, eb)
+        for axis, groups, rows in reversed(self.merges):
+            out = merge_slots(out, axis, groups, rows)
+        return out
+
+
+def _banded_sum(a: Structure, b: Structure) -> Optional[BandedSumPlan]:
+    """The sum keeping bands, or None when a band of one operand meets
+    neither a band nor a delta in the other (the caller uses dense forms)."""
+    work = _Work()
+    ia, ib = work.add(a), work.add(b)
+    pairs = [((g, k), (g + 2, k)) for g in (0, 1) for k in range(len(work.groups[g]))]
+    if not work.align(pairs):
+        return None
+    syms = ([s for g in (0, 1) for ax in work.groups[g] for s in ax],
+            [s for g in (2, 3) for ax in work.groups[g] for s in ax])
+    if [work.sizes[s] for s in syms[0]] != [work.sizes[s] for s in syms[1]]:
+        return None  # band ends of size 1 at different places
+    where = [{}, {}]
+    for side in (0, 1):
+        for j, s in enumerate(syms[side]):
+            where[side].setdefault(s, []).append(j)
+    band_at = [{where[side][band.out][0]: band for band in work.bands[idx]} for side, idx in ((0, ia), (1, ib))]
+    # Per band position (rows j, columns jq): the diagonals of each operand;
+    # a delta there is the diagonal at offset 0.
+    band_pos = []
+    for j in sorted(set(band_at[0]) | set(band_at[1])):
+        some = band_at[0].get(j) or band_at[1].get(j)
+        jq = where[0 if j in band_at[0] else 1][some.inn][0]
+        sides = []
+        for side in (0, 1):
+            band, sym = band_at[side].get(j), syms[side]
+            if band is not None and where[side][band.inn] == [jq]:
+                sides.append(band)
+            elif band is None and sym[j] == sym[jq] and where[side][sym[j]] == sorted([j, jq]):
+                sides.append(Band(sym[j], sym[j], None, (0,), ((0, work.sizes[sym[j]]),)))
+            else:
+                return None
+        band_pos.append((j, jq, sides[0], sides[1]))
+    in_positions = {jq for _, jq, _, _ in band_pos}
+    # Classes: one per (a symbol, b symbol) pair; a band's rows are a class,
+    # its columns a class of their own that is never stored.
+    key_to_class: dict = {}
+    class_of_pos = [key_to_class.setdefault(("in", j) if j in in_positions else (sa, sb), len(key_to_class))
+                    for j, (sa, sb) in enumerate(zip(*syms))]
+    n_classes = len(key_to_class)
+    a_of, b_of = [None] * n_classes, [None] * n_classes
+    for j, c in enumerate(class_of_pos):
+        a_of[c], b_of[c] = syms[0][j], syms[1][j]
+    in_classes = {class_of_pos[jq] for jq in in_positions}
+    result_axes, pos = [], 0
+    for g in (0, 1):
+        group = []
+        for ax in work.groups[g]:
+            group.append(tuple(class_of_pos[pos + k] for k in range(len(ax))))
+            pos += len(ax)
+        result_axes.append(tuple(group))
+    sizes: dict = {c: work.sizes[a_of[c]] for c in range(n_classes)}
+    stored = [c for c in range(n_classes) if c not in in_classes]
+    count_a = _count(a_of[c] for c in stored)
+    count_b = _count(b_of[c] for c in stored)
+    same_partition = len(count_a) == len(stored) == len(count_b)
+    slot_of = {j: ("slot", j) for j, *_ in band_pos}
+
+    def make(val, sign, diagonals):
+        labels = []
+        for (j, jq, _, _), (offsets, ranges) in zip(band_pos, diagonals):
+            sizes[slot_of[j]] = len(offsets)
+            labels.append((class_of_pos[j], class_of_pos[jq], slot_of[j] if len(offsets) > 1 else None, offsets,
+                           ranges))
+        return make_structure(result_axes[0], result_axes[1], sizes, val, sign, labels)
+
+    unit = a.val is None and b.val is None
+    if unit and same_partition and all((da.offsets, da.ranges) == (db.offsets, db.ranges) for *_, da, db in band_pos):
+        total = a.sign + b.sign
+        if total == 0:
+            return BandedSumPlan(None, None, None, (), (), None, 0)
+        st, _ = make([], 1, [(da.offsets, da.ranges) for *_, da, _ in band_pos])
+        return BandedSumPlan(st, None, None, (), (), total, 0)
+    union = [(da.offsets + db.offsets, da.ranges + db.ranges) for *_, da, db in band_pos]
+    differ = [k for k, (*_, da, db) in enumerate(band_pos) if (da.offsets, da.ranges) != (db.offsets, db.ranges)]
+    if unit and same_partition and a.sign == b.sign and len(differ) == 1:
+        # One band differs: the union of its diagonals, no numbers.  (With
+        # two, the union would add cross terms of one's diagonals with the
+        # other's.)
+        diagonals = [union[k] if k in differ else (da.offsets, da.ranges) for k, (*_, da, _) in enumerate(band_pos)]
+        st, _ = make(None, a.sign, diagonals)
+        return BandedSumPlan(st, None, None, (), (), None, 0)
+    val_a, val_b = set(work.vals[ia] or ()), set(work.vals[ib] or ())
+    plain = [c for c in stored if a_of[c] in val_a or b_of[c] in val_b or count_a[a_of[c]] > 1
+             or count_b[b_of[c]] > 1]
+    classes = plain + [slot_of[j] for j, *_ in band_pos]
+    embeds, pads = [], []
+    for side, (idx, sym_of) in enumerate(((ia, a_of), (ib, b_of))):
+        mapping = {c: sym_of[c] for c in plain}
+        own = {}
+        for j, _, da, db in band_pos:
+            diag = (da, db)[side]
+            mapping[slot_of[j]] = diag.slot if diag.slot is not None else ("none", j)
+            own[slot_of[j]] = len(diag.offsets)
+        embeds.append(_embed_plan(work, idx, mapping, classes, lambda c: own[c] if c in own else sizes[c],
+                                  (a, b)[side].sign))
+        config = [(0, 0, 0)] * len(classes)
+        for j, _, da, db in band_pos:
+            other = len((db, da)[side].offsets)
+            config[classes.index(slot_of[j])] = (0, other, 0) if side == 0 else (other, 0, 0)
+        pads.append(tuple(config))
+    merges, merged = [], []
+    for (j, *_), (offsets, ranges) in zip(band_pos, union):
+        rows = classes.index(class_of_pos[j]) if class_of_pos[j] in plain else None
+        groups, offsets, ranges = fold(offsets, ranges, rows is not None)
+        merges.append((classes.index(slot_of[j]), tuple(groups), rows))
+        merged.append((offsets, ranges))
+    st, perm = make(classes, 1, merged)
+    if perm != tuple(range(len(perm))):
+        raise AssertionError("sum classes are laid out in symbol order")
+    summed_shape = [n + lo + hi for n, (lo, hi, _) in zip(embeds[0].shape, pads[0])]
+    return BandedSumPlan(st, embeds[0], embeds[1], tuple(pads), tuple(merges), None, math.prod(summed_shape))
+
+
+def _count(items) -> dict:
+    count: dict = {}
+    for x in items:
+        count[x] = count.get(x, 0) + 1
+    return count
+
+
+def sum_(a: Structure, b: Structure):
+    """Plan ``a + b`` when either has bands."""
+    plan = _banded_sum(a, b)
+    return plan if plan is not None else _dense_forms(sum_plan, a, b)
