@@ -22,6 +22,18 @@ def shapes(draw, max_rank=3):
 
 
 @st.composite
+def diagonals(draw, n_out, n_in):
+    """1 to 3 random band diagonals: offsets and row ranges."""
+    k = draw(st.integers(1, 3))
+    offsets = tuple(draw(st.integers(-n_out + 1, n_in - 1)) for _ in range(k))
+    ranges = []
+    for _ in range(k):
+        lo = draw(st.integers(0, n_out - 1))
+        ranges.append((lo, draw(st.integers(lo + 1, n_out))))
+    return offsets, tuple(ranges)
+
+
+@st.composite
 def structures(draw, out_shape, in_shape, bands=False):
     """A random structure over out_shape + in_shape, possibly with factored
     axes (reshape-like), shared, replicated and stored symbols and (with
@@ -63,18 +75,13 @@ def structures(draw, out_shape, in_shape, bands=False):
                 continue
             col = draw(st.sampled_from(cols))
             cols.remove(col)
-            n_out, n_in = sizes[row], sizes[col]
-            k = draw(st.integers(1, 3))
-            offsets = tuple(draw(st.integers(-n_out + 1, n_in - 1)) for _ in range(k))
-            ranges = []
-            for _ in range(k):
-                lo = draw(st.integers(0, n_out - 1))
-                ranges.append((lo, draw(st.integers(lo + 1, n_out))))
+            offsets, ranges = draw(diagonals(sizes[row], sizes[col]))
+            k = len(offsets)
             slot = None
             if k > 1:
                 slot = ("slot", row)
                 sizes[slot] = k
-            band_list.append((row, col, slot, offsets, tuple(ranges)))
+            band_list.append((row, col, slot, offsets, ranges))
             columns.add(col)
     used = list(dict.fromkeys(l for ax in out_axes + in_axes for l in ax if l not in columns))
     used += [b[2] for b in band_list if b[2] is not None]
@@ -159,17 +166,13 @@ def stencils(draw, out_shape, in_shape):
             stored += [row]
         elif kind == "band":
             in_labels.append([col])
-            n = draw(st.integers(1, 3))
-            offsets = tuple(draw(st.integers(-n_out + 1, n_in - 1)) for _ in range(n))
-            ranges = []
-            for _ in range(n):
-                lo = draw(st.integers(0, n_out - 1))
-                ranges.append((lo, draw(st.integers(lo + 1, n_out))))
+            offsets, ranges = draw(diagonals(n_out, n_in))
+            n = len(offsets)
             slot = ("slot", k) if n > 1 else None
             if slot:
                 sizes[slot] = n
                 stored.append(slot)
-            band_list.append((row, col, slot, offsets, tuple(ranges)))
+            band_list.append((row, col, slot, offsets, ranges))
             stored.append(row)
         else:
             in_labels.append([col])

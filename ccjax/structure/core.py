@@ -55,8 +55,9 @@ class Band:
     size 1 (a single element read or written: the only symbols of size 1,
     never stored, so that a slice of one element composes with the
     concatenation that puts it back); ``slot`` is None exactly
-    when there is one diagonal; ``0 <= lo_k < hi_k <= n_out`` and the range
-    only holds rows whose ``i + offsets[k]`` is a valid in index.
+    when there is one diagonal; ``0 <= lo_k <= hi_k <= n_out`` (``(0, 0)``:
+    an empty diagonal) and the range only holds rows whose ``i + offsets[k]``
+    is a valid in index.
     """
 
     out: int
@@ -64,11 +65,6 @@ class Band:
     slot: Optional[int]
     offsets: tuple[int, ...]
     ranges: tuple[tuple[int, int], ...]
-
-    @property
-    def nnz(self) -> int:
-        """Stored entries of the band per combination of the other symbols."""
-        return sum(hi - lo for lo, hi in self.ranges)
 
 
 def clip_range(lo: int, hi: int, offset: int, n_out: int, n_in: int) -> tuple[int, int]:
@@ -83,8 +79,10 @@ class Structure:
     """Symbolic structure of a partial Jacobian (see module docstring).
 
     Invariants: symbols are ``0..len(sizes)-1`` numbered by first occurrence
-    on the axes; every symbol occurs on at least one axis; ``val`` lists
-    distinct symbols in increasing order (the axes of the stored value array).
+    on the axes, then the bands' slots; every symbol but a slot occurs on at
+    least one axis; ``val`` lists distinct symbols of size >= 2 in
+    increasing order (the axes of the stored value array); ``bands`` are
+    ordered by their out symbol.
     """
 
     out_axes: Axes
@@ -136,7 +134,7 @@ def make_structure(
 ) -> tuple[Structure, tuple[int, ...]]:
     """Canonicalise a structure written with arbitrary hashable labels.
 
-    Labels whose size is 1 are dropped everywhere.  ``bands`` holds
+    Labels whose size is 1 are dropped everywhere but at band ends.  ``bands`` holds
     ``(out_label, in_label, slot_label, offsets, ranges)`` (see :class:`Band`;
     ``slot_label`` None for one diagonal; ranges are clipped to valid rows).
     Symbols are numbered by first occurrence on the axes, then slots in band
