@@ -190,7 +190,7 @@ def stencil_shapes(draw, rank):
     return tuple(draw(st.sampled_from([1, 2, 3, 5, 6])) for _ in range(rank))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_banded_product_matches_dense_and_cost_is_what_runs(data):
     if data.draw(st.booleans()):
@@ -211,7 +211,7 @@ def test_banded_product_matches_dense_and_cost_is_what_runs(data):
     assert count_mults(fn, *args) == plan.mults
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_banded_sum_and_sparse_form_match_dense(data):
     if data.draw(st.booleans()):
