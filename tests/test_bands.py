@@ -88,6 +88,16 @@ def test_stencils_match_jacrev_in_every_order_and_cost_is_executed(name):
     np.testing.assert_allclose(ccjax.jacve(fn)(x), want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_stencils_under_vmap_and_eagerly_match_jacrev(name):
+    fn, shape = PROGRAMS[name]
+    xs = jnp.stack([_input(shape, seed) for seed in (5, 6)])
+    want = jax.vmap(jax.jacrev(fn))(xs)
+    for order in ("fwd", "rev", "markowitz"):
+        np.testing.assert_allclose(jax.vmap(ccjax.jacve(fn, order=order))(xs), want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(ccjax.jacve(fn, order=order)(xs[0]), want[0], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["burgers", "bratu_roll", "neumann_laplacian", "negative_pad"])
 def test_sparse_output_stores_the_structural_nonzeros(name):
     """One-dimensional stencils: nse equals the nonzeros of the Jacobian (at

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from typing import Any, Optional, Sequence
 
 import jax.numpy as jnp
@@ -351,15 +352,6 @@ class BandedProductPlan:
         return out
 
 
-def _occurrences(groups) -> dict:
-    count: dict = {}
-    for group in groups:
-        for ax in group:
-            for s in ax:
-                count[s] = count.get(s, 0) + 1
-    return count
-
-
 def _banded_product(outer: Structure, inner: Structure) -> Optional[BandedProductPlan]:
     """The product keeping bands, or None when a band meets a case the band
     algebra does not cover (the caller then uses the dense form)."""
@@ -382,8 +374,8 @@ def _banded_product(outer: Structure, inner: Structure) -> Optional[BandedProduc
         for ax in work.groups[group]:
             for s in ax:
                 members.setdefault(uf.find(s), ([], []))[side].append(s)
-    occ_o = _occurrences(work.groups[0:2])
-    occ_i = _occurrences(work.groups[2:4])
+    occ_o = Counter(s for group in work.groups[0:2] for ax in group for s in ax)
+    occ_i = Counter(s for group in work.groups[2:4] for ax in group for s in ax)
     out_syms_o = {s for ax in work.groups[0] for s in ax}
     in_syms_i = {s for ax in work.groups[3] for s in ax}
     inner_band_of = {b.out: b for b in work.bands[ii]}
@@ -741,8 +733,8 @@ def _banded_sum(a: Structure, b: Structure) -> Optional[BandedSumPlan]:
         result_axes.append(tuple(group))
     sizes: dict = {c: work.sizes[a_of[c]] for c in range(n_classes)}
     stored = [c for c in range(n_classes) if c not in in_classes]
-    count_a = _count(a_of[c] for c in stored)
-    count_b = _count(b_of[c] for c in stored)
+    count_a = Counter(a_of[c] for c in stored)
+    count_b = Counter(b_of[c] for c in stored)
     same_partition = len(count_a) == len(stored) == len(count_b)
     slot_of = {j: ("slot", j) for j, *_ in band_pos}
 
@@ -800,13 +792,6 @@ def _banded_sum(a: Structure, b: Structure) -> Optional[BandedSumPlan]:
         raise AssertionError("sum classes are laid out in symbol order")
     summed_shape = [n + lo + hi for n, (lo, hi, _) in zip(embeds[0].shape, pads[0])]
     return BandedSumPlan(st, embeds[0], embeds[1], tuple(pads), tuple(merges), None, math.prod(summed_shape))
-
-
-def _count(items) -> dict:
-    count: dict = {}
-    for x in items:
-        count[x] = count.get(x, 0) + 1
-    return count
 
 
 def sum_(a: Structure, b: Structure):
