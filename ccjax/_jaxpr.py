@@ -83,6 +83,22 @@ COLLECTIVES = frozenset({"psum", "pmax", "pmin", "ppermute", "all_gather", "all_
                          "ragged_all_to_all", "psum_invariant", "pbroadcast", "pvary", "pgather"})
 
 
+#: The primitives whose own scalar multiplications the cost model counts.
+MULTIPLYING = frozenset({"mul", "dot_general"})
+
+
+def own_multiplications(name: str, params: dict, lhs_shape: Sequence[int], out_shape: Sequence[int]) -> int:
+    """Scalar multiplications of one ``mul`` (its output size) or
+    ``dot_general`` (its whole iteration space) equation, 0 for any other
+    primitive (sub-jaxprs not included)."""
+    if name == "mul":
+        return int(np.prod(out_shape))
+    if name == "dot_general":
+        (contract, _), _ = params["dimension_numbers"]
+        return int(np.prod(out_shape)) * int(np.prod([lhs_shape[k] for k in contract]))
+    return 0
+
+
 def count_multiplications(jaxpr) -> int:
     """Scalar multiplications in ``jaxpr``: a ``mul`` costs its output size, a
     ``dot_general`` its whole iteration space; sub-jaxprs are counted once
@@ -90,12 +106,8 @@ def count_multiplications(jaxpr) -> int:
     total = 0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        if name == "mul":
-            total += int(np.prod(eqn.outvars[0].aval.shape))
-        elif name == "dot_general":
-            (contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs[k] for k in contract]))
+        if name in MULTIPLYING:
+            total += own_multiplications(name, eqn.params, eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape)
         repeat = int(eqn.params.get("length", 1)) if name == "scan" else 1
         for sub in jex.jaxprs_in_params(eqn.params):
             total += repeat * count_multiplications(sub)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ccjax._jaxpr import count_multiplications, hashable
+from ccjax._jaxpr import MULTIPLYING, count_multiplications, hashable, own_multiplications
 from ccjax.eliminate import evaluate_partial
 from ccjax.graph import Graph, Node
 
@@ -145,7 +145,10 @@ class Counter:
                 basis = [jnp.zeros((self.n_out,) + tuple(prog.avals[k].shape), prog.avals[k].dtype)
                          for k in live_outs]
                 return jax.vmap(lambda *c: pullback(list(c)))(*basis)
-        count = max(0, self._count(jac, ids) - self._count(primal, ids))
+        primal_key = ("primal", self._signature(node))
+        if primal_key not in self.memo:
+            self.memo[primal_key] = self._count(primal, ids)
+        count = max(0, self._count(jac, ids) - self.memo[primal_key])
         self.memo[key] = count
         return count
 
@@ -162,6 +165,28 @@ class Counter:
             raise TypeError(f"jax.jac{mode} of this program needs real-valued "
                             f"{'outputs' if mode == 'rev' else 'inputs'}")
         return sum(self.node_mults(node, mode) for node in self.prog.nodes)
+
+    def mode_lower_bound(self, mode: str) -> int:
+        """A lower bound of :meth:`mode_mults` read off the program without
+        tracing.  JAX's JVP of a ``mul`` or ``dot_general`` with an active
+        operand repeats that operation on the operand's tangent, and its
+        transpose on the cotangent of a live result, so in ``vmap`` over the
+        ``n_in`` tangents (``n_out`` cotangents) each such equation costs at
+        least that many times its own multiplications."""
+        if mode not in MODES:
+            raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
+        prog = self.prog
+        own = 0
+        for node in prog.nodes:
+            if node.name not in MULTIPLYING or not node.outs or not _inexact(prog.avals[node.outs[0]]):
+                continue
+            if not any(prog.active[i] for i in self._traced_ids(node)):
+                continue
+            if mode == "rev" and node.outs[0] not in self.live:
+                continue
+            own += own_multiplications(node.name, node.params, prog.avals[node.ins[0]].shape,
+                                       prog.avals[node.outs[0]].shape)
+        return own * (self.n_in if mode == "fwd" else self.n_out)
 
     def partial_mults(self) -> int:
         """Multiplications computing the values of the graph's partials (an

@@ -103,6 +103,8 @@ def cheapest(graph: Graph, elimination: Plan) -> Plan:
     modes = MODES if all(forward_matches_reverse(node) for node in graph.program.nodes) else ("rev",)
     best, best_mults = elimination, program_mults(graph, elimination, counter)
     for mode in modes:
+        if counter.mode_lower_bound(mode) >= best_mults:
+            continue  # cannot multiply less: spare the count's traces
         try:
             plan = plan_jax_mode(graph, mode, counter)
         except (TypeError, ValueError, NotImplementedError):  # e.g. no reverse mode through a while_loop

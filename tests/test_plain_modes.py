@@ -109,6 +109,7 @@ def test_counts_summed_per_equation_equal_the_whole_jaxpr(name, g):
                 counter.mode_mults(mode)
             continue
         assert counter.mode_mults(mode) == want, (name, mode)
+        assert counter.mode_lower_bound(mode) <= want, (name, mode)
     prog = g.program
     primal = traced_mults(g, lambda i, c: prog.evaluate(i, c))
     partials = traced_mults(g, lambda i, c: partial_values(g, prog.evaluate(i, c))) - primal
@@ -127,7 +128,29 @@ def test_counter_traces_each_equation_signature_once():
     counter = Counter(g)
     counter.mode_mults("rev")
     # mul by a constant, tanh, mul of two active values: three signatures for 90 equations
-    assert len(g.program.nodes) == 90 and len(counter.memo) == 3
+    assert len(g.program.nodes) == 90
+    assert sorted(kind for kind, _ in counter.memo) == ["primal"] * 3 + ["rev"] * 3
+
+
+def test_cheapest_counts_no_plain_mode_that_cannot_win(monkeypatch):
+    # 64 tanh/mul layers on 64 values: JAX's modes multiply each layer's
+    # 64 products on 64 (co)tangents; the elimination's diagonals do not
+    def f(x):
+        for _ in range(64):
+            x = jnp.tanh(x) * x
+        return x
+
+    g = ccjax.graph(f, jnp.linspace(0.1, 1.0, 64))
+    elim = plan_elimination(g, resolve_order(g, "rev"))
+    counter = Counter(g)
+    assert program_mults(g, elim, counter) <= min(counter.mode_lower_bound(m) for m in ("rev", "fwd"))
+    assert counter.mode_lower_bound("rev") <= counter.mode_mults("rev")
+
+    def no_trace(*_):
+        raise AssertionError("a plain mode was counted")
+
+    monkeypatch.setattr(Counter, "node_mults", no_trace)
+    assert cheapest(g, elim) is elim
 
 
 def test_cheapest_prefers_the_elimination_on_ties():
