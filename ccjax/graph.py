@@ -19,6 +19,7 @@ with the same :attr:`Graph.fingerprint`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import heapq
 import math
@@ -402,6 +403,75 @@ class Vertex:
     dtype: Any
 
 
+class _Statics:
+    """Values known while the graph is built: constants of the program, the
+    closed jaxpr's constants (each one read is recorded in ``pins``), and
+    results of equations on those alone, evaluated once at build time."""
+
+    #: Most equations evaluated for one value, and the largest result kept.
+    MAX_EQUATIONS = 64
+    MAX_SIZE = 1 << 20
+
+    def __init__(self, program: Program, top_values: Sequence, pins: dict):
+        self.program = program
+        self.top = {var: k for k, var in enumerate(program.top_consts)} if len(top_values) else {}
+        self.top_values = top_values
+        self.pins = pins
+        self.memo: dict[int, Optional[np.ndarray]] = {}
+
+    @functools.cached_property
+    def producer(self) -> dict[int, tuple[int, Node]]:
+        return {o: (k, node) for k, node in enumerate(self.program.nodes) for o in node.outs}
+
+    def value(self, var: int) -> Optional[np.ndarray]:
+        """The value of variable ``var`` when known at build time, else None."""
+        if var in self.memo:
+            return self.memo[var]
+        needed: dict[int, Node] = {}  # program position -> equation, for the values on the way
+        stack = [var]
+        while stack:
+            v = stack.pop()
+            if v in self.memo or self._leaf(v):
+                continue
+            k, node = self.producer.get(v, (None, None))
+            if (node is None or node.primitive is None or len(needed) >= self.MAX_EQUATIONS
+                    or any(self.program.active[o] for o in node.outs)):
+                self.memo[v] = None
+            elif k not in needed:
+                needed[k] = node
+                stack.extend(node.ins)
+        for _, node in sorted(needed.items()):  # program order: operands first
+            args = [self.memo.get(i) for i in node.ins]
+            if any(a is None for a in args) or any(self.program.avals[o].size > self.MAX_SIZE for o in node.outs):
+                self.memo.update((o, None) for o in node.outs)
+                continue
+            with jax.ensure_compile_time_eval():
+                outs = node.eval(*args)
+            for o, x in zip(node.outs, outs):
+                try:
+                    self.memo[o] = np.asarray(x)
+                except (TypeError, ValueError):  # e.g. PRNG keys: no NumPy value
+                    self.memo[o] = None
+        return self.memo.get(var)
+
+    def _leaf(self, var: int) -> bool:
+        """Record ``var``'s value if it is a constant; whether it is one."""
+        prog = self.program
+        if var in prog.consts:
+            v = prog.consts[var]
+            self.memo[var] = None if _jaxpr.is_tracer(v) else np.asarray(v)
+            return True
+        if var in self.top:
+            v = self.top_values[self.top[var]]
+            if _jaxpr.is_tracer(v):
+                self.memo[var] = None
+            else:
+                # a copy: the constant may be the caller's array, changed in place later
+                self.memo[var] = self.pins[self.top[var]] = np.array(v, copy=True)
+            return True
+        return False
+
+
 @dataclasses.dataclass(frozen=True)
 class RawPartial:
     """One rule-produced partial on edge ``src -> dst`` (node ``node``, or an
@@ -426,10 +496,14 @@ class Graph:
     that way, whatever the order.
     """
 
-    def __init__(self, program: Program, diff_leaves: Sequence[int], n_outputs: int):
+    def __init__(self, program: Program, diff_leaves: Sequence[int], n_outputs: int,
+                 top_values: Sequence = ()):
         self.program = program
         self.diff_leaves = tuple(diff_leaves)
+        self.pins: dict[int, np.ndarray] = {}
+        self._statics = _Statics(program, top_values, self.pins)
         self._build(n_outputs)
+        del self._statics  # holds the closed jaxpr's constants: keep only the pinned ones
         self.fingerprint = self._fingerprint()
         self.plans: dict = {}  # order key -> Plan, filled by the API
         self.runners: dict = {}  # order key -> jitted executor, filled by the API
@@ -528,8 +602,21 @@ class Graph:
         ctx = RuleContext(node.name, node.params, tuple(prog.avals[i] for i in node.ins),
                           tuple(prog.avals[o] for o in node.outs), active_slots, node.eval,
                           node.reverse_only, tuple(tuple(g) for g in groups.values()),
-                          forward_matches_reverse(node))
+                          forward_matches_reverse(node), lambda slot: self._statics.value(node.ins[slot]))
         return partials(ctx)
+
+    def pins_match(self, top_values: Sequence) -> bool:
+        """Whether the closed jaxpr's constants ``top_values`` agree with the
+        values this graph's structure was built from (:attr:`pins`: the
+        position of each constant a rule read, e.g. a gather's index array)."""
+        for k, pinned in self.pins.items():
+            v = top_values[k]
+            if _jaxpr.is_tracer(v):
+                return False
+            v = np.asarray(v)
+            if v.shape != pinned.shape or v.dtype != pinned.dtype or not np.array_equal(v, pinned):
+                return False
+        return True
 
     def _prune(self) -> None:
         """Drop intermediates without predecessors or successors, repeatedly."""

@@ -194,8 +194,8 @@ def graph_of(t: Traced, holomorphic: bool = False) -> Graph:
     regions (see :func:`ccjax.graph.build_program`)."""
     key = (structural_key(t.closed.jaxpr), t.diff_leaves, t.n_out, bool(holomorphic))
     g = _graphs.get(key)
-    if g is None:
-        g = Graph(build_program(t.closed, t.diff_leaves, holomorphic), t.diff_leaves, t.n_out)
+    if g is None or not g.pins_match(t.closed.consts):
+        g = Graph(build_program(t.closed, t.diff_leaves, holomorphic), t.diff_leaves, t.n_out, t.closed.consts)
         if g.program.cacheable:
             _graphs.put(key, g)
     return g

@@ -1,4 +1,5 @@
-"""Shifted data (slices, pads, concatenation, roll) kept as bands end to end:
+"""Shifted data (slices, pads, concatenation, roll, gathers at constant
+indices) kept as bands end to end:
 exact Jacobians in every order, executed multiplications equal to the cost
 model, and sparse output holding exactly the structural nonzeros."""
 import jax
@@ -58,7 +59,32 @@ def smoothness_energy(u):
     return jnp.sum((u[1:] - u[:-1]) ** 2) + jnp.sum(u[2:] * u[:-2]) + jnp.sum(jnp.pad(u, 1, mode="edge") ** 3)
 
 
+def lorenz96_indexed(x):
+    """Periodic neighbours taken by constant index vectors (gathers)."""
+    i = np.arange(x.shape[0])
+    return (x[(i + 1) % x.shape[0]] - x[(i - 2) % x.shape[0]]) * x[(i - 1) % x.shape[0]] - x
+
+
+def take_columns(X):
+    """Columns by a constant index vector, repeated and out of order."""
+    return (jnp.sin(X)[:, np.array([3, 0, 1, 1, 4])] * X[:, :5]).ravel()
+
+
+def known_dynamic_slices(x):
+    """``dynamic_slice`` at constant starts, one beyond the end (clamped)."""
+    return jax.lax.dynamic_slice(jnp.tanh(x), (2,), (5,)) * jax.lax.dynamic_slice(x, (7,), (5,))
+
+
+def scattered_gather(x):
+    """A permutation with more offsets than a band keeps: a dense partial."""
+    return jnp.cos(x)[np.array([5, 0, 7, 2, 9, 1, 4, 8, 3, 6, 10])] * x
+
+
 PROGRAMS = {
+    "lorenz96_indexed": (lorenz96_indexed, (10,)),
+    "take_columns": (take_columns, (3, 6)),
+    "known_dynamic_slices": (known_dynamic_slices, (10,)),
+    "scattered_gather": (scattered_gather, (11,)),
     "smoothness_energy": (smoothness_energy, (10,)),
     "burgers": (burgers, (12,)),
     "bratu_roll": (bratu_roll, (10,)),
@@ -98,7 +124,7 @@ def test_stencils_under_vmap_and_eagerly_match_jacrev(name):
         np.testing.assert_allclose(ccjax.jacve(fn, order=order)(xs[0]), want[0], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["burgers", "bratu_roll", "neumann_laplacian", "negative_pad"])
+@pytest.mark.parametrize("name", ["burgers", "bratu_roll", "neumann_laplacian", "negative_pad", "lorenz96_indexed"])
 def test_sparse_output_stores_the_structural_nonzeros(name):
     """One-dimensional stencils: nse equals the nonzeros of the Jacobian (at
     a point where no entry cancels numerically)."""
@@ -119,3 +145,40 @@ def test_stencil_elimination_costs_rows_times_diagonals(fn):
     x = _input((n,))
     for order in ("fwd", "rev", "markowitz"):
         assert ccjax.cost(fn, x, order=order) < 20 * n
+
+
+def test_gathers_at_constant_indices_are_bands():
+    x = _input((10,))
+    g = ccjax.graph(lorenz96_indexed, x)
+    assert all(st.val is None for st in g.edges.values() if st.bands)
+    assert sum(bool(st.bands) for st in g.edges.values()) == 3
+    dense = ccjax.graph(scattered_gather, _input((11,)))
+    assert any(st.val is not None and len(st.val) == 2 for st in dense.edges.values())
+
+
+def test_a_graph_built_on_constant_indices_is_rebuilt_when_they_change():
+    """Same jaxpr structure, other index values: never the old graph's bands."""
+    x = _input((6,))
+    idx = np.array([1, 2, 3, 0])
+    f = lambda v: jnp.sin(v[idx]) * v[:4]
+    for new in ([1, 2, 3, 0], [3, 3, 0, 1], [5, 4, 3, 2]):
+        idx[:] = new
+        for order in ("rev", "auto"):
+            np.testing.assert_allclose(ccjax.jacve(f, order=order)(x), jax.jacrev(f)(x), rtol=1e-12, atol=1e-12)
+    other = np.array([0, 0, 1, 1])
+    g = lambda v: jnp.sin(v[other]) * v[:4]
+    np.testing.assert_allclose(ccjax.jacve(g)(x), jax.jacrev(g)(x), rtol=1e-12, atol=1e-12)
+
+
+def test_gathers_at_traced_indices_keep_a_dense_partial():
+    x = _input((7,))
+    idx = jnp.array([6, 0, 3, 3])
+
+    @jax.jit
+    def closed_over(v, i):
+        return ccjax.jacve(lambda u: jnp.sin(u[i]) * u[:4])(v)
+
+    want = jax.jacrev(lambda u: jnp.sin(u[idx]) * u[:4])(x)
+    np.testing.assert_allclose(closed_over(x, idx), want, rtol=1e-12, atol=1e-12)
+    as_argument = lambda u, i: jnp.sin(u[i]) * u[:4]
+    np.testing.assert_allclose(jax.jit(ccjax.jacve(as_argument))(x, idx), want, rtol=1e-12, atol=1e-12)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
+
 from ccjax.structure import Structure, structure_from_labels
 
 ValueFn = Callable[[Sequence[Any], Sequence[Any]], Any]
@@ -20,7 +22,10 @@ class RuleContext:
     ``same_var``: the active slots grouped by the variable they read (a rule
     may give each slot its own partial; they are summed on the edge);
     ``forward_exact``: JAX's forward mode of the equation equals its reverse
-    mode at every input (see :func:`ccjax.graph.forward_matches_reverse`).
+    mode at every input (see :func:`ccjax.graph.forward_matches_reverse`);
+    ``static(slot)``: the operand's value when it is known when the graph is
+    built (a constant, or computed from constants only), else None; the
+    graph is then valid only for that value (see :class:`ccjax.graph.Graph`).
     """
 
     name: str
@@ -32,6 +37,7 @@ class RuleContext:
     reverse_only: bool = False
     same_var: tuple[tuple[int, ...], ...] = ()  # groups of active slots reading one variable
     forward_exact: bool = False
+    static: Callable[[int], Optional[np.ndarray]] = lambda slot: None
 
 
 @dataclasses.dataclass(frozen=True)

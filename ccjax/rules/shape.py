@@ -6,8 +6,11 @@ stored values, no multiplications.  Index shifts (``slice``, ``pad``,
 ``rev``, ``concatenate``, ``split``, ``dynamic_slice``,
 ``dynamic_update_slice``, ``cumsum``) keep untouched axes as Kronecker
 pairs.  A moved axis read at a static offset (unit-stride slices, pads
-without interior, concatenation, split) is a band (:class:`ccjax.structure.Band`:
-no stored numbers); any other moved axis stores a small 0/1 selection matrix.
+without interior, concatenation, split, dynamic slices at known starts) is a
+band (:class:`ccjax.structure.Band`: no stored numbers), and so is a gather
+along one axis at known indices with few distinct offsets; any other moved
+axis stores a small 0/1 selection matrix, and other gathers get the dense
+local Jacobian of :mod:`.opaque`.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ccjax.rules import opaque
 from ccjax.rules.base import Partial, RuleContext, identity_labels, labelled
 from ccjax.structure import common_chain, dense, make_structure, split_sizes
 
@@ -243,6 +247,10 @@ def _dynamic_slice(ctx):
     if 0 not in ctx.active:
         return []
     in_shape, sizes = _shape(ctx.in_avals[0]), tuple(ctx.params["slice_sizes"])
+    starts = [ctx.static(1 + k) for k in range(len(in_shape))]
+    if all(s is not None for s in starts):  # known starts: a slice, clamped as XLA does
+        shifts = {k: int(np.clip(int(s), 0, n - w)) for k, (s, n, w) in enumerate(zip(starts, in_shape, sizes))}
+        return [_selection(ctx, {}, shifts={k: d for k, d in shifts.items() if in_shape[k] != sizes[k]})]
     mats = {}
     for k, (n, w) in enumerate(zip(in_shape, sizes)):
         if n != w:
@@ -281,7 +289,64 @@ def _cumsum(ctx):
     return [_selection(ctx, {axis: lambda ins: tri})]
 
 
+#: Most diagonals a gather with known indices becomes; beyond, its partial is dense.
+MAX_GATHER_DIAGONALS = 8
+
+
+def _gather(ctx):
+    """``x[idx]`` along one axis with indices known when the graph is built
+    (constants such as ``x[(i + 1) % n]``): a band whose diagonals are the
+    runs of rows reading at one offset ``idx[i] - i``.  Other gathers (indices
+    computed from the inputs, several indexed axes, more than
+    :data:`MAX_GATHER_DIAGONALS` offsets, out-of-range indices, whose
+    treatment depends on the mode) get the exact dense local Jacobian."""
+    if 0 not in ctx.active:
+        return []
+    take = _static_take(ctx)
+    if take is None:
+        return opaque.dense_partials(ctx)
+    out_labels, in_labels, bands = take
+    return [labelled(0, 0, ctx, out_labels, in_labels, bands=bands)]
+
+
+def _static_take(ctx):
+    """``(out_labels, in_labels, bands)`` of a gather taking whole slices
+    along one operand axis at known in-range indices, else None."""
+    dn, operand = ctx.params["dimension_numbers"], _shape(ctx.in_avals[0])
+    if (len(dn.start_index_map) != 1 or tuple(dn.collapsed_slice_dims) != tuple(dn.start_index_map)
+            or dn.operand_batching_dims or dn.start_indices_batching_dims or len(ctx.in_avals[1].shape) != 2):
+        return None
+    axis = dn.start_index_map[0]
+    if tuple(ctx.params["slice_sizes"]) != tuple(1 if k == axis else n for k, n in enumerate(operand)):
+        return None
+    idx = ctx.static(1)
+    if idx is None:
+        return None
+    idx = np.asarray(idx, np.int64).reshape(-1)
+    n_out, n_in = idx.size, operand[axis]
+    if n_out == 0 or idx.min() < 0 or idx.max() >= n_in:
+        return None
+    kept_axes = [k for k in range(len(operand)) if k != axis]  # whole slices, in output order
+    out_labels = [None] * len(operand)
+    for p, k in zip(sorted(dn.offset_dims), kept_axes):
+        out_labels[p] = ("ax", k)
+    in_labels = [("ax", k) for k in range(len(operand))]
+    out_labels[out_labels.index(None)], in_labels[axis] = ("o",), ("i",)
+    if n_in == 1:  # every row reads the one element: a replication
+        return out_labels, in_labels, []
+    shift = idx - np.arange(n_out)
+    offsets, ranges = [], []
+    for d in dict.fromkeys(shift.tolist()):
+        rows = np.flatnonzero(shift == d)
+        if rows[-1] - rows[0] + 1 != rows.size or len(offsets) == MAX_GATHER_DIAGONALS:
+            return None  # rows at one offset not one run, or too many diagonals
+        offsets.append(int(d))
+        ranges.append((int(rows[0]), int(rows[-1]) + 1))
+    return out_labels, in_labels, [(("o",), ("i",), tuple(offsets), tuple(ranges))]
+
+
 RULES = {
+    "gather": _gather,
     "broadcast_in_dim": _broadcast_in_dim,
     "reshape": _reshape,
     "squeeze": _squeeze,

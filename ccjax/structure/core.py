@@ -184,8 +184,10 @@ def structure_from_labels(out_shape, in_shape, out_labels, in_labels, val_labels
                           bands=()):
     """Build a structure from one label per axis (``None`` = fresh label).
 
-    ``bands`` are single unit diagonals ``(out_label, in_label, offset)``:
-    in index = out index + offset (see :class:`Band`).
+    ``bands`` are unit diagonals: ``(out_label, in_label, offset)`` (in
+    index = out index + offset on every row), or ``(out_label, in_label,
+    offsets, ranges)`` for a sum of diagonals, each on its rows ``[lo, hi)``
+    (see :class:`Band`).
 
     ``val_labels`` labels the axes of the value array as the rule produces it
     (natural shape ``val_shape``).  Returns ``(structure, prepare)`` where
@@ -208,7 +210,19 @@ def structure_from_labels(out_shape, in_shape, out_labels, in_labels, val_labels
 
     oa = lab(out_labels, out_shape)
     ia = lab(in_labels, in_shape)
-    bands = [(o, i, None, (d,), ((0, sizes[o]),)) for o, i, d in bands]
+    canon_bands = []
+    for band in bands:
+        if len(band) == 3:
+            o, i, d = band
+            canon_bands.append((o, i, None, (d,), ((0, sizes[o]),)))
+            continue
+        o, i, offsets, ranges = band
+        slot = None
+        if len(offsets) > 1:
+            slot = ("slot", o)
+            sizes[slot] = len(offsets)
+        canon_bands.append((o, i, slot, tuple(offsets), tuple(ranges)))
+    bands = canon_bands
     if val_labels is None:
         return make_structure(oa, ia, sizes, None, sign, bands)[0], None
     for label, n in zip(val_labels, val_shape):
