@@ -1,5 +1,5 @@
-"""Shifted data (slices, pads, concatenation, roll, gathers at constant
-indices) kept as bands end to end:
+"""Shifted data (slices, pads, concatenation, roll, gathers and scatter-adds
+at constant indices) kept as bands end to end:
 exact Jacobians in every order, executed multiplications equal to the cost
 model, and sparse output holding exactly the structural nonzeros."""
 import jax
@@ -80,7 +80,24 @@ def scattered_gather(x):
     return jnp.cos(x)[np.array([5, 0, 7, 2, 9, 1, 4, 8, 3, 6, 10])] * x
 
 
+def scatter_rows(v):
+    """``x.at[idx].add(y)`` at constant indices (a repeated one) is a band on ``y``."""
+    return v[:6].at[np.array([0, 1, 2, 2, 5])].add(jnp.sin(v[6:11])) * v[:6]
+
+
+def scatter_columns(v):
+    return v[:12].reshape(4, 3).at[:, np.array([2, 0])].add(jnp.cos(v[8:16].reshape(4, 2))).ravel()
+
+
+def scattered_scatter(v):
+    """More offsets than a band keeps: a dense partial."""
+    return v[:8].at[np.array([5, 0, 7, 2, 1, 4, 3, 6, 1, 0])].add(jnp.tanh(v[:10]))
+
+
 PROGRAMS = {
+    "scatter_rows": (scatter_rows, (11,)),
+    "scatter_columns": (scatter_columns, (16,)),
+    "scattered_scatter": (scattered_scatter, (10,)),
     "lorenz96_indexed": (lorenz96_indexed, (10,)),
     "take_columns": (take_columns, (3, 6)),
     "known_dynamic_slices": (known_dynamic_slices, (10,)),
@@ -124,7 +141,8 @@ def test_stencils_under_vmap_and_eagerly_match_jacrev(name):
         np.testing.assert_allclose(ccjax.jacve(fn, order=order)(xs[0]), want[0], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["burgers", "bratu_roll", "neumann_laplacian", "negative_pad", "lorenz96_indexed"])
+@pytest.mark.parametrize("name", ["burgers", "bratu_roll", "neumann_laplacian", "negative_pad", "lorenz96_indexed",
+                                  "scatter_rows"])
 def test_sparse_output_stores_the_structural_nonzeros(name):
     """One-dimensional stencils: nse equals the nonzeros of the Jacobian (at
     a point where no entry cancels numerically)."""
@@ -147,13 +165,16 @@ def test_stencil_elimination_costs_rows_times_diagonals(fn):
         assert ccjax.cost(fn, x, order=order) < 20 * n
 
 
-def test_gathers_at_constant_indices_are_bands():
+def test_gathers_and_scatter_adds_at_constant_indices_are_bands():
     x = _input((10,))
     g = ccjax.graph(lorenz96_indexed, x)
     assert all(st.val is None for st in g.edges.values() if st.bands)
     assert sum(bool(st.bands) for st in g.edges.values()) == 3
     dense = ccjax.graph(scattered_gather, _input((11,)))
     assert any(st.val is not None and len(st.val) == 2 for st in dense.edges.values())
+    scatter = ccjax.graph(scatter_rows, _input((11,)))
+    assert [st.bands[0].offsets for st in scatter.edges.values() if st.bands and st.bands[0].slot is not None] \
+        == [(0, 1, -1)]  # update rows 0-2 in place, row 3 onto 2, row 4 onto 5
 
 
 def test_a_graph_built_on_constant_indices_is_rebuilt_when_they_change():

@@ -7,10 +7,10 @@ stored values, no multiplications.  Index shifts (``slice``, ``pad``,
 ``dynamic_update_slice``, ``cumsum``) keep untouched axes as Kronecker
 pairs.  A moved axis read at a static offset (unit-stride slices, pads
 without interior, concatenation, split, dynamic slices at known starts) is a
-band (:class:`ccjax.structure.Band`: no stored numbers), and so is a gather
-along one axis at known indices with few distinct offsets; any other moved
-axis stores a small 0/1 selection matrix, and other gathers get the dense
-local Jacobian of :mod:`.opaque`.
+band (:class:`ccjax.structure.Band`: no stored numbers), and so are a
+gather and a scatter-add along one axis at known indices with few distinct
+offsets; any other moved axis stores a small 0/1 selection matrix, and other
+gathers and scatter-adds get the dense local Jacobian of :mod:`.opaque`.
 """
 from __future__ import annotations
 
@@ -289,64 +289,108 @@ def _cumsum(ctx):
     return [_selection(ctx, {axis: lambda ins: tri})]
 
 
-#: Most diagonals a gather with known indices becomes; beyond, its partial is dense.
-MAX_GATHER_DIAGONALS = 8
+#: Most diagonals a gather or scatter-add at known indices becomes; beyond,
+#: its partial is dense.
+MAX_INDEX_DIAGONALS = 8
+
+
+def _index_runs(ctx, slot: int, n_target: int) -> Optional[list[tuple[int, int, int]]]:
+    """The known index vector of operand ``slot`` (shape ``(m, 1)``) as runs
+    ``(d, lo, hi)``: positions ``lo <= i < hi`` address ``i + d``, one run
+    per offset ``d``; None when the indices are not known when the graph is
+    built, leave ``[0, n_target)`` (whose treatment depends on the mode), or
+    need more than :data:`MAX_INDEX_DIAGONALS` runs."""
+    if len(ctx.in_avals[slot].shape) != 2 or ctx.in_avals[slot].shape[1] != 1:
+        return None
+    idx = ctx.static(slot)
+    if idx is None:
+        return None
+    idx = np.asarray(idx, np.int64).reshape(-1)
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= n_target:
+        return None
+    shift = idx - np.arange(idx.size)
+    runs = []
+    for d in dict.fromkeys(shift.tolist()):
+        at = np.flatnonzero(shift == d)
+        if at[-1] - at[0] + 1 != at.size or len(runs) == MAX_INDEX_DIAGONALS:
+            return None  # positions at one offset not one run, or too many diagonals
+        runs.append((int(d), int(at[0]), int(at[-1]) + 1))
+    return runs
+
+
+def _one_axis_labels(n_axes: int, axis: int, window_dims, axis_label, index_label) -> tuple[list, list]:
+    """Labels of an array indexed along ``axis`` (that axis ``axis_label``,
+    the others ``("ax", k)``) and of the array of its whole slices along the
+    other axes (at positions ``window_dims``; the remaining position, which
+    runs over the indices, ``index_label``)."""
+    full = [("ax", k) for k in range(n_axes)]
+    full[axis] = axis_label
+    slices: list = [None] * n_axes
+    for p, k in zip(sorted(window_dims), [k for k in range(n_axes) if k != axis]):
+        slices[p] = ("ax", k)
+    slices[slices.index(None)] = index_label
+    return full, slices
 
 
 def _gather(ctx):
     """``x[idx]`` along one axis with indices known when the graph is built
     (constants such as ``x[(i + 1) % n]``): a band whose diagonals are the
     runs of rows reading at one offset ``idx[i] - i``.  Other gathers (indices
-    computed from the inputs, several indexed axes, more than
-    :data:`MAX_GATHER_DIAGONALS` offsets, out-of-range indices, whose
-    treatment depends on the mode) get the exact dense local Jacobian."""
+    computed from the inputs, several indexed axes, scattered or
+    out-of-range indices) get the exact dense local Jacobian."""
     if 0 not in ctx.active:
         return []
-    take = _static_take(ctx)
-    if take is None:
-        return opaque.dense_partials(ctx)
-    out_labels, in_labels, bands = take
-    return [labelled(0, 0, ctx, out_labels, in_labels, bands=bands)]
-
-
-def _static_take(ctx):
-    """``(out_labels, in_labels, bands)`` of a gather taking whole slices
-    along one operand axis at known in-range indices, else None."""
     dn, operand = ctx.params["dimension_numbers"], _shape(ctx.in_avals[0])
-    if (len(dn.start_index_map) != 1 or tuple(dn.collapsed_slice_dims) != tuple(dn.start_index_map)
-            or dn.operand_batching_dims or dn.start_indices_batching_dims or len(ctx.in_avals[1].shape) != 2):
-        return None
-    axis = dn.start_index_map[0]
-    if tuple(ctx.params["slice_sizes"]) != tuple(1 if k == axis else n for k, n in enumerate(operand)):
-        return None
-    idx = ctx.static(1)
-    if idx is None:
-        return None
-    idx = np.asarray(idx, np.int64).reshape(-1)
-    n_out, n_in = idx.size, operand[axis]
-    if n_out == 0 or idx.min() < 0 or idx.max() >= n_in:
-        return None
-    kept_axes = [k for k in range(len(operand)) if k != axis]  # whole slices, in output order
-    out_labels = [None] * len(operand)
-    for p, k in zip(sorted(dn.offset_dims), kept_axes):
-        out_labels[p] = ("ax", k)
-    in_labels = [("ax", k) for k in range(len(operand))]
-    out_labels[out_labels.index(None)], in_labels[axis] = ("o",), ("i",)
-    if n_in == 1:  # every row reads the one element: a replication
-        return out_labels, in_labels, []
-    shift = idx - np.arange(n_out)
-    offsets, ranges = [], []
-    for d in dict.fromkeys(shift.tolist()):
-        rows = np.flatnonzero(shift == d)
-        if rows[-1] - rows[0] + 1 != rows.size or len(offsets) == MAX_GATHER_DIAGONALS:
-            return None  # rows at one offset not one run, or too many diagonals
-        offsets.append(int(d))
-        ranges.append((int(rows[0]), int(rows[-1]) + 1))
-    return out_labels, in_labels, [(("o",), ("i",), tuple(offsets), tuple(ranges))]
+    axis, runs = None, None
+    if (len(dn.start_index_map) == 1 and tuple(dn.collapsed_slice_dims) == tuple(dn.start_index_map)
+            and not dn.operand_batching_dims and not dn.start_indices_batching_dims):
+        axis = dn.start_index_map[0]
+        whole = tuple(1 if k == axis else n for k, n in enumerate(operand))
+        if tuple(ctx.params["slice_sizes"]) == whole:
+            runs = _index_runs(ctx, 1, operand[axis])
+    if runs is None:
+        return opaque.dense_partials(ctx)
+    in_labels, out_labels = _one_axis_labels(len(operand), axis, dn.offset_dims, ("i",), ("o",))
+    if operand[axis] == 1:  # every row reads the one element: a replication
+        return [labelled(0, 0, ctx, out_labels, in_labels)]
+    band = (("o",), ("i",), tuple(d for d, _, _ in runs), tuple((lo, hi) for _, lo, hi in runs))
+    return [labelled(0, 0, ctx, out_labels, in_labels, bands=[band])]
+
+
+def _scatter_add(ctx):
+    """``x.at[idx].add(y)`` along one axis with known in-range indices: the
+    identity on ``x`` and, on ``y``, a band whose diagonals are the runs of
+    rows of ``y`` added at one offset (the transpose of :func:`_gather`'s).
+    Other scatter-adds get the exact dense local Jacobian."""
+    dn, operand, updates = ctx.params["dimension_numbers"], _shape(ctx.in_avals[0]), _shape(ctx.in_avals[2])
+    axis, runs = None, None
+    if (len(dn.scatter_dims_to_operand_dims) == 1
+            and tuple(dn.inserted_window_dims) == tuple(dn.scatter_dims_to_operand_dims)
+            and not dn.operand_batching_dims and not dn.scatter_indices_batching_dims
+            and len(updates) == len(operand)):
+        axis = dn.scatter_dims_to_operand_dims[0]
+        window = [updates[p] for p in sorted(dn.update_window_dims)]
+        if window == [n for k, n in enumerate(operand) if k != axis]:
+            runs = _index_runs(ctx, 1, operand[axis])
+    if runs is None and 2 in ctx.active:
+        return opaque.dense_partials(ctx)
+    parts = []
+    if 0 in ctx.active:
+        labels = identity_labels(len(operand))
+        parts.append(labelled(0, 0, ctx, labels, labels))
+    if 2 in ctx.active:
+        out_labels, in_labels = _one_axis_labels(len(operand), axis, dn.update_window_dims, ("o",), ("i",))
+        if operand[axis] == 1:  # every row is added to the one element: a sum
+            parts.append(labelled(0, 2, ctx, out_labels, in_labels))
+        else:  # update row i lands on out row i + d: out row j reads j - d
+            band = (("o",), ("i",), tuple(-d for d, _, _ in runs), tuple((lo + d, hi + d) for d, lo, hi in runs))
+            parts.append(labelled(0, 2, ctx, out_labels, in_labels, bands=[band]))
+    return parts
 
 
 RULES = {
     "gather": _gather,
+    "scatter-add": _scatter_add,
     "broadcast_in_dim": _broadcast_in_dim,
     "reshape": _reshape,
     "squeeze": _squeeze,
