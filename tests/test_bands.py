@@ -94,7 +94,24 @@ def scattered_scatter(v):
     return v[:8].at[np.array([5, 0, 7, 2, 1, 4, 3, 6, 1, 0])].add(jnp.tanh(v[:10]))
 
 
+def boundary_sets(u):
+    """Boundary rows by ``.at[i].set`` (a scatter of one element at a known index)."""
+    r = jnp.pad(u[2:] - 2 * u[1:-1] + u[:-2], 1)
+    return r.at[0].set(u[0] - 1.0).at[-1].set(u[-1] ** 2) + jnp.exp(u)
+
+
+def window_scatters(v):
+    """Windows written at known starts: a set, an add, a row, an element, a block."""
+    a = v[:10].at[2:5].set(jnp.sin(v[10:13])) * v[:10]
+    b = v[:10].at[2:5].add(jnp.sin(v[10:13])) * v[:10]
+    grid = v[:12].reshape(3, 4)
+    c = grid.at[1].set(jnp.cos(v[12:16])).at[2, 1].set(v[13] * v[0]).at[1:, 1:3].add(v[4:8].reshape(2, 2))
+    return jnp.concatenate([a, b, c.ravel()])
+
+
 PROGRAMS = {
+    "boundary_sets": (boundary_sets, (12,)),
+    "window_scatters": (window_scatters, (16,)),
     "scatter_rows": (scatter_rows, (11,)),
     "scatter_columns": (scatter_columns, (16,)),
     "scattered_scatter": (scattered_scatter, (10,)),
@@ -172,6 +189,10 @@ def test_gathers_and_scatter_adds_at_constant_indices_are_bands():
     assert sum(bool(st.bands) for st in g.edges.values()) == 3
     dense = ccjax.graph(scattered_gather, _input((11,)))
     assert any(st.val is not None and len(st.val) == 2 for st in dense.edges.values())
+    windows = ccjax.graph(window_scatters, _input((16,)))
+    for st in windows.edges.values():  # no dense block: at most one number per row or column
+        stored = 1 if st.val is None else int(np.prod([st.sizes[k] for k in st.val]))
+        assert stored <= max(np.prod(st.out_shape), np.prod(st.in_shape)), st.describe()
     scatter = ccjax.graph(scatter_rows, _input((11,)))
     assert [st.bands[0].offsets for st in scatter.edges.values() if st.bands and st.bands[0].slot is not None] \
         == [(0, 1, -1)]  # update rows 0-2 in place, row 3 onto 2, row 4 onto 5

@@ -9,8 +9,9 @@ pairs.  A moved axis read at a static offset (unit-stride slices, pads
 without interior, concatenation, split, dynamic slices at known starts) is a
 band (:class:`ccjax.structure.Band`: no stored numbers), and so are a
 gather and a scatter-add along one axis at known indices with few distinct
-offsets; any other moved axis stores a small 0/1 selection matrix, and other
-gathers and scatter-adds get the dense local Jacobian of :mod:`.opaque`.
+offsets, and a scatter or scatter-add writing one window at known starts;
+any other moved axis stores a small 0/1 selection matrix, and other gathers
+and scatters get the dense local Jacobian of :mod:`.opaque`.
 """
 from __future__ import annotations
 
@@ -357,11 +358,92 @@ def _gather(ctx):
     return [labelled(0, 0, ctx, out_labels, in_labels, bands=[band])]
 
 
+def _known_window(ctx) -> Optional[tuple[list[int], list[int]]]:
+    """``(starts, window)`` per operand axis of a scatter writing one window
+    (``x.at[0].set(v)``, ``x.at[2:5].add(y)``) at known starts that keep it
+    in range (out of range, the modes differ); else None."""
+    dn, operand, updates = ctx.params["dimension_numbers"], _shape(ctx.in_avals[0]), _shape(ctx.in_avals[2])
+    if (dn.operand_batching_dims or dn.scatter_indices_batching_dims or len(ctx.in_avals[1].shape) != 1
+            or tuple(dn.update_window_dims) != tuple(range(len(updates)))):
+        return None
+    kept = [k for k in range(len(operand)) if k not in dn.inserted_window_dims]
+    idx = ctx.static(1)
+    if len(kept) != len(updates) or idx is None:
+        return None
+    window, starts = [1] * len(operand), [0] * len(operand)
+    for k, n in zip(kept, updates):
+        window[k] = n
+    for k, s in zip(dn.scatter_dims_to_operand_dims, np.asarray(idx, np.int64).reshape(-1)):
+        starts[k] = int(s)
+    if any(s < 0 or s + w > n for s, w, n in zip(starts, window, operand)):
+        return None
+    return starts, window
+
+
+def _window_partials(ctx, starts: list[int], window: list[int], overwrite: bool) -> list[Partial]:
+    """Partials of a scatter writing one window at known ``starts``: on the
+    operand the identity (an add) or the identity outside the window (a set,
+    stored as a 0/1 mask); on the update a shift into the window (a band on
+    each partly covered axis, a one-hot stored value on each axis the update
+    lacks)."""
+    operand = _shape(ctx.in_avals[0])
+    inserted = ctx.params["dimension_numbers"].inserted_window_dims
+    parts = []
+    if 0 in ctx.active:
+        labels = identity_labels(len(operand))
+        if not overwrite:
+            parts.append(labelled(0, 0, ctx, labels, labels))
+        else:
+            keep = np.ones(operand, bool)
+            keep[tuple(slice(s, s + w) for s, w in zip(starts, window))] = False
+            parts.append(labelled(0, 0, ctx, labels, labels, labels, operand,
+                                  lambda ins, outs: jnp.asarray(keep, outs[0].dtype)))
+    if 2 in ctx.active:
+        out_labels, in_labels, bands, onehot = [], [], [], []
+        for k, (n, s, w) in enumerate(zip(operand, starts, window)):
+            if k in inserted:  # the update has no axis here: it lands on row s
+                out_labels.append(("o", k))
+                onehot.append((n, s))
+            elif w == n:
+                out_labels.append(("ax", k))
+                in_labels.append(("ax", k))
+            else:  # out row i reads update row i - s
+                out_labels.append(("o", k))
+                in_labels.append(("i", k))
+                bands.append((("o", k), ("i", k), -s))
+        if not onehot:
+            parts.append(labelled(0, 2, ctx, out_labels, in_labels, bands=bands))
+        else:
+            def values(ins, outs):
+                hot = np.zeros(tuple(n for n, _ in onehot), bool)
+                hot[tuple(s for _, s in onehot)] = True
+                return jnp.asarray(hot, outs[0].dtype)
+
+            parts.append(labelled(0, 2, ctx, out_labels, in_labels, [lab for lab in out_labels if lab[0] == "o"
+                                                                   and lab[1] in inserted],
+                                  tuple(n for n, _ in onehot), values, bands=bands))
+    return parts
+
+
+def _scatter(ctx):
+    """``x.at[...].set(y)`` writing one window at known starts (boundary
+    values such as ``r.at[0].set(u[0] - 1)``): see :func:`_window_partials`.
+    Other scatters get the exact dense local Jacobian."""
+    window = _known_window(ctx)
+    if window is None:
+        return opaque.dense_partials(ctx)
+    return _window_partials(ctx, *window, overwrite=True)
+
+
 def _scatter_add(ctx):
     """``x.at[idx].add(y)`` along one axis with known in-range indices: the
     identity on ``x`` and, on ``y``, a band whose diagonals are the runs of
-    rows of ``y`` added at one offset (the transpose of :func:`_gather`'s).
-    Other scatter-adds get the exact dense local Jacobian."""
+    rows of ``y`` added at one offset (the transpose of :func:`_gather`'s);
+    one window at known starts (``x.at[2:5].add(y)``) is a shift.  Other
+    scatter-adds get the exact dense local Jacobian."""
+    window = _known_window(ctx)
+    if window is not None:
+        return _window_partials(ctx, *window, overwrite=False)
     dn, operand, updates = ctx.params["dimension_numbers"], _shape(ctx.in_avals[0]), _shape(ctx.in_avals[2])
     axis, runs = None, None
     if (len(dn.scatter_dims_to_operand_dims) == 1
@@ -390,6 +472,7 @@ def _scatter_add(ctx):
 
 RULES = {
     "gather": _gather,
+    "scatter": _scatter,
     "scatter-add": _scatter_add,
     "broadcast_in_dim": _broadcast_in_dim,
     "reshape": _reshape,
