@@ -101,12 +101,14 @@ def boundary_sets(u):
 
 
 def window_scatters(v):
-    """Windows written at known starts: a set, an add, a row, an element, a block."""
+    """Windows written at known starts: a set, an add, a row, an element, a
+    block, and a ``dynamic_update_slice``."""
     a = v[:10].at[2:5].set(jnp.sin(v[10:13])) * v[:10]
     b = v[:10].at[2:5].add(jnp.sin(v[10:13])) * v[:10]
     grid = v[:12].reshape(3, 4)
     c = grid.at[1].set(jnp.cos(v[12:16])).at[2, 1].set(v[13] * v[0]).at[1:, 1:3].add(v[4:8].reshape(2, 2))
-    return jnp.concatenate([a, b, c.ravel()])
+    d = jax.lax.dynamic_update_slice(grid, jnp.tanh(v[:4]).reshape(2, 2), (1, 5))  # start clamped to 2
+    return jnp.concatenate([a, b, c.ravel(), d.ravel()])
 
 
 PROGRAMS = {

@@ -15,7 +15,7 @@ and scatters get the dense local Jacobian of :mod:`.opaque`.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -263,6 +263,10 @@ def _dynamic_slice(ctx):
 def _dynamic_update_slice(ctx):
     parts = []
     op_shape, up_shape = _shape(ctx.in_avals[0]), _shape(ctx.in_avals[1])
+    starts = [ctx.static(2 + k) for k in range(len(op_shape))]
+    if all(s is not None for s in starts):  # known starts, clamped as XLA does: one window
+        starts = [int(np.clip(int(s), 0, n - w)) for s, n, w in zip(starts, op_shape, up_shape)]
+        return _window_partials(ctx, starts, list(up_shape), overwrite=True, update=1)
     if 0 in ctx.active:
         def keep(ins, outs):
             zeros = jnp.zeros(up_shape, outs[0].dtype)
@@ -380,14 +384,15 @@ def _known_window(ctx) -> Optional[tuple[list[int], list[int]]]:
     return starts, window
 
 
-def _window_partials(ctx, starts: list[int], window: list[int], overwrite: bool) -> list[Partial]:
-    """Partials of a scatter writing one window at known ``starts``: on the
+def _window_partials(ctx, starts: list[int], window: list[int], overwrite: bool, update: int = 2,
+                     inserted: Sequence[int] = ()) -> list[Partial]:
+    """Partials of writing one window at known ``starts`` (a scatter, or a
+    ``dynamic_update_slice`` whose update is operand ``update``): on the
     operand the identity (an add) or the identity outside the window (a set,
     stored as a 0/1 mask); on the update a shift into the window (a band on
-    each partly covered axis, a one-hot stored value on each axis the update
-    lacks)."""
+    each partly covered axis, a one-hot stored value on each axis
+    ``inserted`` that the update lacks)."""
     operand = _shape(ctx.in_avals[0])
-    inserted = ctx.params["dimension_numbers"].inserted_window_dims
     parts = []
     if 0 in ctx.active:
         labels = identity_labels(len(operand))
@@ -398,7 +403,7 @@ def _window_partials(ctx, starts: list[int], window: list[int], overwrite: bool)
             keep[tuple(slice(s, s + w) for s, w in zip(starts, window))] = False
             parts.append(labelled(0, 0, ctx, labels, labels, labels, operand,
                                   lambda ins, outs: jnp.asarray(keep, outs[0].dtype)))
-    if 2 in ctx.active:
+    if update in ctx.active:
         out_labels, in_labels, bands, onehot = [], [], [], []
         for k, (n, s, w) in enumerate(zip(operand, starts, window)):
             if k in inserted:  # the update has no axis here: it lands on row s
@@ -412,15 +417,15 @@ def _window_partials(ctx, starts: list[int], window: list[int], overwrite: bool)
                 in_labels.append(("i", k))
                 bands.append((("o", k), ("i", k), -s))
         if not onehot:
-            parts.append(labelled(0, 2, ctx, out_labels, in_labels, bands=bands))
+            parts.append(labelled(0, update, ctx, out_labels, in_labels, bands=bands))
         else:
             def values(ins, outs):
                 hot = np.zeros(tuple(n for n, _ in onehot), bool)
                 hot[tuple(s for _, s in onehot)] = True
                 return jnp.asarray(hot, outs[0].dtype)
 
-            parts.append(labelled(0, 2, ctx, out_labels, in_labels, [lab for lab in out_labels if lab[0] == "o"
-                                                                   and lab[1] in inserted],
+            parts.append(labelled(0, update, ctx, out_labels, in_labels,
+                                  [lab for lab in out_labels if lab[0] == "o" and lab[1] in inserted],
                                   tuple(n for n, _ in onehot), values, bands=bands))
     return parts
 
@@ -432,7 +437,8 @@ def _scatter(ctx):
     window = _known_window(ctx)
     if window is None:
         return opaque.dense_partials(ctx)
-    return _window_partials(ctx, *window, overwrite=True)
+    return _window_partials(ctx, *window, overwrite=True,
+                            inserted=ctx.params["dimension_numbers"].inserted_window_dims)
 
 
 def _scatter_add(ctx):
@@ -443,7 +449,8 @@ def _scatter_add(ctx):
     scatter-adds get the exact dense local Jacobian."""
     window = _known_window(ctx)
     if window is not None:
-        return _window_partials(ctx, *window, overwrite=False)
+        return _window_partials(ctx, *window, overwrite=False,
+                                inserted=ctx.params["dimension_numbers"].inserted_window_dims)
     dn, operand, updates = ctx.params["dimension_numbers"], _shape(ctx.in_avals[0]), _shape(ctx.in_avals[2])
     axis, runs = None, None
     if (len(dn.scatter_dims_to_operand_dims) == 1
