@@ -244,14 +244,22 @@ def _clamped_starts(ins, operand_shape, window_shape, first: int):
     return starts
 
 
+def _known_starts(ctx, operand_shape, window_shape, first: int) -> Optional[list[int]]:
+    """:func:`_clamped_starts` when every start is known when the graph is
+    built (Python ints), else None."""
+    starts = [ctx.static(first + k) for k in range(len(operand_shape))]
+    if any(s is None for s in starts):
+        return None
+    return [int(np.clip(int(s), 0, n - w)) for s, n, w in zip(starts, operand_shape, window_shape)]
+
+
 def _dynamic_slice(ctx):
     if 0 not in ctx.active:
         return []
     in_shape, sizes = _shape(ctx.in_avals[0]), tuple(ctx.params["slice_sizes"])
-    starts = [ctx.static(1 + k) for k in range(len(in_shape))]
-    if all(s is not None for s in starts):  # known starts: a slice, clamped as XLA does
-        shifts = {k: int(np.clip(int(s), 0, n - w)) for k, (s, n, w) in enumerate(zip(starts, in_shape, sizes))}
-        return [_selection(ctx, {}, shifts={k: d for k, d in shifts.items() if in_shape[k] != sizes[k]})]
+    starts = _known_starts(ctx, in_shape, sizes, 1)
+    if starts is not None:  # a slice
+        return [_selection(ctx, {}, shifts={k: d for k, d in enumerate(starts) if in_shape[k] != sizes[k]})]
     mats = {}
     for k, (n, w) in enumerate(zip(in_shape, sizes)):
         if n != w:
@@ -263,10 +271,9 @@ def _dynamic_slice(ctx):
 def _dynamic_update_slice(ctx):
     parts = []
     op_shape, up_shape = _shape(ctx.in_avals[0]), _shape(ctx.in_avals[1])
-    starts = [ctx.static(2 + k) for k in range(len(op_shape))]
-    if all(s is not None for s in starts):  # known starts, clamped as XLA does: one window
-        starts = [int(np.clip(int(s), 0, n - w)) for s, n, w in zip(starts, op_shape, up_shape)]
-        return _window_partials(ctx, starts, list(up_shape), overwrite=True, update=1)
+    starts = _known_starts(ctx, op_shape, up_shape, 2)
+    if starts is not None:  # one window
+        return _window_partials(ctx, starts, list(up_shape), (), overwrite=True, update=1)
     if 0 in ctx.active:
         def keep(ins, outs):
             zeros = jnp.zeros(up_shape, outs[0].dtype)
@@ -362,10 +369,11 @@ def _gather(ctx):
     return [labelled(0, 0, ctx, out_labels, in_labels, bands=[band])]
 
 
-def _known_window(ctx) -> Optional[tuple[list[int], list[int]]]:
-    """``(starts, window)`` per operand axis of a scatter writing one window
+def _known_window(ctx) -> Optional[tuple[list[int], list[int], Sequence[int]]]:
+    """``(starts, window, inserted)`` of a scatter writing one window
     (``x.at[0].set(v)``, ``x.at[2:5].add(y)``) at known starts that keep it
-    in range (out of range, the modes differ); else None."""
+    in range (out of range, the modes differ): per operand axis, and the
+    operand axes the update lacks; else None."""
     dn, operand, updates = ctx.params["dimension_numbers"], _shape(ctx.in_avals[0]), _shape(ctx.in_avals[2])
     if (dn.operand_batching_dims or dn.scatter_indices_batching_dims or len(ctx.in_avals[1].shape) != 1
             or tuple(dn.update_window_dims) != tuple(range(len(updates)))):
@@ -381,11 +389,11 @@ def _known_window(ctx) -> Optional[tuple[list[int], list[int]]]:
         starts[k] = int(s)
     if any(s < 0 or s + w > n for s, w, n in zip(starts, window, operand)):
         return None
-    return starts, window
+    return starts, window, dn.inserted_window_dims
 
 
-def _window_partials(ctx, starts: list[int], window: list[int], overwrite: bool, update: int = 2,
-                     inserted: Sequence[int] = ()) -> list[Partial]:
+def _window_partials(ctx, starts: list[int], window: list[int], inserted: Sequence[int], overwrite: bool,
+                     update: int = 2) -> list[Partial]:
     """Partials of writing one window at known ``starts`` (a scatter, or a
     ``dynamic_update_slice`` whose update is operand ``update``): on the
     operand the identity (an add) or the identity outside the window (a set,
@@ -437,8 +445,7 @@ def _scatter(ctx):
     window = _known_window(ctx)
     if window is None:
         return opaque.dense_partials(ctx)
-    return _window_partials(ctx, *window, overwrite=True,
-                            inserted=ctx.params["dimension_numbers"].inserted_window_dims)
+    return _window_partials(ctx, *window, overwrite=True)
 
 
 def _scatter_add(ctx):
@@ -449,8 +456,7 @@ def _scatter_add(ctx):
     scatter-adds get the exact dense local Jacobian."""
     window = _known_window(ctx)
     if window is not None:
-        return _window_partials(ctx, *window, overwrite=False,
-                                inserted=ctx.params["dimension_numbers"].inserted_window_dims)
+        return _window_partials(ctx, *window, overwrite=False)
     dn, operand, updates = ctx.params["dimension_numbers"], _shape(ctx.in_avals[0]), _shape(ctx.in_avals[2])
     axis, runs = None, None
     if (len(dn.scatter_dims_to_operand_dims) == 1
@@ -458,8 +464,8 @@ def _scatter_add(ctx):
             and not dn.operand_batching_dims and not dn.scatter_indices_batching_dims
             and len(updates) == len(operand)):
         axis = dn.scatter_dims_to_operand_dims[0]
-        window = [updates[p] for p in sorted(dn.update_window_dims)]
-        if window == [n for k, n in enumerate(operand) if k != axis]:
+        slice_sizes = [updates[p] for p in sorted(dn.update_window_dims)]
+        if slice_sizes == [n for k, n in enumerate(operand) if k != axis]:
             runs = _index_runs(ctx, 1, operand[axis])
     if runs is None and 2 in ctx.active:
         return opaque.dense_partials(ctx)
