@@ -103,6 +103,15 @@ def test_game_cost_equals_cost_model_on_random_functions(seed, order_seed, corpu
     _check_order(g, enc, order)
 
 
+def test_encoding_stops_at_the_structure_capacity_while_summing_bands():
+    # Found by the property test above: sums of this graph's banded partials
+    # make ever new structures (unions of diagonals), and the closure once ran
+    # out of memory before it looked at the capacity.
+    g = _random_fn_graph(9372)
+    with pytest.raises(CapacityError):
+        encode(g, N, K)
+
+
 @pytest.mark.parametrize("name", ["f", "MLP", "RoeFlux_3d", "Encoder"])
 def test_steps_match_evaluator_steps(name):
     """Per step: the mults and the resulting edge set (with the structures'

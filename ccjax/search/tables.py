@@ -154,8 +154,14 @@ def _closure(ev: Evaluator, graph: Graph, max_structures: int) -> None:
                     for a in list(possible[(u, v)]):
                         for b in list(possible[(v, w)]):
                             target.add(ev.product(b, a)[0])
+                    _check_capacity(ev, graph, max_structures)
                     while True:
-                        new = {r for x in target for y in target if (r := ev.add(x, y)) >= 0} - target
+                        # Sums of banded structures can make new ones without end (every
+                        # union of diagonals): the capacity is checked as they appear.
+                        new = set()
+                        for x in list(target):
+                            new |= {r for y in target if (r := ev.add(x, y)) >= 0} - target
+                            _check_capacity(ev, graph, max_structures)
                         if not new:
                             break
                         target |= new
@@ -163,9 +169,12 @@ def _closure(ev: Evaluator, graph: Graph, max_structures: int) -> None:
                         changed = True
                         succs[u].add(w)
                         preds.setdefault(w, set()).add(u)
-                    if len(ev.structures) > max_structures:
-                        raise CapacityError(f"graph {graph.fingerprint} needs more than {max_structures} "
-                                            f"structures; raise the structure capacity")
+
+
+def _check_capacity(ev: Evaluator, graph: Graph, max_structures: int) -> None:
+    if len(ev.structures) > max_structures:
+        raise CapacityError(f"graph {graph.fingerprint} needs more than {max_structures} "
+                            f"structures; raise the structure capacity")
 
 
 def encode(graph: Graph, num_vertices: int = DEFAULT_VERTICES,
