@@ -99,6 +99,28 @@ def own_multiplications(name: str, params: dict, lhs_shape: Sequence[int], out_s
     return 0
 
 
+#: Elementwise primitives whose JVP multiplies every tangent element by a
+#: factor of the primal (``t * cos(x)``, ``t * (1 - y * y)``...) and whose
+#: transpose multiplies every cotangent element by it: at least one
+#: multiplication per output element and (co)tangent in either of JAX's
+#: modes (``tests/test_plain_modes.py`` checks each on JAX's own rules).
+#: Not here: ``log``/``log1p``/``atan`` (a division), binary primitives
+#: (which operand is active decides).
+TANGENT_MULTIPLYING = frozenset({
+    "sin", "cos", "tan", "exp", "exp2", "expm1", "tanh", "logistic", "sqrt", "rsqrt", "cbrt", "square",
+    "integer_pow", "sinh", "cosh", "asin", "acos", "asinh", "atanh", "erf", "erf_inv", "lgamma", "digamma",
+})
+
+
+def tangent_multiplications(name: str, params: dict, out_shape: Sequence[int]) -> int:
+    """Multiplications JAX's JVP (or its transpose) of one such equation
+    performs per (co)tangent at least: its output size, or 0 for a
+    primitive outside :data:`TANGENT_MULTIPLYING` (and ``x ** 0``, ``x ** 1``)."""
+    if name not in TANGENT_MULTIPLYING or (name == "integer_pow" and params.get("y") in (0, 1)):
+        return 0
+    return int(np.prod(out_shape))
+
+
 def count_multiplications(jaxpr) -> int:
     """Scalar multiplications in ``jaxpr``: a ``mul`` costs its output size, a
     ``dot_general`` its whole iteration space; sub-jaxprs are counted once

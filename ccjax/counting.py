@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ccjax._jaxpr import MULTIPLYING, count_multiplications, hashable, own_multiplications
+from ccjax._jaxpr import MULTIPLYING, count_multiplications, hashable, own_multiplications, tangent_multiplications
 from ccjax.eliminate import evaluate_partial
 from ccjax.graph import Graph, Node
 
@@ -168,24 +168,33 @@ class Counter:
 
     def mode_lower_bound(self, mode: str) -> int:
         """A lower bound of :meth:`mode_mults` read off the program without
-        tracing.  JAX's JVP of a ``mul`` or ``dot_general`` with an active
-        operand repeats that operation on the operand's tangent, and its
+        tracing.  JAX's JVP of a ``mul`` or ``dot_general`` repeats that
+        operation on the tangent of each active operand, and its
         transpose on the cotangent of a live result, so in ``vmap`` over the
         ``n_in`` tangents (``n_out`` cotangents) each such equation costs at
-        least that many times its own multiplications."""
+        least that many times its own multiplications; an elementwise
+        function of :data:`~ccjax._jaxpr.TANGENT_MULTIPLYING` (``sin``,
+        ``exp``, ``tanh``...) costs at least its output size each time."""
         if mode not in MODES:
             raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
         prog = self.prog
         own = 0
         for node in prog.nodes:
-            if node.name not in MULTIPLYING or not node.outs or not _inexact(prog.avals[node.outs[0]]):
+            if not node.outs or not _inexact(prog.avals[node.outs[0]]):
                 continue
-            if not any(prog.active[i] for i in self._traced_ids(node)):
+            out_shape = prog.avals[node.outs[0]].shape
+            if node.name in MULTIPLYING:
+                # Each active factor has its own term in the JVP and in the transpose.
+                factors = sum(bool(prog.active[i]) for i in node.ins[:2])
+                mults = factors * own_multiplications(node.name, node.params, prog.avals[node.ins[0]].shape,
+                                                      out_shape)
+            else:
+                mults = tangent_multiplications(node.name, node.params, out_shape)
+            if not mults or not any(prog.active[i] for i in self._traced_ids(node)):
                 continue
             if mode == "rev" and node.outs[0] not in self.live:
                 continue
-            own += own_multiplications(node.name, node.params, prog.avals[node.ins[0]].shape,
-                                       prog.avals[node.outs[0]].shape)
+            own += mults
         return own * (self.n_in if mode == "fwd" else self.n_out)
 
     def partial_mults(self) -> int:

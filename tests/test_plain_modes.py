@@ -14,7 +14,7 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 import ccjax  # noqa: E402
-from ccjax._jaxpr import count_multiplications  # noqa: E402
+from ccjax._jaxpr import TANGENT_MULTIPLYING, count_multiplications  # noqa: E402
 from ccjax.api import _plan  # noqa: E402
 from ccjax.eliminate import plan_elimination  # noqa: E402
 from ccjax.counting import Counter  # noqa: E402
@@ -151,6 +151,41 @@ def test_cheapest_counts_no_plain_mode_that_cannot_win(monkeypatch):
 
     monkeypatch.setattr(Counter, "node_mults", no_trace)
     assert cheapest(g, elim) is elim
+
+
+_ELEMENTWISE = {
+    "sin": jnp.sin, "cos": jnp.cos, "tan": jnp.tan, "exp": jnp.exp, "exp2": jnp.exp2, "expm1": jnp.expm1,
+    "tanh": jnp.tanh, "logistic": jax.nn.sigmoid, "sqrt": jnp.sqrt, "rsqrt": jax.lax.rsqrt, "cbrt": jnp.cbrt,
+    "square": jax.lax.square, "integer_pow": lambda x: x ** 3, "sinh": jnp.sinh, "cosh": jnp.cosh,
+    "asin": jnp.arcsin, "acos": jnp.arccos, "asinh": jnp.arcsinh, "atanh": jnp.arctanh,
+    "erf": jax.scipy.special.erf, "erf_inv": jax.scipy.special.erfinv, "lgamma": jax.scipy.special.gammaln,
+    "digamma": jax.scipy.special.digamma,
+}
+
+
+def test_every_tangent_multiplying_primitive_is_checked():
+    assert set(_ELEMENTWISE) == TANGENT_MULTIPLYING
+
+
+@pytest.mark.parametrize("name", sorted(_ELEMENTWISE))
+def test_lower_bound_of_elementwise_functions_holds_and_has_teeth(name):
+    """Each primitive's JVP and transpose multiply every (co)tangent element
+    at least once, on JAX's own rules: the bound counts exactly that."""
+    fn = _ELEMENTWISE[name]
+    f = lambda x: fn(x) * x  # a second active factor: the mul counts twice
+    x = jnp.linspace(0.1, 0.8, 6)
+    g = ccjax.graph(f, x)
+    assert name in [node.name for node in g.program.nodes]
+    counter = Counter(g)
+    for mode in ("fwd", "rev"):
+        bound = counter.mode_lower_bound(mode)
+        assert bound == (6 + 2 * 6) * 6, (name, mode)
+        assert bound <= counter.mode_mults(mode) == traced_mode_mults(g, mode), (name, mode)
+
+
+def test_lower_bound_skips_x_to_the_power_one():
+    g = ccjax.graph(lambda x: jax.lax.integer_pow(x, 1) + x, jnp.ones(4))
+    assert Counter(g).mode_lower_bound("fwd") == 0
 
 
 def test_cheapest_prefers_the_elimination_on_ties():
