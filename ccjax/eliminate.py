@@ -19,7 +19,8 @@ from jax.experimental import sparse
 
 from ccjax._jaxpr import is_tracer
 from ccjax.graph import Graph
-from ccjax.structure import ProductPlan, Structure, SumPlan, deband_plan, product_plan, sum_plan, to_bcoo
+from ccjax.structure import (ProductPlan, Structure, SumPlan, deband_plan, product_plan, reshape, sum_plan, to_bcoo,
+                             transpose)
 
 LAYOUTS = ("dense", "sparse")
 
@@ -323,10 +324,8 @@ def dense_block(st: Optional[Structure], value, shape: tuple, dtype, tag: Option
         v = jnp.reshape(jnp.asarray(value), tuple(st.sizes[s] for s in st.val)).astype(dtype)
         where_of = {s: (first[s], units[first[s]].index(s)) for s in st.val}
         perm = sorted(range(len(st.val)), key=lambda i: where_of[st.val[i]])
-        if perm != list(range(len(perm))):
-            v = jnp.transpose(v, perm)
-        expanded = [math.prod(st.sizes[s] for s in st.val if first[s] == k) for k in range(len(units))]
-        v = jnp.reshape(v, expanded)
+        v = transpose(v, perm)
+        v = reshape(v, [math.prod(st.sizes[s] for s in st.val if first[s] == k) for k in range(len(units))])
         if v.ndim and v.size < math.prod(unit_shape):
             # The broadcast expands: keep the compact value materialised (see above).
             v = jnp.where(_always(v.shape, 0), v, jnp.zeros((), dtype))
@@ -341,7 +340,7 @@ def dense_block(st: Optional[Structure], value, shape: tuple, dtype, tag: Option
         keep = _always(unit_shape, offset)  # a constant block without delta
     if keep is not None:
         v = jnp.where(keep, v, jnp.zeros((), dtype))
-    return v if unit_shape == tuple(shape) else jnp.reshape(v, shape)
+    return reshape(v, shape)
 
 
 def _always(shape: tuple, k: int):

@@ -16,12 +16,12 @@ import jax.numpy as jnp
 from ccjax.structure import bands, core
 from ccjax.structure.bands import deband_plan
 from ccjax.structure.core import (Axes, Band, ProductPlan, Structure, SumPlan, UnionFind, clip_range, common_chain,
-                                  contract, dense, make_structure, split_sizes, structure_from_labels, to_bcoo,
-                                  unit)
+                                  contract, dense, make_structure, reshape, split_sizes, structure_from_labels,
+                                  to_bcoo, transpose, unit)
 
 __all__ = ["Axes", "Band", "ProductPlan", "Structure", "SumPlan", "UnionFind", "clip_range", "common_chain",
-           "contract", "deband_plan", "dense", "densify_plan", "make_structure", "product_plan", "split_sizes",
-           "structure_from_labels", "sum_plan", "to_bcoo", "to_dense", "unit"]
+           "contract", "deband_plan", "dense", "densify_plan", "make_structure", "product_plan", "reshape",
+           "split_sizes", "structure_from_labels", "sum_plan", "to_bcoo", "to_dense", "transpose", "unit"]
 
 
 @functools.lru_cache(maxsize=65536)
@@ -49,4 +49,4 @@ def densify_plan(st: Structure):
 def to_dense(st: Structure, value, dtype=None):
     """The partial as a dense array of shape ``out_shape + in_shape``."""
     dtype = dtype if dtype is not None else (jnp.result_type(float) if value is None else value.dtype)
-    return jnp.reshape(densify_plan(st).apply(value, dtype), st.out_shape + st.in_shape)
+    return reshape(densify_plan(st).apply(value, dtype), st.out_shape + st.in_shape)

@@ -26,7 +26,7 @@ import numpy as np
 from jax import lax
 
 from ccjax.structure.core import (Band, Structure, UnionFind, _add, _embed_plan, _Operand, _Work, clip_range, contract,
-                                  densify_plan, make_structure, product_plan, sum_plan)
+                                  densify_plan, make_structure, product_plan, reshape, sum_plan, transpose)
 
 
 #: Most rows an element broadcast into a band may spread over (one diagonal each).
@@ -154,7 +154,7 @@ class DebandPlan:
             value = out
             letters.append(band.inn)
         value = _squeeze(value)
-        return jnp.transpose(value, self.perm) if self.perm != tuple(range(len(self.perm))) else value
+        return transpose(value, self.perm)
 
 
 def _deband_letters(st: Structure) -> list[int]:
@@ -180,7 +180,7 @@ def deband_plan(st: Structure) -> DebandPlan:
 def _squeeze(x):
     """Drop axes of size 1 (band ends of size 1; values have no others)."""
     shape = tuple(n for n in x.shape if n != 1)
-    return x if shape == x.shape else jnp.reshape(x, shape)
+    return reshape(x, shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +229,7 @@ def unshift_rows(x, axis: int, slot_axis: Optional[int], n_cols: int, offsets: S
     if slot_axis is not None:
         order = [a for a in range(x.ndim) if a != slot_axis]
         order.insert(order.index(axis) + 1, slot_axis)
-        x = jnp.transpose(x, order)
+        x = transpose(x, order)
         axis = order.index(axis)
     zero = lax.full((), 0, x.dtype)
     pieces = []
@@ -336,13 +336,10 @@ class BandedProductPlan:
             out = contract(a, la, b, lb, self.out_letters)
         else:
             (out, letters), = prepared
-            perm = [list(letters).index(r) for r in self.out_letters]
-            if perm != list(range(len(perm))):
-                out = jnp.transpose(out, perm)
+            out = transpose(out, [list(letters).index(r) for r in self.out_letters])
         for axis, merge in reversed(self.merges):
             if merge.parts == 2:
-                out = jnp.reshape(out, out.shape[:axis] + (out.shape[axis] * out.shape[axis + 1],)
-                                  + out.shape[axis + 2:])
+                out = reshape(out, out.shape[:axis] + (out.shape[axis] * out.shape[axis + 1],) + out.shape[axis + 2:])
             rows = self.out_letters.index(merge.rows) if merge.rows in self.out_letters else None
             out = merge_slots(out, axis, merge.groups, rows)
         if self.sign < 0:

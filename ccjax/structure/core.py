@@ -233,8 +233,7 @@ def structure_from_labels(out_shape, in_shape, out_labels, in_labels, val_labels
     squeeze_shape = tuple(n for n in val_shape if n > 1)
 
     def prepare(value):
-        value = jnp.reshape(value, squeeze_shape)
-        return jnp.transpose(value, perm) if perm != tuple(range(len(perm))) else value
+        return transpose(reshape(value, squeeze_shape), perm)
 
     return structure, prepare
 
@@ -381,6 +380,29 @@ class UnionFind:
 # time to lower an elimination of thousands of steps.
 
 
+def reshape(x, shape: Sequence[int]):
+    """``x`` with shape ``shape``, staged only when the shape changes.
+
+    The executor reshapes and transposes a few values per step; at thousands
+    of steps ``jnp.reshape``'s checks alone cost about a second of lowering."""
+    shape = tuple(shape)
+    if np.shape(x) == shape:
+        return x
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.reshape(x, shape)  # a constant stays a constant, no staged equation
+    return lax.reshape(x, shape)
+
+
+def transpose(x, perm: Sequence[int]):
+    """``x`` with axes permuted by ``perm``, staged only when it moves one."""
+    perm = tuple(perm)
+    if perm == tuple(range(len(perm))):
+        return x
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.transpose(x, perm)
+    return lax.transpose(x, perm)
+
+
 def _broadcast(x, shape: tuple):
     """``x`` (same rank as ``shape``, size-1 axes where it replicates) broadcast to ``shape``."""
     shape = tuple(shape)
@@ -417,16 +439,15 @@ class EmbedPlan:
             value = jnp.asarray(self.sign, dtype)
             rank_src = 0
         else:
-            value = jnp.reshape(value, self.split_shape)
+            value = reshape(value, self.split_shape)
             rank_src = len(self.split_shape)
         order = sorted(range(rank_src), key=lambda i: self.source_pos[i])
-        if order != list(range(rank_src)):
-            value = jnp.transpose(value, order)
+        value = transpose(value, order)
         placed = [self.source_pos[i] for i in order]
         expanded = [1] * len(self.shape)
         for axis, n in zip(placed, value.shape):
             expanded[axis] = n
-        value = _broadcast(jnp.reshape(value, expanded), self.shape)
+        value = _broadcast(reshape(value, expanded), self.shape)
         if self.masks:
             keep = None
             iota = lambda axis: lax.broadcasted_iota(np.int32, self.shape, axis)
@@ -558,7 +579,7 @@ class DensifyPlan:
     merged_shape: tuple[int, ...]
 
     def apply(self, value, dtype):
-        return jnp.reshape(self.embed.apply(value, dtype), self.merged_shape)
+        return reshape(self.embed.apply(value, dtype), self.merged_shape)
 
 
 @functools.lru_cache(maxsize=16384)
@@ -647,7 +668,7 @@ class _Operand:
     keep: tuple[int, ...]  # distinct roots kept after diagonal + reduction, in order
 
     def apply(self, value):
-        value = jnp.reshape(value, self.split_shape)
+        value = reshape(value, self.split_shape)
         letters = list(self.letters)
         # Diagonals of repeated roots, by a strided slice (no products).
         while len(set(letters)) != len(letters):
@@ -662,10 +683,7 @@ class _Operand:
         if summed:
             value = jnp.sum(value, axis=summed)
             letters = [r for r in letters if r in self.keep]
-        perm = [letters.index(r) for r in self.keep]
-        if perm != list(range(len(perm))):
-            value = jnp.transpose(value, perm)
-        return value
+        return transpose(value, [letters.index(r) for r in self.keep])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -700,9 +718,7 @@ class ProductPlan:
         else:
             op, v = (self.outer, v_outer) if self.outer is not None else (self.inner, v_inner)
             out = op.apply(v)
-            perm = [op.keep.index(r) for r in self.out_letters]
-            if perm != list(range(len(perm))):
-                out = jnp.transpose(out, perm)
+            out = transpose(out, [op.keep.index(r) for r in self.out_letters])
         if self.sign < 0:
             out = lax.neg(out)
         if self.factor != 1:
@@ -726,11 +742,10 @@ def contract(a, la: Sequence[int], b, lb: Sequence[int], lout: Sequence[int]):
         # broadcast multiply: both operands laid out over lout
         def lay(x, letters):
             perm = sorted(range(len(letters)), key=lambda i: lout.index(letters[i]))
-            if perm != list(range(len(perm))):
-                x = jnp.transpose(x, perm)
+            x = transpose(x, perm)
             present = [letters[i] for i in perm]
             shape = [x.shape[present.index(l)] if l in present else 1 for l in lout]
-            return jnp.reshape(x, shape)
+            return reshape(x, shape)
 
         if not lout:
             return a * b
@@ -743,7 +758,7 @@ def contract(a, la: Sequence[int], b, lb: Sequence[int], lout: Sequence[int]):
     out = lax.dot_general(a, b, dims)
     got = batch + [l for l in la if l not in lb] + [l for l in lb if l not in la]
     perm = [got.index(l) for l in lout]
-    return jnp.transpose(out, perm) if perm != list(range(len(perm))) else out
+    return transpose(out, perm)
 
 
 @functools.lru_cache(maxsize=65536)
