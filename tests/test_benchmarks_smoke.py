@@ -1,4 +1,4 @@
-"""Smoke runs of the two benchmarks: they finish and write well-formed output.
+"""Smoke runs of the benchmarks: they finish and write well-formed output.
 
 No assertion here depends on how fast anything is; timings are only checked
 to be present.  The runs use fresh interpreters (float32, as documented).
@@ -159,3 +159,15 @@ def test_scaling_smoke(tmp_path):
     assert set(data["growth"]["mlp"]) >= {"build", "plan_auto", "compile", "first"}
     md = (tmp_path / "scaling_cpu.md").read_text()
     assert "## Growth exponents" in md and "| mlp |" in md
+
+
+def test_selfplay_smoke(tmp_path):
+    out = _run("benchmarks.selfplay", "--smoke", "--simulations", "4", "--out", str(tmp_path), tmp_path=tmp_path)
+    data = json.loads((tmp_path / "selfplay_cpu.json").read_text())
+    (row,) = data["results"]
+    assert row["task"] == "g" and row["games"] == 2 and row["simulations"] == 4
+    assert row["moves"] > 0
+    for key in ("episodes_per_s", "episodes_per_cpu_s", "observe_ms", "network_ms", "step_ms"):
+        assert row[key] > 0, key
+    assert row["mean_cost"] > 0
+    assert "| g |" in (tmp_path / "selfplay_cpu.md").read_text() and "episodes/s" in out
