@@ -384,7 +384,8 @@ def reshape(x, shape: Sequence[int]):
     """``x`` with shape ``shape``, staged only when the shape changes.
 
     The executor reshapes and transposes a few values per step; at thousands
-    of steps ``jnp.reshape``'s checks alone cost about a second of lowering."""
+    of steps ``jnp.reshape``'s argument handling is a measurable part of the
+    time to lower (about 0.1-0.2 s of 1.7 s at 5k equations)."""
     shape = tuple(shape)
     if np.shape(x) == shape:
         return x
