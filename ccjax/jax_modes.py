@@ -91,7 +91,8 @@ def program_mults(graph: Graph, plan: Plan, counter: Optional[Counter] = None) -
 def cheapest(graph: Graph, elimination: Plan) -> Plan:
     """``elimination`` or JAX's reverse or forward mode over the whole
     program, whichever multiplies least by :func:`program_mults` (ties keep
-    the elimination, whose output keeps its structure).  This is how
+    the elimination, whose output keeps its structure; a tie between the two
+    modes goes to :func:`tie_mode`'s).  This is how
     ``order="auto"`` is never costlier than the better plain mode.
 
     A mode JAX cannot run (a ``while_loop`` has no reverse mode) is left
