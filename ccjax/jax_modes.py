@@ -91,8 +91,7 @@ def program_mults(graph: Graph, plan: Plan, counter: Optional[Counter] = None) -
 def cheapest(graph: Graph, elimination: Plan) -> Plan:
     """``elimination`` or JAX's reverse or forward mode over the whole
     program, whichever multiplies least by :func:`program_mults` (ties keep
-    the elimination, whose output keeps its structure; a tie between the two
-    modes goes to :func:`tie_mode`'s).  This is how
+    the elimination, whose output keeps its structure).  This is how
     ``order="auto"`` is never costlier than the better plain mode.
 
     A mode JAX cannot run (a ``while_loop`` has no reverse mode) is left
@@ -103,39 +102,16 @@ def cheapest(graph: Graph, elimination: Plan) -> Plan:
     counter = Counter(graph)
     modes = MODES if all(forward_matches_reverse(node) for node in graph.program.nodes) else ("rev",)
     best, best_mults = elimination, program_mults(graph, elimination, counter)
-    prefer = tie_mode(graph)
     for mode in modes:
-        may_tie = mode == prefer and best.mode != "eliminate"
-        bound = counter.mode_lower_bound(mode)
-        if bound > best_mults or (bound == best_mults and not may_tie):
-            continue  # cannot win: spare the count's traces
+        if counter.mode_lower_bound(mode) >= best_mults:
+            continue  # cannot multiply less: spare the count's traces
         try:
             plan = plan_jax_mode(graph, mode, counter)
         except (TypeError, ValueError, NotImplementedError):  # e.g. no reverse mode through a while_loop
             continue
-        if plan.report.mults < best_mults or (plan.report.mults == best_mults and may_tie):
+        if plan.report.mults < best_mults:
             best, best_mults = plan, plan.report.mults
     return best
-
-
-#: Primitives whose JVP gathers and whose transpose scatter-adds, and conversely.
-_GATHERING = frozenset({"gather", "sort"})
-_SCATTERING = frozenset({"scatter-add", "scatter_add", "scatter"})
-
-
-def tie_mode(graph: Graph) -> Optional[str]:
-    """The plain mode to take when both multiply alike: forward mode when
-    the program gathers (or sorts) differentiated values, whose transposes
-    are scatter-adds (XLA:CPU runs a scatter serially: ``sort(x)[::-1]`` at
-    n = 512 takes 2.4 ms in ``jax.jacrev`` against 0.28 ms in
-    ``jax.jacfwd``), reverse mode when it scatters them, None when it does
-    both or neither."""
-    prog = graph.program
-    kinds = set()
-    for node in prog.nodes:
-        if any(prog.active[i] for i in node.ins):
-            kinds |= {"gather"} if node.name in _GATHERING else {"scatter"} if node.name in _SCATTERING else set()
-    return {frozenset({"gather"}): "fwd", frozenset({"scatter"}): "rev"}.get(frozenset(kinds))
 
 
 def execute_jax_mode(graph: Graph, plan: Plan, inputs: Sequence, consts: Sequence,

@@ -19,8 +19,7 @@ from ccjax.api import _plan  # noqa: E402
 from ccjax.eliminate import plan_elimination  # noqa: E402
 from ccjax.counting import Counter  # noqa: E402
 from ccjax.eliminate import partial_values  # noqa: E402
-from ccjax.jax_modes import (cheapest, plan_jax_mode, program_mults, tie_mode, traced_mode_mults,  # noqa: E402
-                             traced_mults)
+from ccjax.jax_modes import cheapest, plan_jax_mode, program_mults, traced_mode_mults, traced_mults  # noqa: E402
 from ccjax.tasks.random_fn import random_function, random_inputs  # noqa: E402
 from ccjax.resolve import resolve_order  # noqa: E402
 from ccjax.tasks import TASKS  # noqa: E402
@@ -187,25 +186,6 @@ def test_lower_bound_of_elementwise_functions_holds_and_has_teeth(name):
 def test_lower_bound_skips_x_to_the_power_one():
     g = ccjax.graph(lambda x: jax.lax.integer_pow(x, 1) + x, jnp.ones(4))
     assert Counter(g).mode_lower_bound("fwd") == 0
-
-
-def test_plain_modes_tie_goes_to_the_mode_without_scatters():
-    """Equal counts of JAX's two modes: a program that gathers (or sorts)
-    takes forward mode, whose JVP gathers where the transpose scatter-adds;
-    a program that scatter-adds takes reverse mode."""
-    x = jnp.asarray(np.random.default_rng(0).standard_normal(16))
-    gathers = lambda x: jnp.sort(x)[::-1] * 2.0  # the reversal's dense partial makes elimination lose
-    index = lambda x: (jnp.round(jnp.abs(jax.lax.stop_gradient(x)) * 3.0) % 16).astype(jnp.int32)
-    scatters = lambda x: jnp.zeros_like(x).at[index(x)].add(x * 2.0)[::-1]
-    for f, mode in ((gathers, "fwd"), (scatters, "rev")):
-        g = ccjax.graph(f, x)
-        assert tie_mode(g) == mode
-        counter = Counter(g)
-        assert counter.mode_mults("fwd") == counter.mode_mults("rev")
-        assert _plan(g, "auto").mode == f"jax-{mode}"
-        np.testing.assert_allclose(ccjax.jacve(f)(x), jax.jacrev(f)(x), rtol=1e-12, atol=1e-12)
-    assert tie_mode(ccjax.graph(lambda x: jnp.sin(x) * x, x)) is None
-    assert tie_mode(ccjax.graph(lambda x: jnp.sort(x) + jnp.zeros_like(x).at[jnp.argsort(x)].add(x), x)) is None
 
 
 def test_cheapest_prefers_the_elimination_on_ties():
