@@ -427,14 +427,11 @@ def _window_partials(ctx, starts: list[int], window: list[int], inserted: Sequen
         if not onehot:
             parts.append(labelled(0, update, ctx, out_labels, in_labels, bands=bands))
         else:
-            def values(ins, outs):
-                hot = np.zeros(tuple(n for n, _ in onehot), bool)
-                hot[tuple(s for _, s in onehot)] = True
-                return jnp.asarray(hot, outs[0].dtype)
-
+            hot = np.zeros(tuple(n for n, _ in onehot), bool)
+            hot[tuple(s for _, s in onehot)] = True
             parts.append(labelled(0, update, ctx, out_labels, in_labels,
                                   [lab for lab in out_labels if lab[0] == "o" and lab[1] in inserted],
-                                  tuple(n for n, _ in onehot), values, bands=bands))
+                                  hot.shape, lambda ins, outs: jnp.asarray(hot, outs[0].dtype), bands=bands))
     return parts
 
 
