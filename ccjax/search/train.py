@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ccjax.search import compact as compact_lib
 from ccjax.search import corpus as corpus_lib
 from ccjax.search import game, mcts, network
 from ccjax.search.mcts import MCTSConfig
@@ -621,35 +622,54 @@ class Episode:
 
 
 def self_play(net: NetworkConfig, search: MCTSConfig, params, tables: GameTables, graph_ids: Sequence[int], key,
-              replay: Optional[Replay] = None, deadline: Optional[float] = None) -> Episode:
+              replay: Optional[Replay] = None, deadline: Optional[float] = None,
+              shrink: bool = True) -> Episode:
     """Play one game per entry of ``graph_ids`` to the end with MCTS; push
     every move to ``replay`` when given.  ``deadline`` (a
     ``time.perf_counter()`` value) stops early with ``finished=False``
-    (nothing is pushed then)."""
-    states = _shard_games(mcts.initial_states(tables, graph_ids))
+    (nothing is pushed then).
+
+    With ``shrink`` the board drops its dead positions whenever the games'
+    live positions fit a smaller capacity of :data:`ccjax.search.compact.LADDER`
+    (the same game, at a fraction of the work per move); moves, orders and
+    replay rows are always in the layout of ``tables``.
+    """
+    capacity = int(np.shape(tables.edges)[-1])
+    board = compact_lib.start(tables, mcts.initial_states(tables, graph_ids))
+    board = board._replace(states=_shard_games(board.states))
     records = []
     while True:
         if deadline is not None and time.perf_counter() > deadline:
             return Episode([], [], False, finished=False)
+        if shrink:
+            size = compact_lib.fitting_capacity(int(compact_lib.live(board.tables, board.states).sum(1).max()),
+                                                board.positions.shape[1])
+            if size < board.positions.shape[1]:
+                board = compact_lib.compact(board, size)
+                board = board._replace(tables=jax.tree_util.tree_map(jnp.asarray, board.tables),
+                                       states=_shard_games(jax.tree_util.tree_map(jnp.asarray, board.states)))
         key, sub = jax.random.split(key)
-        before = states
-        res = mcts.act(net, search, params, tables, states, sub)
+        res = mcts.act(net, search, params, board.tables, board.states, sub)
         if not bool(jnp.any(res.active)):
             break
-        records.append((before, res))
-        states = res.states
+        records.append((board.positions, board.states, res))
+        board = board._replace(states=res.states)
     if not records:
         return Episode([[] for _ in graph_ids], [0] * len(graph_ids), False)
-    active = np.stack([np.asarray(r.active) for _, r in records])  # (T, B)
-    rewards = np.stack([np.asarray(r.reward) for _, r in records])
+    active = np.stack([np.asarray(r.active) for _, _, r in records])  # (T, B)
+    rewards = np.stack([np.asarray(r.reward) for _, _, r in records])
     to_go = np.cumsum(rewards[::-1], axis=0)[::-1]
-    actions = np.stack([np.asarray(r.action) for _, r in records])
+    actions = np.stack([np.take_along_axis(positions, np.asarray(r.action)[:, None], 1)[:, 0]
+                        for positions, _, r in records])
     if replay is not None:
-        for t, (before, res) in enumerate(records):
+        graphs = np.asarray(graph_ids, np.int32)
+        for t, (positions, before, res) in enumerate(records):
             m = active[t]
-            replay.add(np.asarray(before.edges)[m], np.asarray(before.remaining)[m], np.asarray(before.graph)[m],
-                       np.asarray(res.action_weights)[m], to_go[t][m])
+            edges, remaining, weights = compact_lib.expand(positions, capacity, before.edges, before.remaining,
+                                                           res.action_weights)
+            replay.add(edges[m], remaining[m], graphs[m], weights[m], to_go[t][m])
     orders = [[int(a) for a, on in zip(actions[:, b], active[:, b]) if on] for b in range(len(graph_ids))]
+    states = board.states
     return Episode(orders, [int(c) for c in np.asarray(states.mults)], bool(np.any(np.asarray(states.broken))))
 
 
