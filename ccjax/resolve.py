@@ -37,6 +37,7 @@ METHODS = classical.METHODS + ("mcts",)
 #: Batches of games ``method="mcts"`` plays when no time budget is given.
 DEFAULT_MCTS_EPISODES = 4
 
+
 #: Order names :func:`resolve_order` accepts besides the heuristics.
 SPECIAL_ORDERS = ("auto", "learned")
 
@@ -156,14 +157,46 @@ def _mcts_method(policy=None) -> Callable[[Graph, Incumbent, int, Optional[float
     return run
 
 
+def _learned_start(policy=None) -> Callable[[Graph], Optional[tuple[int, ...]]]:
+    """The policy's greedy order as a start: None for a graph larger than the
+    policy's capacities, or when the shipped policy (``policy`` None) cannot be loaded."""
+
+    def make(graph: Graph) -> Optional[tuple[int, ...]]:
+        from ccjax.search.api import GREEDY_BUCKETS, capacity_for, learned_order
+        from ccjax.search.policy import PolicyError, default_policy
+
+        try:
+            capacity_for(graph, GREEDY_BUCKETS)
+        except ValueError:
+            return None
+        if policy is None:
+            try:
+                shipped = default_policy()
+            except PolicyError:  # a broken install: the classical search goes on, ``result.starts`` says so
+                return None
+            return learned_order(graph, shipped)
+        return learned_order(graph, policy)
+
+    return make
+
+
 def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float] = None, seed: int = 0,
                  progress: Optional[Progress] = None, cached: Optional[Sequence[int]] = None,
-                 anneal_runs: Optional[int] = None, policy=None) -> SearchResult:
+                 anneal_runs: Optional[int] = None, policy=None, learned_start: bool = False) -> SearchResult:
     """:func:`ccjax.orders.search.search_graph` with ``method="mcts"`` too
-    (``policy``: a :class:`~ccjax.search.policy.Policy`, default the shipped one)."""
+    (``policy``: a :class:`~ccjax.search.policy.Policy`, default the shipped one).
+
+    ``learned_start``: ``"auto"`` and ``"anneal"`` also start from the
+    policy's greedy order (its cost is then in ``result.starts``, and
+    ``result.method == "learned"`` when no later phase improved on it).
+    Off by default: with the shipped policy it changed no result at equal
+    time (``docs/learned.md``), while its network's compilation (1.5-2 s
+    once per process) comes out of the budget.
+    """
     time_budget = check_time_budget(time_budget)
+    starts = {"learned": _learned_start(policy)} if learned_start and method in ("auto", "anneal") else {}
     return classical.search_graph(graph, method, time_budget, seed, progress, cached, anneal_runs,
-                                  extra_methods={"mcts": _mcts_method(policy)})
+                                  extra_methods={"mcts": _mcts_method(policy)}, extra_starts=starts)
 
 
 def as_cache(cache: Union[bool, str, Any, None]) -> Optional[OrderCache]:

@@ -277,7 +277,15 @@ def test_search_mcts_with_policy_file(capsys, tiny_policy, tmp_path):
         code, _, err = run(capsys, "search", "g", "--method", "mcts", "--policy", str(policy), "--no-cache")
         assert code == EXIT_USAGE and message in err
     code, _, err = run(capsys, "search", "g", "--policy", str(tiny_policy), "--no-cache")
-    assert code == EXIT_USAGE and "--policy is only used by --method mcts" in err
+    assert code == EXIT_USAGE and "--policy is only used by --method mcts and by --learned-start" in err
+    code, _, err = run(capsys, "search", "g", "--method", "beam", "--learned-start", "--no-cache")
+    assert code == EXIT_USAGE and "--learned-start is only used by --method auto and anneal" in err
+    code, out, err = run(capsys, "search", "g", "--method", "anneal", "--learned-start", "--policy", str(tiny_policy),
+                         "--budget", "2", "--no-cache", "--json", "s.json")
+    assert code == EXIT_OK, err
+    rec = json.loads((tmp_path / "s.json").read_text())
+    assert set(rec["starts"]) == {"learned"} and rec["cost"] <= rec["starts"]["learned"]
+    assert f'learned {rec["starts"]["learned"]}' in out
 
 
 def test_cost_learned_order(capsys, tiny_policy, tmp_path, monkeypatch):

@@ -31,4 +31,6 @@ def test_learned_smoke(tmp_path):
     # MCTS keeps the greedy order among its candidates; classical search starts from the heuristics.
     assert 0 < row["mcts"] <= row["learned"]
     assert 0 < row["classical"] <= best
+    # With the greedy order as one more start the search never ends above either.
+    assert 0 < row["learned_search"] <= min(best, row["learned"])
     assert row["paper_ratio"] == pytest.approx(417 / 451)

@@ -225,6 +225,18 @@ def test_search_graph_mcts_uses_the_policy(tiny_policy_file):
     assert r.cost <= min(r.baselines.values())
 
 
+def test_auto_and_anneal_can_start_from_the_learned_order():
+    g = task_graph("g")
+    policy = _tiny_policy()
+    learned_cost = plan_elimination(g, learned_order(g, policy)).report.mults
+    for method in ("auto", "anneal"):
+        r = search_graph(g, method, 30.0, 0, anneal_runs=0, policy=policy, learned_start=True)
+        assert r.starts == {"learned": learned_cost}
+        assert r.cost <= learned_cost and r.cost == plan_elimination(g, r.order).report.mults
+    assert search_graph(g, "anneal", None, 0, anneal_runs=0, policy=policy).starts == {}  # off by default
+    assert search_graph(g, "beam", 1.0, 0, policy=policy, learned_start=True).starts == {}
+
+
 # -- policy files --------------------------------------------------------------------------------
 
 def test_policy_round_trip(tmp_path):

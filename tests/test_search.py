@@ -253,6 +253,27 @@ def test_search_is_deterministic_for_a_seed():
     assert (r1.order, r1.cost) == (r2.order, r2.cost)
 
 
+def test_extra_starts_are_offered_costed_and_annealed_from():
+    g = _task_graph("RoeFlux_1d")
+    good = search_graph(g, "anneal", seed=1, anneal_runs=2)
+    plain = search_graph(g, "anneal", seed=0, anneal_runs=0)
+    assert good.cost < plain.cost and plain.starts == {}
+    calls = []
+
+    def mine(graph):
+        calls.append(graph)
+        return list(good.order)
+
+    r = search_graph(g, "anneal", seed=0, anneal_runs=0, extra_starts={"mine": mine, "none": lambda graph: None})
+    assert calls == [g]
+    assert r.starts == {"mine": good.cost}  # a start without an order for this graph is skipped
+    assert (r.order, r.cost, r.method) == (good.order, good.cost, "mine")
+    annealed = search_graph(g, "anneal", seed=0, anneal_runs=3, extra_starts={"mine": lambda graph: good.order})
+    assert annealed.cost <= good.cost and annealed.starts == {"mine": good.cost}
+    with pytest.raises(ValueError, match="start 'bad' is not an order"):
+        search_graph(g, "anneal", seed=0, anneal_runs=0, extra_starts={"bad": lambda graph: good.order[1:]})
+
+
 def test_time_budget_is_honoured_and_progress_reported():
     g = _task_graph("Encoder")
     seen = []

@@ -26,8 +26,10 @@ def cmd_search(ns) -> int:
     from ccjax.cache import graph_key
     from ccjax.resolve import forget_order, search_graph
 
-    if ns.policy is not None and ns.method != "mcts":
-        raise CLIError("--policy is only used by --method mcts")
+    if ns.learned_start and ns.method not in ("auto", "anneal"):
+        raise CLIError("--learned-start is only used by --method auto and anneal")
+    if ns.policy is not None and ns.method != "mcts" and not ns.learned_start:
+        raise CLIError("--policy is only used by --method mcts and by --learned-start")
     t = resolve_target(ns.target, ns.args, ns.argnums, ns.x64)
     g = build_graph(t)
     store = _cache(ns)
@@ -36,7 +38,7 @@ def cmd_search(ns) -> int:
     if not ns.quiet:
         print(f"{t.name}: {len(g.vertices)} vertices, {len(g.eliminable)} eliminable, "
               f"{len(g.edges)} edges (graph {g.fingerprint})")
-    if ns.method == "mcts":
+    if ns.method == "mcts" or ns.policy is not None:
         from ccjax.search.policy import PolicyError
 
         policy_errors: tuple = (PolicyError,)
@@ -46,11 +48,12 @@ def cmd_search(ns) -> int:
     try:
         with bar:
             r = search_graph(g, ns.method, ns.budget, ns.seed, bar.update,
-                             None if entry is None else entry.order, policy=policy)
+                             None if entry is None else entry.order, policy=policy,
+                             learned_start=ns.learned_start)
     except policy_errors as e:
         raise CLIError(f"cannot use the learned policy: {e}", EXIT_ERROR) from None
     base = r.best_baseline
-    lines = ["  ".join(f"{k} {v}" for k, v in r.baselines.items())]
+    lines = ["  ".join(f"{k} {v}" for k, v in {**r.baselines, **r.starts}.items())]
     ratio = f", {r.cost / base:.3f} of the best of fwd/rev/markowitz" if base else ""
     lines.append(f"searched {r.cost} ({r.method}, {r.elapsed:.1f}s){ratio}")
     if r.lower_bound is not None:
@@ -66,7 +69,8 @@ def cmd_search(ns) -> int:
     if ns.json:
         record = {"target": t.name, "args": _describe_args(t.args), "argnums": t.argnums,
                   "fingerprint": r.fingerprint, "graph_key": graph_key(g), "order": list(r.order), "cost": r.cost,
-                  "method": r.method, "lower_bound": r.lower_bound, "baselines": r.baselines, "elapsed": r.elapsed,
+                  "method": r.method, "lower_bound": r.lower_bound, "baselines": r.baselines, "starts": r.starts,
+                  "elapsed": r.elapsed,
                   "seed": ns.seed}
         Path(ns.json).write_text(json.dumps(record, indent=1) + "\n")
         lines.append(f"wrote {ns.json}")
@@ -87,6 +91,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the result to this JSON file")
     p.add_argument("--policy", metavar="FILE",
-                   help="--method mcts: a policy file (default: the one shipped with ccjax)")
+                   help="--method mcts and --learned-start: a policy file (default: the one shipped with ccjax)")
+    p.add_argument("--learned-start", action="store_true",
+                   help="--method auto/anneal: also start from the learned policy's greedy order")
     _output_options(p, no_cache="neither read nor write the order cache", quiet="print only the cost")
     p.set_defaults(func=cmd_search)

@@ -9,7 +9,9 @@ Methods (all on the one cost model, through
   runs from the best order so far and from other starts;
 * further methods supplied by the caller as ``extra_methods`` (the
   learned package's ``"mcts"`` comes in this way through
-  :mod:`ccjax.resolve`, so this module never imports it);
+  :mod:`ccjax.resolve`, so this module never imports it), and further
+  start orders as ``extra_starts`` (the learned policy's greedy order,
+  likewise);
 * ``"exact"``: branch and bound over elimination states
   (:mod:`ccjax.orders.exact`): a proven optimum, or a certified lower bound
   when the budget runs out (default: no limit);
@@ -69,6 +71,10 @@ Progress = Callable[["ProgressInfo"], None]
 #: A search method supplied from outside: ``run(graph, incumbent, seed, time_budget)``.
 ExtraMethod = Callable[[Graph, "Incumbent", int, Optional[float]], None]
 
+#: A start order supplied from outside: ``make(graph)`` returns an order
+#: (or None when it has none for this graph).
+ExtraStart = Callable[[Graph], Optional[Sequence[int]]]
+
 
 @dataclasses.dataclass(frozen=True)
 class ProgressInfo:
@@ -95,7 +101,9 @@ class SearchResult:
     order's cost, or None; ``fingerprint``: the graph's; ``elapsed``:
     seconds; ``baselines``: costs of ``fwd``, ``rev`` and ``markowitz``
     (those the start phase reached within the budget; on a large graph
-    with a small budget possibly only ``fwd``); ``optimal``:
+    with a small budget possibly only ``fwd``); ``starts``: costs of the
+    caller's extra start orders that ran (e.g. ``{"learned": cost}`` when
+    the learned policy's greedy order was one); ``optimal``:
     ``lower_bound == cost``.
     """
 
@@ -107,6 +115,7 @@ class SearchResult:
     elapsed: float
     baselines: dict = dataclasses.field(default_factory=dict)
     evaluations: int = 0
+    starts: dict = dataclasses.field(default_factory=dict)
 
     @property
     def optimal(self) -> bool:
@@ -169,14 +178,16 @@ class Incumbent:
         return self.cost is not None and self.lower_bound is not None and self.lower_bound >= self.cost
 
 
-def _starts(ev: Evaluator, best: Incumbent,
-            cached: Optional[Sequence[int]]) -> tuple[list[tuple[int, ...]], dict[str, int]]:
-    """Run the greedy variants (and the cached order) until the deadline;
-    offer them.  Returns the distinct orders, best first, and the cost of
-    each variant run.  The first order (the cached one, else ``fwd``) is
-    evaluated whatever the clock says: a search always returns an order."""
+def _starts(ev: Evaluator, best: Incumbent, cached: Optional[Sequence[int]],
+            extra: Mapping[str, ExtraStart]) -> tuple[list[tuple[int, ...]], dict[str, int], dict[str, int]]:
+    """Run the greedy variants (and the cached order), then the extra
+    starts, until the deadline; offer them.  Returns the distinct orders,
+    best first, the cost of each variant run and of each extra start.  The
+    first order (the cached one, else ``fwd``) is evaluated whatever the
+    clock says: a search always returns an order."""
     seen: dict[tuple[int, ...], int] = {}
     costs: dict[str, int] = {}
+    extra_costs: dict[str, int] = {}
     if cached is not None:
         o = tuple(cached)
         seen[o] = ev.cost(o)
@@ -190,9 +201,23 @@ def _starts(ev: Evaluator, best: Incumbent,
                 best.evaluations += 1
             costs[name] = seen[o]
             best.offer(o, seen[o], f"heuristic:{name}")
+        for name, make in extra.items():
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+            made = make(ev.graph)
+            if made is None:
+                continue
+            o = tuple(int(v) for v in made)
+            if sorted(o) != sorted(ev.eliminable):
+                raise ValueError(f"start {name!r} is not an order of the graph's eliminable vertices")
+            if o not in seen:
+                seen[o] = ev.cost(o, deadline)
+                best.evaluations += 1
+            extra_costs[name] = seen[o]
+            best.offer(o, seen[o], name)
     except OutOfTime:
         pass
-    return sorted(seen, key=lambda o: (seen[o], o)), costs
+    return sorted(seen, key=lambda o: (seen[o], o)), costs, extra_costs
 
 
 def _run_beam(ev: Evaluator, best: Incumbent, deadline: Optional[float], max_width: Optional[int]) -> None:
@@ -249,7 +274,8 @@ def _run_exact(ev: Evaluator, best: Incumbent, deadline: Optional[float]) -> Non
 def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float] = None, seed: int = 0,
                  progress: Optional[Progress] = None, cached: Optional[Sequence[int]] = None,
                  anneal_runs: Optional[int] = None,
-                 extra_methods: Optional[Mapping[str, ExtraMethod]] = None) -> SearchResult:
+                 extra_methods: Optional[Mapping[str, ExtraMethod]] = None,
+                 extra_starts: Optional[Mapping[str, ExtraStart]] = None) -> SearchResult:
     """Search an elimination order for ``graph`` (see module docstring).
 
     ``cached``: an order to start from (e.g. from the order cache).
@@ -258,7 +284,10 @@ def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float
     ``progress(ProgressInfo)`` is called on every improvement.
     ``extra_methods``: more methods by name, each ``run(graph, incumbent,
     seed, time_budget)`` offering its orders to the :class:`Incumbent`
-    after the greedy starts.
+    after the greedy starts.  ``extra_starts``: more start orders by name,
+    each ``make(graph)`` (an order, or None), run after the greedy
+    variants within the budget, offered under their name and used as
+    starts by annealing like the variants' orders.
     """
     extra = dict(extra_methods or {})
     if method not in METHODS and method not in extra:
@@ -269,7 +298,7 @@ def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float
     best = Incumbent(start, time_budget, progress)
     ev = Evaluator(graph)
     best.phase = "heuristics"
-    starts, start_costs = _starts(ev, best, cached)
+    starts, start_costs, extra_costs = _starts(ev, best, cached, dict(extra_starts or {}))
     n = len(graph.eliminable)
     best.bound(best.cost if n < 2 else lower_bound(ev, ev.root, best.from_now(BOUND_SHARE)))  # n < 2: optimal
     rng = np.random.default_rng(seed)
@@ -298,7 +327,7 @@ def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float
     baselines = {name: start_costs[name] for name in BASELINES if name in start_costs}
     lb = best.lower_bound
     return SearchResult(order, cost, best.method, None if lb is None else min(lb, cost), graph.fingerprint,
-                        time.perf_counter() - start, baselines, best.evaluations)
+                        time.perf_counter() - start, baselines, best.evaluations, extra_costs)
 
 
 #: Seconds ``order="auto"`` spends on greedy variants beyond forward and
