@@ -37,7 +37,6 @@ METHODS = classical.METHODS + ("mcts",)
 #: Batches of games ``method="mcts"`` plays when no time budget is given.
 DEFAULT_MCTS_EPISODES = 4
 
-
 #: Order names :func:`resolve_order` accepts besides the heuristics.
 SPECIAL_ORDERS = ("auto", "learned")
 
@@ -169,13 +168,11 @@ def _learned_start(policy=None) -> Callable[[Graph], Optional[tuple[int, ...]]]:
             capacity_for(graph, GREEDY_BUCKETS)
         except ValueError:
             return None
-        if policy is None:
-            try:
-                shipped = default_policy()
-            except PolicyError:  # a broken install: the classical search goes on, ``result.starts`` says so
-                return None
-            return learned_order(graph, shipped)
-        return learned_order(graph, policy)
+        try:
+            chosen = default_policy() if policy is None else policy
+        except PolicyError:  # a broken install: the classical search goes on, ``result.starts`` says so
+            return None
+        return learned_order(graph, chosen)
 
     return make
 

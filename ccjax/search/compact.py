@@ -112,7 +112,7 @@ def expand(positions: np.ndarray, capacity: int, edges, remaining, weights):
     dead positions get no edge, ``False`` and weight 0, as they had.
     """
     positions = np.asarray(positions)
-    batch, n = positions.shape
+    batch = positions.shape[0]
     full_edges = np.full((batch, capacity, capacity), -1, np.int16)
     full_remaining = np.zeros((batch, capacity), bool)
     full_weights = np.zeros((batch, capacity), np.asarray(weights).dtype)
