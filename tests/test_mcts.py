@@ -230,7 +230,7 @@ def test_auto_and_anneal_can_start_from_the_learned_order():
     policy = _tiny_policy()
     learned_cost = plan_elimination(g, learned_order(g, policy)).report.mults
     for method in ("auto", "anneal"):
-        r = search_graph(g, method, 30.0, 0, anneal_runs=0, policy=policy, learned_start=True)
+        r = search_graph(g, method, 2.0, 0, anneal_runs=0, policy=policy, learned_start=True)
         assert r.starts == {"learned": learned_cost}
         assert r.cost <= learned_cost and r.cost == plan_elimination(g, r.order).report.mults
     assert search_graph(g, "anneal", None, 0, anneal_runs=0, policy=policy).starts == {}  # off by default
