@@ -1,5 +1,6 @@
 """The ``ccjax`` command line: commands, messages and exit codes."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -161,6 +162,27 @@ def test_tasks_and_console_script(capsys):
     proc = subprocess.run([sys.executable, "-m", "ccjax.cli", "search", "NoSuchTask"], capture_output=True,
                           text=True)
     assert proc.returncode == EXIT_USAGE and "unknown target" in proc.stderr
+
+
+def test_console_script_keeps_jax_compilations_in_the_ccjax_cache(tmp_path):
+    """``python -m ccjax.cli`` (as the ``ccjax`` script) stores JAX's compiled
+    programs under ``<cache root>/xla``; a user's own JAX cache directory or a
+    disabled ccjax cache is respected."""
+    command = [sys.executable, "-m", "ccjax.cli", "cost", "g", "--order", "learned", "-q"]
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
+    root = tmp_path / "root"
+    proc = subprocess.run(command, capture_output=True, text=True, env={**env, "CCJAX_CACHE_DIR": str(root)},
+                          timeout=300)
+    assert proc.returncode == EXIT_OK, proc.stderr[-2000:]
+    assert int(proc.stdout) > 0 and any((root / "xla").iterdir())
+    own = tmp_path / "own"
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**env, "CCJAX_CACHE_DIR": str(tmp_path / "second"),
+                               "JAX_COMPILATION_CACHE_DIR": str(own)})
+    assert proc.returncode == EXIT_OK and any(own.iterdir()) and not (tmp_path / "second" / "xla").exists()
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**env, "CCJAX_CACHE_DIR": "off"})
+    assert proc.returncode == EXIT_OK, proc.stderr[-2000:]
 
 
 # -- ccjax train / the learned policy ------------------------------------------------------------
