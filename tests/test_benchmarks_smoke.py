@@ -167,9 +167,9 @@ def test_selfplay_smoke(tmp_path):
     (row,) = data["results"]
     assert row["task"] == "g" and row["games"] == 2 and row["simulations"] == 4
     assert row["moves"] > 0
-    for board in ("full", "shrink"):
+    for board in ("full", "shrink", "fine"):
         for key in ("episodes_per_s", "episodes_per_cpu_s", "first_batch_s", "mean_cost"):
             assert row[board][key] > 0, (board, key)
-    for key in ("observe_ms", "network_ms", "step_ms", "speedup_per_cpu_s"):
+    for key in ("observe_ms", "network_ms", "step_ms", "speedup_per_cpu_s", "fine_speedup_per_cpu_s"):
         assert row[key] > 0, key
     assert "| g |" in (tmp_path / "selfplay_cpu.md").read_text() and "episodes/CPU-s" in out

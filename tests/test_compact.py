@@ -109,6 +109,10 @@ def test_fitting_capacity_takes_the_smallest_rung_below_the_current_size():
     assert compact.fitting_capacity(40, 48) == 48
     assert compact.fitting_capacity(40, 40) == 40
     assert compact.fitting_capacity(3000, 4096) == 4096
+    assert compact.fitting_capacity(17, 128, compact.FINE_LADDER) == 20
+    assert compact.fitting_capacity(97, 128, compact.FINE_LADDER) == 112
+    assert all(a < b for a, b in zip(compact.FINE_LADDER, compact.FINE_LADDER[1:]))
+    assert set(compact.LADDER) <= set(compact.FINE_LADDER)
 
 
 def test_compact_refuses_a_capacity_that_does_not_hold_the_live_positions():
@@ -135,7 +139,8 @@ def test_self_play_on_shrinking_boards_records_the_full_games():
     replay = train.Replay.empty(1024, CAPACITY)
     mcts.act = spy
     try:
-        ep = train.self_play(NET, search, _params(), tables, graph_ids, jax.random.PRNGKey(5), replay)
+        ep = train.self_play(NET, search, _params(), tables, graph_ids, jax.random.PRNGKey(5), replay,
+                             ladder=compact.FINE_LADDER)
     finally:
         mcts.act = act
     assert len(set(sizes)) > 2 and sizes == sorted(sizes, reverse=True) and sizes[0] < CAPACITY

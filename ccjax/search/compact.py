@@ -14,8 +14,9 @@ moves, the same multiplications, the same network outputs at the kept
 positions (the network is permutation-equivariant and capacity-free).
 
 :func:`compact` re-encodes a batch of games onto the live positions, in
-their original (topological) order, at a capacity from :data:`LADDER`
-(few distinct sizes, so few compilations of the search).  The compact
+their original (topological) order, at a capacity from a ladder of a few
+sizes (:data:`LADDER`, :data:`FINE_LADDER`), so the search compiles for few
+shapes.  The compact
 tables hold one slice per game (positions differ between games), and the
 game's ``graph`` field becomes the game's index.  :func:`expand` maps a
 compact board back to the original layout, for the replay buffer and for
@@ -23,15 +24,23 @@ the orders reported.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from ccjax.search.game import GameState
 from ccjax.search.tables import GameTables
 
-#: Capacities a board may shrink to (powers of two and one and a half times them).
+#: Capacities a board may shrink to (powers of two and one and a half times
+#: them): few rungs, so a search in a new process compiles few executables.
 LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+#: Finer rungs (steps of a quarter of a power of two) for training, which
+#: compiles once per process and then plays for hours: about twice the
+#: compilations of :data:`LADDER` for 7-38% less time per batch of 8 games
+#: (``docs/selfplay_cpu.md``).
+FINE_LADDER = (16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512,
+               640, 768, 896, 1024)
 
 
 class Board(NamedTuple):
@@ -60,10 +69,10 @@ def live(tables: GameTables, states: GameState) -> np.ndarray:
     return (kind > 0) & (np.asarray(states.remaining) | edges.any(axis=1) | edges.any(axis=2))
 
 
-def fitting_capacity(count: int, current: int) -> int:
-    """The smallest capacity of :data:`LADDER` that holds ``count`` positions,
+def fitting_capacity(count: int, current: int, ladder: Sequence[int] = LADDER) -> int:
+    """The smallest capacity of ``ladder`` that holds ``count`` positions,
     or ``current`` when that is not smaller."""
-    smaller = [c for c in LADDER if count <= c < current]
+    smaller = [c for c in ladder if count <= c < current]
     return smaller[0] if smaller else current
 
 

@@ -623,16 +623,17 @@ class Episode:
 
 def self_play(net: NetworkConfig, search: MCTSConfig, params, tables: GameTables, graph_ids: Sequence[int], key,
               replay: Optional[Replay] = None, deadline: Optional[float] = None,
-              shrink: bool = True) -> Episode:
+              shrink: bool = True, ladder: Sequence[int] = compact_lib.LADDER) -> Episode:
     """Play one game per entry of ``graph_ids`` to the end with MCTS; push
     every move to ``replay`` when given.  ``deadline`` (a
     ``time.perf_counter()`` value) stops early with ``finished=False``
     (nothing is pushed then).
 
     With ``shrink`` the board drops its dead positions whenever the games'
-    live positions fit a smaller capacity of :data:`ccjax.search.compact.LADDER`
-    (the same game, at a fraction of the work per move); moves, orders and
-    replay rows are always in the layout of ``tables``.
+    live positions fit a smaller capacity of ``ladder`` (the same game, at
+    a fraction of the work per move; training passes the finer
+    :data:`~ccjax.search.compact.FINE_LADDER`); moves, orders and replay
+    rows are always in the layout of ``tables``.
     """
     capacity = int(np.shape(tables.edges)[-1])
     board = compact_lib.start(tables, mcts.initial_states(tables, graph_ids))
@@ -643,7 +644,7 @@ def self_play(net: NetworkConfig, search: MCTSConfig, params, tables: GameTables
             return Episode([], [], False, finished=False)
         if shrink:
             size = compact_lib.fitting_capacity(int(compact_lib.live(board.tables, board.states).sum(1).max()),
-                                                board.positions.shape[1])
+                                                board.positions.shape[1], ladder)
             if size < board.positions.shape[1]:
                 board = compact_lib.compact(board, size)
                 board = board._replace(tables=jax.tree_util.tree_map(jnp.asarray, board.tables),
@@ -775,7 +776,8 @@ def train(checkpoint_dir: str, config: Optional[TrainConfig] = None,
         key = jnp.asarray(state.rng, jnp.uint32)
         key, play_key = jax.random.split(key)
         graph_ids = np_rng.integers(0, len(items), size=config.games_per_iteration)
-        ep = self_play(config.network, config.search, state.params, tables, graph_ids, play_key, replay)
+        ep = self_play(config.network, config.search, state.params, tables, graph_ids, play_key, replay,
+                       ladder=compact_lib.FINE_LADDER)
         if ep.broken:
             raise RuntimeError("the vertex game read an unreachable table entry (a bug in the tables)")
         ratios = []
