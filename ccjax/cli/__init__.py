@@ -40,8 +40,8 @@ from ccjax.cli.show import cmd_show, draw_graph
 from ccjax.cli.tasks import cmd_tasks
 from ccjax.cli.train import cmd_train
 
-__all__ = ["main", "run", "enable_compilation_cache", "make_parser", "CLIError", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_TRACE", "EXIT_MISSING",
-           "DTYPES", "ArgSpec", "Target", "parse_args_spec", "parse_argnums", "parse_order", "resolve_target",
+__all__ = ["main", "run", "enable_compilation_cache", "make_parser", "CLIError", "EXIT_OK", "EXIT_ERROR",
+           "EXIT_USAGE", "EXIT_TRACE", "EXIT_MISSING", "DTYPES", "ArgSpec", "Target", "parse_args_spec", "parse_argnums", "parse_order", "resolve_target",
            "build_graph", "draw_graph", "cmd_search", "cmd_cost", "cmd_show", "cmd_cache", "cmd_tasks", "cmd_train"]
 
 #: The command modules, in the order ``ccjax --help`` lists them; each has ``add_parser(sub)``.
@@ -73,9 +73,10 @@ def enable_compilation_cache() -> Optional[Path]:
     search executable per board capacity a game shrinks through, about
     3.5 s each on a 2-core CPU, in every new process: the first batch of
     8 self-play games on RoeFlux_1d took 38 s in a new process, 14 s with
-    this cache warm.  Only programs that took JAX's threshold (1 s by default) to
-    compile are stored.  Done by the console script, not by :func:`main`,
-    so programs that call :func:`main` keep their own JAX configuration.
+    this cache warm.  Only programs that took JAX's threshold (1 s by
+    default) to compile are stored.  Done by the console script, not by
+    :func:`main`, so programs that call :func:`main` keep their own JAX
+    configuration.
     """
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return None
@@ -97,7 +98,8 @@ def run() -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``ccjax`` console script; returns the exit status."""
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the
+    exit status.  The ``ccjax`` console script is :func:`run`."""
     ns = make_parser().parse_args(argv)
     try:
         return ns.func(ns)

@@ -16,9 +16,8 @@ positions (the network is permutation-equivariant and capacity-free).
 :func:`compact` re-encodes a batch of games onto the live positions, in
 their original (topological) order, at a capacity from a ladder of a few
 sizes (:data:`LADDER`, :data:`FINE_LADDER`), so the search compiles for few
-shapes.  The compact
-tables hold one slice per game (positions differ between games), and the
-game's ``graph`` field becomes the game's index.  :func:`expand` maps a
+shapes.  The compact tables hold one slice per game (positions differ
+between games), and the game's ``graph`` field becomes the game's index.  :func:`expand` maps a
 compact board back to the original layout, for the replay buffer and for
 the orders reported.
 """
