@@ -11,6 +11,10 @@ Methods, each the jitted Jacobian of the program (``jax.jit(M(f))``; for a
 
 * ``ccjax``: ``ccjax.jacve(f, order="auto")`` (empty temporary order cache);
 * ``ccjax sparse``: the same with ``output="sparse"`` (BCOO blocks);
+* ``ccjax tuned``: ``ccjax`` after ``ccjax.tune`` of the program (float32,
+  before the first call, as a user runs it once offline: its seconds are
+  reported beside the choice, not in the first call; the float64 check
+  runs the same choice);
 * ``jacrev``, ``jacfwd``: ``jax.jacrev`` / ``jax.jacfwd``;
 * ``asdex dense`` / ``asdex sparse``: ``asdex.jacobian(f, *args,
   output_format="dense" | "bcoo")`` (``asdex.hessian`` for nested programs),
@@ -66,9 +70,11 @@ from benchmarks.common import (Progress, command_line, environment, fastest, fmt
                                time_interleaved, timed)
 from benchmarks.programs_suite import NAMES, Program, build
 
-CCJAX, CCJAX_SPARSE, JACREV, JACFWD, ASDEX_DENSE, ASDEX_SPARSE, PRIMAL = (
-    "ccjax", "ccjax sparse", "jacrev", "jacfwd", "asdex dense", "asdex sparse", "f")
-METHODS = (CCJAX, CCJAX_SPARSE, JACREV, JACFWD, ASDEX_DENSE, ASDEX_SPARSE)
+CCJAX, CCJAX_SPARSE, JACREV, JACFWD, ASDEX_DENSE, ASDEX_SPARSE, CCJAX_TUNED, PRIMAL = (
+    "ccjax", "ccjax sparse", "jacrev", "jacfwd", "asdex dense", "asdex sparse", "ccjax tuned", "f")
+#: ``ccjax tuned`` comes last: its record (``ccjax.tune``) must not reach the untuned methods' plans.
+METHODS = (CCJAX, CCJAX_SPARSE, JACREV, JACFWD, ASDEX_DENSE, ASDEX_SPARSE, CCJAX_TUNED)
+CCJAX_METHODS = (CCJAX, CCJAX_SPARSE, CCJAX_TUNED)
 SPARSE_METHODS = (CCJAX_SPARSE, ASDEX_SPARSE)
 #: The peers ccjax's ratio is taken against.
 BASELINES = (JACREV, JACFWD)
@@ -125,7 +131,7 @@ def method_fn(method: str, p: Program, args: tuple) -> tuple[Callable, float]:
         t0 = time.perf_counter()
         fn = _asdex(method, p, args)
         return fn, time.perf_counter() - t0
-    if method in (CCJAX, CCJAX_SPARSE):
+    if method in CCJAX_METHODS:
         out = "sparse" if method == CCJAX_SPARSE else "dense"
 
         def M(f, argnums=p.argnums, outer=True):
@@ -140,6 +146,16 @@ def method_fn(method: str, p: Program, args: tuple) -> tuple[Callable, float]:
     if p.transform == "vmap":
         return jax.vmap(M(p.fn), in_axes=p.in_axes), 0.0
     return M(p.fn), 0.0
+
+
+def tune_program(p: Program, args: tuple, choice: str | None = None):
+    """``ccjax.tune`` of the graph ``jax.jit(M(f))`` plans for ``M =
+    jacve(order="auto")``: ``f`` itself (per example for ``vmap`` programs),
+    or the inner Jacobian ``jacve(f)`` for ``nested`` ones (the outer graph)."""
+    if p.transform == "vmap":
+        args = tuple(a if ax is None else jax.tree_util.tree_map(lambda v: v[0], a) for a, ax in zip(args, p.in_axes))
+    fn = ccjax.jacve(p.fn, argnums=p.argnums) if p.transform == "nested" else p.fn
+    return ccjax.tune(fn, *args, argnums=p.argnums, choice=choice)
 
 
 def reference(p: Program, args64: tuple):
@@ -309,6 +325,17 @@ def run_program(p: Program, methods, opts, prog: Progress) -> dict:
             rec.update(status="skipped", error="asdex not installed")
             prog.update(f"{p.name} {method} (skipped)")
             continue
+        if method == CCJAX_TUNED:  # offline, as a user runs it once: not part of the first call
+            try:
+                t0 = time.perf_counter()
+                tuned = tune_program(p, args32)
+                rec.update(tune_s=time.perf_counter() - t0, tuned=tuned.choice, counted=tuned.counted,
+                           tune_times=tuned.times)
+            except Exception as e:  # noqa: BLE001 - recorded in the table
+                rec.update(status="error", error=f"ccjax.tune failed: {_err(e)}")
+                print(f"\n!!! ERROR {p.name} {method}: {rec['error']}\n", file=sys.stderr, flush=True)
+                prog.update(f"{p.name} {method} (error)")
+                continue
         # ---- 1. first call, cold, float32
         clear_caches()
         t_first = time.perf_counter()
@@ -344,7 +371,7 @@ def run_program(p: Program, methods, opts, prog: Progress) -> dict:
                 prog.update(f"{p.name} {method} (skipped)")
                 continue
             rec.update(status="error", error=_err(e))
-            if method in (CCJAX, CCJAX_SPARSE) or opts.verbose:
+            if method in CCJAX_METHODS or opts.verbose:
                 print(f"\n!!! ERROR {p.name} {method}: {_err(e)}\n", file=sys.stderr, flush=True)
             prog.update(f"{p.name} {method} (error)")
             continue
@@ -372,6 +399,8 @@ def run_program(p: Program, methods, opts, prog: Progress) -> dict:
             try:
                 with alarm(opts.first_call_limit), jax.enable_x64(True):
                     args64 = cast_args(p.args, jnp.float64)
+                    if method == CCJAX_TUNED:  # the float32 choice, checked on the float64 graph
+                        tune_program(p, args64, choice=rec["tuned"])
                     fn64, _ = method_fn(method, p, args64)
                     out64 = jax.device_get(jax.jit(fn64)(*args64))
                 try:
@@ -408,7 +437,7 @@ def run_program(p: Program, methods, opts, prog: Progress) -> dict:
 
 # ------------------------------------------------------------------ summary
 def summarize(data: dict) -> dict:
-    rows, sp, sp_min, sp_sparse = [], [], [], []
+    rows, sp, sp_min, sp_sparse, sp_tuned = [], [], [], [], []
     for name, pr in data["results"].items():
         r = pr["methods"]
         base, bt = fastest(r, BASELINES)
@@ -427,12 +456,15 @@ def summarize(data: dict) -> dict:
         f_s = r[PRIMAL]["median_s"] if timed(r.get(PRIMAL)) else None
         row["plateau"] = bool(len(meds) == 3 and max(meds) < PLATEAU * min(meds) and f_s
                               and min(meds) > 20 * f_s)
-        for key, m in (("ccjax", CCJAX), ("sparse", CCJAX_SPARSE)):
+        for key, m in (("ccjax", CCJAX), ("sparse", CCJAX_SPARSE), ("tuned", CCJAX_TUNED)):
             t = r[m]["median_s"] if timed(r.get(m)) else None
             row[f"{key}_s"] = t
             row[f"{key}_ratio"] = t / bt if (t and bt) else None
         row["speedup"] = 1 / row["ccjax_ratio"] if row["ccjax_ratio"] else None
         row["speedup_sparse"] = 1 / row["sparse_ratio"] if row["sparse_ratio"] else None
+        row["speedup_tuned"] = 1 / row["tuned_ratio"] if row["tuned_ratio"] else None
+        if row["speedup_tuned"]:
+            sp_tuned.append(row["speedup_tuned"])
         if row["speedup"]:
             sp.append(row["speedup"])
         if row["speedup_sparse"]:
@@ -441,6 +473,8 @@ def summarize(data: dict) -> dict:
     return {"rows": rows, "geomean_speedup": geomean(sp) if sp else None, "n": len(sp),
             "geomean_speedup_min": geomean(sp_min) if sp_min else None,
             "geomean_speedup_sparse": geomean(sp_sparse) if sp_sparse else None, "n_sparse": len(sp_sparse),
+            "geomean_speedup_tuned": geomean(sp_tuned) if sp_tuned else None, "n_tuned": len(sp_tuned),
+            "tuned_slower": sum(1 for x in sp_tuned if x < 1 / 1.1),
             "faster": sum(1 for s in sp if s > 1.0), "slower_2x": sum(1 for s in sp if s < 0.5)}
 
 
@@ -461,7 +495,7 @@ def _cell(rec: dict | None, method: str = CCJAX) -> str:
     if rec is None:
         return "–"
     st = rec.get("status")
-    if st == "error" and method not in (CCJAX, CCJAX_SPARSE):
+    if st == "error" and method not in CCJAX_METHODS:
         return "n/a"
     if st == "ok" and "median_s" in rec:
         return fmt_time(rec["median_s"])
@@ -470,6 +504,14 @@ def _cell(rec: dict | None, method: str = CCJAX) -> str:
     if st == "skipped":
         return "skipped"
     return "error"
+
+
+def _tuned_cell(rec: dict | None) -> str:
+    """``counted → chosen (tune seconds)`` for the ccjax tuned method."""
+    if not rec or "tuned" not in rec:
+        return "–"
+    moved = rec["tuned"] if rec["tuned"] == rec["counted"] else f"{rec['counted']} → {rec['tuned']}"
+    return f"{moved} ({rec['tune_s']:.1f} s)"
 
 
 def _mb(rec: dict | None) -> str:
@@ -538,8 +580,12 @@ def render(data: dict) -> str:
               f"{s['geomean_speedup_min']:.2f}x."
               + (f" `output=\"sparse\"`: {s['geomean_speedup_sparse']:.2f}x over {s['n_sparse']} programs."
                  if s["geomean_speedup_sparse"] else ""), ""]
+    if s.get("geomean_speedup_tuned"):
+        L += [f"**After `ccjax.tune` (ccjax tuned): {s['geomean_speedup_tuned']:.2f}x** over {s['n_tuned']} "
+              f"programs; more than 1.1x slower than the faster of jacrev and jacfwd on {s['tuned_slower']}.", ""]
     L += ["## Steady-state time per call (median, float32)", ""]
-    head = ["program", "category", "m x n (vmap: B x per example)", PRIMAL] + list(methods) + ["ratio", "ratio (fastest call)", "sparse ratio"]
+    head = (["program", "category", "m x n (vmap: B x per example)", PRIMAL] + list(methods)
+            + ["ratio", "ratio (fastest call)", "sparse ratio", "tuned ratio", "tuned: counts → measured"])
     body = []
     for row in s["rows"]:
         pr = res[row["task"]]
@@ -551,7 +597,9 @@ def render(data: dict) -> str:
                     + [_cell(r.get(m), m) for m in methods]
                     + [_ratio(row["ccjax_ratio"]) + (" †" if row["bimodal"] else "") + (" ‡" if row["plateau"] else ""),
                        _ratio(row["ratio_min"]),
-                       _ratio(row["sparse_ratio"])])
+                       _ratio(row["sparse_ratio"]),
+                       _ratio(row.get("tuned_ratio")),
+                       _tuned_cell(r.get(CCJAX_TUNED))])
     L.append(markdown_table(head, body, "lll" + "r" * (len(head) - 3)))
     if any(row["bimodal"] for row in s["rows"]):
         L += [f"† median over {BIMODAL:g}x the fastest call for ccjax, jacrev or jacfwd: the call times are bimodal "

@@ -20,16 +20,18 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and tests/test_l
     from ccjax.graph import Graph
     from ccjax.orders.search import SearchResult
     from ccjax.resolve import search_order
+    from ccjax.tuning import TuneResult, tune
 
 __version__ = "0.1.0"
 
 __all__ = ["jacve", "graph", "cost", "cost_report", "Graph", "CostReport", "OrderError", "search_order",
-           "SearchResult"]
+           "SearchResult", "tune", "TuneResult"]
 
 #: Public name -> the module defining it.
 _HOMES = {"jacve": "ccjax.api", "graph": "ccjax.api", "cost": "ccjax.api", "cost_report": "ccjax.api",
           "Graph": "ccjax.graph", "CostReport": "ccjax.eliminate", "OrderError": "ccjax.eliminate",
-          "search_order": "ccjax.resolve", "SearchResult": "ccjax.orders.search"}
+          "search_order": "ccjax.resolve", "SearchResult": "ccjax.orders.search", "tune": "ccjax.tuning",
+          "TuneResult": "ccjax.tuning"}
 
 
 def __getattr__(name: str) -> Any:

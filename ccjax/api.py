@@ -18,11 +18,12 @@ import jax.numpy as jnp
 from jax.experimental import sparse
 
 from ccjax._jaxpr import as_weakly_typed, is_weakly_typed
-from ccjax.eliminate import LAYOUTS, CostReport, Plan, execute, plan_elimination, validate_order
+from ccjax.eliminate import LAYOUTS, CostReport, Plan, plan_elimination, validate_order
 from ccjax.graph import Graph
-from ccjax.jax_modes import cheapest, execute_jax_mode, plan_jax_mode
+from ccjax.jax_modes import cheapest, jacobian_program, plan_jax_mode
 from ccjax.resolve import OrderSpec, order_spec, resolve_order
-from ccjax.trace import check_inputs, check_outputs, graph, graph_of, trace
+from ccjax.trace import as_input, check_inputs, check_outputs, graph, graph_of, trace
+from ccjax.tuning import tuned_plan
 
 __all__ = ["jacve", "graph", "cost", "cost_report"]
 
@@ -48,7 +49,7 @@ def _plan(g: Graph, order: OrderSpec) -> Plan:
         else:
             plan = plan_elimination(g, resolve_order(g, order))
             if key == "auto":
-                plan = cheapest(g, plan)
+                plan = tuned_plan(g, plan) or cheapest(g, plan)
         g.plans[key] = plan
     return plan
 
@@ -65,25 +66,11 @@ def _runner(g: Graph, order: OrderSpec, layout: str = "dense") -> Callable:
     run = g.runners.get(key)
     if run is not None:
         return run
-    plan = _plan(g, order)
-    prog = g.program
-
-    def run(inputs, consts):
-        if plan.mode != "eliminate":
-            return execute_jax_mode(g, plan, inputs, consts, layout)
-        env = prog.evaluate(inputs, consts)
-        return execute(g, plan, env, layout), [env[i] for i in prog.outputs[len(g.outputs):]]
-
-    if prog.cacheable:
+    run = jacobian_program(g, _plan(g, order), layout)
+    if g.program.cacheable:
         run = jax.jit(run)
         g.runners[key] = run
     return run
-
-
-def _as_value(x, aval):
-    if isinstance(x, (jax.Array, jax.core.Tracer)):
-        return x
-    return jnp.asarray(x, dtype=aval.dtype)
 
 
 def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool = False,
@@ -129,7 +116,7 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
         g = graph_of(t, holomorphic)
         run = _runner(g, order, output)
         prog = g.program
-        inputs = [_as_value(x, prog.avals[i]) for x, i in zip(t.leaves, prog.inputs)]
+        inputs = [as_input(x, prog.avals[i]) for x, i in zip(t.leaves, prog.inputs)]
         blocks, aux = run(inputs, list(t.closed.consts))
         n_in = len(t.diff_leaves)
         blocks = _match_weak_types(blocks, [t.leaves[k] for k in t.diff_leaves])

@@ -166,15 +166,52 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _warn(msg: str) -> None:
+def warn(msg: str) -> None:
     warnings.warn(msg, CacheWarning, stacklevel=3)
 
 
-def _short(what: object, limit: int = 200) -> str:
+def short(what: object, limit: int = 200) -> str:
     """``str(what)`` cut to ``limit`` characters: a hostile file must not
     flood the warning (and an order error lists every vertex)."""
     text = str(what)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def clear_records(directory: Optional[Path]) -> int:
+    """Delete the ``*.json`` records (and stray lock and temporary files) in
+    ``directory``; returns the number of records removed."""
+    if directory is None or not directory.is_dir():
+        return 0
+    n = 0
+    for path in directory.iterdir():
+        if path.suffix == ".json":
+            n += 1
+        if path.suffix in (".json", ".lock", ".tmp"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+    return n
+
+
+def write_json_atomic(directory: Path, stem: str, data: dict) -> Path:
+    """Write ``data`` to ``directory/stem.json`` atomically (a temporary file
+    in the same directory, synced, then ``os.replace``); an empty directory
+    squatting the name is removed first.  Returns the file's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        target = directory / f"{stem}.json"
+        if target.is_dir() and not target.is_symlink():
+            target.rmdir()  # a full directory is left alone (OSError)
+        os.replace(tmp, target)
+        return target
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class OrderCache:
@@ -196,6 +233,11 @@ class OrderCache:
     def directory(self) -> Optional[Path]:
         return None if self.root is None else self.root / "orders"
 
+    @property
+    def tuned_directory(self) -> Optional[Path]:
+        """Where :mod:`ccjax.tuning` keeps its measurements (same root)."""
+        return None if self.root is None else self.root / "tuned"
+
     def _file(self, key: str) -> Path:
         return self.directory / f"{key}.json"
 
@@ -210,7 +252,7 @@ class OrderCache:
             return None
         except OSError as e:
             if not quiet:
-                _warn(f"ccjax order cache: cannot read {path}: {e}; ignoring it")
+                warn(f"ccjax order cache: cannot read {path}: {e}; ignoring it")
             return None
         try:
             # UnicodeDecodeError and JSONDecodeError are ValueErrors; deeply
@@ -218,12 +260,12 @@ class OrderCache:
             entry = CacheEntry.from_json(json.loads(data.decode("utf-8")))
         except (ValueError, RecursionError) as e:
             if not quiet:
-                _warn(f"ccjax order cache: {path} is corrupt or foreign ({type(e).__name__}: {_short(e)}); "
-                      f"ignoring it, it will be rebuilt")
+                warn(f"ccjax order cache: {path} is corrupt or foreign ({type(e).__name__}: {short(e)}); "
+                     f"ignoring it, it will be rebuilt")
             return None
         if entry.key != path.stem:
             if not quiet:
-                _warn(f"ccjax order cache: {path} holds key {_short(repr(entry.key))}; ignoring it")
+                warn(f"ccjax order cache: {path} holds key {short(repr(entry.key))}; ignoring it")
             return None
         return entry
 
@@ -239,19 +281,19 @@ class OrderCache:
         if entry is None:
             return None
         if entry.diff_leaves != tuple(graph.diff_leaves):
-            _warn(f"ccjax order cache: {path} belongs to another graph; ignoring it, it will be rebuilt")
+            warn(f"ccjax order cache: {path} belongs to another graph; ignoring it, it will be rebuilt")
             return None
         try:
             order = validate_order(graph, entry.order)
         except OrderError as e:
-            _warn(f"ccjax order cache: stale order in {path} ({_short(e)}); ignoring it, it will be rebuilt")
+            warn(f"ccjax order cache: stale order in {path} ({short(e)}); ignoring it, it will be rebuilt")
             return None
         cost = plan_elimination(graph, order).report.mults
         if entry.lower_bound is not None and not 0 <= entry.lower_bound <= cost:
             # A bound above the order's real cost is impossible; trusting it
             # would let a later search report a false optimum.
-            _warn(f"ccjax order cache: {path} records the impossible lower bound {entry.lower_bound} "
-                  f"(the order costs {cost}); ignoring it, it will be rebuilt")
+            warn(f"ccjax order cache: {path} records the impossible lower bound {entry.lower_bound} "
+                 f"(the order costs {cost}); ignoring it, it will be rebuilt")
             return None
         return dataclasses.replace(entry, order=order, cost=cost)
 
@@ -300,24 +342,11 @@ class OrderCache:
                 self._write(new)
                 return new
         except OSError as e:
-            _warn(f"ccjax order cache: cannot write to {self.directory}: {e}")
+            warn(f"ccjax order cache: cannot write to {self.directory}: {e}")
             return None
 
     def _write(self, entry: CacheEntry) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{entry.key}.", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(entry.to_json(), fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            target = self._file(entry.key)
-            if target.is_dir() and not target.is_symlink():
-                target.rmdir()  # an empty directory squatting the name; a full one is left alone (OSError)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_json_atomic(self.directory, entry.key, entry.to_json())
 
     def remove(self, key: str) -> bool:
         """Delete one record; True if it existed."""
@@ -334,13 +363,4 @@ class OrderCache:
     def clear(self) -> int:
         """Delete every record (and stray temporary/lock files); returns the
         number of records removed."""
-        if not self.enabled or not self.directory.is_dir():
-            return 0
-        n = 0
-        for path in self.directory.iterdir():
-            if path.suffix == ".json":
-                n += 1
-            if path.suffix in (".json", ".lock", ".tmp"):
-                with contextlib.suppress(OSError):
-                    path.unlink()
-        return n
+        return clear_records(self.directory) if self.enabled else 0

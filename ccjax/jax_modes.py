@@ -20,7 +20,7 @@ from jax.experimental import sparse
 
 from ccjax._jaxpr import count_multiplications
 from ccjax.counting import MODES, Counter
-from ccjax.eliminate import CostReport, Plan
+from ccjax.eliminate import CostReport, Plan, execute
 from ccjax.graph import Graph, forward_matches_reverse
 
 
@@ -88,6 +88,15 @@ def program_mults(graph: Graph, plan: Plan, counter: Optional[Counter] = None) -
     return (counter or Counter(graph)).elimination_mults(plan.report.mults)
 
 
+def plain_modes(graph: Graph) -> tuple[str, ...]:
+    """JAX's whole-function modes that may stand in for an elimination:
+    both, unless forward mode could differ from ``jax.jacrev`` somewhere
+    (:func:`ccjax.graph.forward_matches_reverse`); then reverse mode only.
+    (A mode JAX cannot run, e.g. reverse mode through a ``while_loop``,
+    fails when planned.)"""
+    return MODES if all(forward_matches_reverse(node) for node in graph.program.nodes) else ("rev",)
+
+
 def cheapest(graph: Graph, elimination: Plan) -> Plan:
     """``elimination`` or JAX's reverse or forward mode over the whole
     program, whichever multiplies least by :func:`program_mults` (ties keep
@@ -96,13 +105,12 @@ def cheapest(graph: Graph, elimination: Plan) -> Plan:
 
     A mode JAX cannot run (a ``while_loop`` has no reverse mode) is left
     out, and so is forward mode where it could differ from ``jax.jacrev``
-    (:func:`ccjax.graph.forward_matches_reverse`).  The counts are summed
+    (:func:`plain_modes`).  The counts are summed
     equation by equation with one memo (:mod:`ccjax.counting`), so this
     costs a trace per distinct equation, not per candidate program."""
     counter = Counter(graph)
-    modes = MODES if all(forward_matches_reverse(node) for node in graph.program.nodes) else ("rev",)
     best, best_mults = elimination, program_mults(graph, elimination, counter)
-    for mode in modes:
+    for mode in plain_modes(graph):
         if counter.mode_lower_bound(mode) >= best_mults:
             continue  # cannot multiply less: spare the count's traces
         try:
@@ -112,6 +120,35 @@ def cheapest(graph: Graph, elimination: Plan) -> Plan:
         if plan.report.mults < best_mults:
             best, best_mults = plan, plan.report.mults
     return best
+
+
+def candidates(graph: Graph, elimination: Plan) -> list[Plan]:
+    """Every program ``order="auto"`` may run for ``graph``: ``elimination``
+    first, then each of JAX's plain modes that JAX can run here."""
+    counter = Counter(graph)
+    plans = [elimination]
+    for mode in plain_modes(graph):
+        try:
+            plans.append(plan_jax_mode(graph, mode, counter))
+        except (TypeError, ValueError, NotImplementedError):
+            continue
+    return plans
+
+
+def jacobian_program(graph: Graph, plan: Plan, layout: str = "dense"):
+    """``run(inputs, consts) -> (blocks, aux)``: the Jacobian program of
+    ``plan`` over ``graph``'s inputs and constants (not jitted).  ``blocks``
+    lists the Jacobian blocks output-major in the ``jax.jacrev`` layout
+    (dense arrays or BCOO, per ``layout``)."""
+    prog = graph.program
+
+    def run(inputs, consts):
+        if plan.mode != "eliminate":
+            return execute_jax_mode(graph, plan, inputs, consts, layout)
+        env = prog.evaluate(inputs, consts)
+        return execute(graph, plan, env, layout), [env[i] for i in prog.outputs[len(graph.outputs):]]
+
+    return run
 
 
 def execute_jax_mode(graph: Graph, plan: Plan, inputs: Sequence, consts: Sequence,

@@ -106,6 +106,15 @@ def check_inputs(leaves, diff_leaves, holomorphic: bool, allow_int: bool) -> Non
                             f"inputs, use vjp or set allow_int to True.")
 
 
+def as_input(x, aval):
+    """A traced input leaf as the compiled program takes it: arrays and
+    tracers as they are, Python scalars and NumPy values as arrays of the
+    traced dtype."""
+    if isinstance(x, (jax.Array, jax.core.Tracer)):
+        return x
+    return jnp.asarray(x, dtype=aval.dtype)
+
+
 def check_outputs(out_avals, holomorphic: bool) -> None:
     """The output dtype checks of ``jax.jacrev``."""
     for aval in out_avals:

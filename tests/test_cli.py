@@ -332,3 +332,28 @@ def test_cost_learned_order(capsys, tiny_policy, tmp_path, monkeypatch):
         assert int(out) == min(learned, quick_order(g)[1])  # never worse than the quick heuristics
     finally:  # the plan of "learned" is kept with the (cached) graph; it depends on the policy
         g.plans.pop("learned", None)
+
+
+def test_tune_times_the_programs_stores_the_choice_and_cache_clear_drops_it(capsys, tmp_path):
+    code, out, err = run(capsys, "tune", "mymod:f", "--args", "f32[3],f32[3,3]", "--argnums", "0,1",
+                         "--rounds", "1", "--json", "t.json")
+    assert code == EXIT_OK, err
+    rec = json.loads((tmp_path / "t.json").read_text())
+    assert rec["choice"] in rec["times"] and rec["counted"] in rec["times"]
+    assert f'order="auto" runs {rec["choice"]}' in out and "us/call" in out
+    record = tmp_path / "cache" / "tuned" / os.path.basename(rec["path"])
+    assert record.exists() and json.loads(record.read_text())["choice"] == rec["choice"]
+    code, out, _ = run(capsys, "tune", "mymod:f", "--args", "f32[3],f32[3,3]", "--rounds", "1", "-q")
+    assert code == EXIT_OK and out.strip() in ("eliminate", "jax-rev", "jax-fwd")
+    code, out, _ = run(capsys, "cache", "clear")
+    assert code == EXIT_OK and "2 tuning records" in out and not record.exists()
+
+
+def test_tune_refuses_bad_input(capsys):
+    for argv in (["tune", "mymod:f", "--args", "f32[3],f32[3,3]", "--margin", "1.5"],
+                 ["tune", "mymod:f", "--args", "f32[3],f32[3,3]", "--rounds", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == EXIT_USAGE
+    got, _, err = run(capsys, "tune", "mymod:boom", "--args", "f32[3]")
+    assert got == EXIT_TRACE and "boom" in err

@@ -24,7 +24,7 @@ LAYERS = (
     ("cache", ("ccjax.cache",)),
     ("orders", ("ccjax.orders",)),
     ("learned", ("ccjax.search",)),
-    ("resolve", ("ccjax.resolve",)),
+    ("resolve", ("ccjax.resolve", "ccjax.tuning")),
     ("api", ("ccjax.api", "ccjax")),
     ("cli", ("ccjax.cli",)),
 )

@@ -2,6 +2,7 @@
 
     ccjax search TARGET [--args SPEC] [--argnums N,..] [--method auto|anneal|beam|exact|mcts]
                  [--budget S] [--json FILE] [--policy FILE.msgpack]
+    ccjax tune   TARGET [--args SPEC] [--argnums N,..] [--rounds R] [--margin F] [--json FILE]
     ccjax cost   TARGET --order fwd|rev|markowitz|auto|learned|ID,ID,..|@FILE.json
     ccjax show   TARGET [--output graph.png]
     ccjax cache  list|clear
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ccjax.cache import default_cache_dir
-from ccjax.cli import cache, cost, search, show, tasks, train
+from ccjax.cli import cache, cost, search, show, tasks, train, tune
 from ccjax.cli.common import (DTYPES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, EXIT_TRACE, EXIT_USAGE, ArgSpec, CLIError,
                               Target, build_graph, parse_argnums, parse_args_spec, resolve_target)
 from ccjax.cli.cache import cmd_cache
@@ -39,13 +40,14 @@ from ccjax.cli.search import cmd_search
 from ccjax.cli.show import cmd_show, draw_graph
 from ccjax.cli.tasks import cmd_tasks
 from ccjax.cli.train import cmd_train
+from ccjax.cli.tune import cmd_tune
 
 __all__ = ["main", "run", "enable_compilation_cache", "make_parser", "CLIError", "EXIT_OK", "EXIT_ERROR",
            "EXIT_USAGE", "EXIT_TRACE", "EXIT_MISSING", "DTYPES", "ArgSpec", "Target", "parse_args_spec", "parse_argnums", "parse_order", "resolve_target",
-           "build_graph", "draw_graph", "cmd_search", "cmd_cost", "cmd_show", "cmd_cache", "cmd_tasks", "cmd_train"]
+           "build_graph", "draw_graph", "cmd_search", "cmd_tune", "cmd_cost", "cmd_show", "cmd_cache", "cmd_tasks", "cmd_train"]
 
 #: The command modules, in the order ``ccjax --help`` lists them; each has ``add_parser(sub)``.
-COMMANDS = (search, cost, show, cache, tasks, train)
+COMMANDS = (search, tune, cost, show, cache, tasks, train)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,11 @@
-"""``ccjax cache``: list or clear the order cache."""
+"""``ccjax cache``: list or clear the order cache (clearing also drops ``ccjax tune``'s records)."""
 from __future__ import annotations
 
 from ccjax.cli.common import EXIT_OK, _cache_options
 
 
 def cmd_cache(ns) -> int:
-    from ccjax.cache import OrderCache
+    from ccjax.cache import OrderCache, clear_records
 
     store = OrderCache(ns.cache_dir) if ns.cache_dir else OrderCache()
     if not store.enabled:
@@ -13,7 +13,9 @@ def cmd_cache(ns) -> int:
         return EXIT_OK
     if ns.action == "clear":
         n = store.clear()
-        print(f"removed {n} cached order{'s' if n != 1 else ''} from {store.directory}")
+        tuned = clear_records(store.tuned_directory)
+        print(f"removed {n} cached order{'s' if n != 1 else ''} from {store.directory}"
+              + (f" and {tuned} tuning record{'s' if tuned != 1 else ''} (ccjax tune)" if tuned else ""))
         return EXIT_OK
     entries = store.entries()
     print(f"{len(entries)} cached order{'s' if len(entries) != 1 else ''} in {store.directory}")
