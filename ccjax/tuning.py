@@ -40,7 +40,7 @@ from ccjax.cache import OrderCache, PathLike, clear_records, short, warn, write_
 from ccjax.eliminate import Plan, plan_elimination
 from ccjax.graph import Graph
 from ccjax.jax_modes import candidates, cheapest, jacobian_program, plan_jax_mode
-from ccjax.resolve import resolve_order
+from ccjax.resolve import forget_order, resolve_order
 from ccjax.trace import as_input, check_inputs, graph_of, trace
 
 FORMAT = "ccjax-tuning"
@@ -50,7 +50,7 @@ VERSION = 1
 #: replace it: single timings on a shared machine vary by a few percent.
 DEFAULT_MARGIN = 0.05
 
-__all__ = ["Tuning", "TuneResult", "TuningStore", "tune", "tuned_plan", "forget_auto", "measure", "backend_id"]
+__all__ = ["Tuning", "TuneResult", "TuningStore", "tune", "tuned_plan", "measure", "backend_id"]
 
 
 def plan_name(plan: Plan) -> str:
@@ -250,14 +250,6 @@ def measure(graph: Graph, plans: Sequence[Plan], inputs: list, consts: list, rou
     return {name: statistics.median(ts) for name, ts in samples.items()}
 
 
-def forget_auto(graph: Graph) -> None:
-    """Drop ``graph``'s in-memory ``"auto"`` plan and programs, so the next
-    call plans again and reads the record (graphs are cached per jaxpr)."""
-    graph.plans.pop("auto", None)
-    for key in [k for k in graph.runners if k[0] == "auto"]:
-        del graph.runners[key]
-
-
 def tune(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, has_aux: bool = False,
          holomorphic: bool = False, rounds: int = 7, margin: float = DEFAULT_MARGIN, choice: Optional[str] = None,
          **kwargs) -> TuneResult:
@@ -316,5 +308,5 @@ def tune(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, has_aux: 
     record = Tuning(tuning_key(g, platform, kind), g.fingerprint, tuple(g.diff_leaves), platform, kind,
                     jax.__version__, choice, tuple(elimination.report.order), times, time.time())
     path = TuningStore().put(record)
-    forget_auto(g)
+    forget_order(g, "auto")  # graphs are cached per jaxpr: plan again, read the record
     return TuneResult(times, counted, choice, path)

@@ -18,6 +18,7 @@ import ccjax
 import ccjax.tuning as tuning
 from ccjax.api import _plan
 from ccjax.cache import CacheWarning
+from ccjax.resolve import forget_order
 
 from conftest import assert_jac_equal
 
@@ -118,7 +119,7 @@ def test_a_record_for_another_order_is_stale_and_ignored(monkeypatch):
     record = json.loads(result.path.read_text())
     record["order"] = record["order"][::-1] + [10_000]
     result.path.write_text(json.dumps(record))
-    tuning.forget_auto(ccjax.graph(sorted_values, X))
+    forget_order(ccjax.graph(sorted_values, X), "auto")
     assert auto_mode(sorted_values, X) == result.counted
 
 
@@ -139,7 +140,7 @@ def test_a_damaged_record_warns_and_the_counts_decide_then_tune_rebuilds_it(monk
     else:
         path.unlink()
         path.mkdir()
-    tuning.forget_auto(ccjax.graph(sorted_values, X))
+    forget_order(ccjax.graph(sorted_values, X), "auto")
     with pytest.warns(CacheWarning, match="tuning"):
         assert auto_mode(sorted_values, X) == result.counted
     assert_jac_equal(ccjax.jacve(sorted_values)(X), jax.jacrev(sorted_values)(X))
