@@ -180,7 +180,24 @@ def forward_matches_reverse(name: str, params: Any, top_level: bool = True) -> b
     if name == "gather" and not top_level and not _checked_gather(params):
         return False
     return all(forward_matches_reverse(e.primitive.name, e.params, top_level=False)
-               for sub in jex.jaxprs_in_params(params) for e in sub.eqns)
+               for sub in _differentiated_jaxprs(name, params) for e in sub.eqns)
+
+
+def _differentiated_jaxprs(name: str, params: dict) -> list:
+    """The sub-jaxprs of an equation that JAX's AD differentiates or
+    transposes.  A ``custom_linear_solve``'s ``solve`` and
+    ``transpose_solve`` are not among them: JAX applies them to tangents and
+    cotangents as given ("this function need not be differentiable"), and
+    only ``matvec``/``vecmat`` are differentiated; so a gather inside an LU
+    solve (its pivot permutation) cannot make forward and reverse mode
+    differ, as long as the solves invert ``matvec`` and its transpose, which
+    ``lax.custom_linear_solve`` requires."""
+    if name == "custom_linear_solve":
+        jaxprs = params.get("jaxprs")
+        fields = ("matvec", "vecmat")
+        if all(hasattr(jaxprs, f) for f in fields):
+            return [j.jaxpr if hasattr(j, "jaxpr") else j for f in fields if (j := getattr(jaxprs, f)) is not None]
+    return list(jex.jaxprs_in_params(params))
 
 
 class _Identity:

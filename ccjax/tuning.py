@@ -6,7 +6,7 @@ multiplications each performs (:func:`ccjax.jax_modes.cheapest`).  Where
 those counts are close, which program is faster is decided by how XLA
 compiles it (fusion, gathers and scatters, memory traffic), and no count
 predicts that: on the programs benchmark, among nine programs whose two
-plain modes' counts differ by under 5%, ``jax.jacfwd`` ran 1.2-1.6x faster
+plain modes' counts differ by under 5%, ``jax.jacfwd`` ran 1.1-1.6x faster
 than ``jax.jacrev`` on five and 11x slower on another.
 
 :func:`tune` therefore *measures*: it compiles every candidate program on

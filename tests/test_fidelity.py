@@ -435,3 +435,55 @@ def test_custom_linear_solve_with_a_pytree_right_hand_side():
         return sol["a"] * x[0] + sol["b"]
 
     check_all_ways(f, X)
+
+
+def _linear_solve_eqn(fn, *args):
+    """The ``custom_linear_solve`` equation of ``fn``'s jaxpr (searched through sub-jaxprs)."""
+    import jax.extend as jex
+
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            if e.primitive.name == "custom_linear_solve":
+                return e
+            for sub in jex.core.jaxprs_in_params(e.params):
+                found = walk(sub)
+                if found is not None:
+                    return found
+        return None
+
+    return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def test_forward_matches_reverse_reads_matvec_but_not_the_solves_of_a_linear_solve(monkeypatch):
+    # jnp.linalg.solve gathers by its LU pivots inside `solve`/`transpose_solve`, which JAX's AD
+    # applies as given (never differentiated or transposed): forward mode is exact there
+    import ccjax.api
+    from ccjax._jaxpr import forward_matches_reverse
+    from ccjax.jax_modes import plain_modes
+
+    A = jnp.asarray(np.random.RandomState(1).randn(4, 4))
+    b = jnp.linspace(0.1, 0.9, 4)
+
+    def f(A, b):
+        return jnp.linalg.solve(A @ A.T + 4.0 * jnp.eye(4), jnp.sin(b) * b)
+
+    eqn = _linear_solve_eqn(f, A, b)
+    assert "gather" in str(eqn.params["jaxprs"].solve)
+    assert forward_matches_reverse(eqn.primitive.name, eqn.params)
+    assert plain_modes(ccjax.graph(f, A, b, argnums=(0, 1))) == ("rev", "fwd")
+    want = jax.jacrev(f, argnums=(0, 1))(A, b)
+    for mode in ("fwd", "rev"):
+        monkeypatch.setattr(ccjax.api, "cheapest", lambda g, plan: ccjax.jax_modes.plan_jax_mode(g, mode))
+        assert_close(jax.jit(ccjax.jacve(f, argnums=(0, 1)))(A, b), want, mode)
+    monkeypatch.undo()
+    check_all_ways(lambda y: f(jnp.outer(y[:4], y[2:6]) + jnp.eye(4), y[:4]), Y)
+
+    # a gather in `matvec` is differentiated and transposed: its index mode still decides
+    idx = jnp.array([2, 0, 1, 3])
+    for mode, agrees in (("promise_in_bounds", False), ("clip", True)):
+        def g(b, mode=mode):
+            matvec = lambda x: x.at[idx].get(mode=mode) * 2.0 + x
+            return lax.custom_linear_solve(matvec, b, lambda mv, r: r / 3.0, lambda vm, r: r / 3.0)
+
+        eqn = _linear_solve_eqn(g, b)
+        assert forward_matches_reverse(eqn.primitive.name, eqn.params) is agrees, mode
