@@ -106,6 +106,11 @@ def cast_args(args: tuple, dtype) -> tuple:
     return jax.tree_util.tree_map(one, args)
 
 
+def first_example(p: Program, args: tuple) -> tuple:
+    """The arguments of one example of a ``vmap`` program (batched ones at index 0)."""
+    return tuple(a if ax is None else jax.tree_util.tree_map(lambda v: v[0], a) for a, ax in zip(args, p.in_axes))
+
+
 def _asdex(method: str, p: Program, args: tuple) -> Callable:
     import asdex
 
@@ -115,9 +120,7 @@ def _asdex(method: str, p: Program, args: tuple) -> Callable:
         if p.transform == "nested":
             return asdex.hessian(p.fn, *args, argnums=p.argnums, output_format=fmt)
         if p.transform == "vmap":
-            single = tuple(a if ax is None else jax.tree_util.tree_map(lambda v: v[0], a)
-                           for a, ax in zip(args, p.in_axes))
-            return jax.vmap(asdex.jacobian(p.fn, *single, argnums=p.argnums, output_format=fmt),
+            return jax.vmap(asdex.jacobian(p.fn, *first_example(p, args), argnums=p.argnums, output_format=fmt),
                             in_axes=p.in_axes)
         return asdex.jacobian(p.fn, *args, argnums=p.argnums, output_format=fmt)
 
@@ -153,7 +156,7 @@ def tune_program(p: Program, args: tuple, choice: str | None = None):
     jacve(order="auto")``: ``f`` itself (per example for ``vmap`` programs),
     or the inner Jacobian ``jacve(f)`` for ``nested`` ones (the outer graph)."""
     if p.transform == "vmap":
-        args = tuple(a if ax is None else jax.tree_util.tree_map(lambda v: v[0], a) for a, ax in zip(args, p.in_axes))
+        args = first_example(p, args)
     fn = ccjax.jacve(p.fn, argnums=p.argnums) if p.transform == "nested" else p.fn
     return ccjax.tune(fn, *args, argnums=p.argnums, choice=choice)
 

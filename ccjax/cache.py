@@ -44,7 +44,7 @@ import time
 import warnings
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 if TYPE_CHECKING:
     from ccjax.graph import Graph
@@ -55,6 +55,7 @@ VERSION = 1
 _DISABLED = ("", "0", "off", "none", "false", "no")
 
 PathLike = Union[str, os.PathLike]
+T = TypeVar("T")
 
 
 class CacheWarning(UserWarning):
@@ -177,6 +178,31 @@ def short(what: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def read_record(path: Path, parse: Callable[[object], T], what: str, quiet: bool = False) -> Optional[T]:
+    """``parse`` of the JSON in ``path``: None when the file is missing, and
+    None with a warning naming ``what`` (unless ``quiet``) when it cannot be
+    read or is not a record ``parse`` accepts (``parse`` raises
+    ``ValueError``).  A cache file is never trusted, so no content may turn
+    a lookup into an exception."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if not quiet:
+            warn(f"{what}: cannot read {path}: {e}; ignoring it")
+        return None
+    try:
+        # UnicodeDecodeError and JSONDecodeError are ValueErrors; deeply
+        # nested JSON exhausts the parser's recursion limit.
+        return parse(json.loads(data.decode("utf-8")))
+    except (ValueError, RecursionError) as e:
+        if not quiet:
+            warn(f"{what}: {path} is corrupt or foreign ({type(e).__name__}: {short(e)}); "
+                 f"ignoring it, it will be rebuilt")
+        return None
+
+
 def clear_records(directory: Optional[Path]) -> int:
     """Delete the ``*.json`` records (and stray lock and temporary files) in
     ``directory``; returns the number of records removed."""
@@ -244,26 +270,9 @@ class OrderCache:
     # -- reading ---------------------------------------------------------------
     def _read(self, path: Path, quiet: bool = False) -> Optional[CacheEntry]:
         """The record in ``path``, or None (with a warning unless ``quiet``)
-        for anything that is not one of ours: a cache file is never trusted,
-        so no content may turn a lookup into an exception."""
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            if not quiet:
-                warn(f"ccjax order cache: cannot read {path}: {e}; ignoring it")
-            return None
-        try:
-            # UnicodeDecodeError and JSONDecodeError are ValueErrors; deeply
-            # nested JSON exhausts the parser's recursion limit.
-            entry = CacheEntry.from_json(json.loads(data.decode("utf-8")))
-        except (ValueError, RecursionError) as e:
-            if not quiet:
-                warn(f"ccjax order cache: {path} is corrupt or foreign ({type(e).__name__}: {short(e)}); "
-                     f"ignoring it, it will be rebuilt")
-            return None
-        if entry.key != path.stem:
+        for anything that is not one of ours."""
+        entry = read_record(path, CacheEntry.from_json, "ccjax order cache", quiet)
+        if entry is not None and entry.key != path.stem:
             if not quiet:
                 warn(f"ccjax order cache: {path} holds key {short(repr(entry.key))}; ignoring it")
             return None

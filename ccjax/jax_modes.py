@@ -97,7 +97,16 @@ def plain_modes(graph: Graph) -> tuple[str, ...]:
     return MODES if all(forward_matches_reverse(node) for node in graph.program.nodes) else ("rev",)
 
 
-def cheapest(graph: Graph, elimination: Plan) -> Plan:
+def runnable_mode(graph: Graph, mode: str, counter: Optional[Counter] = None) -> Optional[Plan]:
+    """:func:`plan_jax_mode`, or None where JAX cannot run ``mode`` here
+    (e.g. no reverse mode through a ``while_loop``)."""
+    try:
+        return plan_jax_mode(graph, mode, counter)
+    except (TypeError, ValueError, NotImplementedError):
+        return None
+
+
+def cheapest(graph: Graph, elimination: Plan, counter: Optional[Counter] = None) -> Plan:
     """``elimination`` or JAX's reverse or forward mode over the whole
     program, whichever multiplies least by :func:`program_mults` (ties keep
     the elimination, whose output keeps its structure).  This is how
@@ -106,33 +115,26 @@ def cheapest(graph: Graph, elimination: Plan) -> Plan:
     A mode JAX cannot run (a ``while_loop`` has no reverse mode) is left
     out, and so is forward mode where it could differ from ``jax.jacrev``
     (:func:`plain_modes`).  The counts are summed
-    equation by equation with one memo (:mod:`ccjax.counting`), so this
-    costs a trace per distinct equation, not per candidate program."""
-    counter = Counter(graph)
+    equation by equation with one memo (:mod:`ccjax.counting`; ``counter``
+    shares it with other counts), so this costs a trace per distinct
+    equation, not per candidate program."""
+    counter = counter or Counter(graph)
     best, best_mults = elimination, program_mults(graph, elimination, counter)
     for mode in plain_modes(graph):
         if counter.mode_lower_bound(mode) >= best_mults:
             continue  # cannot multiply less: spare the count's traces
-        try:
-            plan = plan_jax_mode(graph, mode, counter)
-        except (TypeError, ValueError, NotImplementedError):  # e.g. no reverse mode through a while_loop
-            continue
-        if plan.report.mults < best_mults:
+        plan = runnable_mode(graph, mode, counter)
+        if plan is not None and plan.report.mults < best_mults:
             best, best_mults = plan, plan.report.mults
     return best
 
 
-def candidates(graph: Graph, elimination: Plan) -> list[Plan]:
+def candidates(graph: Graph, elimination: Plan, counter: Optional[Counter] = None) -> list[Plan]:
     """Every program ``order="auto"`` may run for ``graph``: ``elimination``
     first, then each of JAX's plain modes that JAX can run here."""
-    counter = Counter(graph)
-    plans = [elimination]
-    for mode in plain_modes(graph):
-        try:
-            plans.append(plan_jax_mode(graph, mode, counter))
-        except (TypeError, ValueError, NotImplementedError):
-            continue
-    return plans
+    counter = counter or Counter(graph)
+    modes = [runnable_mode(graph, mode, counter) for mode in plain_modes(graph)]
+    return [elimination] + [plan for plan in modes if plan is not None]
 
 
 def jacobian_program(graph: Graph, plan: Plan, layout: str = "dense"):

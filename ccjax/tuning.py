@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import statistics
 import time
 from pathlib import Path
@@ -36,10 +35,11 @@ from typing import Callable, Optional, Sequence, Union
 
 import jax
 
-from ccjax.cache import OrderCache, PathLike, clear_records, short, warn, write_json_atomic
+from ccjax.cache import OrderCache, PathLike, clear_records, read_record, short, warn, write_json_atomic
 from ccjax.eliminate import Plan, plan_elimination
 from ccjax.graph import Graph
-from ccjax.jax_modes import candidates, cheapest, jacobian_program, plan_jax_mode
+from ccjax.counting import Counter
+from ccjax.jax_modes import candidates, cheapest, jacobian_program, plain_modes, plan_jax_mode, runnable_mode
 from ccjax.resolve import forget_order, resolve_order
 from ccjax.trace import as_input, check_inputs, graph_of, trace
 
@@ -51,11 +51,6 @@ VERSION = 1
 DEFAULT_MARGIN = 0.05
 
 __all__ = ["Tuning", "TuneResult", "TuningStore", "tune", "tuned_plan", "measure", "backend_id"]
-
-
-def plan_name(plan: Plan) -> str:
-    """``"eliminate"``, ``"jax-rev"`` or ``"jax-fwd"``."""
-    return plan.mode
 
 
 def backend_id() -> tuple[str, str]:
@@ -140,18 +135,8 @@ class TuningStore:
             return None
         platform, kind = backend_id()
         path = self.directory / f"{tuning_key(graph, platform, kind)}.json"
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            warn(f"ccjax tuning: cannot read {path}: {e}; ignoring it")
-            return None
-        try:
-            record = Tuning.from_json(json.loads(data.decode("utf-8")))
-        except (ValueError, RecursionError) as e:
-            warn(f"ccjax tuning: {path} is corrupt or foreign ({type(e).__name__}: {short(e)}); "
-                 f"ignoring it, it will be rebuilt")
+        record = read_record(path, Tuning.from_json, "ccjax tuning")
+        if record is None:
             return None
         mine = (path.stem, graph.fingerprint, tuple(graph.diff_leaves), platform, kind, jax.__version__)
         theirs = (record.key, record.fingerprint, record.diff_leaves, record.platform, record.device_kind,
@@ -184,8 +169,12 @@ def tuned_plan(graph: Graph, elimination: Plan, store: Optional[TuningStore] = N
     record = (store or TuningStore()).get(graph)
     if record is None or record.order != tuple(elimination.report.order):
         return None
-    for plan in candidates(graph, elimination):
-        if plan_name(plan) == record.choice:
+    if record.choice == elimination.mode:
+        return elimination
+    mode = record.choice.removeprefix("jax-")
+    if record.choice == f"jax-{mode}" and mode in plain_modes(graph):
+        plan = runnable_mode(graph, mode)
+        if plan is not None:
             return plan
     warn(f"ccjax tuning: the record for graph {graph.fingerprint} chose {short(repr(record.choice))}, "
          f"which cannot run for this graph; ignoring it")
@@ -242,7 +231,7 @@ def measure(graph: Graph, plans: Sequence[Plan], inputs: list, consts: list, rou
         fn = jax.jit(jacobian_program(graph, plan))  # called through jit's fast dispatch, as users do
         for _ in range(2):
             jax.block_until_ready(fn(inputs, consts))
-        compiled[plan_name(plan)] = fn
+        compiled[plan.mode] = fn
     samples = {name: [] for name in compiled}
     for _ in range(rounds):
         for name, fn in compiled.items():
@@ -291,16 +280,18 @@ def tune(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, has_aux: 
     if g.whole_reverse:  # only JAX's reverse mode reproduces jax.jacrev here: nothing to choose
         plan = plan_jax_mode(g, "rev")
         times = measure(g, [plan], inputs, consts, rounds)
-        return TuneResult(times, plan_name(plan), plan_name(plan), None)
+        return TuneResult(times, plan.mode, plan.mode, None)
     elimination = plan_elimination(g, resolve_order(g, "auto"))
-    counted = plan_name(cheapest(g, elimination))
+    counter = Counter(g)  # one memo of per-equation counts for the choice and the candidates
+    counted = cheapest(g, elimination, counter).mode
+    plans = candidates(g, elimination, counter)
     if choice is not None:
-        names = [plan_name(p) for p in candidates(g, elimination)]
+        names = [p.mode for p in plans]
         if choice not in names:
             raise ValueError(f"choice must be one of {names} for this function, got {choice!r}")
         times = {}
     else:
-        plans = [p for p in candidates(g, elimination) if p.mode != "eliminate" or counted == "eliminate"]
+        plans = [p for p in plans if p.mode != "eliminate" or counted == "eliminate"]
         times = measure(g, plans, inputs, consts, rounds)
         fastest = min(times, key=times.get)
         choice = fastest if times[fastest] < (1 - margin) * times[counted] else counted

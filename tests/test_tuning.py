@@ -47,7 +47,7 @@ def fixed_times(times: dict):
     seen = []
 
     def measure(graph, plans, inputs, consts, rounds=7):
-        names = [tuning.plan_name(p) for p in plans]
+        names = [p.mode for p in plans]
         seen.append(names)
         return {n: times[n] for n in names}
 
