@@ -19,8 +19,8 @@ from jax.experimental import sparse
 
 from ccjax._jaxpr import is_tracer
 from ccjax.graph import Graph
-from ccjax.structure import (ProductPlan, Structure, SumPlan, deband_plan, product_plan, reshape, sum_plan, to_bcoo,
-                             transpose)
+from ccjax.structure import (ProductPlan, Structure, SumPlan, deband_plan, is_selection, product_plan, reshape,
+                             sum_plan, to_bcoo, to_dense, transpose)
 
 LAYOUTS = ("dense", "sparse")
 
@@ -296,6 +296,8 @@ def dense_block(st: Optional[Structure], value, shape: tuple, dtype, tag: Option
             return jnp.zeros(shape, dtype)
         never = lax.broadcasted_iota(np.int32, shape, 0) == -1 - tag  # false everywhere
         return jnp.where(never, jnp.ones((), dtype), jnp.zeros((), dtype))
+    if is_selection(st):  # one comparison with the run-time indices
+        return reshape(to_dense(st, value, dtype), shape)
     if st.bands:
         deband = deband_plan(st)
         st, value = deband.result, deband.apply(value, dtype)

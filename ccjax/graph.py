@@ -403,6 +403,65 @@ class Vertex:
     dtype: Any
 
 
+#: Primitives that index computations use, and whose results are a
+#: function of their operands and parameters alone.
+_INDEX_ARITHMETIC = frozenset({
+    "add", "sub", "mul", "div", "rem", "neg", "abs", "sign", "max", "min", "clamp", "select_n",
+    "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "not", "xor", "iota", "broadcast_in_dim", "reshape",
+    "squeeze", "expand_dims", "convert_element_type", "concatenate", "slice", "transpose",
+    "shift_left", "shift_right_arithmetic", "shift_right_logical", "integer_pow",
+})
+
+
+class _SameValues:
+    """A key per variable such that equal keys mean equal values.
+
+    Integer and boolean values known at build time are keyed by value
+    (which pins them, see :class:`_Statics`), those computed by the same
+    index arithmetic from operands of equal keys share a key, and any other
+    variable is its own key.  ``x[i] ** 2 + sin(x[i])`` traces its index
+    arithmetic (wrapping negative indices) twice, into variables that a rule
+    keying a selection by its index operand must recognise as one.  Keys are
+    numbered in the order they are first asked for, which the graph's
+    construction fixes, so a graph's fingerprint is the same in every
+    process."""
+
+    def __init__(self, program: Program, statics: "_Statics"):
+        self.program, self.statics = program, statics
+        self.numbers: dict = {}
+        self.keys: dict[int, Any] = {}
+
+    def _exact(self, var: int) -> bool:
+        dtype = self.program.avals[var].dtype
+        return bool(np.issubdtype(dtype, np.integer) or dtype == np.bool_)
+
+    def key(self, var: int):
+        stack = [var]
+        while stack:  # post-order over the index arithmetic, without recursion
+            v = stack[-1]
+            if v in self.keys:
+                stack.pop()
+                continue
+            node = self.statics.producer.get(v, (None, None))[1] if self._exact(v) else None
+            value = self.statics.value(v) if self._exact(v) else None
+            if value is not None:
+                a = np.asarray(value)
+                self.keys[v] = self._number(("value", str(a.dtype), a.shape, a.tobytes()))
+            elif node is None or node.name not in _INDEX_ARITHMETIC or not all(map(self._exact, node.outs)):
+                self.keys[v] = v
+            elif any(i not in self.keys for i in node.ins):
+                stack.extend(i for i in node.ins if i not in self.keys)
+                continue
+            else:
+                base = (node.name, repr(sorted(node.params.items())), tuple(self.keys[i] for i in node.ins))
+                self.keys[v] = self._number((base, node.outs.index(v)))
+            stack.pop()
+        return self.keys[var]
+
+    def _number(self, base) -> tuple:
+        return ("same", self.numbers.setdefault(base, len(self.numbers)))
+
+
 class _Statics:
     """Values known while the graph is built: constants of the program, the
     closed jaxpr's constants (each one read is recorded in ``pins``), and
@@ -502,8 +561,9 @@ class Graph:
         self.diff_leaves = tuple(diff_leaves)
         self.pins: dict[int, np.ndarray] = {}
         self._statics = _Statics(program, top_values, self.pins)
+        self._same_values = _SameValues(program, self._statics)
         self._build(n_outputs)
-        del self._statics  # holds the closed jaxpr's constants: keep only the pinned ones
+        del self._statics, self._same_values  # _statics holds the closed jaxpr's constants: keep only the pinned ones
         self.fingerprint = self._fingerprint()
         self.plans: dict = {}  # order key -> Plan, filled by the API
         self.runners: dict = {}  # order key -> jitted executor, filled by the API
@@ -602,7 +662,8 @@ class Graph:
         ctx = RuleContext(node.name, node.params, tuple(prog.avals[i] for i in node.ins),
                           tuple(prog.avals[o] for o in node.outs), active_slots, node.eval,
                           node.reverse_only, tuple(tuple(g) for g in groups.values()),
-                          forward_matches_reverse(node), lambda slot: self._statics.value(node.ins[slot]))
+                          forward_matches_reverse(node), lambda slot: self._statics.value(node.ins[slot]),
+                          tuple(self._same_values.key(i) for i in node.ins))
         return partials(ctx)
 
     def pins_match(self, top_values: Sequence) -> bool:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Callable
 
 from ccjax.rules.base import Partial, RuleContext, Rule
-from ccjax.rules import elementwise, linalg, opaque, reduction, shape
+from ccjax.rules import elementwise, linalg, opaque, reduction, selection, shape
 
 RULES: dict[str, Rule] = {}
-for _module in (elementwise, shape, reduction, linalg):
+for _module in (elementwise, shape, reduction, linalg, selection):
     RULES.update(_module.RULES)
 
 #: Primitives whose outputs never carry a derivative (beyond integer dtypes).

@@ -25,7 +25,9 @@ class RuleContext:
     mode at every input (see :func:`ccjax.graph.forward_matches_reverse`);
     ``static(slot)``: the operand's value when it is known when the graph is
     built (a constant, or computed from constants only), else None; the
-    graph is then valid only for that value (see :class:`ccjax.graph.Graph`).
+    graph is then valid only for that value (see :class:`ccjax.graph.Graph`);
+    ``operand_ids``: the program variable each operand reads (equal ids,
+    equal values: a selection's key names its index operand by it).
     """
 
     name: str
@@ -38,6 +40,7 @@ class RuleContext:
     same_var: tuple[tuple[int, ...], ...] = ()  # groups of active slots reading one variable
     forward_exact: bool = False
     static: Callable[[int], Optional[np.ndarray]] = lambda slot: None
+    operand_ids: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,8 +10,9 @@ without interior, concatenation, split, dynamic slices at known starts) is a
 band (:class:`ccjax.structure.Band`: no stored numbers), and so are a
 gather and a scatter-add along one axis at known indices with few distinct
 offsets, and a scatter or scatter-add writing one window at known starts;
-any other moved axis stores a small 0/1 selection matrix, and other gathers
-and scatters get the dense local Jacobian of :mod:`.opaque`.
+any other moved axis stores a small 0/1 selection matrix.  Other gathers
+and scatter-adds are selections at run-time indices (:mod:`.selection`);
+other scatters get the dense local Jacobian of :mod:`.opaque`.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ccjax.rules import opaque
+from ccjax.rules import opaque, selection
 from ccjax.rules.base import Partial, RuleContext, identity_labels, labelled
 from ccjax.structure import common_chain, dense, make_structure, split_sizes
 
@@ -361,7 +362,8 @@ def _gather(ctx):
         if tuple(ctx.params["slice_sizes"]) == whole:
             runs = _index_runs(ctx, 1, operand[axis])
     if runs is None:
-        return opaque.dense_partials(ctx)
+        pick = selection.gather_partial(ctx)
+        return [pick] if pick is not None else opaque.dense_partials(ctx)
     in_labels, out_labels = _one_axis_labels(len(operand), axis, dn.offset_dims, ("i",), ("o",))
     if operand[axis] == 1:  # every row reads the one element: a replication
         return [labelled(0, 0, ctx, out_labels, in_labels)]
@@ -464,13 +466,16 @@ def _scatter_add(ctx):
         slice_sizes = [updates[p] for p in sorted(dn.update_window_dims)]
         if slice_sizes == [n for k, n in enumerate(operand) if k != axis]:
             runs = _index_runs(ctx, 1, operand[axis])
-    if runs is None and 2 in ctx.active:
+    put = selection.scatter_add_partial(ctx) if runs is None and 2 in ctx.active else None
+    if runs is None and 2 in ctx.active and put is None:
         return opaque.dense_partials(ctx)
     parts = []
     if 0 in ctx.active:
         labels = identity_labels(len(operand))
         parts.append(labelled(0, 0, ctx, labels, labels))
-    if 2 in ctx.active:
+    if put is not None:
+        parts.append(put)
+    elif 2 in ctx.active:
         out_labels, in_labels = _one_axis_labels(len(operand), axis, dn.update_window_dims, ("o",), ("i",))
         if operand[axis] == 1:  # every row is added to the one element: a sum
             parts.append(labelled(0, 2, ctx, out_labels, in_labels))

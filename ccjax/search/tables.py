@@ -36,7 +36,7 @@ import numpy as np
 
 from ccjax.graph import Graph
 from ccjax.orders.incremental import Evaluator
-from ccjax.structure import Structure
+from ccjax.structure import Structure, is_selection
 
 #: Table entry for a (structure, structure) pair no elimination can produce.
 UNREACHABLE = -2
@@ -118,10 +118,13 @@ def structure_features(st: Structure) -> np.ndarray:
     """
     out_size = math.prod(st.out_shape)
     in_size = math.prod(st.in_shape)
-    out_syms = {s for ax in st.out_axes for s in ax}
-    in_syms = {s for ax in st.in_axes for s in ax}
-    diag = math.prod(st.sizes[s] for s in out_syms & in_syms)
-    nnz = st.nnz_values
+    if is_selection(st):  # a few entries per row, like a diagonal
+        diag, nnz = st.lead, (st.nnz_values if st.val is not None else 0)
+    else:
+        out_syms = {s for ax in st.out_axes for s in ax}
+        in_syms = {s for ax in st.in_axes for s in ax}
+        diag = math.prod(st.sizes[s] for s in out_syms & in_syms)
+        nnz = st.nnz_values
     dense = max(out_size * in_size, 1)
     return np.array([1.0, float(st.val is None), float(st.sign), math.log1p(nnz), math.log1p(out_size),
                      math.log1p(in_size), math.log1p(diag), nnz / dense], np.float32)

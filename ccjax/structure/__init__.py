@@ -13,15 +13,17 @@ import functools
 
 import jax.numpy as jnp
 
-from ccjax.structure import bands, core
+from ccjax.structure import bands, core, selection
 from ccjax.structure.bands import deband_plan
 from ccjax.structure.core import (Axes, Band, ProductPlan, Structure, SumPlan, UnionFind, clip_range, common_chain,
                                   contract, dense, make_structure, reshape, split_sizes, structure_from_labels,
-                                  to_bcoo, transpose, unit)
+                                  transpose, unit)
+from ccjax.structure.selection import Selection, is_selection
 
 __all__ = ["Axes", "Band", "ProductPlan", "Structure", "SumPlan", "UnionFind", "clip_range", "common_chain",
-           "contract", "deband_plan", "dense", "densify_plan", "make_structure", "product_plan", "reshape",
-           "split_sizes", "structure_from_labels", "sum_plan", "to_bcoo", "to_dense", "transpose", "unit"]
+           "contract", "deband_plan", "dense", "densify_plan", "is_selection", "make_structure", "product_plan",
+           "reshape", "Selection", "split_sizes", "structure_from_labels", "sum_plan", "to_bcoo", "to_dense",
+           "transpose", "unit"]
 
 
 @functools.lru_cache(maxsize=65536)
@@ -29,6 +31,8 @@ def product_plan(outer: Structure, inner: Structure):
     """Plan ``outer ∘ inner``; ``outer.in_shape`` must equal ``inner.out_shape``."""
     if outer.in_shape != inner.out_shape:
         raise ValueError(f"shape mismatch in product: {outer.in_shape} vs {inner.out_shape}")
+    if is_selection(outer) or is_selection(inner):
+        return selection.product(outer, inner)
     return bands.product(outer, inner) if outer.bands or inner.bands else core.product_plan(outer, inner)
 
 
@@ -38,6 +42,8 @@ def sum_plan(a: Structure, b: Structure):
     when the sum is structurally zero."""
     if a.out_shape != b.out_shape or a.in_shape != b.in_shape:
         raise ValueError(f"cannot add partials of shapes {a.out_shape, a.in_shape} and {b.out_shape, b.in_shape}")
+    if is_selection(a) or is_selection(b):
+        return selection.sum_(a, b)
     return bands.sum_(a, b) if a.bands or b.bands else core.sum_plan(a, b)
 
 
@@ -48,5 +54,15 @@ def densify_plan(st: Structure):
 
 def to_dense(st: Structure, value, dtype=None):
     """The partial as a dense array of shape ``out_shape + in_shape``."""
+    if is_selection(st):
+        return selection.to_dense(st, value, jnp.result_type(float) if dtype is None else dtype)
     dtype = dtype if dtype is not None else (jnp.result_type(float) if value is None else value.dtype)
     return reshape(densify_plan(st).apply(value, dtype), st.out_shape + st.in_shape)
+
+
+def to_bcoo(st, value, dtype=None):
+    """The partial as a ``jax.experimental.sparse.BCOO`` of shape
+    ``out_shape + in_shape`` holding exactly its structural nonzeros."""
+    if is_selection(st):
+        return selection.to_bcoo(st, value, jnp.result_type(float) if dtype is None else dtype)
+    return core.to_bcoo(st, value, dtype)

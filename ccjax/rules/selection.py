@@ -1,0 +1,131 @@
+"""Gathers, scatter-adds and sorts at indices known only at run time.
+
+Their partials are :class:`ccjax.structure.Selection` s: the flat operand
+element each output element reads (a gather, a sort) or the flat output
+element each update element lands on (a scatter-add), computed when the
+program runs by the same primitive applied to an ``iota`` of flat indices.
+Out-of-range indices follow ``jax.jacrev``, which differentiates by the
+transposed primitive: a gather's transpose is a scatter-add, which XLA
+drops out of range unless ``mode=clip`` clamps; a scatter-add's is a
+gather, which drops in ``mode=fill`` and clamps otherwise (XLA's gather
+clamps).  Dropped entries are a stored 0/1 value.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ccjax.rules.base import Partial, RuleContext
+from ccjax.structure import Selection
+
+#: Largest flat size whose indices an int32 holds.
+_MAX_FLAT = 2**31 - 1
+
+
+def _flat_iota(shape) -> jnp.ndarray:
+    return lax.iota(np.int32, math.prod(shape)).reshape(shape)
+
+
+def _all_in_range(ctx: RuleContext, valid_of) -> bool:
+    """Whether indices known when the graph is built select in range
+    everywhere (then the 0/1 value is not needed)."""
+    idx = ctx.static(1)
+    if idx is None:
+        return False
+    with jax.ensure_compile_time_eval():  # inside an outer trace too
+        return bool(np.all(np.asarray(valid_of(jnp.asarray(idx)))))
+
+
+def _indexed(ctx: RuleContext, slot: int, kind: str, operand, dimension_numbers, slice_sizes,
+             drops: bool) -> Partial:
+    """The selection of operand ``slot`` whose flat indices a gather from the
+    output-side array ``operand`` (shape) at the equation's indices reads:
+    the gather itself (a pick) or a scatter-add's transpose (a put).
+    ``drops``: out-of-range windows drop (a stored 0/1 value) rather than clamp."""
+    params = ctx.params
+    gather = lambda x, idx, **over: lax.gather(x, idx, dimension_numbers, slice_sizes,
+                                                indices_are_sorted=params["indices_are_sorted"],
+                                                unique_indices=params["unique_indices"], **over)
+    valid_of = lambda idx: gather(jnp.ones(operand, np.float32), idx, mode=lax.GatherScatterMode.FILL_OR_DROP,
+                                  fill_value=0)
+    stored = drops and not _all_in_range(ctx, valid_of)
+    text = repr(sorted((k, repr(v)) for k, v in params.items()))
+    key = ctx.name, ctx.operand_ids[1], hashlib.sha256(text.encode()).hexdigest()[:16], tuple(operand)
+    out, inn = tuple(ctx.out_avals[0].shape), tuple(ctx.in_avals[slot].shape)
+    st = Selection(out, inn, kind, (key,), ("v",) if stored else None)
+    dtype = ctx.out_avals[0].dtype
+
+    def values(ins, _outs):
+        idx = gather(_flat_iota(operand), ins[1], mode=lax.GatherScatterMode.CLIP).reshape(-1, 1)
+        if not stored:
+            return (idx,)
+        return idx, valid_of(ins[1]).reshape(-1, 1).astype(dtype)
+
+    return Partial(0, slot, st, values)
+
+
+def _fits_int32(*shapes) -> bool:
+    return all(math.prod(shape) <= _MAX_FLAT for shape in shapes)
+
+
+def gather_partial(ctx: RuleContext) -> Optional[Partial]:
+    """``∂ gather(x, idx) / ∂x`` as a pick, or None when the flat sizes do not
+    fit int32 indices or the operand is not differentiated."""
+    operand = tuple(ctx.in_avals[0].shape)
+    if 0 not in ctx.active or not ctx.operand_ids or not _fits_int32(operand, ctx.out_avals[0].shape):
+        return None
+    mode = lax.GatherScatterMode.from_any(ctx.params["mode"])
+    return _indexed(ctx, 0, "pick", operand, ctx.params["dimension_numbers"], ctx.params["slice_sizes"],
+                    drops=mode != lax.GatherScatterMode.CLIP)
+
+
+def scatter_add_partial(ctx: RuleContext) -> Optional[Partial]:
+    """``∂ scatter_add(x, idx, y) / ∂y`` as a put: each update element lands
+    where the transposed gather (JAX's transpose rule of scatter-add) reads."""
+    operand, updates = tuple(ctx.in_avals[0].shape), tuple(ctx.in_avals[2].shape)
+    if 2 not in ctx.active or not ctx.operand_ids or not _fits_int32(operand, updates):
+        return None
+    dn = ctx.params["dimension_numbers"]
+    gather_dn = lax.GatherDimensionNumbers(
+        offset_dims=dn.update_window_dims, collapsed_slice_dims=dn.inserted_window_dims,
+        start_index_map=dn.scatter_dims_to_operand_dims, operand_batching_dims=dn.operand_batching_dims,
+        start_indices_batching_dims=dn.scatter_indices_batching_dims)
+    window = iter(dn.update_window_dims)
+    slice_sizes = tuple(1 if k in dn.inserted_window_dims or k in dn.operand_batching_dims
+                        else updates[next(window)] for k in range(len(operand)))
+    # The transposed gather drops out-of-range windows only in fill mode (XLA's gather clamps).
+    mode = lax.GatherScatterMode.from_any(ctx.params["mode"])
+    return _indexed(ctx, 2, "put", operand, gather_dn, slice_sizes, drops=mode == lax.GatherScatterMode.FILL_OR_DROP)
+
+
+def sort_partials(ctx: RuleContext) -> list[Partial]:
+    """Every sorted floating operand reads its input at the sort's
+    permutation (found as JAX's sort JVP finds it: by sorting an ``iota``
+    along with the keys); an output never depends on another operand."""
+    shape = tuple(ctx.in_avals[0].shape)
+    if not _fits_int32(shape) or not ctx.operand_ids:
+        return []
+    dimension, num_keys = ctx.params["dimension"], ctx.params["num_keys"]
+    key = ("sort", tuple(ctx.operand_ids[:num_keys]), dimension, num_keys, ctx.params["is_stable"], shape)
+
+    def permutation(ins, _outs):
+        ordered = lax.sort((*ins[:num_keys], _flat_iota(shape)), dimension=dimension,
+                           is_stable=ctx.params["is_stable"], num_keys=num_keys)
+        return ordered[-1].reshape(-1, 1)
+
+    parts = []
+    for slot in ctx.active:
+        if jnp.issubdtype(ctx.out_avals[slot].dtype, jnp.inexact):
+            st = Selection(tuple(ctx.out_avals[slot].shape), shape, "pick", (key,))
+            parts.append(Partial(slot, slot, st, lambda ins, outs: (permutation(ins, outs),), permutation,
+                                 lambda idx: (idx,)))
+    return parts
+
+
+RULES = {"sort": sort_partials}

@@ -1,0 +1,451 @@
+"""Partials that move data by indices known only when the program runs.
+
+A gather reads, for every output element, one operand element (or none:
+a fill); a scatter-add adds every update element to one output element
+(or drops it); a sort reads every output element from the permuted input.
+Their partials are selections: with flat (row-major) indices ``m`` of the
+out shape and ``n`` of the in shape, and ``k < width``,
+
+* ``pick``: ``J[m, n] = sum_k v[m, k] [n == idx[m, k]]`` (arrays ``(M, width)``),
+* ``put``:  ``J[m, n] = sum_k v[n, k] [m == idx[n, k]]`` (arrays ``(N, width)``),
+
+where ``idx`` is an int32 array computed at run time and always in range
+(an element read or written nowhere has ``v = 0``), and ``v`` is stored
+only when :attr:`Selection.val` is set (else every entry is ``sign``).
+A gather is a pick of width 1; a sum of ``width`` gathers of one array
+(``u[nbr[:, 0]] + u[nbr[:, 1]] - 2 u``, a mesh or graph Laplacian) is a pick
+of that width, the ELLPACK sparse format.  The index array is the *value*
+of such a partial: ``(idx,)`` or ``(idx, v)``.  Each column ``k`` has a
+key (:attr:`Selection.keys`): columns with equal keys have equal indices
+when they run (a key names the index operand and the parameters that turn
+it into flat indices), so a sum adds the values of columns with one key
+(``x[i] ** 2 + sin(x[i])``) and appends the others.
+
+Products with elementwise partials (diagonal on the flat index) and with
+selections of the same kind stay selections and cost one multiplication per
+stored entry at most; sums of selections of one kind concatenate their
+entries; an elementwise partial joins a sum as a selection at ``iota``.
+Any other product or sum, and any selection that would store more than
+half the dense block, is carried out densely, as a gather or scatter-add of
+rows or columns, and counts what it multiplies.  Every plan has ``result``,
+``mults``, ``additions`` and ``apply``, as the plans of
+:mod:`ccjax.structure.core` do, so the cost model and the executor agree
+here too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Hashable, Optional
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ccjax.structure import bands, core
+
+KINDS = ("pick", "put")
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Structure of a selection partial (see module docstring).
+
+    ``kind`` is ``"pick"`` (``width`` in elements per out element) or
+    ``"put"`` (``width`` out elements per in element); ``keys`` (distinct,
+    one per column, ``width = len(keys)``) identify the run-time index
+    columns; ``val`` is None for entries ``sign`` and ``("v",)`` for stored
+    values (then ``sign`` is 1).  ``bands`` is always empty (the structure
+    has no symbols)."""
+
+    out_shape: tuple[int, ...]
+    in_shape: tuple[int, ...]
+    kind: str
+    keys: tuple[Hashable, ...]
+    val: Optional[tuple[str, ...]] = None
+    sign: int = 1
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown selection kind {self.kind!r}")
+        if self.val is not None and self.sign != 1:
+            raise ValueError("a selection with stored values has sign 1 (the values carry it)")
+        if not self.keys or len(set(self.keys)) != len(self.keys):
+            raise ValueError("a selection has one distinct key per column, and at least one column")
+
+    bands = ()
+
+    @property
+    def width(self) -> int:
+        """Entries per row of the index array."""
+        return len(self.keys)
+
+    @property
+    def lead(self) -> int:
+        """Rows of the index (and value) array: M for a pick, N for a put."""
+        return math.prod(self.out_shape if self.kind == "pick" else self.in_shape)
+
+    @property
+    def nnz_values(self) -> int:
+        """Stored entries (indices, and values when stored)."""
+        return self.lead * self.width
+
+    @property
+    def val_shape(self) -> Optional[tuple[int, ...]]:
+        return None if self.val is None else (self.lead, self.width)
+
+    def describe(self) -> str:
+        v = ("-" if self.sign < 0 else "+") + "1" if self.val is None else "v"
+        return f"{self.kind}{self.width}[{v}]({self.out_shape}|{self.in_shape})"
+
+
+def is_selection(st) -> bool:
+    return isinstance(st, Selection)
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionPlan:
+    """A product or sum involving a selection: ``result`` (None: structurally
+    zero), the multiplications and additions ``apply`` performs, and
+    ``run(a, b, dtype)`` computing the result's value."""
+
+    result: object
+    mults: int
+    additions: int
+    run: Callable = dataclasses.field(compare=False)
+
+    def apply(self, a, b, dtype):
+        return self.run(a, b, dtype)
+
+
+# ---------------------------------------------------------------------------
+# Values.
+# ---------------------------------------------------------------------------
+
+
+def _flat_symbols(st: core.Structure) -> Optional[list[int]]:
+    """The symbols of ``st``'s flat index when ``st`` is elementwise on it
+    (out and in axes read the same distinct symbols in the same order, no
+    bands): ``J[m, n] = d[m] [m == n]``; else None."""
+    if not isinstance(st, core.Structure) or st.bands:
+        return None
+    out = [s for ax in st.out_axes for s in ax]
+    if out != [s for ax in st.in_axes for s in ax] or len(set(out)) != len(out):
+        return None
+    return out
+
+
+def _diagonal(st: core.Structure, value, dtype):
+    """The flat diagonal of an elementwise structure (None when it stores no
+    values: every entry is ``st.sign``)."""
+    if st.val is None:
+        return None
+    syms = _flat_symbols(st)
+    v = core.reshape(jnp.asarray(value, dtype), tuple(st.sizes[s] for s in st.val))
+    v = core.transpose(v, sorted(range(len(st.val)), key=lambda k: syms.index(st.val[k])))
+    v = core.reshape(v, tuple(st.sizes[s] if s in st.val else 1 for s in syms))
+    return jnp.broadcast_to(v, tuple(st.sizes[s] for s in syms)).reshape(-1)
+
+
+def _parts(st: Selection, value, dtype):
+    """``(idx, v)`` of a selection's value (both ``(lead, width)``), ``v``
+    None when not stored."""
+    idx = value[0]
+    return idx, (None if st.val is None else jnp.asarray(value[1], dtype))
+
+
+def _take(x, idx):
+    """Rows of ``x`` at indices known to be in range (no wrapping or filling)."""
+    return x.at[idx].get(mode="promise_in_bounds")
+
+
+def _times(a, b, sign: int = 1):
+    """``sign * a * b`` for optional arrays (None: all ones); the sign is a
+    negation, never counted as a multiplication."""
+    return _stored(sign, b if a is None else a if b is None else a * b)
+
+
+def _stored(sign: int, v):
+    """``sign * v`` (None stays None: the sign then lives in the structure)."""
+    return v if v is None or sign > 0 else -v
+
+
+def _entries(st: Selection, v, dtype):
+    """The stored values, or ``sign`` everywhere when none are stored."""
+    return jnp.full((st.lead, st.width), st.sign, dtype) if v is None else v
+
+
+def _combined(*sides) -> dict:
+    """``val`` and ``sign`` of a product or sum's selection: values stored
+    when either side stores some (then the sign is folded into them)."""
+    sign = math.prod(s.sign for s in sides)
+    return {"val": ("v",), "sign": 1} if any(s.val is not None for s in sides) else {"val": None, "sign": sign}
+
+
+def _selection_value(idx, v):
+    """A selection's value; ``v`` broadcast to the index array's ``(lead, width)``."""
+    return (idx,) if v is None else (idx, jnp.broadcast_to(v, idx.shape))
+
+
+def _fits(lead: int, width: int, out_shape, in_shape) -> bool:
+    """Whether a selection of ``width`` entries per row stores at most half
+    the dense block (else the dense form is kept)."""
+    return 2 * lead * width <= math.prod(out_shape) * math.prod(in_shape)
+
+
+def _matrix(st, value, dtype):
+    """Any partial as a dense ``(M, N)`` array."""
+    m, n = math.prod(st.out_shape), math.prod(st.in_shape)
+    if not is_selection(st):
+        return core.reshape(_to_dense_core(st, value, dtype), (m, n))
+    idx, v = _parts(st, value, dtype)
+    axis, lead_axis = (1, 0) if st.kind == "pick" else (0, 1)
+    iota = lax.broadcasted_iota(np.int32, (m, n), axis)
+    total = None
+    for k in range(st.width):
+        at = jnp.expand_dims(idx[:, k], 1 - lead_axis)
+        entry = jnp.asarray(st.sign, dtype) if v is None else jnp.expand_dims(v[:, k], 1 - lead_axis)
+        term = jnp.where(iota == at, entry, jnp.zeros((), dtype))
+        total = term if total is None else total + term
+    return total
+
+
+def _to_dense_core(st: core.Structure, value, dtype):
+    plan = bands.densify(st) if st.bands else core.densify_plan(st)
+    return core.reshape(plan.apply(value, dtype), st.out_shape + st.in_shape)
+
+
+def to_dense(st: Selection, value, dtype):
+    """The selection as a dense array of shape ``out_shape + in_shape``."""
+    return core.reshape(_matrix(st, value, dtype), st.out_shape + st.in_shape)
+
+
+def to_bcoo(st: Selection, value, dtype):
+    """The selection as a BCOO holding one entry per stored index."""
+    from jax.experimental import sparse
+
+    idx, v = _parts(st, value, dtype)
+    lead = jnp.broadcast_to(jnp.arange(st.lead, dtype=np.int32)[:, None], idx.shape).reshape(-1)
+    flat = idx.reshape(-1)
+    rows, cols = (lead, flat) if st.kind == "pick" else (flat, lead)
+    columns = [c for at, shape in ((rows, st.out_shape), (cols, st.in_shape))
+               for c in (jnp.unravel_index(at, shape) if shape else ())]
+    nse = st.lead * st.width
+    indices = jnp.stack(columns, axis=1).astype(np.int32) if columns else jnp.zeros((nse, 0), np.int32)
+    return sparse.BCOO((_entries(st, v, dtype).reshape(-1), indices), shape=st.out_shape + st.in_shape)
+
+
+def _dense_result(out_shape, in_shape):
+    """A dense structure and how to lay a ``(M, N)`` array out as its value."""
+    st, prepare = core.dense(tuple(out_shape), tuple(in_shape))
+    return st, lambda matrix: prepare(core.reshape(matrix, tuple(out_shape) + tuple(in_shape)))
+
+
+# ---------------------------------------------------------------------------
+# Products.
+# ---------------------------------------------------------------------------
+
+
+def product(outer, inner) -> SelectionPlan:
+    """Plan ``outer ∘ inner`` where at least one side is a :class:`Selection`."""
+    if is_selection(outer) and is_selection(inner):
+        return _selection_times_selection(outer, inner)
+    if is_selection(outer):
+        return (_scaled(outer, inner, diag_first=False) if _flat_symbols(inner) is not None
+                else _selection_times_dense(outer, inner))
+    return (_scaled(inner, outer, diag_first=True) if _flat_symbols(outer) is not None
+            else _dense_times_selection(outer, inner))
+
+
+def _both_valued(a, b) -> bool:
+    return a.val is not None and b.val is not None
+
+
+def _scaled(sel: Selection, diag: core.Structure, diag_first: bool) -> SelectionPlan:
+    """``diag(d) ∘ sel`` (``diag_first``) or ``sel ∘ diag(d)``: ``d`` scales
+    the rows on the selection's lead side and is read at the indices on the
+    other side."""
+    side = "out_shape" if diag_first else "in_shape"
+    result = dataclasses.replace(sel, **{side: getattr(diag, side)}, **_combined(sel, diag))
+    mults = sel.nnz_values if _both_valued(sel, diag) else 0
+    sign = sel.sign * diag.sign
+    read_at_indices = sel.kind == ("put" if diag_first else "pick")
+
+    def run(a, b, dtype):
+        (sv, dv) = (b, a) if diag_first else (a, b)
+        idx, v = _parts(sel, sv, dtype)
+        d = _diagonal(diag, dv, dtype)
+        if d is not None:
+            d = _take(d, idx) if read_at_indices else d[:, None]
+        return _selection_value(idx, _times(v, d, sign))
+
+    return SelectionPlan(result, mults, 0, run)
+
+
+def _selection_times_selection(outer: Selection, inner: Selection) -> SelectionPlan:
+    """Two picks or two puts compose into one (indices composed, widths
+    multiplied); a pick after a put, a put after a pick, or a composition
+    too wide is carried out densely."""
+    out_shape, in_shape = outer.out_shape, inner.in_shape
+    width = outer.width * inner.width
+    lead = math.prod(out_shape if outer.kind == "pick" else in_shape)
+    if outer.kind == inner.kind and _fits(lead, width, out_shape, in_shape):
+        # column (j, k): outer column j then inner column k (pick), or inner k then outer j (put)
+        keys = (tuple(("compose", a, b) for a in outer.keys for b in inner.keys) if outer.kind == "pick"
+                else tuple(("compose", a, b) for b in inner.keys for a in outer.keys))
+        result = Selection(out_shape, in_shape, outer.kind, keys, **_combined(outer, inner))
+        sign = outer.sign * inner.sign
+        mults = result.nnz_values if _both_valued(outer, inner) else 0
+
+        def run(a, b, dtype):
+            ia, va = _parts(outer, a, dtype)
+            ib, vb = _parts(inner, b, dtype)
+            if outer.kind == "pick":  # m reads ia[m, j], which reads ib[ia[m, j], k]
+                idx = _take(ib, ia)
+                v = _times(None if va is None else va[:, :, None],
+                           None if vb is None else _take(vb, ia), sign)
+            else:  # n lands on ib[n, k], which lands on ia[ib[n, k], j]
+                idx = _take(ia, ib)
+                v = _times(None if va is None else _take(va, ib),
+                           None if vb is None else vb[:, :, None], sign)
+            v = None if v is None else jnp.broadcast_to(v, idx.shape).reshape(lead, width)
+            return _selection_value(idx.reshape(lead, width), v)
+
+        return SelectionPlan(result, mults, 0, run)
+    if outer.kind == "put" and inner.kind == "pick":
+        return _put_after_pick(outer, inner)
+    return _dense_times_selection(outer, inner)
+
+
+def _put_after_pick(outer: Selection, inner: Selection) -> SelectionPlan:
+    """``J[m, k] = sum_n sum_ij [m == ia[n, i]] va[n, i] vb[n, j] [k == ib[n, j]]``:
+    one scatter-add of the ``N * wa * wb`` products."""
+    result, prepare = _dense_result(outer.out_shape, inner.in_shape)
+    m, k = math.prod(outer.out_shape), math.prod(inner.in_shape)
+    n, wa, wb = outer.lead, outer.width, inner.width
+    sign = outer.sign * inner.sign
+    mults = n * wa * wb if _both_valued(outer, inner) else 0
+
+    def run(a, b, dtype):
+        ia, va = _parts(outer, a, dtype)
+        ib, vb = _parts(inner, b, dtype)
+        v = _times(None if va is None else va[:, :, None], None if vb is None else vb[:, None, :], sign)
+        v = jnp.full((n, wa, wb), sign, dtype) if v is None else jnp.broadcast_to(v, (n, wa, wb))
+        rows = jnp.broadcast_to(ia[:, :, None], (n, wa, wb))
+        cols = jnp.broadcast_to(ib[:, None, :], (n, wa, wb))
+        return prepare(jnp.zeros((m, k), dtype).at[rows, cols].add(v))
+
+    return SelectionPlan(result, mults, 0, run)
+
+
+def _selection_times_dense(sel: Selection, other) -> SelectionPlan:
+    """``sel ∘ other`` for any other structure, densified to ``(N, R)``: a
+    pick gathers its rows, a put scatter-adds them."""
+    result, prepare = _dense_result(sel.out_shape, other.in_shape)
+    m, r = math.prod(sel.out_shape), math.prod(other.in_shape)
+    mults = sel.nnz_values * r if sel.val is not None else 0
+
+    def run(a, b, dtype):
+        idx, v = _parts(sel, a, dtype)
+        rows = _matrix(other, b, dtype)
+        if sel.kind == "pick":  # row m: sum_k v[m, k] other[idx[m, k]]
+            picked = _scale(_take(rows, idx), v, sel.sign)  # (M, width, R)
+            return prepare(picked.sum(axis=1) if sel.width > 1 else picked[:, 0])
+        # row n of other, times v[n, k], lands on row idx[n, k]
+        scaled = _scale(jnp.broadcast_to(rows[:, None, :], idx.shape + (r,)), v, sel.sign)
+        return prepare(jnp.zeros((m, r), dtype).at[idx].add(scaled))
+
+    return SelectionPlan(result, mults, 0, run)
+
+
+def _dense_times_selection(other, sel: Selection) -> SelectionPlan:
+    """``other ∘ sel`` for any other structure (a selection of the other
+    kind included), densified to ``(P, M)``: a pick scatter-adds its
+    columns, a put gathers them."""
+    result, prepare = _dense_result(other.out_shape, sel.in_shape)
+    p, n = math.prod(other.out_shape), math.prod(sel.in_shape)
+    mults = p * sel.nnz_values if sel.val is not None else 0
+
+    def run(a, b, dtype):
+        idx, v = _parts(sel, b, dtype)
+        cols = _matrix(other, a, dtype).T  # (M, P)
+        if sel.kind == "put":
+            picked = _scale(_take(cols, idx), v, sel.sign)  # (N, width, P)
+            return prepare(picked.sum(axis=1).T if sel.width > 1 else picked[:, 0].T)
+        scaled = _scale(jnp.broadcast_to(cols[:, None, :], idx.shape + (p,)), v, sel.sign)
+        return prepare(jnp.zeros((n, p), dtype).at[idx].add(scaled).T)
+
+    return SelectionPlan(result, mults, 0, run)
+
+
+def _scale(rows, v, sign: int):
+    """``(lead, width, R)`` rows times the entries ``v`` (``(lead, width)``)."""
+    return _stored(sign, rows) if v is None else v[:, :, None] * rows
+
+
+# ---------------------------------------------------------------------------
+# Sums.
+# ---------------------------------------------------------------------------
+
+
+def _as_selection(st, like: Selection):
+    """An elementwise partial as a selection of ``like``'s kind at ``iota``
+    (None when ``st`` is not elementwise)."""
+    if is_selection(st):
+        return st
+    if _flat_symbols(st) is None or st.out_shape != st.in_shape:
+        return None
+    return Selection(st.out_shape, st.in_shape, like.kind, (("iota",),), None if st.val is None else ("v",),
+                     st.sign if st.val is None else 1)
+
+
+def _selection_operand(st, sel: Selection, value, dtype):
+    """``(idx, v)`` of ``st`` as the selection ``sel`` (see :func:`_as_selection`)."""
+    if is_selection(st):
+        return _parts(st, value, dtype)
+    idx = lax.iota(np.int32, sel.lead)[:, None]
+    d = _diagonal(st, value, dtype)
+    return idx, None if d is None else d[:, None]
+
+
+def sum_(a, b) -> SelectionPlan:
+    """Plan ``a + b`` where at least one side is a selection.  Selections of
+    one kind (an elementwise partial counts as one at ``iota``) stay one:
+    columns of one key add their values, the others are appended, while
+    that stores at most half the dense block; anything else is the dense
+    sum."""
+    sa, sb = (_as_selection(a, b if is_selection(b) else a), _as_selection(b, a if is_selection(a) else b))
+    if sa is not None and sb is not None and sa.kind == sb.kind:
+        lead = sa.lead
+        keys = sa.keys + tuple(k for k in sb.keys if k not in sa.keys)
+        if set(sa.keys) == set(sb.keys) and sa.val is None and sb.val is None and sa.sign != sb.sign:
+            return SelectionPlan(None, 0, 0, lambda va, vb, dtype: None)
+        if _fits(lead, len(keys), sa.out_shape, sa.in_shape):
+            shared = [sb.keys.index(k) for k in sa.keys if k in sb.keys]
+            signs_only = not shared and sa.val is None and sb.val is None and sa.sign == sb.sign
+            result = Selection(sa.out_shape, sa.in_shape, sa.kind, keys,
+                               **({"val": None, "sign": sa.sign} if signs_only else {"val": ("v",), "sign": 1}))
+            into = [keys.index(k) for k in sb.keys]  # where each column of b goes
+            appended = [j for j, k in enumerate(sb.keys) if k not in sa.keys]
+
+            def run(va, vb, dtype):
+                ia, xa = _selection_operand(a, sa, va, dtype)
+                ib, xb = _selection_operand(b, sb, vb, dtype)
+                idx = jnp.concatenate([ia] + [ib[:, j:j + 1] for j in appended], axis=1) if appended else ia
+                if signs_only:
+                    return (idx,)
+                xa, xb = _entries(sa, xa, dtype), _entries(sb, xb, dtype)
+                if not shared:
+                    return idx, jnp.concatenate([xa, xb], axis=1)
+                if list(into) == list(range(sa.width)):  # the same columns
+                    return idx, xa + xb
+                source = {c: j for j, c in enumerate(into)}  # column of b added into result column c
+                columns = [xa[:, c:c + 1] + xb[:, source[c]:source[c] + 1] if c in source else xa[:, c:c + 1]
+                           for c in range(sa.width)] + [xb[:, j:j + 1] for j in appended]
+                return idx, jnp.concatenate(columns, axis=1)
+
+            return SelectionPlan(result, 0, lead * len(shared), run)
+    result, prepare = _dense_result(a.out_shape, a.in_shape)
+    additions = math.prod(a.out_shape) * math.prod(a.in_shape)
+    return SelectionPlan(result, 0, additions,
+                         lambda va, vb, dtype: prepare(_matrix(a, va, dtype) + _matrix(b, vb, dtype)))

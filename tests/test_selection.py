@@ -1,0 +1,239 @@
+"""Gathers, scatter-adds and sorts at run-time indices are selections:
+the algebra against dense products (with executed multiplications equal to
+the plan's), whole programs exact in every order, under jit, vmap and
+eagerly, and sparse output holding one entry per selected element."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+jax.config.update("jax_enable_x64", True)
+
+from counting import count_mults
+from test_elimination import _executed_mults, _orders
+
+import ccjax
+from ccjax.eliminate import plan_elimination
+from ccjax.structure import Selection, dense, product_plan, structure_from_labels, sum_plan, to_dense, unit
+
+# -- the algebra -----------------------------------------------------------------------------------
+
+SHAPES = [(4,), (2, 3), (5,), (3,)]
+
+
+def _selection(rng, kind, out_shape, in_shape, valued, sign, key="k", width=1):
+    """A random selection whose columns have keys ``(key, 0), (key, 1)...``."""
+    lead = math.prod(out_shape if kind == "pick" else in_shape)
+    bound = math.prod(in_shape if kind == "pick" else out_shape)
+    idx = jnp.asarray(rng.integers(0, bound, (lead, width)), jnp.int32)
+    st = Selection(tuple(out_shape), tuple(in_shape), kind, tuple((key, k) for k in range(width)),
+                   ("v",) if valued else None, 1 if valued else sign)
+    value = (idx, jnp.asarray(rng.normal(size=(lead, width)))) if valued else (idx,)
+    return st, value
+
+
+def _other(rng, kind, out_shape, in_shape):
+    """A structure without selection: identity (±), a stored diagonal, a
+    diagonal on one of two axes, or dense."""
+    if kind in ("unit", "neg") or out_shape != in_shape and kind != "dense":
+        if out_shape != in_shape:
+            kind = "dense"
+        else:
+            return unit(out_shape, -1 if kind == "neg" else 1), None
+    if kind == "diag":
+        labels = list(range(len(out_shape)))
+        st, prep = structure_from_labels(out_shape, in_shape, labels, labels, labels, out_shape)
+        return st, prep(jnp.asarray(rng.normal(size=out_shape)))
+    if kind == "half_diag" and len(out_shape) == 2:  # value over the first axis only
+        st, prep = structure_from_labels(out_shape, in_shape, [0, 1], [0, 1], [0], out_shape[:1])
+        return st, prep(jnp.asarray(rng.normal(size=out_shape[:1])))
+    st, prep = dense(out_shape, in_shape)
+    return st, prep(jnp.asarray(rng.normal(size=out_shape + in_shape)))
+
+
+def _matrix(st, value):
+    return np.asarray(to_dense(st, value, jnp.float64)).reshape(math.prod(st.out_shape), math.prod(st.in_shape))
+
+
+SIDES = hs.sampled_from(["pick", "put", "unit", "neg", "diag", "half_diag", "dense"])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(outer=SIDES, inner=SIDES, valued=hs.tuples(hs.booleans(), hs.booleans()),
+       signs=hs.tuples(hs.sampled_from([1, -1]), hs.sampled_from([1, -1])),
+       widths=hs.tuples(hs.integers(1, 3), hs.integers(1, 3)),
+       shapes=hs.tuples(*[hs.sampled_from(SHAPES)] * 3), seed=hs.integers(0, 1000))
+def test_products_with_selections_equal_dense_products_and_count_what_they_execute(outer, inner, valued, signs,
+                                                                                     widths, shapes, seed):
+    if outer not in ("pick", "put") and inner not in ("pick", "put"):
+        outer = "pick"
+    rng = np.random.default_rng(seed)
+    p, m, n = shapes
+    if outer in ("pick", "put"):
+        a = _selection(rng, outer, p, m, valued[0], signs[0], width=widths[0])
+    else:
+        a = _other(rng, outer, p if outer == "dense" else m, m)
+    if inner in ("pick", "put"):
+        b = _selection(rng, inner, a[0].in_shape, n, valued[1], signs[1], key="other", width=widths[1])
+    else:
+        b = _other(rng, inner, a[0].in_shape, a[0].in_shape if inner != "dense" else n)
+    plan = product_plan(a[0], b[0])
+    got = _matrix(plan.result, plan.apply(a[1], b[1], jnp.float64))
+    np.testing.assert_allclose(got, _matrix(*a) @ _matrix(*b), rtol=1e-12, atol=1e-12)
+    assert count_mults(lambda x, y: plan.apply(x, y, jnp.float64), a[1], b[1]) == plan.mults
+    if isinstance(plan.result, Selection):
+        assert plan.mults <= plan.result.nnz_values
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(kinds=hs.tuples(SIDES, SIDES), valued=hs.tuples(hs.booleans(), hs.booleans()),
+       signs=hs.tuples(hs.sampled_from([1, -1]), hs.sampled_from([1, -1])), same_key=hs.booleans(),
+       widths=hs.tuples(hs.integers(1, 3), hs.integers(1, 3)), seed=hs.integers(0, 1000))
+def test_sums_with_selections_equal_dense_sums(kinds, valued, signs, same_key, widths, seed):
+    rng = np.random.default_rng(seed)
+    shape = (2, 3)
+    if kinds[0] not in ("pick", "put"):
+        kinds = ("pick", kinds[1])
+    a = _selection(rng, kinds[0], shape, shape, valued[0], signs[0], width=widths[0])
+    if kinds[1] in ("pick", "put"):
+        b = _selection(np.random.default_rng(seed + 1), kinds[1], shape, shape, valued[1], signs[1],
+                       key="k" if same_key else "other", width=widths[0] if same_key else widths[1])
+        if same_key and kinds[0] == kinds[1]:  # equal keys promise equal indices
+            b = (b[0], (a[1][0],) + b[1][1:])
+    else:
+        b = _other(rng, kinds[1], shape, shape)
+    plan = sum_plan(a[0], b[0])
+    want = _matrix(*a) + _matrix(*b)
+    if plan.result is None:
+        np.testing.assert_allclose(want, 0.0, atol=1e-12)
+        return
+    np.testing.assert_allclose(_matrix(plan.result, plan.apply(a[1], b[1], jnp.float64)), want, rtol=1e-12,
+                               atol=1e-12)
+    # entries concatenate while they fill at most half of the 6 x 6 block (an elementwise partial: width 1)
+    if kinds[0] == kinds[1]:
+        assert isinstance(plan.result, Selection) == (same_key or widths[0] + widths[1] <= 3)
+    elif kinds[1] in ("unit", "neg", "diag", "half_diag"):
+        assert isinstance(plan.result, Selection) == (widths[0] + 1 <= 3)
+
+
+# -- whole programs -------------------------------------------------------------------------------
+
+def gather_twice(x, idx):
+    """The same indices read twice: the two picks sum to one."""
+    return x[idx] ** 2 + jnp.sin(x[idx])
+
+
+def gather_matvec(x, idx):
+    """A dense partial after a pick, and a pick after a dense partial."""
+    A = jnp.arange(12.0).reshape(6, 2) / 7.0
+    B = jnp.cos(jnp.arange(35.0).reshape(7, 5))
+    y = jnp.tanh(B @ x[: 5])
+    return jnp.concatenate([A @ jnp.sin(x[idx[:2]]), y[idx % 7] * x[idx]])
+
+
+def rows_and_columns(x, idx):
+    X = x[:12].reshape(3, 4)
+    return jnp.sin(X[:, idx % 4]).sum(0) + jnp.cos(X[idx % 3, :]).sum(1) * x[idx]
+
+
+def sort_pair(x, idx):
+    keys = jnp.sin(3.0 * x) * x
+    k, v = jax.lax.sort_key_val(keys, jnp.exp(x))
+    return jnp.concatenate([k * v, jnp.sort(x.reshape(2, -1) ** 2, axis=0).ravel()])
+
+
+def sort_rows(x, idx):
+    k, v = jax.lax.sort_key_val(jnp.sin(3.0 * x) * x, jnp.exp(x))
+    return k * v + jnp.sort(x.reshape(3, 4) ** 2, axis=1).ravel()
+
+
+def argsort_take(x, idx):
+    order = jnp.argsort(x)
+    return jnp.take(x * x, order) + jnp.take_along_axis(jnp.tanh(x), order, axis=0)
+
+
+def segment_sum(x, idx):
+    """Scatter-adds with repeated and dropped indices (puts), then a gather of them."""
+    s = jax.ops.segment_sum(jnp.sin(x[idx]) * x[idx], idx % 4, num_segments=4)
+    t = jnp.zeros(5).at[idx - 3].add(x[idx] ** 2)  # some negative: wrapped or dropped
+    return jnp.concatenate([s * s, t, s[idx % 4] * x[idx]])
+
+
+def out_of_range(x, idx):
+    far = idx * 3 - 5
+    return (x.at[far].get(mode="fill", fill_value=0.5) * x.at[far].get(mode="clip")
+            + jnp.sin(x[jnp.clip(far, -x.shape[0], x.shape[0] - 1)])
+            + jnp.zeros(x.shape[0]).at[far].add(x[idx], mode="clip")[idx])
+
+
+def embedding(x, idx):
+    W = x[:12].reshape(4, 3)
+    e = W[idx % 4]  # (k, 3) rows of a matrix
+    return jnp.tanh(e @ jnp.ones(3) + e[:, 0] * e[:, 2])
+
+
+PROGRAMS = {f.__name__: f for f in (gather_twice, gather_matvec, rows_and_columns, sort_pair, sort_rows, argsort_take,
+                                    segment_sum, out_of_range, embedding)}
+X = np.random.default_rng(0).normal(size=12)
+IDX = np.array([3, 0, 7, 3, 11, 5, 0, 2], np.int32)
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_programs_with_run_time_indices_match_jacrev_in_every_order_and_cost_is_executed(name):
+    fn = PROGRAMS[name]
+    want = jax.jacrev(fn)(X, IDX)
+    g = ccjax.graph(fn, X, IDX)
+    assert any(isinstance(st, Selection) for st in g.edges.values())
+    for order in _orders(g, np.random.default_rng(1)):
+        got = jax.jit(ccjax.jacve(fn, order=order))(X, jnp.asarray(IDX))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        plan = plan_elimination(g, order)
+        assert _executed_mults(g, plan, fn, (X, IDX), 0) == plan.report.mults
+    for order in ("fwd", "rev", "auto"):
+        np.testing.assert_allclose(ccjax.jacve(fn, order=order)(X, IDX), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["gather_twice", "sort_pair", "segment_sum", "out_of_range"])
+def test_selections_under_vmap_over_values_and_indices(name):
+    fn = PROGRAMS[name]
+    xs = jnp.stack([X, np.cos(X)])
+    idxs = jnp.stack([IDX, IDX[::-1]])
+    want = jax.vmap(jax.jacrev(fn))(xs, idxs)
+    for order in ("fwd", "rev", "markowitz"):
+        np.testing.assert_allclose(jax.jit(jax.vmap(ccjax.jacve(fn, order=order)))(xs, idxs), want,
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_two_gathers_at_one_index_stay_one_selection():
+    g = ccjax.graph(gather_twice, X, IDX)
+    plan = plan_elimination(g, ccjax.orders.HEURISTICS["rev"](g))
+    final = [plan.structures[s] for s in plan.final.values()]
+    assert final and all(isinstance(st, Selection) for st in final)
+    assert plan.report.mults <= 3 * IDX.size  # squares, cosines, sum: no dense product
+
+
+# gather_twice: one entry per index.  sort_rows: two permutations (the key-value sort's and the row
+# sort's), so two entries per row, which may meet.  argsort_take reads x at one permutation through
+# jnp.take (int64 indices) and take_along_axis (int32): two keys, two entries per row.  Never a dense block.
+@pytest.mark.parametrize("name,nse", [("gather_twice", 8), ("sort_rows", 24), ("argsort_take", 24)])
+def test_sparse_output_stores_one_entry_per_selected_element(name, nse):
+    fn = PROGRAMS[name]
+    want = np.asarray(jax.jacrev(fn)(X, IDX))
+    assert np.count_nonzero(want) <= nse
+    for order in ("fwd", "rev", "markowitz"):
+        sparse = jax.jit(ccjax.jacve(fn, order=order, output="sparse"))(X, jnp.asarray(IDX))
+        np.testing.assert_allclose(np.asarray(sparse.todense()), want, rtol=1e-12, atol=1e-12)
+        assert sparse.nse == nse, order
+
+
+def test_a_large_gather_costs_and_stores_its_length_not_a_dense_block():
+    x = np.random.default_rng(2).normal(size=1024)
+    idx = np.random.default_rng(3).integers(0, 1024, 4096).astype(np.int32)
+    assert ccjax.cost(gather_twice, x, idx, order="rev") <= 3 * idx.size
+    sparse = jax.jit(ccjax.jacve(gather_twice, order="auto", output="sparse"))(x, jnp.asarray(idx))
+    assert sparse.nse == idx.size
+    np.testing.assert_allclose(sparse.todense(), jax.jacrev(gather_twice)(x, idx), rtol=1e-12, atol=1e-12)
