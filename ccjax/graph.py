@@ -663,7 +663,7 @@ class Graph:
                           tuple(prog.avals[o] for o in node.outs), active_slots, node.eval,
                           node.reverse_only, tuple(tuple(g) for g in groups.values()),
                           forward_matches_reverse(node), lambda slot: self._statics.value(node.ins[slot]),
-                          tuple(self._same_values.key(i) for i in node.ins))
+                          lambda slot: self._same_values.key(node.ins[slot]))
         return partials(ctx)
 
     def pins_match(self, top_values: Sequence) -> bool:

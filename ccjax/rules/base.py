@@ -26,8 +26,9 @@ class RuleContext:
     ``static(slot)``: the operand's value when it is known when the graph is
     built (a constant, or computed from constants only), else None; the
     graph is then valid only for that value (see :class:`ccjax.graph.Graph`);
-    ``operand_ids``: the program variable each operand reads (equal ids,
-    equal values: a selection's key names its index operand by it).
+    ``same_value(slot)``: a key of the operand's value (equal keys, equal
+    values: a selection's key names its index operand by it; asked only by
+    the rules that need it, since keying a build-time value pins it).
     """
 
     name: str
@@ -40,7 +41,7 @@ class RuleContext:
     same_var: tuple[tuple[int, ...], ...] = ()  # groups of active slots reading one variable
     forward_exact: bool = False
     static: Callable[[int], Optional[np.ndarray]] = lambda slot: None
-    operand_ids: tuple[int, ...] = ()
+    same_value: Optional[Callable[[int], Any]] = None
 
 
 @dataclasses.dataclass(frozen=True)

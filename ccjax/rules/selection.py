@@ -56,7 +56,7 @@ def _indexed(ctx: RuleContext, slot: int, kind: str, operand, dimension_numbers,
                                   fill_value=0)
     stored = drops and not _all_in_range(ctx, valid_of)
     text = repr(sorted((k, repr(v)) for k, v in params.items()))
-    key = ctx.name, ctx.operand_ids[1], hashlib.sha256(text.encode()).hexdigest()[:16], tuple(operand)
+    key = ctx.name, ctx.same_value(1), hashlib.sha256(text.encode()).hexdigest()[:16], tuple(operand)
     out, inn = tuple(ctx.out_avals[0].shape), tuple(ctx.in_avals[slot].shape)
     st = Selection(out, inn, kind, (key,), ("v",) if stored else None)
     dtype = ctx.out_avals[0].dtype
@@ -78,7 +78,7 @@ def gather_partial(ctx: RuleContext) -> Optional[Partial]:
     """``∂ gather(x, idx) / ∂x`` as a pick, or None when the flat sizes do not
     fit int32 indices or the operand is not differentiated."""
     operand = tuple(ctx.in_avals[0].shape)
-    if 0 not in ctx.active or not ctx.operand_ids or not _fits_int32(operand, ctx.out_avals[0].shape):
+    if 0 not in ctx.active or ctx.same_value is None or not _fits_int32(operand, ctx.out_avals[0].shape):
         return None
     mode = lax.GatherScatterMode.from_any(ctx.params["mode"])
     return _indexed(ctx, 0, "pick", operand, ctx.params["dimension_numbers"], ctx.params["slice_sizes"],
@@ -89,7 +89,7 @@ def scatter_add_partial(ctx: RuleContext) -> Optional[Partial]:
     """``∂ scatter_add(x, idx, y) / ∂y`` as a put: each update element lands
     where the transposed gather (JAX's transpose rule of scatter-add) reads."""
     operand, updates = tuple(ctx.in_avals[0].shape), tuple(ctx.in_avals[2].shape)
-    if 2 not in ctx.active or not ctx.operand_ids or not _fits_int32(operand, updates):
+    if 2 not in ctx.active or ctx.same_value is None or not _fits_int32(operand, updates):
         return None
     dn = ctx.params["dimension_numbers"]
     gather_dn = lax.GatherDimensionNumbers(
@@ -109,10 +109,11 @@ def sort_partials(ctx: RuleContext) -> list[Partial]:
     permutation (found as JAX's sort JVP finds it: by sorting an ``iota``
     along with the keys); an output never depends on another operand."""
     shape = tuple(ctx.in_avals[0].shape)
-    if not _fits_int32(shape) or not ctx.operand_ids:
+    if not _fits_int32(shape) or ctx.same_value is None:
         return []
     dimension, num_keys = ctx.params["dimension"], ctx.params["num_keys"]
-    key = ("sort", tuple(ctx.operand_ids[:num_keys]), dimension, num_keys, ctx.params["is_stable"], shape)
+    keys = tuple(ctx.same_value(k) for k in range(num_keys))
+    key = ("sort", keys, dimension, num_keys, ctx.params["is_stable"], shape)
 
     def permutation(ins, _outs):
         ordered = lax.sort((*ins[:num_keys], _flat_iota(shape)), dimension=dimension,
