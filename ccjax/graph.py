@@ -442,12 +442,13 @@ class _SameValues:
             if v in self.keys:
                 stack.pop()
                 continue
-            node = self.statics.producer.get(v, (None, None))[1] if self._exact(v) else None
             value = self.statics.value(v) if self._exact(v) else None
+            node = self.statics.producer.get(v, (None, None))[1]
             if value is not None:
                 a = np.asarray(value)
                 self.keys[v] = self._number(("value", str(a.dtype), a.shape, a.tobytes()))
-            elif node is None or node.name not in _INDEX_ARITHMETIC or not all(map(self._exact, node.outs)):
+            elif (not self._exact(v) or node is None or node.name not in _INDEX_ARITHMETIC
+                  or not all(map(self._exact, node.outs))):
                 self.keys[v] = v
             elif any(i not in self.keys for i in node.ins):
                 stack.extend(i for i in node.ins if i not in self.keys)

@@ -49,7 +49,7 @@ def sum_plan(a: Structure, b: Structure):
 
 def densify_plan(st: Structure):
     """Plan the fully dense form of ``st`` (size-1 axes stay symbol-free)."""
-    return bands.densify(st) if st.bands else core.densify_plan(st)
+    return bands.densify(st)
 
 
 def to_dense(st: Structure, value, dtype=None):

@@ -200,7 +200,9 @@ class Chain:
 
 
 def densify(st: Structure):
-    """Plan the fully dense form of a structure with bands."""
+    """Plan the fully dense form of a structure, with bands or without."""
+    if not st.bands:
+        return densify_plan(st)
     deband = deband_plan(st)
     return Chain(deband, densify_plan(deband.result))
 

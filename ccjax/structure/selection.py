@@ -197,7 +197,7 @@ def _matrix(st, value, dtype):
     """Any partial as a dense ``(M, N)`` array."""
     m, n = math.prod(st.out_shape), math.prod(st.in_shape)
     if not is_selection(st):
-        return core.reshape(_to_dense_core(st, value, dtype), (m, n))
+        return core.reshape(bands.densify(st).apply(value, dtype), (m, n))
     idx, v = _parts(st, value, dtype)
     axis, lead_axis = (1, 0) if st.kind == "pick" else (0, 1)
     iota = lax.broadcasted_iota(np.int32, (m, n), axis)
@@ -208,11 +208,6 @@ def _matrix(st, value, dtype):
         term = jnp.where(iota == at, entry, jnp.zeros((), dtype))
         total = term if total is None else total + term
     return total
-
-
-def _to_dense_core(st: core.Structure, value, dtype):
-    plan = bands.densify(st) if st.bands else core.densify_plan(st)
-    return core.reshape(plan.apply(value, dtype), st.out_shape + st.in_shape)
 
 
 def to_dense(st: Selection, value, dtype):
@@ -414,7 +409,8 @@ def sum_(a, b) -> SelectionPlan:
     columns of one key add their values, the others are appended, while
     that stores at most half the dense block; anything else is the dense
     sum."""
-    sa, sb = (_as_selection(a, b if is_selection(b) else a), _as_selection(b, a if is_selection(a) else b))
+    like = a if is_selection(a) else b
+    sa, sb = _as_selection(a, like), _as_selection(b, like)
     if sa is not None and sb is not None and sa.kind == sb.kind:
         lead = sa.lead
         keys = sa.keys + tuple(k for k in sb.keys if k not in sa.keys)
