@@ -77,6 +77,28 @@ def is_custom_vjp(eqn) -> bool:
     return eqn.primitive.name.startswith("custom_vjp_call")
 
 
+#: Primitives whose reverse-mode derivative JAX does not take as the
+#: transpose of the forward one: JAX applies ``reduce_precision`` to
+#: cotangents as to tangents, so ``jax.jacrev`` rounds every accumulated
+#: cotangent where ``jax.jacfwd`` (and any product of partials) rounds a unit.
+ROUNDS_COTANGENTS = ("reduce_precision",)
+
+
+def reverse_only(eqn) -> bool:
+    """Whether only JAX's reverse pass over the whole function gives
+    ``jax.jacrev``'s derivative of ``eqn``: a ``custom_vjp`` call, or an
+    equation that rounds cotangents (:data:`ROUNDS_COTANGENTS`, also inside
+    the sub-jaxprs JAX differentiates)."""
+    return is_custom_vjp(eqn) or _rounds_cotangents(eqn.primitive.name, eqn.params)
+
+
+def _rounds_cotangents(name: str, params: Any) -> bool:
+    if name in ROUNDS_COTANGENTS:
+        return True
+    return isinstance(params, dict) and any(_rounds_cotangents(e.primitive.name, e.params)
+                                            for sub in _differentiated_jaxprs(name, params) for e in sub.eqns)
+
+
 #: Collectives over named axes (``vmap``/``shard_map`` axis names): their
 #: reverse-mode derivative mixes the cotangents of all members of the axis.
 COLLECTIVES = frozenset({"psum", "pmax", "pmin", "ppermute", "all_gather", "all_to_all", "reduce_scatter",
@@ -175,7 +197,7 @@ def forward_matches_reverse(name: str, params: Any, top_level: bool = True) -> b
     parameters this cannot read, or a gather in an unchecked index mode
     inside a sub-jaxpr (a top-level one is applied by :func:`bind` with
     ``jax.jacrev``'s derivative in both modes)."""
-    if not isinstance(params, dict) or name.startswith("custom_vjp_call"):
+    if not isinstance(params, dict) or name.startswith("custom_vjp_call") or name in ROUNDS_COTANGENTS:
         return False
     if name == "gather" and not top_level and not _checked_gather(params):
         return False

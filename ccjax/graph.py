@@ -23,7 +23,7 @@ import functools
 import hashlib
 import heapq
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +115,11 @@ class Program:
             env[i] = v
         for i, v in self.consts.items():
             env[i] = v
+        if differentiable:
+            # A custom rule may index a constant with a tracer (odeint's
+            # reverse pass reads ``ts[i]``); JAX's own trace hands it a jax
+            # array there, the jaxpr a NumPy one.
+            env = [jnp.asarray(v) if isinstance(v, np.ndarray) and v.ndim else v for v in env]
         for node in self.nodes:
             outs = node.ad_eval(env) if differentiable else node.eval(*[env[i] for i in node.ins])
             for i, v in zip(node.outs, outs):
@@ -184,7 +189,7 @@ class _ProgramBuilder:
                 outs = ins[:1]
             else:
                 outs = self.node(name, eqn.primitive, eqn.params, ins, out_avals,
-                                 reverse_only=_jaxpr.is_custom_vjp(eqn))
+                                 reverse_only=_jaxpr.reverse_only(eqn))
             for v, i in zip(eqn.outvars, outs):
                 if not _jaxpr.is_dropvar(v):
                     env[v] = i
@@ -557,8 +562,9 @@ class Graph:
     """
 
     def __init__(self, program: Program, diff_leaves: Sequence[int], n_outputs: int,
-                 top_values: Sequence = ()):
+                 top_values: Sequence = (), eliminate_branch: Optional[Callable] = None):
         self.program = program
+        self._eliminate_branch = eliminate_branch  # for rules of branching equations (RuleContext)
         self.diff_leaves = tuple(diff_leaves)
         self.pins: dict[int, np.ndarray] = {}
         self._statics = _Statics(program, top_values, self.pins)
@@ -664,7 +670,7 @@ class Graph:
                           tuple(prog.avals[o] for o in node.outs), active_slots, node.eval,
                           node.reverse_only, tuple(tuple(g) for g in groups.values()),
                           forward_matches_reverse(node), lambda slot: self._statics.value(node.ins[slot]),
-                          lambda slot: self._same_values.key(node.ins[slot]))
+                          lambda slot: self._same_values.key(node.ins[slot]), self._eliminate_branch)
         return partials(ctx)
 
     def pins_match(self, top_values: Sequence) -> bool:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ccjax._jaxpr import is_jax_value, structural_key
+from ccjax.branches import eliminate_branch
 from ccjax.graph import Graph, build_program
 
 _GRAPH_CACHE_SIZE = 256
@@ -204,7 +205,8 @@ def graph_of(t: Traced, holomorphic: bool = False) -> Graph:
     key = (structural_key(t.closed.jaxpr), t.diff_leaves, t.n_out, bool(holomorphic))
     g = _graphs.get(key)
     if g is None or not g.pins_match(t.closed.consts):
-        g = Graph(build_program(t.closed, t.diff_leaves, holomorphic), t.diff_leaves, t.n_out, t.closed.consts)
+        g = Graph(build_program(t.closed, t.diff_leaves, holomorphic), t.diff_leaves, t.n_out, t.closed.consts,
+                  eliminate_branch=eliminate_branch)
         if g.program.cacheable:
             _graphs.put(key, g)
     return g

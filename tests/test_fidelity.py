@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+import jax.experimental.ode  # noqa: F401  (jax.experimental.ode.odeint)
 from jax import lax
 
 jax.config.update("jax_enable_x64", True)
@@ -158,6 +159,11 @@ CUSTOM_VJP = {
     "norm_scaled": lambda x: scaled_identity(jnp.sin(x) * 2.0) * jnp.arange(1.0, 5.0),
     "linear_rule": lambda x: linear_rule(x * x) * x,
     "symbolic_zeros": lambda x: symbolic(x, jnp.cos(x)) + x,
+    # odeint's reverse pass reads ``ts[i]`` with a traced ``i``; the times
+    # are a constant of the jaxpr (a NumPy array there, a jax array in JAX's
+    # own trace).
+    "odeint_constant_times": lambda x: jax.experimental.ode.odeint(
+        lambda y, t, k: -k * y + jnp.sin(t), x[:2], jnp.array([0.0, 0.3, 0.5]), x[2:])[-1],
 }
 
 
@@ -178,6 +184,29 @@ def test_whole_reverse_graphs_still_check_explicit_orders():
     assert_close(ccjax.jacve(f, order=list(reversed(g.eliminable)))(X), jax.jacrev(f)(X))
     with pytest.raises(ccjax.OrderError):
         ccjax.jacve(f, order=[10 ** 6])(X)
+
+
+ROUNDING = {
+    "reduce_precision": lambda x: lax.reduce_precision(x, 8, 7) * x,
+    "in_a_loop": lambda x: lax.scan(lambda c, xi: (lax.reduce_precision(c * xi, 5, 10), c), 1.0, x)[1],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROUNDING))
+def test_cotangent_rounding_matches_jacrev(name):
+    """``jax.jacrev`` rounds the accumulated cotangent where ``reduce_precision``
+    is (``jax.jacfwd`` rounds unit tangents, so the two differ); every order
+    gives ``jax.jacrev``'s, by JAX's reverse pass."""
+    f = ROUNDING[name]
+    assert not np.allclose(jax.jacfwd(f)(X), jax.jacrev(f)(X), rtol=1e-9, atol=0)
+    assert ccjax.graph(f, X).whole_reverse in (("reduce_precision",), ("scan",))
+    check_all_ways(f, X)
+
+
+def test_rounding_a_constant_keeps_the_elimination():
+    f = lambda x: jnp.sin(x) * lax.reduce_precision(jnp.float64(3.3), 8, 7)
+    assert ccjax.graph(f, X).whole_reverse == ()
+    check_all_ways(f, X)
 
 
 def test_whole_reverse_cost_counts_the_reverse_pass():

@@ -19,8 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ccjax"
 LAYERS = (
     ("base", ("ccjax._jaxpr", "ccjax.structure", "ccjax.tasks")),
     ("rules", ("ccjax.rules",)),
-    ("graph", ("ccjax.graph", "ccjax.trace")),
-    ("plan", ("ccjax.eliminate", "ccjax.counting", "ccjax.jax_modes")),
+    ("graph", ("ccjax.graph",)),
+    ("plan", ("ccjax.eliminate", "ccjax.branches", "ccjax.trace", "ccjax.counting", "ccjax.jax_modes")),
     ("cache", ("ccjax.cache",)),
     ("orders", ("ccjax.orders",)),
     ("learned", ("ccjax.search",)),

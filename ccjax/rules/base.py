@@ -28,7 +28,11 @@ class RuleContext:
     graph is then valid only for that value (see :class:`ccjax.graph.Graph`);
     ``same_value(slot)``: a key of the operand's value (equal keys, equal
     values: a selection's key names its index operand by it; asked only by
-    the rules that need it, since keying a build-time value pins it).
+    the rules that need it, since keying a build-time value pins it);
+    ``eliminate_branch(closed_jaxpr, diff, n_outputs)``: a branch of the
+    equation built as a graph and eliminated
+    (:func:`ccjax.branches.eliminate_branch`; None where the graph was built
+    without it).
     """
 
     name: str
@@ -42,6 +46,7 @@ class RuleContext:
     forward_exact: bool = False
     static: Callable[[int], Optional[np.ndarray]] = lambda slot: None
     same_value: Optional[Callable[[int], Any]] = None
+    eliminate_branch: Optional[Callable[..., Any]] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -141,16 +141,30 @@ class DebandPlan:
             if band.slot in letters:
                 letters.remove(band.slot)
             rows = letters.index(band.out)
-            shape = pieces[0].shape + (st.sizes[band.inn],)
+            n_out, n_in = st.sizes[band.out], st.sizes[band.inn]
+            shape = pieces[0].shape + (n_in,)
             iota = lambda axis: lax.broadcasted_iota(np.int32, shape, axis)
             i, j = iota(rows), iota(len(shape) - 1)
-            out = None
+            # Diagonals at distinct offsets never meet, so one select each
+            # writes them all, and a row range is tested only where it is
+            # narrower than the rows the diagonal crosses the block on: a
+            # write of few operations per entry, which XLA:CPU keeps on one
+            # thread (a costlier one is split across threads, and the
+            # hand-off costs more than the write).
+            # (Diagonals sharing an offset, on rows apart, are added.)
+            shared = {d for d, n in Counter(band.offsets).items() if n > 1}
+            out = lax.full(shape, 0, dtype)
             for piece, d, (lo, hi) in zip(pieces, band.offsets, band.ranges):
-                keep = lax.bitwise_and(lax.eq(j, lax.add(i, np.int32(d))),
-                                       lax.bitwise_and(lax.ge(i, np.int32(lo)), lax.lt(i, np.int32(hi))))
+                if lo >= hi:
+                    continue
+                keep = lax.eq(j, lax.add(i, np.int32(d)))
+                if d in shared or (lo, hi) != clip_range(0, n_out, d, n_out, n_in):
+                    keep = lax.bitwise_and(keep, lax.bitwise_and(lax.ge(i, np.int32(lo)), lax.lt(i, np.int32(hi))))
                 spread = lax.broadcast_in_dim(piece, shape, tuple(range(piece.ndim)))
-                term = lax.select(keep, spread, lax.full(shape, 0, dtype))
-                out = term if out is None else _add(out, term)
+                if d in shared:
+                    out = _add(out, lax.select(keep, spread, lax.full(shape, 0, dtype)))
+                else:
+                    out = lax.select(keep, spread, out)
             value = out
             letters.append(band.inn)
         value = _squeeze(value)

@@ -1,0 +1,139 @@
+"""Partials of ``cond`` (``lax.cond``, ``lax.switch``): each branch eliminated on its own.
+
+The local Jacobian of a ``cond`` is the Jacobian of the branch it takes.
+Each branch is a graph of its own, eliminated (the cheaper of forward and
+reverse order, :func:`ccjax.branches.eliminate_branch`, which the graph
+passes in ``RuleContext.eliminate_branch``) when the outer graph is built: its final partials are structures, usually far from dense
+(a branch of elementwise work gives a diagonal, a ``roll`` a band).  The
+cond's partial from operand ``k`` to output ``j`` has the union of the
+branches' structures (their sum), and its values come from one
+``lax.switch`` over the branches, each running its own elimination and
+writing its result into the union (a sum with the zero partial of the union).
+Only the branch taken runs, as in JAX's AD of the cond.
+
+The rule gives up to the dense local Jacobian (:mod:`.opaque`) where this
+would not be exact or not structured: complex values, a branch whose
+derivative only JAX's reverse pass gives, selections (their index keys are
+meaningful within one graph only), an output that is an input unchanged,
+a union the branches cannot be written into, or a graph built without
+``eliminate_branch``.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ccjax.rules import opaque
+from ccjax.rules.base import Partial, RuleContext
+from ccjax.structure import is_selection, sum_plan
+
+
+def _inexact(aval) -> bool:
+    return jnp.issubdtype(aval.dtype, jnp.inexact)
+
+
+def _complex(aval) -> bool:
+    return jnp.issubdtype(aval.dtype, jnp.complexfloating)
+
+
+def cond_partials(ctx: RuleContext) -> list[Partial]:
+    slots = tuple(s for s in ctx.active if s > 0)  # operand 0 is the branch index
+    outs = tuple(j for j, a in enumerate(ctx.out_avals) if _inexact(a))
+    if (ctx.eliminate_branch is None or not slots or not outs or ctx.reverse_only
+            or any(_complex(ctx.in_avals[s]) for s in slots) or any(_complex(ctx.out_avals[j]) for j in outs)):
+        return opaque.dense_partials(ctx)
+    diff = [s - 1 for s in slots]
+    branches = [ctx.eliminate_branch(closed, diff, len(ctx.out_avals)) for closed in ctx.params["branches"]]
+    if any(b is None for b in branches):
+        return opaque.dense_partials(ctx)
+    pairs = []
+    for k in range(len(slots)):
+        for j in outs:
+            found = [b.final(k, j) for b in branches]
+            if any(st is False or is_selection(st) for st in found if st is not None):
+                return opaque.dense_partials(ctx)
+            present = [st for st in found if st is not None]
+            if not present:
+                continue
+            union = functools.reduce(lambda a, b: None if a is None else sum_plan(a, b).result, present)
+            embeds = [_embedding(union, st) for st in found] if union is not None else [False]
+            if any(e is False for e in embeds):
+                return opaque.dense_partials(ctx)
+            pairs.append((k, j, union, tuple(embeds)))
+    if not pairs:
+        return []
+    compute = _switch(ctx, slots, branches, pairs)
+    if compute is None:
+        return opaque.dense_partials(ctx)
+    parts = []
+    for n, (k, j, union, _) in enumerate(pairs):
+        if union.val is None:  # the same constant partial in every branch
+            parts.append(Partial(j, slots[k], union, None))
+            continue
+        pick = lambda result, n=n: result[n]
+        parts.append(Partial(j, slots[k], union, lambda ins, o, pick=pick: pick(compute(ins, o)), compute, pick))
+    return parts
+
+
+def _embedding(union, st):
+    """How a branch's value of structure ``st`` (None: a zero partial) is
+    written into ``union``: None (it is ``union``'s value as it is), a sum
+    plan (``apply(zeros of union, value)``), ``"zero"``, or False (not
+    possible)."""
+    if st == union:
+        return None
+    if union.val is None:
+        return False  # no zero value to add to
+    if st is None:
+        return "zero"
+    plan = sum_plan(union, st)
+    return plan if plan.result == union else False
+
+
+def _zeros(st, dtype):
+    return jnp.zeros(tuple(st.sizes[s] for s in st.val), dtype)
+
+
+def _switch(ctx: RuleContext, slots: tuple, branches: list, pairs: list):
+    """``compute(ins, outs)``: every pair's union value from one
+    ``lax.switch`` over the eliminated branches; None when the branches'
+    results do not agree in shape and dtype."""
+    dtypes = [jnp.result_type(ctx.in_avals[slots[k]].dtype, ctx.out_avals[j].dtype) for k, j, _, _ in pairs]
+
+    def branch(b):
+        def run(operands):
+            finals = branches[b].run(operands)
+            results = []
+            for (k, j, union, embeds), dtype in zip(pairs, dtypes):
+                if union.val is None:  # constant: the partial has no value
+                    results.append(jnp.zeros((0,), dtype))
+                elif embeds[b] == "zero":
+                    results.append(_zeros(union, dtype))
+                else:
+                    value = finals[(k, j)]
+                    if embeds[b] is not None:
+                        value = embeds[b].apply(_zeros(union, dtype), value, dtype)
+                    results.append(jnp.asarray(value).astype(dtype))
+            return tuple(results)
+
+        return run
+
+    fns = [branch(b) for b in range(len(branches))]
+    specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in ctx.in_avals[1:]]
+    try:
+        results = {tuple((x.shape, x.dtype) for x in jax.eval_shape(fn, specs)) for fn in fns}
+    except Exception:  # noqa: BLE001 - a branch this rule cannot run: the dense partial instead
+        return None
+    if len(results) != 1:
+        return None
+
+    def compute(ins, _outs):
+        return lax.switch(ins[0], fns, list(ins[1:]))
+
+    return compute
+
+
+RULES = {"cond": cond_partials}
