@@ -1,10 +1,12 @@
 """Partials of ``cond`` (``lax.cond``, ``lax.switch``): each branch eliminated on its own.
 
 The local Jacobian of a ``cond`` is the Jacobian of the branch it takes.
-Each branch is a graph of its own, eliminated (the cheaper of forward and
-reverse order, :func:`ccjax.branches.eliminate_branch`, which the graph
-passes in ``RuleContext.eliminate_branch``) when the outer graph is built: its final partials are structures, usually far from dense
-(a branch of elementwise work gives a diagonal, a ``roll`` a band).  The
+Each branch is a graph of its own, eliminated when the outer graph is built
+(the cheaper of forward and reverse order,
+:func:`ccjax.branches.eliminate_branch`, which the graph passes in
+``RuleContext.eliminate_branch``): its final partials are structures,
+usually far from dense (a branch of elementwise work gives a diagonal, a
+``roll`` a band).  The
 cond's partial from operand ``k`` to output ``j`` has the union of the
 branches' structures (their sum), and its values come from one
 ``lax.switch`` over the branches, each running its own elimination and
