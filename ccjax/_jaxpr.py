@@ -165,6 +165,26 @@ def count_multiplications(jaxpr) -> int:
 _CHECKED_GATHER_MODES = frozenset({"CLIP", "FILL_OR_DROP"})
 
 
+#: Scatters whose forward-mode derivative differs from ``jax.jacrev``'s at
+#: an out-of-range index, by index mode: the JVP of ``scatter-max``/``-min``
+#: reads the clamped window (``CLIP``, ``PROMISE_IN_BOUNDS``) where the
+#: transpose drops it, and so does every scatter's under
+#: ``PROMISE_IN_BOUNDS`` but plain ``scatter``'s (checked against
+#: ``jax.jacfwd``/``jax.jacrev`` in ``tests/test_fidelity.py``).
+_SCATTER_MODES_FORWARD_DIFFERS = {
+    "scatter-max": frozenset({"CLIP", "PROMISE_IN_BOUNDS"}),
+    "scatter-min": frozenset({"CLIP", "PROMISE_IN_BOUNDS"}),
+    "scatter-add": frozenset({"PROMISE_IN_BOUNDS"}),
+    "scatter-sub": frozenset({"PROMISE_IN_BOUNDS"}),
+    "scatter-mul": frozenset({"PROMISE_IN_BOUNDS"}),
+}
+
+
+def _scatter_forward_differs(name: str, params: dict) -> bool:
+    mode = params.get("mode")
+    return getattr(mode, "name", str(mode)) in _SCATTER_MODES_FORWARD_DIFFERS.get(name, ())
+
+
 def _checked_gather(params: dict) -> bool:
     mode = params.get("mode")
     return getattr(mode, "name", str(mode)) in _CHECKED_GATHER_MODES
@@ -194,12 +214,16 @@ def forward_matches_reverse(name: str, params: Any, top_level: bool = True) -> b
     ``params``) is, at every input, the linear map its reverse mode
     transposes, so a Jacobian may be built either way and still equal
     ``jax.jacrev``'s.  False for a ``custom_vjp`` call (no forward mode),
-    parameters this cannot read, or a gather in an unchecked index mode
+    parameters this cannot read, a gather in an unchecked index mode
     inside a sub-jaxpr (a top-level one is applied by :func:`bind` with
-    ``jax.jacrev``'s derivative in both modes)."""
+    ``jax.jacrev``'s derivative in both modes), or a scatter in an index
+    mode where an out-of-range index splits the two
+    (:data:`_SCATTER_MODES_FORWARD_DIFFERS`)."""
     if not isinstance(params, dict) or name.startswith("custom_vjp_call") or name in ROUNDS_COTANGENTS:
         return False
     if name == "gather" and not top_level and not _checked_gather(params):
+        return False
+    if _scatter_forward_differs(name, params):
         return False
     return all(forward_matches_reverse(e.primitive.name, e.params, top_level=False)
                for sub in _differentiated_jaxprs(name, params) for e in sub.eqns)

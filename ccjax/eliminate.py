@@ -19,8 +19,8 @@ from jax.experimental import sparse
 
 from ccjax._jaxpr import is_tracer
 from ccjax.graph import Graph
-from ccjax.structure import (ProductPlan, Structure, SumPlan, deband_plan, is_selection, product_plan, reshape,
-                             sum_plan, to_bcoo, to_dense, transpose)
+from ccjax.structure import (ProductPlan, Structure, SumPlan, deband_plan, entry_count, entry_indices, is_selection,
+                             product_plan, reshape, sum_plan, to_bcoo, to_dense, transpose)
 
 LAYOUTS = ("dense", "sparse")
 
@@ -49,7 +49,11 @@ class Plan:
     ``b`` inner) or 'sum'; ``final``: ``{(input vertex, output vertex): slot}``
     and ``structures`` the structure of every slot.  ``mode`` is
     ``"eliminate"``, or ``"jax-rev"``/``"jax-fwd"`` for JAX's AD of the
-    whole program (:mod:`ccjax.jax_modes`; no steps).
+    whole program (:mod:`ccjax.jax_modes`; no steps).  ``terms``:
+    ``{(input vertex, output vertex): slots}`` of further final partials
+    of that block, added when the Jacobian is written (a sum that would
+    store more entries than its terms together, such as a band plus a
+    dense row, is left unplanned).
     """
 
     steps: tuple
@@ -57,6 +61,7 @@ class Plan:
     structures: tuple
     report: CostReport
     mode: str = "eliminate"
+    terms: dict = dataclasses.field(default_factory=dict)
 
 
 class OrderError(ValueError):
@@ -95,9 +100,11 @@ def validate_order(graph: Graph, order: Sequence) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def plan_elimination(graph: Graph, order: Sequence[int]) -> Plan:
-    """Plan ``order`` (validated) on ``graph``; see :class:`Plan`."""
+def plan_elimination(graph: Graph, order: Sequence[int], defer_final_sums: bool = True) -> Plan:
+    """Plan ``order`` (validated) on ``graph``; see :class:`Plan`.  With
+    ``defer_final_sums`` off, ``plan.terms`` is empty."""
     order = validate_order(graph, order)
+    eliminable = set(order)
     structures: list[Structure] = []
     steps: list = []
     live_values: dict[int, int] = {}
@@ -115,6 +122,7 @@ def plan_elimination(graph: Graph, order: Sequence[int]) -> Plan:
 
     mults = additions = 0
     edges: dict[tuple[int, int], int] = {}
+    terms: dict[tuple[int, int], list] = {}  # final blocks' further terms, added when written
     raw_slots = [new_slot(r.partial.structure) for r in graph.raw]  # slot i holds raw partial i
     for r, slot in zip(graph.raw, raw_slots):
         key = (r.src, r.dst)
@@ -142,7 +150,10 @@ def plan_elimination(graph: Graph, order: Sequence[int]) -> Plan:
                 prod = new_slot(pp.result)
                 steps.append(("prod", prod, edges[(v, w)], edges[(u, v)], pp))
                 mults += pp.mults
-                if (u, w) in edges:
+                if (u, w) in edges and defer_final_sums and u not in eliminable and w not in eliminable and _defer(
+                        structures[edges[(u, w)]], pp.result, terms.get((u, w), ())):
+                    terms.setdefault((u, w), []).append(prod)
+                elif (u, w) in edges:
                     sp: SumPlan = sum_plan(structures[edges[(u, w)]], pp.result)
                     dst = new_slot(sp.result) if sp.result is not None else None
                     steps.append(("sum", dst, edges[(u, w)], prod, sp))
@@ -164,8 +175,26 @@ def plan_elimination(graph: Graph, order: Sequence[int]) -> Plan:
         for w in succs.pop(v, set()):
             drop(edges.pop((v, w)))
             preds[w].discard(v)
+    for key, extra in terms.items():  # each term's entries are added into the block when it is written
+        additions += sum(entry_count(structures[slot]) for slot in extra)
     report = CostReport(mults, additions, live[1], order)
-    return Plan(tuple(steps), dict(edges), tuple(structures), report)
+    return Plan(tuple(steps), dict(edges), tuple(structures), report,
+                terms={key: tuple(extra) for key, extra in terms.items() if key in edges})
+
+
+def _defer(block: Structure, term: Structure, others: Sequence) -> bool:
+    """Whether a final block and a new term are better kept apart: their
+    sum would store more entries than the two together.  Once a block is
+    kept in terms, later terms join them; a selection (its indices known at
+    run time only) is always summed into the block."""
+    if is_selection(term):
+        return False
+    if others:
+        return True
+    if is_selection(block):
+        return False
+    plan = sum_plan(block, term)
+    return plan.result is not None and entry_count(plan.result) > entry_count(block) + entry_count(term)
 
 
 def partial_values(graph: Graph, env: Sequence) -> list:
@@ -222,7 +251,8 @@ def final_values(graph: Graph, plan: Plan, raw_values: Sequence) -> dict:
         result = p.apply(values[a], values[b], dtype)
         if dst is not None:
             values[dst] = result
-    return {slot: values[slot] for slot in plan.final.values()}
+    slots = list(plan.final.values()) + [slot for extra in plan.terms.values() for slot in extra]
+    return {slot: values[slot] for slot in slots}
 
 
 def write_jacobian(graph: Graph, plan: Plan, finals: dict, layout: str = "dense") -> list:
@@ -236,13 +266,32 @@ def write_jacobian(graph: Graph, plan: Plan, finals: dict, layout: str = "dense"
             aval = prog.avals[prog.inputs[leaf]]
             shape = out_shape + tuple(aval.shape)
             slot = plan.final.get((in_vertex, out_vertex))
-            st = None if slot is None else plan.structures[slot]
-            value = None if slot is None else finals[slot]
+            slots = () if slot is None else (slot,) + plan.terms.get((in_vertex, out_vertex), ())
+            parts = [(plan.structures[k], finals[k]) for k in slots] or [(None, None)]
             if layout == "sparse":
-                blocks.append(sparse_block(st, value, shape, aval.dtype))
+                blocks.append(_union([st for st, _ in parts],
+                                     [sparse_block(st, value, shape, aval.dtype) for st, value in parts]))
             else:
-                blocks.append(dense_block(st, value, shape, aval.dtype, tag=len(blocks)))
+                tag = len(blocks)
+                block = dense_block(*parts[0], shape, aval.dtype, tag=tag)
+                for st, value in parts[1:]:
+                    block = block + dense_block(st, value, shape, aval.dtype, tag=tag)
+                blocks.append(block)
     return blocks
+
+
+def _union(structures: list, parts: list):
+    """The sum of the BCOO blocks of ``structures`` (no selections: their
+    indices are trace-time constants), with each index stored once."""
+    if len(parts) == 1:
+        return parts[0]
+    indices = np.concatenate([entry_indices(st) for st in structures])
+    data = jnp.concatenate([p.data for p in parts])
+    unique, where = np.unique(indices, axis=0, return_inverse=True)
+    if len(unique) < len(indices):
+        data = jnp.zeros((len(unique),), data.dtype).at[where.reshape(-1)].add(data)
+        indices = unique
+    return sparse.BCOO((data, jnp.asarray(indices, np.int32)), shape=parts[0].shape)
 
 
 def execute(graph: Graph, plan: Plan, env: Sequence, layout: str = "dense") -> list:

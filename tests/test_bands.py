@@ -13,7 +13,8 @@ from test_elimination import _executed_mults, _orders
 
 import ccjax
 from ccjax.eliminate import plan_elimination
-from ccjax.structure import Selection
+from ccjax.orders import HEURISTICS
+from ccjax.structure import Selection, entry_count
 
 
 def burgers(u):
@@ -112,6 +113,26 @@ def window_scatters(v):
     return jnp.concatenate([a, b, c.ravel(), d.ravel()])
 
 
+def row_and_total_norms(x):
+    """Row norms and the Frobenius norm, concatenated: a band (block
+    diagonal) plus one dense row."""
+    X = x.reshape(4, 3)
+    return jnp.concatenate([jnp.linalg.norm(X, axis=1), jnp.linalg.norm(X)[None]])
+
+
+def integral_constraint(u):
+    """A stencil residual whose first row is a mass constraint on all of ``u``."""
+    interior = u[:-2] - 2 * u[1:-1] + u[2:] + 0.1 * jnp.sin(u[1:-1])
+    return jnp.concatenate([jnp.sum(u ** 2)[None] - 1.0, interior, (u[-1] - u[0])[None]])
+
+
+def constraint_added_to_a_row(u):
+    """A dense row added onto a stencil's first row: the two terms of the
+    block share entries, which the sparse output stores once."""
+    r = u[:-2] - 2 * u[1:-1] + u[2:] + jnp.exp(u[1:-1])
+    return r.at[0].add(jnp.sum(u ** 2))
+
+
 PROGRAMS = {
     "boundary_sets": (boundary_sets, (12,)),
     "window_scatters": (window_scatters, (16,)),
@@ -130,6 +151,9 @@ PROGRAMS = {
     "bratu2d": (bratu2d, (5, 6)),
     "split_mix": (split_mix, (11,)),
     "negative_pad": (negative_pad, (9,)),
+    "row_and_total_norms": (row_and_total_norms, (12,)),
+    "integral_constraint": (integral_constraint, (9,)),
+    "constraint_added_to_a_row": (constraint_added_to_a_row, (9,)),
 }
 
 
@@ -162,17 +186,47 @@ def test_stencils_under_vmap_and_eagerly_match_jacrev(name):
 
 
 @pytest.mark.parametrize("name", ["burgers", "bratu_roll", "neumann_laplacian", "negative_pad", "lorenz96_indexed",
-                                  "scatter_rows"])
+                                  "scatter_rows", "row_and_total_norms", "integral_constraint",
+                                  "constraint_added_to_a_row"])
 def test_sparse_output_stores_the_structural_nonzeros(name):
     """One-dimensional stencils: nse equals the nonzeros of the Jacobian (at
-    a point where no entry cancels numerically)."""
+    a point where no entry cancels numerically).  A band plus a dense row
+    (norms, a constraint row) stays two terms of the block, added when it
+    is written (``plan.terms``): no dense ``rows x columns`` sum.  (Where
+    an order adds them at an intermediate vertex, in ``SUMMED_INSIDE``,
+    the sum is dense: no structure holds a band and a dense row.)"""
     fn, shape = PROGRAMS[name]
     x = _input(shape, seed=3)
-    for order in ("fwd", "rev", "markowitz"):
+    for order in ("fwd", "rev", "markowitz", "auto"):
         sparse = ccjax.jacve(fn, order=order, output="sparse")(x)
         want = np.asarray(jax.jacrev(fn)(x))
         np.testing.assert_allclose(np.asarray(sparse.todense()), want, rtol=1e-12, atol=1e-12)
-        assert sparse.nse == np.count_nonzero(want), order
+        if order not in SUMMED_INSIDE.get(name, ()):
+            assert sparse.nse == np.count_nonzero(want), order
+
+
+SUMMED_INSIDE = {"row_and_total_norms": ("rev", "markowitz")}
+
+
+def test_a_point_write_is_a_band_from_an_end_on_no_axis():
+    """``r.at[0].add(s)`` with a scalar ``s``: the partial on ``s`` is one
+    unit entry, a band whose in end (the scalar) is on no axis, not a
+    stored one-hot column."""
+    g = ccjax.graph(constraint_added_to_a_row, _input((9,)))
+    (point,) = [st for st in g.edges.values() if st.in_shape == () and st.bands]
+    assert point.val is None and point.bands[0].inn not in {s for ax in point.in_axes for s in ax}
+
+
+def test_a_band_plus_a_dense_row_stays_two_terms_and_branches_get_one():
+    x = _input((12,))
+    g = ccjax.graph(row_and_total_norms, x)
+    plan = plan_elimination(g, HEURISTICS["fwd"](g))
+    (key, extra), = plan.terms.items()
+    parts = [plan.structures[k] for k in (plan.final[key],) + extra]
+    assert sum(entry_count(st) for st in parts) == 4 * 3 + 12  # the block's nonzeros
+    for order in _orders(g, np.random.default_rng(2)):
+        joined = plan_elimination(g, order, defer_final_sums=False)
+        assert not joined.terms and joined.report.mults == plan_elimination(g, order).report.mults
 
 
 @pytest.mark.parametrize("fn", [burgers, smoothness_energy])

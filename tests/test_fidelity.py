@@ -24,6 +24,7 @@ from jax import lax
 jax.config.update("jax_enable_x64", True)
 
 import ccjax  # noqa: E402
+from ccjax.api import _plan  # noqa: E402
 from ccjax.tasks.random_fn import FIDELITY_FAMILIES, OP_FAMILIES, random_function, random_inputs  # noqa: E402
 
 ORDERS = ("fwd", "rev", "markowitz", "auto")
@@ -303,6 +304,37 @@ def test_forward_matches_reverse_reads_gather_modes_inside_loops(mode, agrees):
     assert forward_matches_reverse("custom_vjp_call", {}) is False
 
 
+SCATTERS = {"scatter-max": lax.scatter_max, "scatter-min": lax.scatter_min, "scatter-add": lax.scatter_add,
+            "scatter": lax.scatter}
+
+
+@pytest.mark.parametrize("name", sorted(SCATTERS))
+@pytest.mark.parametrize("mode", ["CLIP", "FILL_OR_DROP", "PROMISE_IN_BOUNDS"])
+def test_plain_modes_follow_jacrev_through_scatters_at_out_of_range_indices(name, mode, monkeypatch):
+    """Found by the property test (seed 498897: ``order="auto"`` ran
+    ``jax.jacfwd`` through a ``scatter-max`` at a clipped index and was off
+    by 0.94).  Where JAX's forward mode differs from ``jax.jacrev`` at an
+    out-of-range index, ``forward_matches_reverse`` says so, and ``auto``
+    keeps to reverse mode even when forward mode multiplies less."""
+    import ccjax.api
+    from ccjax._jaxpr import forward_matches_reverse
+
+    dn = lax.ScatterDimensionNumbers(update_window_dims=(1,), inserted_window_dims=(0,),
+                                     scatter_dims_to_operand_dims=(0,))
+    mode_ = getattr(lax.GatherScatterMode, mode)
+    f = lambda z, u: SCATTERS[name](jnp.sin(z), jnp.array([[-1], [0], [0]]), u * u, dn, mode=mode_)
+    z, u = jnp.array([[0.1, 0.5], [0.3, 0.2], [0.4, 0.4]]), jnp.array([[0.3, 0.5], [0.3, 0.1], [0.2, 0.9]])
+    want = jax.jacrev(f, argnums=(0, 1))(z, u)
+    forward_agrees = all(np.allclose(a, b) for a, b in zip(jax.jacfwd(f, argnums=(0, 1))(z, u), want))
+    (eqn,) = [e for e in jax.make_jaxpr(f)(z, u).jaxpr.eqns if e.primitive.name.startswith("scatter")]
+    assert eqn.primitive.name == name
+    assert forward_agrees or not forward_matches_reverse(name, eqn.params)
+    monkeypatch.setattr(ccjax.api, "cheapest", lambda g, plan: ccjax.jax_modes.plan_jax_mode(
+        g, "fwd" if "fwd" in ccjax.jax_modes.plain_modes(g) else "rev"))  # forward mode wherever it is allowed
+    for got in (ccjax.jacve(f, argnums=(0, 1))(z, u), jax.jit(ccjax.jacve(f, argnums=(0, 1)))(z, u)):
+        assert_close(got, want, mode)
+
+
 def test_opaque_partials_use_forward_mode_where_it_is_exact():
     # a sort's forward Jacobian is a gather of the identity; its reverse one a scatter-add
     jaxpr = str(jax.make_jaxpr(ccjax.jacve(lambda x: jnp.sort(jnp.sin(x) * x), order="rev"))(Y))
@@ -368,10 +400,55 @@ def test_random_functions_with_fidelity_families_match_jacrev(seed, order):
         g = ccjax.graph(f, *args, argnums=(0, 1))
         order = [int(v) for v in np.random.default_rng(seed).permutation(np.array(g.eliminable, dtype=int))]
     jac = ccjax.jacve(f, argnums=(0, 1), order=order)
-    if not all(np.isfinite(np.asarray(w)).all() for w in jax.tree_util.tree_leaves(want)):
+    if all(np.isfinite(np.asarray(w)).all() for w in jax.tree_util.tree_leaves(want)):
+        assert_close_nan_rule(jac(*args), want, "eager")
+        assert_close_nan_rule(jax.jit(jac)(*args), want, "jit")
+    elif _plan(ccjax.graph(f, *args, argnums=(0, 1)), order).mode == "eliminate":
         want = _per_output_jacrev(f, args, (0, 1), want)
-    assert_close_nan_rule(jac(*args), want, "eager")
-    assert_close_nan_rule(jax.jit(jac)(*args), want, "jit")
+        reached = _structural_pattern(f, args, (0, 1), order)
+        assert_close_nan_rule(jac(*args), want, "eager", reached)
+        assert_close_nan_rule(jax.jit(jac)(*args), want, "jit", reached)
+    else:  # JAX's reverse pass over the whole function (custom_vjp): jax.jacrev's NaN and inf too
+        for got in (jac(*args), jax.jit(jac)(*args)):
+            for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+                np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
+def test_a_nan_partial_on_a_path_through_a_zero_partial_gives_nan():
+    """Seed 475140: a ``scatter-max`` partial is NaN (JAX's rule divides by
+    a zero tie count) on a path through a ``clamp`` whose partial is 0 at
+    this input.  The IEEE sum over paths is NaN there; ``jax.jacrev``'s
+    ``select`` drops the NaN cotangent and gives 0.  The entry is reached,
+    so the NaN rule allows it (README, "NaN and inf")."""
+    seed, shapes = 475140, [(4,), (3, 2)]
+    f = random_function(seed, shapes, n_ops=int(np.random.default_rng(seed).integers(4, 14)),
+                        ops=OP_FAMILIES + FIDELITY_FAMILIES)
+    args = random_inputs(seed, shapes)
+    got = np.asarray(ccjax.jacve(f, argnums=(0, 1), order="fwd")(*args)[0])
+    want = np.asarray(jax.jacrev(f, argnums=(0, 1))(*args)[0])
+    differs = np.isnan(got) & np.isfinite(want)
+    assert differs.any() and _structural_pattern(f, args, (0, 1), "fwd")[0][differs].all()
+    test_random_functions_with_fidelity_families_match_jacrev.hypothesis.inner_test(seed, "fwd")
+
+
+def test_the_whole_reverse_pass_gives_jacrev_nan_and_inf_too():
+    """Found by the property test above (seed 964): a ``custom_vjp`` (the
+    graph runs JAX's reverse pass over the whole function) and a
+    ``scatter-max`` whose partial is NaN.  ``jax.jacrev`` pulls the NaN
+    back through the other output's zero cotangent into a block no path
+    reaches; ccjax gives what ``jax.jacrev`` gives, as documented for
+    ``custom_vjp``, not the elimination's NaN rule."""
+    test_random_functions_with_fidelity_families_match_jacrev.hypothesis.inner_test(964, "fwd")
+
+
+@pytest.mark.parametrize("order", ORDERS + ("random",))
+def test_a_nan_partial_times_a_slice_summed_to_a_scalar_stays_off_structural_zeros(order):
+    """Found by the property test above (seed 211): a ``scatter-max`` (dense
+    local Jacobian, NaN where JAX's rule divides by a zero tie count) after
+    ``mean(tanh(x1[:, 1:2]))``.  The slice's band end has no axis in the
+    scalar, and the product of dense forms used to spread the NaN into the
+    columns of ``x1[:, 0]``, which nothing reads."""
+    test_random_functions_with_fidelity_families_match_jacrev.hypothesis.inner_test(211, order)
 
 
 def _per_output_jacrev(f, args, argnums, want):
@@ -385,17 +462,25 @@ def _per_output_jacrev(f, args, argnums, want):
     return blocks
 
 
-def assert_close_nan_rule(got, want, what):
+def assert_close_nan_rule(got, want, what, reached=None):
     """As :func:`assert_close` on the entries jax.jacrev gives finite: where it
     has NaN or inf, ccjax's partials follow the NaN rule below (0 for a
     structural zero, the value where jax.jacrev multiplies a zero cotangent
-    by an infinite partial)."""
+    by an infinite partial).
+
+    With ``reached`` (boolean arrays: the entries some path reaches), an
+    entry jax.jacrev gives finite may be NaN or inf where a path reaches it:
+    the IEEE sum over paths multiplies a NaN partial by a partial that is 0
+    at this input (a ``clamp`` outside its range), where jax.jacrev's
+    ``select`` drops the NaN cotangent (seed 475140)."""
     got_leaves, want_leaves = jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)
     assert len(got_leaves) == len(want_leaves), what
-    for g, w in zip(got_leaves, want_leaves):
+    for k, (g, w) in enumerate(zip(got_leaves, want_leaves)):
         g, w = np.asarray(g), np.asarray(w)
         assert g.shape == w.shape and g.dtype == w.dtype, what
         known = np.isfinite(w)
+        if reached is not None:
+            known &= np.isfinite(g) | ~reached[k]
         np.testing.assert_allclose(g[known], w[known], rtol=1e-9, atol=1e-12, err_msg=what)
 
 

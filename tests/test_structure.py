@@ -12,6 +12,7 @@ from counting import count_mults
 
 from ccjax.structure import (Structure, dense, densify_plan, make_structure, product_plan, structure_from_labels,
                              sum_plan, to_bcoo, to_dense, unit)
+from ccjax.structure.core import pattern
 
 SIZES = [1, 2, 3, 4, 6]
 
@@ -83,6 +84,24 @@ def structures(draw, out_shape, in_shape, bands=False):
                 sizes[slot] = k
             band_list.append((row, col, slot, offsets, ranges))
             columns.add(col)
+        # Band ends on no axis: a single element read (a column) or written (a row).
+        banded_rows = {b[0] for b in band_list}
+        for label, (n_out, n_in) in ([(c, (1, sizes[c])) for c in cols]
+                                     + [(r, (sizes[r], 1)) for r in rows if r not in banded_rows]):
+            if draw(st.integers(0, 3)):
+                continue
+            end = ("end", label)
+            sizes[end] = 1
+            offsets, ranges = draw(diagonals(n_out, n_in))
+            slot = None
+            if len(offsets) > 1:
+                slot = ("slot", end)
+                sizes[slot] = len(offsets)
+            if n_out == 1:
+                band_list.append((end, label, slot, offsets, ranges))
+                columns.add(label)
+            else:
+                band_list.append((label, end, slot, offsets, ranges))
     used = list(dict.fromkeys(l for ax in out_axes + in_axes for l in ax if l not in columns))
     used += [b[2] for b in band_list if b[2] is not None]
     if draw(st.integers(0, 3)) == 0:
@@ -231,6 +250,45 @@ def test_banded_sum_and_sparse_form_match_dense(data):
     got = plan.apply(va, vb, jnp.float64)
     np.testing.assert_allclose(_dense(plan.result, got), want, atol=1e-12)
     np.testing.assert_allclose(np.asarray(to_bcoo(plan.result, got, jnp.float64).todense()), want, atol=1e-12)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.data())
+def test_nan_partials_never_reach_structural_zeros_of_a_product(data):
+    """The NaN rule in the algebra: with every value of one operand NaN, the
+    product's entries that no path reaches (``pattern(a) @ pattern(b)`` is
+    0) are exactly 0 -- whether the plan keeps bands, unshifts a band onto
+    its columns, or multiplies dense forms (structural zeros then meet the
+    NaN)."""
+    kind = data.draw(st.sampled_from(["stencil", "scalar", "general"]))
+    if kind == "general":
+        w, v, u = data.draw(shapes()), data.draw(shapes()), data.draw(shapes())
+        a, va = data.draw(structures(w, v, bands=True))
+        b, vb = data.draw(structures(v, u, bands=True))
+    else:
+        rank = data.draw(st.integers(1, 2))
+        v, u = data.draw(stencil_shapes(rank)), data.draw(stencil_shapes(rank))
+        # "scalar": a reduction of a stencil to one number (band ends on no axis)
+        a, va = data.draw(structures((), v) if kind == "scalar" else stencils(data.draw(stencil_shapes(rank)), v))
+        b, vb = data.draw(stencils(v, u))
+    plan = product_plan(a, b)
+    reach = (pattern(a).astype(np.float32) @ pattern(b).astype(np.float32)) > 0
+    poisoned = lambda x: None if x is None else jnp.full(jnp.shape(x), jnp.nan)
+    for x, y in ((poisoned(va), vb), (va, poisoned(vb))):
+        got = _dense(plan.result, plan.apply(x, y, jnp.float64)).reshape(reach.shape)
+        assert (got[~reach] == 0).all(), (a.describe(), b.describe(), plan.result.describe())
+
+
+def test_a_slice_summed_to_a_scalar_keeps_its_band():
+    """``sum(x[:, 1:2])``: the band end of size 1 has no axis in the scalar
+    output, so it stays on none, and the Jacobian row keeps one entry per row
+    of ``x`` instead of a dense ``(3, 2)`` block."""
+    total, _ = structure_from_labels((), (3, 1), [], ["r", "one"])
+    slice_, _ = structure_from_labels((3, 1), (3, 2), ["r", "e"], ["r", "c"], bands=[("e", "c", 1)])
+    plan = product_plan(total, slice_)
+    assert plan.result.bands and plan.mults == 0
+    np.testing.assert_array_equal(pattern(plan.result), [[False, True] * 3])
+    np.testing.assert_array_equal(_dense(plan.result, plan.apply(None, None, jnp.float64)).reshape(6), [0, 1] * 3)
 
 
 def test_unit_times_unit_costs_nothing():

@@ -400,8 +400,8 @@ def _window_partials(ctx, starts: list[int], window: list[int], inserted: Sequen
     ``dynamic_update_slice`` whose update is operand ``update``): on the
     operand the identity (an add) or the identity outside the window (a set,
     stored as a 0/1 mask); on the update a shift into the window (a band on
-    each partly covered axis, a one-hot stored value on each axis
-    ``inserted`` that the update lacks)."""
+    each partly covered axis, and a one-row band from an end on no axis on
+    each axis ``inserted`` that the update lacks: no stored numbers)."""
     operand = _shape(ctx.in_avals[0])
     parts = []
     if 0 in ctx.active:
@@ -414,11 +414,11 @@ def _window_partials(ctx, starts: list[int], window: list[int], inserted: Sequen
             parts.append(labelled(0, 0, ctx, labels, labels, labels, operand,
                                   lambda ins, outs: jnp.asarray(keep, outs[0].dtype)))
     if update in ctx.active:
-        out_labels, in_labels, bands, onehot = [], [], [], []
+        out_labels, in_labels, bands = [], [], []
         for k, (n, s, w) in enumerate(zip(operand, starts, window)):
-            if k in inserted:  # the update has no axis here: it lands on row s
+            if k in inserted:  # the update has no axis here: it lands on row s (a band end on no axis)
                 out_labels.append(("o", k))
-                onehot.append((n, s))
+                bands.append((("o", k), ("end", k), (-s,), ((s, s + 1),)))
             elif w == n:
                 out_labels.append(("ax", k))
                 in_labels.append(("ax", k))
@@ -426,14 +426,7 @@ def _window_partials(ctx, starts: list[int], window: list[int], inserted: Sequen
                 out_labels.append(("o", k))
                 in_labels.append(("i", k))
                 bands.append((("o", k), ("i", k), -s))
-        if not onehot:
-            parts.append(labelled(0, update, ctx, out_labels, in_labels, bands=bands))
-        else:
-            hot = np.zeros(tuple(n for n, _ in onehot), bool)
-            hot[tuple(s for _, s in onehot)] = True
-            parts.append(labelled(0, update, ctx, out_labels, in_labels,
-                                  [lab for lab in out_labels if lab[0] == "o" and lab[1] in inserted],
-                                  hot.shape, lambda ins, outs: jnp.asarray(hot, outs[0].dtype), bands=bands))
+        parts.append(labelled(0, update, ctx, out_labels, in_labels, bands=bands))
     return parts
 
 

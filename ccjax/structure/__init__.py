@@ -15,15 +15,15 @@ import jax.numpy as jnp
 
 from ccjax.structure import bands, core, selection
 from ccjax.structure.bands import deband_plan
-from ccjax.structure.core import (Axes, Band, ProductPlan, Structure, SumPlan, UnionFind, clip_range, common_chain,
-                                  contract, dense, make_structure, reshape, split_sizes, structure_from_labels,
-                                  transpose, unit)
+from ccjax.structure.core import (Axes, Band, ProductPlan, ReachMasked, Structure, SumPlan, UnionFind, clip_range,
+                                  common_chain, contract, dense, entry_count, entry_indices, make_structure, reshape,
+                                  split_sizes, structure_from_labels, transpose, unit)
 from ccjax.structure.selection import Selection, is_selection
 
-__all__ = ["Axes", "Band", "ProductPlan", "Structure", "SumPlan", "UnionFind", "clip_range", "common_chain",
-           "contract", "deband_plan", "dense", "densify_plan", "is_selection", "make_structure", "product_plan",
-           "reshape", "Selection", "split_sizes", "structure_from_labels", "sum_plan", "to_bcoo", "to_dense",
-           "transpose", "unit"]
+__all__ = ["Axes", "Band", "ProductPlan", "ReachMasked", "Structure", "SumPlan", "UnionFind", "clip_range",
+           "common_chain", "contract", "deband_plan", "dense", "densify_plan", "entry_count", "entry_indices",
+           "is_selection", "make_structure", "product_plan", "reshape", "Selection", "split_sizes",
+           "structure_from_labels", "sum_plan", "to_bcoo", "to_dense", "transpose", "unit"]
 
 
 @functools.lru_cache(maxsize=65536)
@@ -33,7 +33,10 @@ def product_plan(outer: Structure, inner: Structure):
         raise ValueError(f"shape mismatch in product: {outer.in_shape} vs {inner.out_shape}")
     if is_selection(outer) or is_selection(inner):
         return selection.product(outer, inner)
-    return bands.product(outer, inner) if outer.bands or inner.bands else core.product_plan(outer, inner)
+    plan = bands.product(outer, inner) if outer.bands or inner.bands else core.product_plan(outer, inner)
+    if getattr(plan, "on_dense_forms", False) and (outer.val is not None or inner.val is not None):
+        return ReachMasked(plan, outer, inner)
+    return plan
 
 
 @functools.lru_cache(maxsize=65536)

@@ -11,8 +11,11 @@ diagonals are additions, and the dense form is a ``select``: none of them
 multiplies.
 
 Cases the band algebra does not cover (a band symbol that a reshape would
-split, a band summed against a dense block, a band end of size 1 with no
-free axis to move to) fall back to the band's dense form, which is exact.
+split, a band summed against a dense block or one whose end is on no axis)
+fall back to the band's dense form, which is exact; the product of dense
+forms is masked to the entries some path reaches
+(:class:`~ccjax.structure.core.ReachMasked`), so a NaN partial never lands
+on a structural zero.
 """
 from __future__ import annotations
 
@@ -25,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ccjax.structure.core import (Band, Structure, UnionFind, _add, _embed_plan, _Operand, _Work, clip_range, contract,
-                                  densify_plan, make_structure, product_plan, reshape, sum_plan, transpose)
+from ccjax.structure.core import (Band, Structure, UnionFind, WrappedPlan, _add, _embed_plan, _Operand, _Work,
+                                  clip_range, contract, densify_plan, make_structure, product_plan, reshape, sum_plan,
+                                  transpose)
 
 
 #: Most rows an element broadcast into a band may spread over (one diagonal each).
@@ -338,6 +342,10 @@ class BandedProductPlan:
     merges: tuple[tuple[int, _Merge], ...]  # (first axis in out_letters, merge)
     factor: int
     sign: int
+    # Columns of an unshifted band that no row reaches: (letter, reached).
+    # The unshift pads them with zeros, and the product multiplies those
+    # by the outer's value; the NaN rule keeps them at exactly 0.
+    unreached: tuple[tuple[Any, tuple[bool, ...]], ...] = ()
 
     def apply(self, v_outer, v_inner, dtype):
         if self.outer_steps is None and self.inner_steps is None:
@@ -350,6 +358,13 @@ class BandedProductPlan:
         if len(prepared) == 2:
             (a, la), (b, lb) = prepared
             out = contract(a, la, b, lb, self.out_letters)
+            for letter, reached in self.unreached:
+                if letter in self.out_letters:
+                    axis = self.out_letters.index(letter)
+                    keep = lax.broadcast_in_dim(np.asarray(reached), out.shape, (axis,))
+                    out = lax.select(keep, out, lax.full(out.shape, 0, out.dtype))
+                else:  # a single column (squeezed away) that no row reaches
+                    out = lax.full(out.shape, 0, out.dtype)
         else:
             (out, letters), = prepared
             out = transpose(out, [list(letters).index(r) for r in self.out_letters])
@@ -410,11 +425,12 @@ def _banded_product(outer: Structure, inner: Structure) -> Optional[BandedProduc
     moved: dict = {}  # (group, axis) -> new end symbol
 
     def move_end(group):
-        if not free[group]:
-            return None
-        end = len(work.sizes) + len(moved)
-        moved[(group, free[group].pop(0))] = end
+        end = ("end", len(sizes))
         sizes[end] = 1
+        if free[group]:
+            moved[(group, free[group].pop(0))] = end
+        # else the end stays on no axis: the side it indexes is a single
+        # element the result has no axis for (a scalar)
         return end
 
     outer_rows = {b.out for b in work.bands[io]}
@@ -436,10 +452,8 @@ def _banded_product(outer: Structure, inner: Structure) -> Optional[BandedProduc
         composed.add(b2.out)
     for b in work.bands[io]:
         r = uf.find(b.inn)
-        if members[r] == ([b.inn], []) and work.sizes[b.inn] == 1:
+        if members.get(r, ([b.inn], [])) == ([b.inn], []) and work.sizes[b.inn] == 1:
             end = move_end(3)
-            if end is None:
-                return None
             result_bands.append([b.out, end, b.slot, b.offsets, b.ranges])
             continue
         pair = single(r)
@@ -467,7 +481,7 @@ def _banded_product(outer: Structure, inner: Structure) -> Optional[BandedProduc
         if b2.out in composed:
             continue
         r = uf.find(b2.out)
-        if members[r] == ([], [b2.out]) and work.sizes[b2.out] == 1:
+        if members.get(r, ([], [b2.out])) == ([], [b2.out]) and work.sizes[b2.out] == 1:
             # The element is broadcast to m rows (an edge pad): row i reads
             # it at offset d - i, a band of m one-row diagonals.
             row = next((s for ax in work.groups[0] for s in ax
@@ -481,8 +495,6 @@ def _banded_product(outer: Structure, inner: Structure) -> Optional[BandedProduc
                                      tuple((i, i + 1) for i in range(m))])
                 continue
             end = move_end(0)
-            if end is None:
-                return None
             result_bands.append([end, b2.inn, b2.slot, b2.offsets, b2.ranges])
             continue
         pair = single(r)
@@ -613,29 +625,25 @@ def _banded_product(outer: Structure, inner: Structure) -> Optional[BandedProduc
     mults = math.prod(sizes[r] for r in present) if None not in operand_steps else 0
     if factor != 1:
         mults += st.nnz_values
+    unreached = []
+    for b2 in unshift.values():
+        reached = np.zeros(sizes[b2.inn], bool)
+        for d, (lo, hi) in zip(b2.offsets, b2.ranges):
+            reached[lo + d:hi + d] = lo < hi
+        if not reached.all():
+            unreached.append((b2.inn, tuple(bool(r) for r in reached)))
     return BandedProductPlan(st, mults, op_o, op_i, operand_steps[0], operand_steps[1], tuple(out_letters),
-                             tuple(merges), factor, sign)
+                             tuple(merges), factor, sign, tuple(unreached))
 
 
 @dataclasses.dataclass(frozen=True)
-class Prepared:
+class Prepared(WrappedPlan):
     """A plain plan run on the dense forms of banded operands."""
 
-    plan: Any
     pre_a: Optional[DebandPlan]
     pre_b: Optional[DebandPlan]
 
-    @property
-    def result(self):
-        return self.plan.result
-
-    @property
-    def mults(self) -> int:
-        return self.plan.mults
-
-    @property
-    def additions(self) -> int:
-        return self.plan.additions
+    on_dense_forms = True
 
     def apply(self, va, vb, dtype):
         if self.pre_a is not None:
@@ -703,6 +711,17 @@ def _banded_sum(a: Structure, b: Structure) -> Optional[BandedSumPlan]:
         return None
     syms = ([s for g in (0, 1) for ax in work.groups[g] for s in ax],
             [s for g in (2, 3) for ax in work.groups[g] for s in ax])
+    # Band ends on no axis take places after the axes' symbols: out ends,
+    # then in ends, each in band order; both operands must have as many.
+    loose = []
+    for side, idx in ((0, ia), (1, ib)):
+        on_axes = set(syms[side])
+        loose.append(([b.out for b in work.bands[idx] if b.out not in on_axes],
+                      [b.inn for b in work.bands[idx] if b.inn not in on_axes]))
+    if [len(x) for x in loose[0]] != [len(x) for x in loose[1]]:
+        return None
+    for side in (0, 1):
+        syms[side].extend(loose[side][0] + loose[side][1])
     if [work.sizes[s] for s in syms[0]] != [work.sizes[s] for s in syms[1]]:
         return None  # band ends of size 1 at different places
     where = [{}, {}]
@@ -768,10 +787,11 @@ def _banded_sum(a: Structure, b: Structure) -> Optional[BandedSumPlan]:
         return BandedSumPlan(st, None, None, (), (), total, 0)
     union = [(da.offsets + db.offsets, da.ranges + db.ranges) for *_, da, db in band_pos]
     differ = [k for k, (*_, da, db) in enumerate(band_pos) if (da.offsets, da.ranges) != (db.offsets, db.ranges)]
-    if unit and same_partition and a.sign == b.sign and len(differ) == 1:
+    if unit and same_partition and a.sign == b.sign and len(differ) == 1 and _disjoint(*band_pos[differ[0]][2:]):
         # One band differs: the union of its diagonals, no numbers.  (With
         # two, the union would add cross terms of one's diagonals with the
-        # other's.)
+        # other's; where two diagonals meet, an entry is 2, which needs a
+        # number.)
         diagonals = [union[k] if k in differ else (da.offsets, da.ranges) for k, (*_, da, _) in enumerate(band_pos)]
         st, _ = make(None, a.sign, diagonals)
         return BandedSumPlan(st, None, None, (), (), None, 0)
@@ -805,6 +825,12 @@ def _banded_sum(a: Structure, b: Structure) -> Optional[BandedSumPlan]:
         raise AssertionError("sum classes are laid out in symbol order")
     summed_shape = [n + lo + hi for n, (lo, hi, _) in zip(embeds[0].shape, pads[0])]
     return BandedSumPlan(st, embeds[0], embeds[1], tuple(pads), tuple(merges), None, math.prod(summed_shape))
+
+
+def _disjoint(da: Band, db: Band) -> bool:
+    """Whether no diagonal of ``da`` shares an entry with one of ``db``."""
+    return not any(d1 == d2 and max(lo1, lo2) < min(hi1, hi2)
+                   for d1, (lo1, hi1) in zip(da.offsets, da.ranges) for d2, (lo2, hi2) in zip(db.offsets, db.ranges))
 
 
 def sum_(a: Structure, b: Structure):

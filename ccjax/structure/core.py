@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Hashable, Optional, Sequence
+from typing import Any, Hashable, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -54,7 +54,9 @@ class Band:
     in axes, nowhere else; ``inn`` is never stored; one of them may have
     size 1 (a single element read or written: the only symbols of size 1,
     never stored, so that a slice of one element composes with the
-    concatenation that puts it back); ``slot`` is None exactly
+    concatenation that puts it back); an end of size 1 may occur on no axis
+    when its side has no axis of size 1 to hold it (a slice summed to a
+    scalar: ``J[j] = [j == offset]``); ``slot`` is None exactly
     when there is one diagonal; ``0 <= lo_k <= hi_k <= n_out`` (``(0, 0)``:
     an empty diagonal) and the range only holds rows whose ``i + offsets[k]``
     is a valid in index.
@@ -79,8 +81,9 @@ class Structure:
     """Symbolic structure of a partial Jacobian (see module docstring).
 
     Invariants: symbols are ``0..len(sizes)-1`` numbered by first occurrence
-    on the axes, then the bands' slots; every symbol but a slot occurs on at
-    least one axis; ``val`` lists distinct symbols of size >= 2 in
+    on the axes, then band ends on no axis, then the bands' slots; every
+    symbol but a slot or a band end of size 1 occurs on at least one axis;
+    ``val`` lists distinct symbols of size >= 2 in
     increasing order (the axes of the stored value array); ``bands`` are
     ordered by their out symbol.
     """
@@ -149,6 +152,12 @@ def make_structure(
         for label in ax:
             if (sizes[label] > 1 or label in ends) and label not in numbering:
                 numbering[label] = len(numbering)
+    for b in bands:  # band ends on no axis (a single element of a scalar side)
+        for label in b[:2]:
+            if label not in numbering:
+                if sizes[label] != 1:
+                    raise ValueError("a band end on no axis has size 1")
+                numbering[label] = len(numbering)
     bands = sorted(bands, key=lambda b: numbering[b[0]])
     for out_label, in_label, slot, offsets, _ in bands:
         if sizes[out_label] < 2 and sizes[in_label] < 2:
@@ -212,6 +221,8 @@ def structure_from_labels(out_shape, in_shape, out_labels, in_labels, val_labels
     ia = lab(in_labels, in_shape)
     canon_bands = []
     for band in bands:
+        for end in band[:2]:
+            sizes.setdefault(end, 1)  # an end on no axis (a single element of a side without one)
         if len(band) == 3:
             o, i, d = band
             canon_bands.append((o, i, None, (d,), ((0, sizes[o]),)))
@@ -599,14 +610,11 @@ def densify_plan(st: Structure) -> DensifyPlan:
     return DensifyPlan(result, plan, tuple(shapes))
 
 
-def to_bcoo(st: Structure, value, dtype=None):
-    """The partial as a ``jax.experimental.sparse.BCOO`` of shape
-    ``out_shape + in_shape`` holding exactly its structural nonzeros (one
-    entry per combination of symbol indices, and per row and diagonal of a
-    band; indices are trace-time constants, so the result stays jittable)."""
-    from jax.experimental import sparse
-
-    dtype = dtype if dtype is not None else (jnp.result_type(float) if value is None else value.dtype)
+def _entries(st: Structure) -> tuple[np.ndarray, dict]:
+    """The structural nonzeros of ``st``: their ``(nse, n_axes)`` indices
+    into ``out_shape + in_shape`` (one entry per combination of symbol
+    indices, and per row and diagonal of a band) and, per symbol, each
+    entry's index along it."""
     banded = {b.out for b in st.bands} | {b.inn for b in st.bands} | {b.slot for b in st.bands}
     plain = [s for s in range(len(st.sizes)) if s not in banded]
     # Entries: the grid of the plain symbols times, per band, its (row, diagonal) list.
@@ -631,6 +639,137 @@ def to_bcoo(st: Structure, value, dtype=None):
             column = column * st.sizes[s] + index[s]
         columns.append(column)
     indices = np.stack(columns, axis=1) if columns else np.zeros((nse, 0), np.int64)
+    return indices, index
+
+
+def entry_indices(st: Structure) -> np.ndarray:
+    """The ``(nse, n_axes)`` indices of ``st``'s structural nonzeros, in the
+    order :func:`to_bcoo` stores them."""
+    return _entries(st)[0]
+
+
+def entry_count(st: Structure) -> int:
+    """How many structural nonzeros ``st`` has (the ``nse`` of :func:`to_bcoo`)."""
+    banded = {b.out for b in st.bands} | {b.inn for b in st.bands} | {b.slot for b in st.bands}
+    count = math.prod(n for s, n in enumerate(st.sizes) if s not in banded)
+    for b in st.bands:
+        count *= sum(hi - lo for lo, hi in b.ranges)
+    return count
+
+
+def pattern(st: Structure) -> np.ndarray:
+    """Where ``st`` is structurally nonzero: a boolean ``(M, N)`` array,
+    ``M = prod(out_shape)`` and ``N = prod(in_shape)``."""
+    indices, _ = _entries(st)
+    n_out = len(st.out_axes)
+    flat = lambda cols, shape: (np.ravel_multi_index(tuple(cols.T), shape) if shape
+                                else np.zeros(len(cols), np.int64))
+    m, n = math.prod(st.out_shape), math.prod(st.in_shape)
+    out = np.zeros((m, n), bool)
+    out[flat(indices[:, :n_out], st.out_shape), flat(indices[:, n_out:], st.in_shape)] = True
+    return out
+
+
+def _full(st: Structure) -> bool:
+    """Whether every entry of ``st`` is a structural nonzero (no band, no delta)."""
+    symbols = [s for ax in st.out_axes + st.in_axes for s in ax]
+    return not st.bands and len(symbols) == len(set(symbols))
+
+
+@functools.lru_cache(maxsize=1024)
+def reached_values(result: Structure, outer: Structure, inner: Structure) -> Optional[np.ndarray]:
+    """Which values of ``result`` (the product ``outer ∘ inner``) some path
+    reaches, as a boolean array of ``result.val_shape``; None when all of
+    them, or when ``result`` replicates one value over entries that differ
+    (then no mask of its value can tell them apart).
+
+    A product of dense forms multiplies every entry of one operand by the
+    other's structural zeros, so a NaN or inf partial would reach entries
+    no path reaches (``nan * 0``); this mask keeps them at exactly 0.
+    Costs at most one boolean ``(M, K) @ (K, N)`` product at trace time
+    (none when an operand has no structural zero)."""
+    if result.val is None or (_full(outer) and _full(inner)):
+        return None
+    if _full(outer):  # a column is reached where the inner has an entry in it
+        reach = np.broadcast_to(pattern(inner).any(axis=0), (math.prod(outer.out_shape), math.prod(inner.in_shape)))
+    elif _full(inner):
+        reach = np.broadcast_to(pattern(outer).any(axis=1)[:, None],
+                                (math.prod(outer.out_shape), math.prod(inner.in_shape)))
+    else:
+        reach = (pattern(outer).astype(np.float32) @ pattern(inner).astype(np.float32)) > 0
+    if reach.all():
+        return None
+    n_sym = len(result.sizes)
+
+    def flat(axes, shape):
+        """Each entry's flat index into ``shape``, over the grid of all symbols."""
+        at = np.zeros([1] * n_sym, np.int64)
+        for ax, n in zip(axes, shape):
+            index = np.zeros([1] * n_sym, np.int64)
+            for s in ax:
+                index = index * result.sizes[s] + np.arange(result.sizes[s]).reshape(
+                    [-1 if t == s else 1 for t in range(n_sym)])
+            at = at * n + index
+        return at
+
+    entries = np.broadcast_to(reach[flat(result.out_axes, result.out_shape), flat(result.in_axes, result.in_shape)],
+                              result.sizes)
+    for s in reversed(range(n_sym)):
+        if s not in result.val:
+            first = np.take(entries, [0], axis=s)
+            if not (entries == first).all():
+                return None
+            entries = first
+    return np.reshape(entries, result.val_shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class WrappedPlan:
+    """A plan that runs ``plan`` with steps around it that multiply nothing:
+    its result, multiplications and additions are ``plan``'s."""
+
+    plan: Any
+
+    @property
+    def result(self) -> Structure:
+        return self.plan.result
+
+    @property
+    def mults(self) -> int:
+        return self.plan.mults
+
+    @property
+    def additions(self) -> int:
+        return self.plan.additions
+
+
+@dataclasses.dataclass(frozen=True)
+class ReachMasked(WrappedPlan):
+    """A product plan that runs on dense forms, with its result's entries
+    that no path reaches kept at exactly 0 (see :func:`reached_values`);
+    the mask is a ``select``."""
+
+    outer: Structure
+    inner: Structure
+
+    def apply(self, v_outer, v_inner, dtype):
+        value = self.plan.apply(v_outer, v_inner, dtype)
+        reached = reached_values(self.plan.result, self.outer, self.inner)
+        if reached is None:
+            return value
+        value = jnp.reshape(value, reached.shape)
+        return lax.select(jnp.asarray(reached), value, lax.full(value.shape, 0, value.dtype))
+
+
+def to_bcoo(st: Structure, value, dtype=None):
+    """The partial as a ``jax.experimental.sparse.BCOO`` of shape
+    ``out_shape + in_shape`` holding exactly its structural nonzeros
+    (indices are trace-time constants, so the result stays jittable)."""
+    from jax.experimental import sparse
+
+    dtype = dtype if dtype is not None else (jnp.result_type(float) if value is None else value.dtype)
+    indices, index = _entries(st)
+    nse = len(indices)
     if st.val is None:
         data = jnp.full((nse,), st.sign, dtype)
     elif not st.bands:  # st.val is sorted by symbol, so the value's axes are already in grid order
@@ -705,6 +844,10 @@ class ProductPlan:
     out_letters: tuple[int, ...]
     factor: int
     sign: int
+
+    @property
+    def on_dense_forms(self) -> bool:
+        return self.pre_outer is not None or self.pre_inner is not None
 
     def apply(self, v_outer, v_inner, dtype):
         if self.pre_outer is not None:
