@@ -168,9 +168,10 @@ _CHECKED_GATHER_MODES = frozenset({"CLIP", "FILL_OR_DROP"})
 #: Scatters whose forward-mode derivative differs from ``jax.jacrev``'s at
 #: an out-of-range index, by index mode: the JVP of ``scatter-max``/``-min``
 #: reads the clamped window (``CLIP``, ``PROMISE_IN_BOUNDS``) where the
-#: transpose drops it, and so does every scatter's under
-#: ``PROMISE_IN_BOUNDS`` but plain ``scatter``'s (checked against
-#: ``jax.jacfwd``/``jax.jacrev`` in ``tests/test_fidelity.py``).
+#: transpose drops it, and ``scatter-add``'s does under
+#: ``PROMISE_IN_BOUNDS`` (plain ``scatter``'s never: checked against
+#: ``jax.jacfwd``/``jax.jacrev`` in ``tests/test_fidelity.py``);
+#: ``scatter-sub``/``-mul`` are taken to follow ``scatter-add``.
 _SCATTER_MODES_FORWARD_DIFFERS = {
     "scatter-max": frozenset({"CLIP", "PROMISE_IN_BOUNDS"}),
     "scatter-min": frozenset({"CLIP", "PROMISE_IN_BOUNDS"}),
