@@ -610,12 +610,17 @@ def densify_plan(st: Structure) -> DensifyPlan:
     return DensifyPlan(result, plan, tuple(shapes))
 
 
+def _band_symbols(st: Structure) -> set:
+    """The symbols a band of ``st`` indexes (its ends and slots)."""
+    return {b.out for b in st.bands} | {b.inn for b in st.bands} | {b.slot for b in st.bands}
+
+
 def _entries(st: Structure) -> tuple[np.ndarray, dict]:
     """The structural nonzeros of ``st``: their ``(nse, n_axes)`` indices
     into ``out_shape + in_shape`` (one entry per combination of symbol
     indices, and per row and diagonal of a band) and, per symbol, each
     entry's index along it."""
-    banded = {b.out for b in st.bands} | {b.inn for b in st.bands} | {b.slot for b in st.bands}
+    banded = _band_symbols(st)
     plain = [s for s in range(len(st.sizes)) if s not in banded]
     # Entries: the grid of the plain symbols times, per band, its (row, diagonal) list.
     factors = [np.arange(st.sizes[s])[None, :] for s in plain]
@@ -650,7 +655,7 @@ def entry_indices(st: Structure) -> np.ndarray:
 
 def entry_count(st: Structure) -> int:
     """How many structural nonzeros ``st`` has (the ``nse`` of :func:`to_bcoo`)."""
-    banded = {b.out for b in st.bands} | {b.inn for b in st.bands} | {b.slot for b in st.bands}
+    banded = _band_symbols(st)
     count = math.prod(n for s, n in enumerate(st.sizes) if s not in banded)
     for b in st.bands:
         count *= sum(hi - lo for lo, hi in b.ranges)
