@@ -57,7 +57,7 @@ def eliminate_branch(closed_jaxpr, diff: Sequence[int], n_outputs: int) -> Optio
     if g.whole_reverse:
         return None
     forward = tuple(sorted(g.eliminable))
-    # The cond's rule joins one structure per final partial: no deferred terms.
-    plans = [plan_elimination(g, order, defer_final_sums=False) for order in (forward, forward[::-1])]
+    # The cond's rule joins one structure per final partial: no terms kept apart.
+    plans = [plan_elimination(g, order, lazy_sums=False) for order in (forward, forward[::-1])]
     plan = min(plans, key=lambda p: p.report.mults)
     return EliminatedBranch(g, plan, tuple(closed_jaxpr.consts))

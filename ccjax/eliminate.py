@@ -9,6 +9,7 @@ vertex ``v`` replaces every path ``u -> v -> w`` by
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -19,8 +20,8 @@ from jax.experimental import sparse
 
 from ccjax._jaxpr import is_tracer
 from ccjax.graph import Graph
-from ccjax.structure import (ProductPlan, Structure, SumPlan, deband_plan, entry_count, entry_indices, is_selection,
-                             product_plan, reshape, sum_plan, to_bcoo, to_dense, transpose)
+from ccjax.structure import (ProductPlan, Structure, SumPlan, deband_plan, entry_count, is_selection, is_terms,
+                             parts_of, product_plan, reshape, sum_plan, to_bcoo, to_dense, transpose, values_of)
 
 LAYOUTS = ("dense", "sparse")
 
@@ -49,11 +50,10 @@ class Plan:
     ``b`` inner) or 'sum'; ``final``: ``{(input vertex, output vertex): slot}``
     and ``structures`` the structure of every slot.  ``mode`` is
     ``"eliminate"``, or ``"jax-rev"``/``"jax-fwd"`` for JAX's AD of the
-    whole program (:mod:`ccjax.jax_modes`; no steps).  ``terms``:
-    ``{(input vertex, output vertex): slots}`` of further final partials
-    of that block, added when the Jacobian is written (a sum that would
-    store more entries than its terms together, such as a band plus a
-    dense row, is left unplanned).
+    whole program (:mod:`ccjax.jax_modes`; no steps).  A structure may be
+    a :class:`~ccjax.structure.Terms` (a sum that would store more entries
+    than its terms together, such as a band plus a dense row, or bands
+    along two axes); a final block of terms is written as their sum.
     """
 
     steps: tuple
@@ -61,7 +61,6 @@ class Plan:
     structures: tuple
     report: CostReport
     mode: str = "eliminate"
-    terms: dict = dataclasses.field(default_factory=dict)
 
 
 class OrderError(ValueError):
@@ -100,11 +99,11 @@ def validate_order(graph: Graph, order: Sequence) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def plan_elimination(graph: Graph, order: Sequence[int], defer_final_sums: bool = True) -> Plan:
+def plan_elimination(graph: Graph, order: Sequence[int], lazy_sums: bool = True) -> Plan:
     """Plan ``order`` (validated) on ``graph``; see :class:`Plan`.  With
-    ``defer_final_sums`` off, ``plan.terms`` is empty."""
+    ``lazy_sums`` off, every sum is one structure (no
+    :class:`~ccjax.structure.Terms`)."""
     order = validate_order(graph, order)
-    eliminable = set(order)
     structures: list[Structure] = []
     steps: list = []
     live_values: dict[int, int] = {}
@@ -122,12 +121,11 @@ def plan_elimination(graph: Graph, order: Sequence[int], defer_final_sums: bool 
 
     mults = additions = 0
     edges: dict[tuple[int, int], int] = {}
-    terms: dict[tuple[int, int], list] = {}  # final blocks' further terms, added when written
     raw_slots = [new_slot(r.partial.structure) for r in graph.raw]  # slot i holds raw partial i
     for r, slot in zip(graph.raw, raw_slots):
         key = (r.src, r.dst)
         if key in edges:
-            sp = sum_plan(structures[edges[key]], r.partial.structure)
+            sp = sum_plan(structures[edges[key]], r.partial.structure, lazy=lazy_sums)
             dst = new_slot(sp.result) if sp.result is not None else None
             steps.append(("sum", dst, edges[key], slot, sp))
             additions += sp.additions
@@ -150,11 +148,8 @@ def plan_elimination(graph: Graph, order: Sequence[int], defer_final_sums: bool 
                 prod = new_slot(pp.result)
                 steps.append(("prod", prod, edges[(v, w)], edges[(u, v)], pp))
                 mults += pp.mults
-                if (u, w) in edges and defer_final_sums and u not in eliminable and w not in eliminable and _defer(
-                        structures[edges[(u, w)]], pp.result, terms.get((u, w), ())):
-                    terms.setdefault((u, w), []).append(prod)
-                elif (u, w) in edges:
-                    sp: SumPlan = sum_plan(structures[edges[(u, w)]], pp.result)
+                if (u, w) in edges:
+                    sp: SumPlan = sum_plan(structures[edges[(u, w)]], pp.result, lazy=lazy_sums)
                     dst = new_slot(sp.result) if sp.result is not None else None
                     steps.append(("sum", dst, edges[(u, w)], prod, sp))
                     additions += sp.additions
@@ -175,26 +170,10 @@ def plan_elimination(graph: Graph, order: Sequence[int], defer_final_sums: bool 
         for w in succs.pop(v, set()):
             drop(edges.pop((v, w)))
             preds[w].discard(v)
-    for key, extra in terms.items():  # each term's entries are added into the block when it is written
-        additions += sum(entry_count(structures[slot]) for slot in extra)
+    for slot in edges.values():  # a block of terms adds them when it is written
+        additions += sum(entry_count(part) for part in parts_of(structures[slot])[1:])
     report = CostReport(mults, additions, live[1], order)
-    return Plan(tuple(steps), dict(edges), tuple(structures), report,
-                terms={key: tuple(extra) for key, extra in terms.items() if key in edges})
-
-
-def _defer(block: Structure, term: Structure, others: Sequence) -> bool:
-    """Whether a final block and a new term are better kept apart: their
-    sum would store more entries than the two together.  Once a block is
-    kept in terms, later terms join them; a selection (its indices known at
-    run time only) is always summed into the block."""
-    if is_selection(term):
-        return False
-    if others:
-        return True
-    if is_selection(block):
-        return False
-    plan = sum_plan(block, term)
-    return plan.result is not None and entry_count(plan.result) > entry_count(block) + entry_count(term)
+    return Plan(tuple(steps), dict(edges), tuple(structures), report)
 
 
 def partial_values(graph: Graph, env: Sequence) -> list:
@@ -251,8 +230,7 @@ def final_values(graph: Graph, plan: Plan, raw_values: Sequence) -> dict:
         result = p.apply(values[a], values[b], dtype)
         if dst is not None:
             values[dst] = result
-    slots = list(plan.final.values()) + [slot for extra in plan.terms.values() for slot in extra]
-    return {slot: values[slot] for slot in slots}
+    return {slot: values[slot] for slot in plan.final.values()}
 
 
 def write_jacobian(graph: Graph, plan: Plan, finals: dict, layout: str = "dense") -> list:
@@ -266,32 +244,12 @@ def write_jacobian(graph: Graph, plan: Plan, finals: dict, layout: str = "dense"
             aval = prog.avals[prog.inputs[leaf]]
             shape = out_shape + tuple(aval.shape)
             slot = plan.final.get((in_vertex, out_vertex))
-            slots = () if slot is None else (slot,) + plan.terms.get((in_vertex, out_vertex), ())
-            parts = [(plan.structures[k], finals[k]) for k in slots] or [(None, None)]
+            st, value = (None, None) if slot is None else (plan.structures[slot], finals[slot])
             if layout == "sparse":
-                blocks.append(_union([st for st, _ in parts],
-                                     [sparse_block(st, value, shape, aval.dtype) for st, value in parts]))
+                blocks.append(sparse_block(st, value, shape, aval.dtype))
             else:
-                tag = len(blocks)
-                block = dense_block(*parts[0], shape, aval.dtype, tag=tag)
-                for st, value in parts[1:]:
-                    block = block + dense_block(st, value, shape, aval.dtype, tag=tag)
-                blocks.append(block)
+                blocks.append(dense_block(st, value, shape, aval.dtype, tag=len(blocks)))
     return blocks
-
-
-def _union(structures: list, parts: list):
-    """The sum of the BCOO blocks of ``structures`` (no selections: their
-    indices are trace-time constants), with each index stored once."""
-    if len(parts) == 1:
-        return parts[0]
-    indices = np.concatenate([entry_indices(st) for st in structures])
-    data = jnp.concatenate([p.data for p in parts])
-    unique, where = np.unique(indices, axis=0, return_inverse=True)
-    if len(unique) < len(indices):
-        data = jnp.zeros((len(unique),), data.dtype).at[where.reshape(-1)].add(data)
-        indices = unique
-    return sparse.BCOO((data, jnp.asarray(indices, np.int32)), shape=parts[0].shape)
 
 
 def execute(graph: Graph, plan: Plan, env: Sequence, layout: str = "dense") -> list:
@@ -340,6 +298,9 @@ def dense_block(st: Optional[Structure], value, shape: tuple, dtype, tag: Option
       writing them costs.)
     """
     dtype = jnp.dtype(dtype)
+    if is_terms(st):
+        parts = [dense_block(p, v, shape, dtype, tag) for p, v in zip(st.parts, values_of(st, value))]
+        return functools.reduce(lambda a, b: a + b, parts)
     if st is None:
         if tag is None or not shape:
             return jnp.zeros(shape, dtype)

@@ -14,7 +14,7 @@ from test_elimination import _executed_mults, _orders
 import ccjax
 from ccjax.eliminate import plan_elimination
 from ccjax.orders import HEURISTICS
-from ccjax.structure import Selection, entry_count
+from ccjax.structure import Selection, entry_count, is_terms
 
 
 def burgers(u):
@@ -45,6 +45,12 @@ def bratu2d(U):
     P = jnp.pad(U, 1)
     lap = P[:-2, 1:-1] + P[2:, 1:-1] + P[1:-1, :-2] + P[1:-1, 2:] - 4 * U
     return (lap + jnp.exp(U)).ravel()
+
+
+def laplacian3d(U):
+    """A 7-point stencil by jnp.roll (periodic): bands along three axes."""
+    lap = sum(jnp.roll(U, s, axis=a) for a in range(3) for s in (-1, 1)) - 6 * U
+    return (lap * jnp.sin(U)).ravel()
 
 
 def split_mix(x):
@@ -149,6 +155,7 @@ PROGRAMS = {
     "pad_modes": (pad_modes, (7,)),
     "neumann_laplacian": (neumann_laplacian, (9,)),
     "bratu2d": (bratu2d, (5, 6)),
+    "laplacian3d": (laplacian3d, (3, 4, 5)),
     "split_mix": (split_mix, (11,)),
     "negative_pad": (negative_pad, (9,)),
     "row_and_total_norms": (row_and_total_norms, (12,)),
@@ -187,25 +194,21 @@ def test_stencils_under_vmap_and_eagerly_match_jacrev(name):
 
 @pytest.mark.parametrize("name", ["burgers", "bratu_roll", "neumann_laplacian", "negative_pad", "lorenz96_indexed",
                                   "scatter_rows", "row_and_total_norms", "integral_constraint",
-                                  "constraint_added_to_a_row"])
+                                  "constraint_added_to_a_row", "bratu2d", "laplacian3d"])
 def test_sparse_output_stores_the_structural_nonzeros(name):
-    """One-dimensional stencils: nse equals the nonzeros of the Jacobian (at
-    a point where no entry cancels numerically).  A band plus a dense row
-    (norms, a constraint row) stays two terms of the block, added when it
-    is written (``plan.terms``): no dense ``rows x columns`` sum.  (Where
-    an order adds them at an intermediate vertex, in ``SUMMED_INSIDE``,
-    the sum is dense: no structure holds a band and a dense row.)"""
+    """Stencils: nse equals the nonzeros of the Jacobian (at a point where no
+    entry cancels numerically) in every order.  Bands along two or three
+    axes stay one term per axis (5 and 7 diagonals, not 9 and 27).  A band
+    plus a dense row (norms, a constraint row) stays two terms
+    (:class:`~ccjax.structure.Terms`), also where an order adds them at an
+    intermediate vertex: no dense ``rows x columns`` sum."""
     fn, shape = PROGRAMS[name]
     x = _input(shape, seed=3)
     for order in ("fwd", "rev", "markowitz", "auto"):
         sparse = ccjax.jacve(fn, order=order, output="sparse")(x)
         want = np.asarray(jax.jacrev(fn)(x))
         np.testing.assert_allclose(np.asarray(sparse.todense()), want, rtol=1e-12, atol=1e-12)
-        if order not in SUMMED_INSIDE.get(name, ()):
-            assert sparse.nse == np.count_nonzero(want), order
-
-
-SUMMED_INSIDE = {"row_and_total_norms": ("rev", "markowitz")}
+        assert sparse.nse == np.count_nonzero(want), order
 
 
 def test_a_point_write_is_a_band_from_an_end_on_no_axis():
@@ -217,16 +220,17 @@ def test_a_point_write_is_a_band_from_an_end_on_no_axis():
     assert point.val is None and point.bands[0].inn not in {s for ax in point.in_axes for s in ax}
 
 
-def test_a_band_plus_a_dense_row_stays_two_terms_and_branches_get_one():
+def test_a_band_plus_a_dense_row_stays_two_terms_in_every_order_unless_sums_are_eager():
     x = _input((12,))
     g = ccjax.graph(row_and_total_norms, x)
-    plan = plan_elimination(g, HEURISTICS["fwd"](g))
-    (key, extra), = plan.terms.items()
-    parts = [plan.structures[k] for k in (plan.final[key],) + extra]
-    assert sum(entry_count(st) for st in parts) == 4 * 3 + 12  # the block's nonzeros
-    for order in _orders(g, np.random.default_rng(2)):
-        joined = plan_elimination(g, order, defer_final_sums=False)
-        assert not joined.terms and joined.report.mults == plan_elimination(g, order).report.mults
+    for order in [HEURISTICS[name](g) for name in ("fwd", "rev", "markowitz")] + _orders(g, np.random.default_rng(2)):
+        plan = plan_elimination(g, order)
+        (block,) = [plan.structures[slot] for slot in plan.final.values()]
+        assert is_terms(block) and sum(entry_count(st) for st in block.parts) == 4 * 3 + 12  # the block's nonzeros
+        joined = plan_elimination(g, order, lazy_sums=False)
+        assert not any(is_terms(st) for st in joined.structures)
+        assert entry_count(joined.structures[joined.final[next(iter(joined.final))]]) == 5 * 12  # dense
+        assert plan.report.mults <= joined.report.mults
 
 
 @pytest.mark.parametrize("fn", [burgers, smoothness_energy])

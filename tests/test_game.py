@@ -21,6 +21,7 @@ from ccjax.search import game  # noqa: E402
 from ccjax.search.corpus import random_graph  # noqa: E402
 from ccjax.search.tables import (INPUT, INTERMEDIATE, OUTPUT, PAD, CapacityError, encode,  # noqa: E402
                                  stack, structure_features)
+from ccjax.structure import is_terms  # noqa: E402
 from ccjax.tasks import TASKS, random_function, random_input_shapes, random_inputs  # noqa: E402
 
 # Vertex capacities are multiples of 64 with room for at least one padding
@@ -101,6 +102,24 @@ def test_game_cost_equals_cost_model_on_random_functions(seed, order_seed, corpu
     assume(enc.num_vertices < N)
     order = [int(v) for v in np.random.default_rng(order_seed).permutation(np.array(g.eliminable, np.int64))]
     _check_order(g, enc, order)
+
+
+@pytest.mark.parametrize("name", ["row_and_total_norms", "constraint_added_to_a_row"])
+def test_game_cost_equals_cost_model_where_sums_are_kept_as_terms(name):
+    """A band plus a dense row: the game plays lazy sums (``Terms``) with
+    the executor's algebra.  (Stencils along two axes need more structures
+    than the capacity, with or without terms.)"""
+    from test_bands import PROGRAMS
+
+    fn, shape = PROGRAMS[name]
+    g = ccjax.graph(fn, jnp.asarray(np.random.default_rng(0).normal(size=shape)))
+    enc = encode(g, _capacity(g), K)
+    rng = np.random.default_rng(1)
+    orders = [HEURISTICS[h](g) for h in ("fwd", "rev", "markowitz")]
+    orders += [[int(v) for v in rng.permutation(np.array(g.eliminable))] for _ in range(3)]
+    assert any(is_terms(st) for order in orders for st in plan_elimination(g, order).structures)
+    for order in orders:
+        _check_order(g, enc, order)
 
 
 def test_encoding_stops_at_the_structure_capacity_while_summing_bands():

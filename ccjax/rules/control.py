@@ -60,7 +60,7 @@ def cond_partials(ctx: RuleContext) -> list[Partial]:
             present = [st for st in found if st is not None]
             if not present:
                 continue
-            union = functools.reduce(lambda a, b: None if a is None else sum_plan(a, b).result, present)
+            union = functools.reduce(lambda a, b: None if a is None else sum_plan(a, b, lazy=False).result, present)
             embeds = [_embedding(union, st) for st in found] if union is not None else [False]
             if any(e is False for e in embeds):
                 return opaque.dense_partials(ctx)
@@ -91,7 +91,7 @@ def _embedding(union, st):
         return False  # no zero value to add to
     if st is None:
         return "zero"
-    plan = sum_plan(union, st)
+    plan = sum_plan(union, st, lazy=False)
     return plan if plan.result == union else False
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from ccjax.graph import Graph
 from ccjax.orders.incremental import Evaluator
-from ccjax.structure import Structure, is_selection
+from ccjax.structure import Structure, is_selection, is_terms
 
 #: Table entry for a (structure, structure) pair no elimination can produce.
 UNREACHABLE = -2
@@ -110,6 +110,18 @@ class EncodedGraph:
         return tuple(where[int(v)] for v in order)
 
 
+def _diagonal_and_values(st) -> tuple[int, int]:
+    """The size of ``st``'s diagonal symbols and its stored values (a sum
+    kept apart: its widest term's diagonal, all its terms' values)."""
+    if is_terms(st):
+        return max(_diagonal_and_values(p)[0] for p in st.parts), st.nnz_values
+    if is_selection(st):  # a few entries per row, like a diagonal
+        return st.lead, (st.nnz_values if st.val is not None else 0)
+    out_syms = {s for ax in st.out_axes for s in ax}
+    in_syms = {s for ax in st.in_axes for s in ax}
+    return math.prod(st.sizes[s] for s in out_syms & in_syms), st.nnz_values
+
+
 def structure_features(st: Structure) -> np.ndarray:
     """Size-independent descriptors of a structure (log scale).
 
@@ -118,13 +130,7 @@ def structure_features(st: Structure) -> np.ndarray:
     """
     out_size = math.prod(st.out_shape)
     in_size = math.prod(st.in_shape)
-    if is_selection(st):  # a few entries per row, like a diagonal
-        diag, nnz = st.lead, (st.nnz_values if st.val is not None else 0)
-    else:
-        out_syms = {s for ax in st.out_axes for s in ax}
-        in_syms = {s for ax in st.in_axes for s in ax}
-        diag = math.prod(st.sizes[s] for s in out_syms & in_syms)
-        nnz = st.nnz_values
+    diag, nnz = _diagonal_and_values(st)
     dense = max(out_size * in_size, 1)
     return np.array([1.0, float(st.val is None), float(st.sign), math.log1p(nnz), math.log1p(out_size),
                      math.log1p(in_size), math.log1p(diag), nnz / dense], np.float32)
