@@ -66,8 +66,9 @@ def eager_sum_plan(a, b):
     """Plan ``a + b`` of two structures (no :class:`Terms`) as one structure."""
     if is_selection(a) or is_selection(b):
         return selection.sum_(a, b)
-    if core.entry_count(b) == 0 or core.entry_count(a) == 0:  # an empty band: a sum would store its zeros
-        return terms.KeepPlan(a if core.entry_count(b) == 0 else b, core.entry_count(b) == 0)
+    empty_a, empty_b = core.entry_count(a) == 0, core.entry_count(b) == 0
+    if empty_a or empty_b:  # an empty band: a sum would store its zeros
+        return terms.KeepPlan(a if empty_b else b, empty_b)
     return bands.sum_(a, b) if a.bands or b.bands else core.sum_plan(a, b)
 
 

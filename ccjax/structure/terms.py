@@ -23,7 +23,6 @@ the terms up first.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Optional, Sequence
 
 import jax.numpy as jnp
@@ -338,4 +337,4 @@ def to_dense(st: Terms, value, dtype, part_dense: Callable):
 
 
 def entry_count(st: Terms, part_indices: Callable) -> int:
-    return int(math.prod(entry_indices(st, part_indices).shape[:1]))
+    return len(entry_indices(st, part_indices))
