@@ -18,8 +18,10 @@ Each (program, size, tool) runs in a fresh interpreter with a wall-clock
 limit (``--limit``), so nothing is cached between measurements and a peer
 whose XLA compile runs away is cut off and reported as over the limit;
 after that the tool's larger sizes of the program are skipped.  ccjax's
-phases: graph build (trace + graph), plan per order (``auto``, ``rev``,
-``markowitz``), lowering and XLA compile of the executor for ``auto``
+phases: graph build (trace, rolling of unrolled loops into scans
+(:mod:`ccjax.roll`) + graph: what ``jacve(order="auto")`` pays), plan per
+order (``auto`` on that graph, ``rev`` and ``markowitz`` on the unrolled
+graph, which named orders eliminate), lowering and XLA compile of the executor for ``auto``
 (with the executor's jaxpr size), first call (build + plan + lower +
 compile + run, the sum a fresh ``jacve`` call pays), steady median, the
 compiled program's temp + output bytes and the interpreter's peak RSS.
@@ -154,18 +156,24 @@ def measure_ccjax(program: str, n: int, compile: bool = True) -> dict:
     import jax
 
     from ccjax.api import _plan, _runner
-    from ccjax.trace import graph_of, trace
+    from ccjax.roll import _equations
+    from ccjax.trace import auto_graph_of, graph_of, trace
 
     f, x = make(program, n)
     rec = Record()
     t0 = time.perf_counter()
-    t, *_ = trace(f, (x,), {}, 0, False)
-    g = graph_of(t, False)
+    unrolled, *_ = trace(f, (x,), {}, 0, False)
+    g, t = auto_graph_of(unrolled, False)  # what jacve(order="auto") plans: loops rolled
     rec["build"] = time.perf_counter() - t0
     rec["vertices"] = len(g.vertices)
+    rec["planned_eqns"] = _equations(t.closed.jaxpr)
+    t0 = time.perf_counter()
+    plain = graph_of(unrolled, False)  # named orders eliminate the unrolled graph
+    rec["build_unrolled"] = time.perf_counter() - t0
+    rec["vertices_unrolled"] = len(plain.vertices)
     for order in ORDERS:
         t0 = time.perf_counter()
-        plan = _plan(g, order)
+        plan = _plan(g if order == "auto" else plain, order)
         rec[f"plan_{order}"] = time.perf_counter() - t0
         rec[f"mults_{order}"] = plan.report.mults
         if order == "auto":
@@ -299,13 +307,16 @@ def render(data: dict) -> str:
              f"`python -m benchmarks.scaling --out docs`; {meta['limit']:g} s limit per measurement, "
              f"each in a fresh interpreter; total {meta['wall_s']:.0f} s. First call = build + plan "
              "(`auto`) + lower + compile + first run. A peer marked *over limit* was stopped there and "
-             "not run at larger sizes of that program (*skipped*).", ""]
+             "not run at larger sizes of that program (*skipped*). *planned eqns*: the equations of the "
+             "program `order=\"auto\"` plans, after unrolled loops are rolled into scans (`ccjax.roll`, "
+             "programs of 500 equations or more); *vertices*: its graph's; `rev` and `markowitz` plan the "
+             "unrolled graph.", ""]
     for program, rows in data["rows"].items():
         lines += [f"## {program}", "",
-                  "| equations | vertices | build | plan auto | plan rev | plan markowitz | auto picks | "
-                  "executor eqns | lower | compile | first call | steady | jacrev first | jacrev steady | "
-                  "jacfwd first | jacfwd steady | exact | mem MB (ccjax/rev/fwd) | peak RSS MB |",
-                  "|" + "|".join(["---:"] * 16 + [":---:", "---:", "---:"]) + "|"]
+                  "| equations | planned eqns (rolled) | vertices | build | plan auto | plan rev | plan markowitz | "
+                  "auto picks | executor eqns | lower | compile | first call | steady | jacrev first | "
+                  "jacrev steady | jacfwd first | jacfwd steady | exact | mem MB (ccjax/rev/fwd) | peak RSS MB |",
+                  "|" + "|".join(["---:"] * 17 + [":---:", "---:", "---:"]) + "|"]
         for r in rows:
             c, rv, fw = r["ccjax"], r["jacrev"], r["jacfwd"]
             mode = c.get("auto_mode", "-")
@@ -316,7 +327,7 @@ def render(data: dict) -> str:
                 "not compiled" if c.get("lower_only") else "over limit" if c.get("over_limit") else "failed")
             t = lambda key: fmt_time(c.get(key))
             lines.append(
-                f"| {r['equations']} | {c.get('vertices', '-')} | {t('build')} | {t('plan_auto')} | "
+                f"| {r['equations']} | {c.get('planned_eqns', '-')} | {c.get('vertices', '-')} | {t('build')} | {t('plan_auto')} | "
                 f"{t('plan_rev')} | {t('plan_markowitz')} | {mode} | {c.get('executor_eqns', '-')} | "
                 f"{t('lower')} | {t('compile')} | **{first}** | {t('steady')} | "
                 f"{_peer(rv, 'first')} | {_peer(rv, 'steady')} | {_peer(fw, 'first')} | {_peer(fw, 'steady')} | "

@@ -41,13 +41,14 @@ def literal_value(atom):
     return atom.val
 
 
-def bind(primitive, params: dict, args: Sequence[Any]) -> list:
+def bind(primitive, params: dict, args: Sequence[Any], raw: bool = False) -> list:
     """Apply one equation's primitive to ``args`` (values or tracers).
 
     A gather whose out-of-range reads JAX's two AD modes treat differently
     is applied with the derivative ``jax.jacrev`` gives it in both modes
-    (:func:`_gather_dropping_tangents`)."""
-    if primitive.name == "gather" and not _checked_gather(params):
+    (:func:`_gather_dropping_tangents`), unless ``raw``: then the equation
+    is bound as it is (to restage it unchanged)."""
+    if not raw and primitive.name == "gather" and not _checked_gather(params):
         return [_gather_dropping_tangents(primitive, params)(*args)]
     return _bind(primitive, params, args)
 
@@ -275,7 +276,7 @@ def hashable(value):
 _PRINTED = (int, float, complex, bool, str, bytes, type(None), np.dtype, np.generic, enum.Enum, type)
 
 
-def _const_key(value):
+def const_key(value):
     """A constant by value (shape, dtype, bytes); a tracer by identity."""
     if is_tracer(value):
         return _Identity(value)
@@ -283,13 +284,13 @@ def _const_key(value):
     return array.shape, array.dtype.str, array.tobytes()
 
 
-def _custom_jvp_rule(eqn) -> tuple:
+def custom_jvp_rule(eqn) -> tuple:
     """The custom rule of a ``custom_jvp_call``: ``(JVP jaxpr, keys of the
     values it closes over)``.  With every tangent nonzero the jaxpr's
     invars are the primals followed by the tangents."""
     n = len(eqn.invars) - eqn.params["num_consts"]
     jaxpr, consts, _ = eqn.params["jvp_jaxpr_fun"].call_wrapped(*[False] * n)
-    return jaxpr, tuple(_const_key(c) for c in consts)
+    return jaxpr, tuple(const_key(c) for c in consts)
 
 
 def structural_key(jaxpr) -> tuple:
@@ -323,7 +324,7 @@ def structural_key(jaxpr) -> tuple:
             for name, value in eqn.params.items():
                 if custom_jvp and name == "jvp_jaxpr_fun":
                     if any(flags):
-                        rule, consts = _custom_jvp_rule(eqn)
+                        rule, consts = custom_jvp_rule(eqn)
                         extra.append((str(rule), consts))
                         walk(rule, set(rule.invars[len(rule.invars) // 2:]))
                 else:

@@ -22,7 +22,7 @@ from ccjax.eliminate import LAYOUTS, CostReport, Plan, plan_elimination, validat
 from ccjax.graph import Graph
 from ccjax.jax_modes import cheapest, jacobian_program, plan_jax_mode
 from ccjax.resolve import OrderSpec, order_spec, resolve_order
-from ccjax.trace import as_input, check_inputs, check_outputs, graph, graph_of, trace
+from ccjax.trace import Traced, as_input, auto_graph_of, check_inputs, check_outputs, graph, graph_of, trace
 from ccjax.tuning import tuned_plan
 
 __all__ = ["jacve", "graph", "cost", "cost_report"]
@@ -113,7 +113,7 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
         check_inputs(t.leaves, t.diff_leaves, holomorphic, allow_int)
         out_avals = [v.aval for v in t.closed.jaxpr.outvars[:t.n_out]]
         check_outputs(out_avals, holomorphic)
-        g = graph_of(t, holomorphic)
+        g, t = _graph_for(t, holomorphic, order)
         run = _runner(g, order, output)
         prog = g.program
         inputs = [as_input(x, prog.avals[i]) for x, i in zip(t.leaves, prog.inputs)]
@@ -131,6 +131,16 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
         return jac
 
     return jac_fun
+
+
+def _graph_for(t: Traced, holomorphic: bool, order: OrderSpec) -> tuple[Graph, Traced]:
+    """The graph ``order`` is planned on, and the traced program it comes
+    from: ``"auto"`` rolls unrolled loops of large programs first
+    (:func:`ccjax.trace.auto_graph_of`); any other order runs on the
+    graph ``ccjax.graph`` gives, whose vertex ids an explicit order names."""
+    if isinstance(order, str) and order == "auto":
+        return auto_graph_of(t, holomorphic)
+    return graph_of(t, holomorphic), t
 
 
 def _match_weak_types(blocks: list, diff_inputs: list) -> list:
@@ -160,7 +170,9 @@ def cost_report(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0,
                 **kwargs) -> CostReport:
     """Multiplications, additions and peak stored values of ``order``
     (``has_aux``, ``holomorphic``: as for ``jacve``)."""
-    g = graph(fun, *args, argnums=argnums, has_aux=has_aux, holomorphic=holomorphic, **kwargs)
+    order = order_spec(order)
+    t, _, _ = trace(fun, args, kwargs, argnums, has_aux)
+    g, _ = _graph_for(t, holomorphic, order)
     return _plan(g, order).report
 
 

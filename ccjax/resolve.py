@@ -29,7 +29,7 @@ from ccjax.orders import search as classical
 from ccjax.orders.heuristics import HEURISTICS
 from ccjax.orders.incremental import Evaluator
 from ccjax.orders.search import Incumbent, Progress, SearchResult, quick_order
-from ccjax.trace import graph as trace_graph
+from ccjax.trace import auto_graph
 
 #: Every search method: the classical ones and the learned policy's MCTS.
 METHODS = classical.METHODS + ("mcts",)
@@ -229,11 +229,14 @@ def search_order(fun: Callable, *args: Any, argnums: Union[int, Sequence[int]] =
     location), False, a path or an :class:`~ccjax.cache.OrderCache`; the
     search starts from the cached order and stores its result (the better
     one is kept), so that ``jacve(fun, order="auto")`` uses it.  Returns a
-    :class:`~ccjax.orders.search.SearchResult`.  ``has_aux``: ``fun``
+    :class:`~ccjax.orders.search.SearchResult`.  The search runs on the
+    graph ``order="auto"`` plans (:func:`ccjax.trace.auto_graph`): for a
+    program of 500 equations or more whose loops roll into scans, its ids
+    are those of the rolled graph, not of ``ccjax.graph``'s.  ``has_aux``: ``fun``
     returns ``(output, aux)``, as for ``jacve(fun, has_aux=True)``.
     """
     time_budget = check_time_budget(time_budget)
-    g = trace_graph(fun, *args, argnums=argnums, has_aux=has_aux, **kwargs)
+    g = auto_graph(fun, *args, argnums=argnums, has_aux=has_aux, **kwargs)
     store = as_cache(cache)
     entry = store.get(g) if store is not None else None
     result = search_graph(g, method, time_budget, seed, progress, None if entry is None else entry.order)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence, Union
 
 import jax
@@ -21,6 +22,7 @@ import numpy as np
 from ccjax._jaxpr import is_jax_value, structural_key
 from ccjax.branches import eliminate_branch
 from ccjax.graph import Graph, build_program
+from ccjax.roll import roll_loops
 
 _GRAPH_CACHE_SIZE = 256
 
@@ -46,6 +48,7 @@ class _LRU:
 
 
 _graphs = _LRU(_GRAPH_CACHE_SIZE)
+_rollings = _LRU(_GRAPH_CACHE_SIZE)  # structural key -> Rolling, or False where nothing rolls
 
 
 @dataclasses.dataclass
@@ -58,6 +61,11 @@ class Traced:
     n_out: int
     aux_tree: Any
     aux_static: dict
+
+    @functools.cached_property
+    def key(self) -> tuple:
+        """The jaxpr's :func:`~ccjax._jaxpr.structural_key` (computed once)."""
+        return structural_key(self.closed.jaxpr)
 
 
 def _is_index(a) -> bool:
@@ -202,7 +210,7 @@ def graph_of(t: Traced, holomorphic: bool = False) -> Graph:
     single vertices with complex partials (``jacve(holomorphic=True)``);
     otherwise every computation on active complex values is fused into real
     regions (see :func:`ccjax.graph.build_program`)."""
-    key = (structural_key(t.closed.jaxpr), t.diff_leaves, t.n_out, bool(holomorphic))
+    key = (t.key, t.diff_leaves, t.n_out, bool(holomorphic))
     g = _graphs.get(key)
     if g is None or not g.pins_match(t.closed.consts):
         g = Graph(build_program(t.closed, t.diff_leaves, holomorphic), t.diff_leaves, t.n_out, t.closed.consts,
@@ -210,6 +218,27 @@ def graph_of(t: Traced, holomorphic: bool = False) -> Graph:
         if g.program.cacheable:
             _graphs.put(key, g)
     return g
+
+
+def auto_graph_of(t: Traced, holomorphic: bool = False) -> tuple[Graph, Traced]:
+    """The graph ``order="auto"`` plans: that of ``t`` with its unrolled
+    loops rolled into scans (:mod:`ccjax.roll`; programs of
+    :data:`~ccjax.roll.ROLL_MIN_EQUATIONS` equations or more), and the
+    traced program it comes from (its constants are the ones to run it
+    with).  A rolling is reused for jaxprs of the same structure, as graphs
+    are, where the graph is reusable too."""
+    rolling = _rollings.get(t.key)
+    if rolling is None:
+        rolling = roll_loops(t.closed) or False
+        if rolling is False:
+            _rollings.put(t.key, False)
+    if rolling is False:
+        return graph_of(t, holomorphic), t
+    rolled = dataclasses.replace(t, closed=rolling.closed(t.closed.consts))
+    g = graph_of(rolled, holomorphic)
+    if g.program.cacheable and rolling.reusable:  # else the rolled equations may hold this call's values
+        _rollings.put(t.key, rolling)
+    return g, rolled
 
 
 def graph(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, has_aux: bool = False,
@@ -221,3 +250,13 @@ def graph(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, has_aux:
     outputs of the graph)."""
     t, _, _ = trace(fun, args, kwargs, argnums, has_aux)
     return graph_of(t, holomorphic)
+
+
+def auto_graph(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, has_aux: bool = False,
+               holomorphic: bool = False, **kwargs) -> Graph:
+    """The graph ``jacve(fun, order="auto")`` plans at ``args``: that of
+    :func:`graph` with unrolled loops rolled (:func:`auto_graph_of`).  Order
+    searches run on it, so that ``order="auto"`` finds what they store."""
+    t, _, _ = trace(fun, args, kwargs, argnums, has_aux)
+    return auto_graph_of(t, holomorphic)[0]
+

@@ -41,7 +41,7 @@ from ccjax.graph import Graph
 from ccjax.counting import Counter
 from ccjax.jax_modes import candidates, cheapest, jacobian_program, plain_modes, plan_jax_mode, runnable_mode
 from ccjax.resolve import forget_order, resolve_order
-from ccjax.trace import as_input, check_inputs, graph_of, trace
+from ccjax.trace import as_input, auto_graph_of, check_inputs, trace
 
 FORMAT = "ccjax-tuning"
 VERSION = 1
@@ -273,7 +273,7 @@ def tune(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, has_aux: 
         raise ValueError(f"margin must be a fraction in [0, 1), got {margin!r}")
     t, _, _ = trace(fun, args, kwargs, argnums, has_aux)
     check_inputs(t.leaves, t.diff_leaves, holomorphic, False)
-    g = graph_of(t, holomorphic)
+    g, t = auto_graph_of(t, holomorphic)
     prog = g.program
     inputs = [as_input(x, prog.avals[i]) for x, i in zip(t.leaves, prog.inputs)]
     consts = list(t.closed.consts)

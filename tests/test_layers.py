@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ccjax"
 LAYERS = (
     ("base", ("ccjax._jaxpr", "ccjax.structure", "ccjax.tasks")),
     ("rules", ("ccjax.rules",)),
-    ("graph", ("ccjax.graph",)),
+    ("graph", ("ccjax.graph", "ccjax.roll")),
     ("plan", ("ccjax.eliminate", "ccjax.branches", "ccjax.trace", "ccjax.counting", "ccjax.jax_modes")),
     ("cache", ("ccjax.cache",)),
     ("orders", ("ccjax.orders",)),

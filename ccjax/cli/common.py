@@ -165,12 +165,15 @@ def suggest(name: str, choices: Sequence[str]) -> Optional[str]:
     return by_form[close[0]] if close else None
 
 
-def build_graph(t: Target):
-    """The graph of a target; tracing failures become :class:`CLIError` (exit 3)."""
+def build_graph(t: Target, auto: bool = False):
+    """The graph of a target (``auto``: the one ``order="auto"`` plans, with
+    unrolled loops rolled, see :func:`ccjax.trace.auto_graph`); tracing
+    failures become :class:`CLIError` (exit 3)."""
     import ccjax
+    from ccjax.trace import auto_graph
 
     try:
-        return ccjax.graph(t.fn, *t.args, argnums=t.argnums)
+        return (auto_graph if auto else ccjax.graph)(t.fn, *t.args, argnums=t.argnums)
     except (ValueError, TypeError) as e:
         if "argnums" in str(e):
             raise CLIError(f"bad --argnums for {t.name}: {e}") from None

@@ -113,7 +113,7 @@ def cmd_cost(ns) -> int:
     from ccjax.eliminate import plan_elimination
 
     t = resolve_target(ns.target, ns.args, ns.argnums, ns.x64)
-    g = build_graph(t)
+    g = build_graph(t, auto=ns.order.strip().lower() == "auto")
     spec = parse_order(ns.order, g)
     order, note = _resolve(ns, g, spec)
     plan = plan_elimination(g, order)

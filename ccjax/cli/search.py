@@ -31,7 +31,7 @@ def cmd_search(ns) -> int:
     if ns.policy is not None and ns.method != "mcts" and not ns.learned_start:
         raise CLIError("--policy is only used by --method mcts and by --learned-start")
     t = resolve_target(ns.target, ns.args, ns.argnums, ns.x64)
-    g = build_graph(t)
+    g = build_graph(t, auto=True)  # the graph order="auto" reads the cache for
     store = _cache(ns)
     entry = store.get(g) if store is not None else None
     bar = _ProgressBar(ns.budget)

@@ -23,6 +23,7 @@ the terms up first.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional, Sequence
 
 import jax.numpy as jnp
@@ -286,14 +287,20 @@ def product(outer, inner, plain: Callable, eager_sum: Callable):
     """Plan ``outer ∘ inner`` with a :class:`Terms` on either side: the
     products of the terms, or the product of the added-up operands,
     whichever multiplies less (ties: the result storing fewer values).
-    ``plain`` plans a product of two structures."""
+    ``plain`` plans a product of two structures.
+
+    Adding up first is only an option when its result has no entry the
+    terms' products do not reach: the added-up operand stores zeros where
+    no term has an entry, and a product multiplies into them, so a NaN or
+    infinite partial would reach an entry no path reaches (where
+    ``jax.jacrev`` has a zero)."""
     if is_selection(outer) or is_selection(inner):
         return collapsed(outer, inner, eager_sum, plain)
     po, pi = parts_of(outer), parts_of(inner)
     products = tuple((i, j, plain(o, n)) for i, o in enumerate(po) for j, n in enumerate(pi))
     dist = DistributedPlan(outer, inner, products, fold([p.result for _, _, p in products], eager_sum))
     col = collapsed(outer, inner, eager_sum, plain)
-    if col is None or dist.result is None:
+    if col is None or dist.result is None or _entries(col.result) > _entries(dist.result):
         return dist
     if (col.mults, _stored(col.result)) < (dist.mults, _stored(dist.result)):
         return col
@@ -302,6 +309,12 @@ def product(outer, inner, plain: Callable, eager_sum: Callable):
 
 def _stored(st) -> int:
     return 0 if st is None else st.nnz_values
+
+
+@functools.lru_cache(maxsize=4096)
+def _entries(st) -> int:
+    """Structural nonzeros of a structure or :class:`Terms` (their union)."""
+    return entry_count(st, core.entry_indices) if is_terms(st) else core.entry_count(st)
 
 
 # ---------------------------------------------------------------------------

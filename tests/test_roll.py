@@ -1,0 +1,302 @@
+"""Unrolled loops rolled back into ``lax.scan`` (:mod:`ccjax.roll`).
+
+The rolled jaxpr must compute exactly what the original does (same
+equations on the same values), and ``jacve(order="auto")``, which plans on
+it for large programs, must equal ``jax.jacrev``.  The size thresholds are
+lowered here so that small loops roll.
+"""
+from __future__ import annotations
+
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from jax.extend import core as jex
+
+import ccjax
+from ccjax import roll, trace
+from conftest import assert_jac_equal
+
+
+@pytest.fixture
+def low_thresholds(monkeypatch):
+    """Roll loops of any size (every rolling decided afresh)."""
+    monkeypatch.setattr(roll, "ROLL_MIN_EQUATIONS", 0)
+    monkeypatch.setattr(roll, "MIN_REMOVED", 8)
+    monkeypatch.setattr(trace, "_rollings", trace._LRU(16))
+    monkeypatch.setattr(trace, "_graphs", trace._LRU(16))
+
+
+def _closed(f, *args):
+    return jax.make_jaxpr(f)(*args)
+
+
+def _run(rolling, closed, *args):
+    return jex.jaxpr_as_fun(rolling.closed(closed.consts))(*args)
+
+
+def _scans(jaxpr) -> int:
+    return sum(e.primitive.name == "scan" for e in jaxpr.eqns)
+
+
+A = np.eye(6, k=1) - 2 * np.eye(6) + np.eye(6, k=-1)
+
+
+def rk4(x, steps=12):
+    rhs = lambda y: -jnp.sin(y) + 0.1 * (jnp.asarray(A) @ y)
+    for _ in range(steps):
+        k1 = rhs(x)
+        k2 = rhs(x + 0.05 * k1)
+        k3 = rhs(x + 0.05 * k2)
+        k4 = rhs(x + 0.1 * k3)
+        x = x + 0.1 / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return x
+
+
+_RNG = np.random.default_rng(0)
+WEIGHTS = [jnp.asarray(_RNG.normal(size=(6, 6)) / 3) for _ in range(10)]
+BIASES = [jnp.asarray(_RNG.normal(size=6) / 10) for _ in range(10)]
+
+
+def mlp_relu(x):
+    for w, b in zip(WEIGHTS, BIASES):
+        x = jax.nn.relu(w @ x + b) + 0.1 * x
+    return x
+
+
+def time_dependent(x):
+    h = 0.1
+    for k in range(12):
+        t = k * h  # a Python float per step: a different literal in every block
+        x = x + h * (jnp.cos(t) * x - x ** 3)
+    return x
+
+
+def collected(x):
+    states = []
+    for _ in range(10):
+        x = jnp.tanh(jnp.roll(x, 1) * x + 0.5)
+        states.append(x)
+    return jnp.stack(states).sum(0) + x[::-1]
+
+
+def two_loops(x):
+    for _ in range(8):
+        x = jnp.sin(x) * 1.1
+    y = x.sum()
+    for _ in range(9):
+        x = x * y + jnp.cumsum(x) / 10
+    return x
+
+
+def second_order(x):
+    prev = x
+    for _ in range(12):
+        x, prev = jnp.tanh(x) + 0.5 * prev, x
+    return x
+
+
+jitted_rk4 = jax.jit(rk4)
+
+PROGRAMS = {"rk4": rk4, "mlp_relu": mlp_relu, "time_dependent": time_dependent, "collected": collected,
+            "two_loops": two_loops, "second_order": second_order, "jitted_rk4": jitted_rk4}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_unrolled_loops_roll_into_scans_that_compute_the_same(name, low_thresholds):
+    f = PROGRAMS[name]
+    x = jnp.linspace(0.1, 1.2, 6)
+    closed = _closed(f, x)
+    rolling = roll.roll_loops(closed)
+    assert rolling is not None
+    assert _scans(rolling.jaxpr) >= 1
+    assert len(rolling.jaxpr.eqns) < roll._equations(closed.jaxpr)
+    np.testing.assert_allclose(_run(rolling, closed, x)[0], f(x), rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_auto_plans_the_rolled_program_and_stays_exact(name, low_thresholds):
+    f = PROGRAMS[name]
+    for x in (jnp.linspace(0.1, 1.2, 6), jnp.linspace(-0.7, 0.4, 6)):
+        expected = jax.jacrev(f)(x)
+        assert_jac_equal(ccjax.jacve(f)(x), expected)
+        assert_jac_equal(jax.jit(ccjax.jacve(f))(x), expected)
+    t, _, _ = trace.trace(f, (x,), {}, 0, False)
+    g, rolled = trace.auto_graph_of(t)
+    assert _scans(rolled.closed.jaxpr) >= 1
+    # cost reports the rolled plan: the one jacve(order="auto") runs
+    assert ccjax.cost(f, x) == ccjax.api._plan(g, "auto").report.mults
+
+
+def test_an_explicit_order_names_the_unrolled_graphs_vertices(low_thresholds):
+    x = jnp.linspace(0.1, 1.2, 6)
+    g = ccjax.graph(rk4, x)
+    assert len(g.eliminable) > 100  # not rolled: its ids are the ones an order names
+    order = list(reversed(g.eliminable))
+    assert_jac_equal(ccjax.jacve(rk4, order=order)(x), jax.jacrev(rk4)(x))
+
+
+def test_per_layer_parameters_as_differentiated_inputs_are_stacked(low_thresholds):
+    def f(params, x):
+        for w, b in params:
+            x = jnp.tanh(w @ x + b)
+        return x
+
+    params = [(w, b) for w, b in zip(WEIGHTS, BIASES)]
+    x = jnp.linspace(0.1, 1.2, 6)
+    closed = _closed(f, params, x)
+    rolling = roll.roll_loops(closed)
+    assert rolling is not None and _scans(rolling.jaxpr) == 1
+    assert_jac_equal(ccjax.jacve(f, argnums=(0, 1))(params, x), jax.jacrev(f, argnums=(0, 1))(params, x))
+
+
+def test_a_rolling_is_reused_for_new_weights_of_the_same_structure(low_thresholds):
+    def make(scale):
+        ws = [w * scale for w in WEIGHTS]
+
+        def f(x):
+            for w in ws:
+                x = jnp.tanh(w @ x)
+            return x
+        return f
+
+    x = jnp.linspace(0.1, 1.2, 6)
+    f1, f2 = make(1.0), make(-0.5)
+    assert_jac_equal(ccjax.jacve(f1)(x), jax.jacrev(f1)(x))
+    assert len(trace._rollings.data) == 1
+    assert_jac_equal(ccjax.jacve(f2)(x), jax.jacrev(f2)(x))  # same rolling, the new weights stacked
+    assert_jac_equal(ccjax.jacve(f1)(x), jax.jacrev(f1)(x))
+    assert len(trace._rollings.data) == 1
+
+
+def test_stacked_weights_are_made_once_while_the_same_arrays_come_in(low_thresholds):
+    closed = _closed(mlp_relu, jnp.ones(6))
+    rolling = roll.roll_loops(closed)
+    first = rolling.closed(closed.consts).consts
+    again = rolling.closed(closed.consts).consts
+    stacked = [k for k, src in enumerate(rolling.sources) if src[0] == "stack"]
+    assert stacked and all(first[k] is again[k] for k in stacked)
+    fresh = [jnp.array(c) for c in closed.consts]
+    other = rolling.closed(fresh).consts
+    assert all(other[k] is not first[k] for k in stacked)
+    assert all(np.array_equal(other[k], first[k]) for k in stacked)
+
+
+def test_small_programs_and_programs_without_loops_are_not_rolled():
+    x = jnp.linspace(0.1, 1.2, 6)
+    assert roll.roll_loops(_closed(rk4, x)) is None  # 12 steps: far below ROLL_MIN_EQUATIONS
+    def no_loop(x):
+        for k in range(400):
+            x = getattr(jnp, ("sin", "cos", "tanh")[k % 3])(x) * (1 + (k % 7))
+        return x
+    # a long program whose blocks differ from step to step in their literals only rolls with them as xs
+    rolling = roll.roll_loops(_closed(no_loop, x), min_equations=100, min_removed=50)
+    assert rolling is not None
+    np.testing.assert_allclose(_run(rolling, _closed(no_loop, x), x)[0], no_loop(x), rtol=1e-14)
+
+
+def test_a_loop_with_effects_is_not_rolled(low_thresholds):
+    def f(x):
+        for _ in range(10):
+            x = jnp.sin(x)
+            jax.debug.callback(lambda v: None, x)
+        return x
+
+    assert roll.roll_loops(_closed(f, jnp.ones(3))) is None
+
+
+# ---------------------------------------------------------------- property test
+_OPS = {
+    "sin": jnp.sin,
+    "tanh": jnp.tanh,
+    "square": lambda v: v * v,
+    "matmul": lambda v: jnp.asarray(A[:v.shape[0], :v.shape[0]]) @ v,
+    "roll": lambda v: jnp.roll(v, 2),
+    "cumsum": lambda v: jnp.cumsum(v) / 5,
+    "reverse": lambda v: v[::-1],
+    "pad_slice": lambda v: jnp.pad(v[1:], (0, 1)),
+    "scale": lambda v: 0.7 * v,
+}
+
+
+@st.composite
+def loops(draw):
+    ops = draw(st.lists(st.sampled_from(sorted(_OPS)), min_size=1, max_size=4))
+    repeats = draw(st.integers(4, 9))
+    second_order = draw(st.booleans())
+    per_step = draw(st.sampled_from(["none", "weight", "literal"]))
+    collect = draw(st.booleans())
+    jit_body = draw(st.booleans())
+    prologue = draw(st.booleans())
+    seed = draw(st.integers(0, 2 ** 16))
+    return ops, repeats, second_order, per_step, collect, jit_body, prologue, seed
+
+
+def _loop_program(ops, repeats, second_order, per_step, collect, jit_body, prologue, seed):
+    rng = np.random.default_rng(seed)
+    weights = [jnp.asarray(rng.normal(size=6) / 2) for _ in range(repeats)]
+
+    def body(x, k):
+        for name in ops:
+            x = _OPS[name](x) + 0.1 * x
+        if per_step == "weight":
+            x = x * weights[k]
+        elif per_step == "literal":
+            x = x + 0.25 * k
+        return x
+
+    step = jax.jit(body, static_argnums=1) if jit_body else body
+
+    def f(x):
+        if prologue:
+            x = jnp.cos(x) + x
+        prev, states = x, []
+        for k in range(repeats):
+            new = step(x, k)
+            if second_order:
+                new = new + 0.3 * prev
+            prev, x = x, new
+            states.append(x)
+        return (jnp.stack(states).sum(0) if collect else 0.0) + x * 2
+    return f
+
+
+@settings(max_examples=30, deadline=None)
+@given(loops())
+def test_random_loops_roll_exactly(spec):
+    f = _loop_program(*spec)
+    x = jnp.asarray(np.random.default_rng(spec[-1]).normal(size=6))
+    closed = _closed(f, x)
+    rolling = roll.roll_loops(closed, min_equations=0, min_removed=4)
+    if rolling is None:
+        # A value read two blocks after it is made (second order) rolls only
+        # as blocks of two steps, which needs 8 steps; tiny programs remove
+        # fewer than min_removed equations.
+        second_order, repeats = spec[2], spec[1]
+        assert (second_order and repeats < 8) or roll._equations(closed.jaxpr) < 40
+        return
+    np.testing.assert_allclose(_run(rolling, closed, x)[0], f(x), rtol=1e-13, atol=1e-13)
+    rolled = jex.jaxpr_as_fun(rolling.closed(closed.consts))
+    expected = jax.jacrev(f)(x)
+    np.testing.assert_allclose(jax.jacrev(lambda v: rolled(v)[0])(x), expected, rtol=1e-12, atol=1e-12)
+    with mock.patch.object(roll, "ROLL_MIN_EQUATIONS", 0), mock.patch.object(roll, "MIN_REMOVED", 4):
+        assert_jac_equal(ccjax.jacve(f)(x), expected)
+
+
+def test_order_searches_store_for_the_graph_auto_plans(low_thresholds, tmp_path):
+    from ccjax.cache import OrderCache
+
+    x = jnp.linspace(0.1, 1.2, 6)
+    store = OrderCache(tmp_path)
+    result = ccjax.search_order(rk4, x, time_budget=0.5, cache=store)
+    rolled = trace.auto_graph(rk4, x)
+    assert _scans_in_graph(rolled) and store.get(rolled).order == tuple(result.order)
+    assert store.get(ccjax.graph(rk4, x)) is None
+    assert_jac_equal(ccjax.jacve(rk4)(x), jax.jacrev(rk4)(x))
+
+
+def _scans_in_graph(g) -> bool:
+    return any(node.name == "scan" for node in g.program.nodes)
