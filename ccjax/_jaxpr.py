@@ -41,6 +41,11 @@ def literal_value(atom):
     return atom.val
 
 
+def spec(aval) -> jax.ShapeDtypeStruct:
+    """``aval`` as an argument to ``jax.make_jaxpr``, weak type included."""
+    return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=bool(getattr(aval, "weak_type", False)))
+
+
 def bind(primitive, params: dict, args: Sequence[Any], raw: bool = False) -> list:
     """Apply one equation's primitive to ``args`` (values or tracers).
 

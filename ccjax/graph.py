@@ -218,7 +218,7 @@ class _ProgramBuilder:
             out, t_out = jax.jvp(g, [primals[k] for k in tangent_idx], list(tangents))
             return list(out) + list(t_out)
 
-        spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
+        spec = _jaxpr.spec
         closed = jax.make_jaxpr(jvp_fn)(*[spec(a) for a in avals], *[spec(avals[k]) for k in tangent_idx])
         stopped = [self.node(STOP, None, None, [i], [self.avals[i]], [False])[0] if self.active[i] else i
                    for i in ins]

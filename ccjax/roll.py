@@ -268,10 +268,6 @@ def _wire(eqns, producer: dict, users: dict, start: int, period: int, repeats: i
 
 
 # ------------------------------------------------------------------ rolling
-def _spec(aval) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=bool(getattr(aval, "weak_type", False)))
-
-
 def _outer_stacks(jaxpr, loop: Loop, sources: tuple) -> dict:
     """``{xs index: source}`` for the stacked operands made outside the
     rolled program: stacks of the jaxpr's constants (per-layer weights: one
@@ -294,6 +290,8 @@ def _rolled_fn(jaxpr, loop: Loop, outer: Sequence[int]):
     eqns = jaxpr.eqns
     n_vars = len(jaxpr.invars) + len(jaxpr.constvars)
     template = eqns[loop.start:loop.start + loop.period]
+    carry_index = {c: n for n, c in enumerate(loop.carries)}
+    ys_index = {y: n for n, y in enumerate(loop.ys)}
 
     def fn(*args):
         env = dict(zip(list(jaxpr.invars) + list(jaxpr.constvars), args[:n_vars]))
@@ -332,14 +330,13 @@ def _rolled_fn(jaxpr, loop: Loop, outer: Sequence[int]):
             return [local[c] for c in loop.carries], [local[y] for y in loop.ys]
 
         final, ys = jax.lax.scan(body, init, xs, length=loop.repeats)
-        last = loop.repeats - 1
         for k in range(loop.repeats):
             for i, eqn in enumerate(eqns[loop.start + k * loop.period:loop.start + (k + 1) * loop.period]):
                 for o, v in enumerate(eqn.outvars):
-                    if k == last and (i, o) in loop.carries:
-                        env[v] = final[loop.carries.index((i, o))]
-                    elif (i, o) in loop.ys:
-                        env[v] = _Later(ys[loop.ys.index((i, o))], k)
+                    if k == loop.repeats - 1 and (i, o) in carry_index:
+                        env[v] = final[carry_index[i, o]]
+                    elif (i, o) in ys_index:
+                        env[v] = _Later(ys[ys_index[i, o]], k)
         run(eqns[loop.stop:])
         return [read(a) for a in jaxpr.outvars]
 
@@ -362,11 +359,6 @@ class _Later:
     k: int
 
 
-def _read_vars(jaxpr) -> set:
-    used = {a for eqn in jaxpr.eqns for a in eqn.invars if not _jaxpr.is_literal(a)}
-    return used | {a for a in jaxpr.outvars if not _jaxpr.is_literal(a)}
-
-
 def roll_once(jaxpr, loop: Loop, sources: tuple) -> tuple[Any, tuple]:
     """``jaxpr`` (constants described by ``sources``, see :class:`Rolling`)
     with ``loop`` rolled: the new jaxpr, same invars and outvars, and the
@@ -375,7 +367,7 @@ def roll_once(jaxpr, loop: Loop, sources: tuple) -> tuple[Any, tuple]:
     fn = _rolled_fn(jaxpr, loop, tuple(outer))
     stack_specs = [jax.ShapeDtypeStruct((loop.repeats,) + tuple(loop.xs[q][0].aval.shape), loop.xs[q][0].aval.dtype)
                    for q in outer]
-    traced = jax.make_jaxpr(fn)(*[_spec(v.aval) for v in list(jaxpr.invars) + list(jaxpr.constvars)], *stack_specs)
+    traced = jax.make_jaxpr(fn)(*[_jaxpr.spec(v.aval) for v in list(jaxpr.invars) + list(jaxpr.constvars)], *stack_specs)
     return _restaged(jaxpr, traced, list(sources) + list(outer.values()))
 
 
@@ -388,7 +380,7 @@ def _restaged(jaxpr, traced, arg_sources: list) -> tuple[Any, tuple]:
     n_in = len(jaxpr.invars)
     candidates = list(zip(inner.invars[n_in:], arg_sources))
     candidates += [(v, ("value", c)) for v, c in zip(inner.constvars, traced.consts)]
-    used = _read_vars(inner)
+    used = _users(inner)
     kept = [(v, src) for v, src in candidates if v in used]
     restaged = jex.Jaxpr([v for v, _ in kept], inner.invars[:n_in], inner.outvars, inner.eqns, inner.effects,
                          jaxpr.debug_info)
@@ -458,7 +450,7 @@ def _inlined(jaxpr, sources: tuple) -> tuple[Any, tuple]:
 
     n_in = len(jaxpr.invars)
     fn = lambda *args: evaluate(jaxpr, args[n_in:], args[:n_in])
-    traced = jax.make_jaxpr(fn)(*[_spec(v.aval) for v in list(jaxpr.invars) + list(jaxpr.constvars)])
+    traced = jax.make_jaxpr(fn)(*[_jaxpr.spec(v.aval) for v in list(jaxpr.invars) + list(jaxpr.constvars)])
     return _restaged(jaxpr, traced, list(sources))
 
 

@@ -36,7 +36,7 @@ def product_plan(outer, inner):
     if outer.in_shape != inner.out_shape:
         raise ValueError(f"shape mismatch in product: {outer.in_shape} vs {inner.out_shape}")
     if is_terms(outer) or is_terms(inner):
-        return terms.product(outer, inner, product_plan, eager_sum_plan)
+        return terms.product(outer, inner, product_plan, eager_sum_plan, entry_count)
     if is_selection(outer) or is_selection(inner):
         return selection.product(outer, inner)
     plan = bands.product(outer, inner) if outer.bands or inner.bands else core.product_plan(outer, inner)

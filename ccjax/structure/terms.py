@@ -283,11 +283,12 @@ class DistributedPlan:
         return self.folded.apply_list([p.apply(vo[i], vi[j], dtype) for i, j, p in self.products], dtype)
 
 
-def product(outer, inner, plain: Callable, eager_sum: Callable):
+def product(outer, inner, plain: Callable, eager_sum: Callable, count: Callable):
     """Plan ``outer ∘ inner`` with a :class:`Terms` on either side: the
     products of the terms, or the product of the added-up operands,
     whichever multiplies less (ties: the result storing fewer values).
-    ``plain`` plans a product of two structures.
+    ``plain`` plans a product of two structures, ``count`` counts a
+    result's structural nonzeros.
 
     Adding up first is only an option when its result has no entry the
     terms' products do not reach: the added-up operand stores zeros where
@@ -300,7 +301,7 @@ def product(outer, inner, plain: Callable, eager_sum: Callable):
     products = tuple((i, j, plain(o, n)) for i, o in enumerate(po) for j, n in enumerate(pi))
     dist = DistributedPlan(outer, inner, products, fold([p.result for _, _, p in products], eager_sum))
     col = collapsed(outer, inner, eager_sum, plain)
-    if col is None or dist.result is None or _entries(col.result) > _entries(dist.result):
+    if col is None or dist.result is None or count(col.result) > count(dist.result):
         return dist
     if (col.mults, _stored(col.result)) < (dist.mults, _stored(dist.result)):
         return col
@@ -309,12 +310,6 @@ def product(outer, inner, plain: Callable, eager_sum: Callable):
 
 def _stored(st) -> int:
     return 0 if st is None else st.nnz_values
-
-
-@functools.lru_cache(maxsize=4096)
-def _entries(st) -> int:
-    """Structural nonzeros of a structure or :class:`Terms` (their union)."""
-    return entry_count(st, core.entry_indices) if is_terms(st) else core.entry_count(st)
 
 
 # ---------------------------------------------------------------------------
@@ -349,5 +344,6 @@ def to_dense(st: Terms, value, dtype, part_dense: Callable):
     return out
 
 
+@functools.lru_cache(maxsize=4096)  # a union of indices; plans ask again during order searches
 def entry_count(st: Terms, part_indices: Callable) -> int:
     return len(entry_indices(st, part_indices))
