@@ -25,7 +25,7 @@ Methods, each the jitted Jacobian of the program (``jax.jit(M(f))``; for a
 Per program and method:
 
 1. **First call**, cold: JAX's caches (``jax.clear_caches()``) and ccjax's
-   (the graph LRU in ``ccjax.trace`` with its plans and runners, and the plan
+   (the graph and loop-rolling LRUs in ``ccjax.trace``, with plans and runners, and the plan
    memos of ``ccjax.structure``) are cleared, then ``jax.jit(fn)`` is lowered
    (trace, ccjax's graph and plan), compiled and called once, in float32;
    first call = the sum (+ asdex's setup), which is what the first call of a
@@ -283,6 +283,7 @@ def clear_caches() -> None:
     from ccjax import structure, trace
 
     trace._graphs.data.clear()
+    trace._rollings.data.clear()
     for obj in vars(structure).values():
         if callable(getattr(obj, "cache_clear", None)):
             obj.cache_clear()

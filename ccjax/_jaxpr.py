@@ -41,6 +41,24 @@ def literal_value(atom):
     return atom.val
 
 
+def is_closed_jaxpr(x) -> bool:
+    return isinstance(x, jex.ClosedJaxpr)
+
+
+def is_open_jaxpr(x) -> bool:
+    return isinstance(x, jex.Jaxpr)
+
+
+def restage(jaxpr, constvars: Sequence, invars: Sequence, debug_info):
+    """``jaxpr``'s equations, outputs and effects over new ``constvars`` and ``invars``."""
+    return jex.Jaxpr(list(constvars), list(invars), jaxpr.outvars, jaxpr.eqns, jaxpr.effects, debug_info)
+
+
+def close(jaxpr, consts: Sequence):
+    """``jaxpr`` closed over ``consts`` (one value per constvar)."""
+    return jex.ClosedJaxpr(jaxpr, list(consts))
+
+
 def spec(aval) -> jax.ShapeDtypeStruct:
     """``aval`` as an argument to ``jax.make_jaxpr``, weak type included."""
     return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=bool(getattr(aval, "weak_type", False)))

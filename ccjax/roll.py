@@ -35,7 +35,6 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jex
 
 from ccjax import _jaxpr
 
@@ -104,9 +103,9 @@ class _Signatures:
     def _param(self, eqn, name: str, value):
         if _jaxpr.is_custom_jvp(eqn) and name == "jvp_jaxpr_fun":
             return self._printed(value, lambda: repr(_jaxpr.custom_jvp_rule(eqn)))
-        if isinstance(value, jex.ClosedJaxpr):
+        if _jaxpr.is_closed_jaxpr(value):
             return self._printed(value, lambda: (str(value.jaxpr), tuple(_jaxpr.const_key(c) for c in value.consts)))
-        if isinstance(value, jex.Jaxpr):
+        if _jaxpr.is_open_jaxpr(value):
             return self._printed(value, lambda: str(value))
         if isinstance(value, (tuple, list)):
             return tuple(self._param(eqn, name, v) for v in value)
@@ -382,8 +381,7 @@ def _restaged(jaxpr, traced, arg_sources: list) -> tuple[Any, tuple]:
     candidates += [(v, ("value", c)) for v, c in zip(inner.constvars, traced.consts)]
     used = _users(inner)
     kept = [(v, src) for v, src in candidates if v in used]
-    restaged = jex.Jaxpr([v for v, _ in kept], inner.invars[:n_in], inner.outvars, inner.eqns, inner.effects,
-                         jaxpr.debug_info)
+    restaged = _jaxpr.restage(inner, [v for v, _ in kept], inner.invars[:n_in], jaxpr.debug_info)
     return restaged, tuple(src for _, src in kept)
 
 
@@ -404,7 +402,7 @@ class Rolling:
 
     def closed(self, consts: Sequence):
         """The rolled closed jaxpr for the original jaxpr's ``consts``."""
-        return jex.ClosedJaxpr(self.jaxpr, [self._value(src, consts) for src in self.sources])
+        return _jaxpr.close(self.jaxpr, [self._value(src, consts) for src in self.sources])
 
     def _value(self, source, consts: Sequence):
         kind, arg = source
@@ -483,9 +481,9 @@ def _holds_values(jaxpr) -> bool:
     """Whether an equation's parameters hold constants of their own (a
     sub-jaxpr's), which a structural key does not fix."""
     def holds(value) -> bool:
-        if isinstance(value, jex.ClosedJaxpr):
+        if _jaxpr.is_closed_jaxpr(value):
             return bool(value.consts) or _holds_values(value.jaxpr)
-        if isinstance(value, jex.Jaxpr):
+        if _jaxpr.is_open_jaxpr(value):
             return _holds_values(value)
         return isinstance(value, (tuple, list)) and any(holds(v) for v in value)
 

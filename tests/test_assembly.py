@@ -19,7 +19,7 @@ from ccjax.eliminate import dense_block
 from ccjax.structure import to_dense
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_dense_block_matches_to_dense(data):
     out_shape, in_shape = data.draw(shapes()), data.draw(shapes())

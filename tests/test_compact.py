@@ -140,7 +140,7 @@ def test_self_play_on_shrinking_boards_records_the_full_games():
     mcts.act = spy
     try:
         ep = train.self_play(NET, search, _params(), tables, graph_ids, jax.random.PRNGKey(5), replay,
-                             ladder=compact.FINE_LADDER)
+                             ladder=compact.LADDER)
     finally:
         mcts.act = act
     assert len(set(sizes)) > 2 and sizes == sorted(sizes, reverse=True) and sizes[0] < CAPACITY

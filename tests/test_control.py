@@ -117,7 +117,7 @@ def test_rule_falls_back_to_the_dense_partial(name):
     assert st_.nnz_values == X.size ** 2
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=7, deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 10 ** 6))
 def test_random_branches_match_jacrev(seed):
     """Two random functions as branches (the second reshaped into the

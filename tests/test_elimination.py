@@ -39,7 +39,7 @@ def _random_case(seed):
     return fn, args, argnums
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 10**6))
 def test_random_functions_random_orders_match_jacrev(seed):
     fn, args, argnums = _random_case(seed)

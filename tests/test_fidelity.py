@@ -388,7 +388,7 @@ def _primitives(jaxpr) -> set:
     return out
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10 ** 6), order=st.sampled_from(ORDERS + ("random",)))
 def test_random_functions_with_fidelity_families_match_jacrev(seed, order):
     shapes = [(4,), (3, 2)]
@@ -500,7 +500,7 @@ def _structural_pattern(f, args, argnums, order):
     return masks
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=18, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10 ** 6), bad=st.sampled_from([np.nan, np.inf, -np.inf]),
        order=st.sampled_from(ORDERS), jit=st.booleans())
 def test_nan_rule_structural_zeros_are_exact_and_finite_entries_agree(seed, bad, order, jit):

@@ -131,6 +131,64 @@ def test_auto_plans_the_rolled_program_and_stays_exact(name, low_thresholds):
     assert ccjax.cost(f, x) == ccjax.api._plan(g, "auto").report.mults
 
 
+@pytest.mark.parametrize("name", ["rk4", "mlp_relu", "two_loops"])
+def test_rolled_programs_under_vmap(name, low_thresholds):
+    f = PROGRAMS[name]
+    xs = jnp.stack([jnp.linspace(0.1, 1.2, 6), jnp.linspace(-0.7, 0.4, 6), jnp.linspace(0.3, -0.2, 6)])
+    expected = jax.vmap(jax.jacrev(f))(xs)
+    assert_jac_equal(jax.vmap(ccjax.jacve(f))(xs), expected)
+    assert_jac_equal(jax.jit(jax.vmap(ccjax.jacve(f)))(xs), expected)
+
+
+def complex_loop(x):
+    for _ in range(10):
+        z = jnp.exp(1j * x) * (0.5 + 0.25j)
+        x = jnp.real(z * jnp.conj(z) + z) + 0.3 * x
+    return x
+
+
+def kinked_loop(x):
+    for _ in range(10):
+        x = jnp.sqrt(jnp.abs(x)) + jnp.roll(x, 1) * 0.5
+    return x
+
+
+@pytest.mark.parametrize("f", [complex_loop, kinked_loop], ids=lambda f: f.__name__)
+def test_rolled_loops_at_nan_and_infinite_partials_behave_as_jacrev(f, low_thresholds):
+    """A rolled square loop runs JAX's reverse mode over the scan (its
+    forward mode multiplies as much: ties keep reverse mode), so a NaN input
+    or an infinite partial (``sqrt`` at 0) gives exactly ``jax.jacrev``'s
+    Jacobian, NaN and inf where it has them, finite values where it does;
+    forward mode would spread ``0 * inf = nan`` over every column."""
+    x = jnp.linspace(0.1, 1.2, 6)
+    t, _, _ = trace.trace(f, (x,), {}, 0, False)
+    g, rolled = trace.auto_graph_of(t)
+    assert _scans(rolled.closed.jaxpr) == 1 and ccjax.api._plan(g, "auto").mode == "jax-rev"
+    for bad in (x.at[2].set(jnp.nan), x.at[0].set(0.0), x):
+        want = np.asarray(jax.jacrev(f)(bad))
+        for got in (ccjax.jacve(f)(bad), jax.jit(ccjax.jacve(f))(bad)):
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14, equal_nan=True)
+
+
+def test_a_loop_with_a_collective_over_a_named_axis_is_not_rolled_and_stays_exact(low_thresholds, monkeypatch):
+    """A collective over a named axis is an equation with an effect (the
+    axis), so its loop is left unrolled, and the whole-reverse plan of a
+    collective applies."""
+    def f(x):
+        for _ in range(10):
+            x = jnp.tanh(x) - jax.lax.pmean(x, "batch") * 0.1
+        return x
+
+    rolled = []
+    monkeypatch.setattr(trace, "roll_loops", lambda closed: rolled.append(roll.roll_loops(closed)) or rolled[-1])
+    xs = jnp.stack([jnp.linspace(0.1, 1.2, 6), jnp.linspace(0.6, -0.3, 6)])
+    want = jax.vmap(jax.jacrev(f), axis_name="batch")(xs)
+    assert_jac_equal(jax.vmap(ccjax.jacve(f), axis_name="batch")(xs), want)
+    assert_jac_equal(jax.jit(jax.vmap(ccjax.jacve(f), axis_name="batch"))(xs), want)
+    assert rolled and not any(rolled)
+
+
 def test_an_explicit_order_names_the_unrolled_graphs_vertices(low_thresholds):
     x = jnp.linspace(0.1, 1.2, 6)
     g = ccjax.graph(rk4, x)
@@ -264,7 +322,7 @@ def _loop_program(ops, repeats, second_order, per_step, collect, jit_body, prolo
     return f
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(loops())
 def test_random_loops_roll_exactly(spec):
     f = _loop_program(*spec)

@@ -296,7 +296,7 @@ def _pattern(s):
     return np.logical_or.reduce([pattern(p) for p in parts_of(s)])
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=70, deadline=None)
 @given(st.data())
 def test_sums_kept_as_terms_multiply_add_and_store_like_dense(data):
     """Lazy sums (:class:`~ccjax.structure.Terms`): sums of stencils and
