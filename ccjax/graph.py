@@ -218,8 +218,7 @@ class _ProgramBuilder:
             out, t_out = jax.jvp(g, [primals[k] for k in tangent_idx], list(tangents))
             return list(out) + list(t_out)
 
-        spec = _jaxpr.spec
-        closed = jax.make_jaxpr(jvp_fn)(*[spec(a) for a in avals], *[spec(avals[k]) for k in tangent_idx])
+        closed = jax.make_jaxpr(jvp_fn)(*[_jaxpr.spec(a) for a in avals], *[_jaxpr.spec(avals[k]) for k in tangent_idx])
         stopped = [self.node(STOP, None, None, [i], [self.avals[i]], [False])[0] if self.active[i] else i
                    for i in ins]
         cids = [self.const(c, v.aval) for c, v in zip(closed.consts, closed.jaxpr.constvars)]

@@ -210,6 +210,8 @@ def _wire(eqns, producer: dict, users: dict, start: int, period: int, repeats: i
     """The :class:`Loop` of ``repeats`` blocks from ``start``, or None when
     the blocks are not wired alike."""
     stop = start + period * repeats
+    if any(e.effects for e in eqns[start:stop]):
+        return None
 
     def where(atom, block: int):
         if _jaxpr.is_literal(atom) or atom not in producer or producer[atom][0] < start:
@@ -261,8 +263,6 @@ def _wire(eqns, producer: dict, users: dict, start: int, period: int, repeats: i
             for o, v in enumerate(eqns[start + k * period + i].outvars):
                 if any(u >= stop for u in users.get(v, ())) and not (k == repeats - 1 and (i, o) in carry_of):
                     ys.add((i, o))
-    if any(e.effects for e in eqns[start:stop]):
-        return None
     return Loop(start, period, repeats, tuple(sources), tuple(carries), tuple(inits), tuple(xs), tuple(sorted(ys)))
 
 
@@ -366,7 +366,8 @@ def roll_once(jaxpr, loop: Loop, sources: tuple) -> tuple[Any, tuple]:
     fn = _rolled_fn(jaxpr, loop, tuple(outer))
     stack_specs = [jax.ShapeDtypeStruct((loop.repeats,) + tuple(loop.xs[q][0].aval.shape), loop.xs[q][0].aval.dtype)
                    for q in outer]
-    traced = jax.make_jaxpr(fn)(*[_jaxpr.spec(v.aval) for v in list(jaxpr.invars) + list(jaxpr.constvars)], *stack_specs)
+    arg_specs = [_jaxpr.spec(v.aval) for v in list(jaxpr.invars) + list(jaxpr.constvars)]
+    traced = jax.make_jaxpr(fn)(*arg_specs, *stack_specs)
     return _restaged(jaxpr, traced, list(sources) + list(outer.values()))
 
 

@@ -259,4 +259,3 @@ def auto_graph(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, has
     searches run on it, so that ``order="auto"`` finds what they store."""
     t, _, _ = trace(fun, args, kwargs, argnums, has_aux)
     return auto_graph_of(t, holomorphic)[0]
-
