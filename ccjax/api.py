@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.experimental import sparse
 
 from ccjax._jaxpr import as_weakly_typed, is_weakly_typed
-from ccjax.eliminate import LAYOUTS, CostReport, Plan, plan_elimination, validate_order
+from ccjax.eliminate import LAYOUTS, CostReport, Plan, dense_entries, plan_elimination, stored_entries, validate_order
 from ccjax.graph import Graph
 from ccjax.jax_modes import cheapest, jacobian_program, plan_jax_mode
 from ccjax.resolve import OrderSpec, order_spec, resolve_order
@@ -37,20 +37,27 @@ def _order_key(g: Graph, order: OrderSpec):
     return spec if isinstance(spec, str) else validate_order(g, spec)
 
 
-def _plan(g: Graph, order: OrderSpec) -> Plan:
+def _plan(g: Graph, order: OrderSpec, layout: str = "dense") -> Plan:
+    """The plan of ``order`` on ``g`` for output ``layout``.  For
+    ``"auto"`` and ``"sparse"``, JAX's plain modes (which store every
+    entry) stand in for the elimination only when it would store as many."""
     order = order_spec(order)  # once: an iterator of ids is read here only
     key = _order_key(g, order)
-    plan = g.plans.get(key)
+    table_key = (key, layout) if key == "auto" and layout == "sparse" else key
+    plan = g.plans.get(table_key)
     if plan is None:
         if g.whole_reverse:
             if not isinstance(order, str):
                 validate_order(g, order)  # a wrong order is still an error
             plan = plan_jax_mode(g, "rev")
         else:
-            plan = plan_elimination(g, resolve_order(g, order))
+            elimination = plan = plan_elimination(g, resolve_order(g, order))
             if key == "auto":
-                plan = tuned_plan(g, plan) or cheapest(g, plan)
-        g.plans[key] = plan
+                plan = tuned_plan(g, elimination) or cheapest(g, elimination)
+                if (layout == "sparse" and plan.mode != "eliminate"
+                        and stored_entries(g, elimination) < dense_entries(g)):
+                    plan = elimination
+        g.plans[table_key] = plan
     return plan
 
 
@@ -66,7 +73,7 @@ def _runner(g: Graph, order: OrderSpec, layout: str = "dense") -> Callable:
     run = g.runners.get(key)
     if run is not None:
         return run
-    run = jacobian_program(g, _plan(g, order), layout)
+    run = jacobian_program(g, _plan(g, order, layout), layout)
     if g.program.cacheable:
         run = jax.jit(run)
         g.runners[key] = run

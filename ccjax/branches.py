@@ -9,9 +9,12 @@ callback, so conds nested in branches are eliminated too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Sequence
 
-from ccjax.eliminate import Plan, final_values, partial_values, plan_elimination
+import numpy as np
+
+from ccjax.eliminate import PROBE_SEEDS, Plan, final_values, partial_values, plan_elimination, probe_finals
 from ccjax.graph import Graph, build_program
 
 
@@ -40,11 +43,28 @@ class EliminatedBranch:
         """``{(k, j): value}`` of every final partial at ``operands`` (all
         of the branch's operands, values or tracers)."""
         g, plan = self.graph, self.plan
-        finals = final_values(g, plan, partial_values(g, g.program.evaluate(list(operands), list(self.consts))))
-        slots = {slot: key for key, slot in plan.final.items()}
+        return self._by_pair(final_values(g, plan, partial_values(
+            g, g.program.evaluate(list(operands), list(self.consts)))))
+
+    def nonzero(self, k: int, j: int) -> Optional[np.ndarray]:
+        """Where the value of the final partial from operand ``k`` to output
+        ``j`` can be nonzero, as a boolean array (see
+        :func:`ccjax.eliminate.structural_keep`); None when anywhere."""
+        found = self._probes
+        if not found or (k, j) not in found[0] or found[0][(k, j)] is None:
+            return None
+        return functools.reduce(np.logical_or, [np.asarray(p[(k, j)]) != 0 for p in found])
+
+    @functools.cached_property
+    def _probes(self) -> list:
+        draws = [probe_finals(self.graph, self.plan, seed) for seed in PROBE_SEEDS]
+        return [] if draws[0] is None else [self._by_pair(d) for d in draws]
+
+    def _by_pair(self, finals: dict) -> dict:
+        g = self.graph
         ins = {v: k for k, v in enumerate(g.inputs) if v is not None}
         outs = {v: j for j, v in enumerate(g.outputs) if v is not None}
-        return {(ins[src], outs[dst]): finals[slot] for slot, (src, dst) in slots.items()
+        return {(ins[src], outs[dst]): finals[slot] for (src, dst), slot in self.plan.final.items()
                 if src in ins and dst in outs}
 
 

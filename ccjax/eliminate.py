@@ -13,6 +13,7 @@ import functools
 import math
 from typing import Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -237,6 +238,7 @@ def write_jacobian(graph: Graph, plan: Plan, finals: dict, layout: str = "dense"
     """Every block of the Jacobian from the final compact values (see
     :func:`run_plan`), zero blocks included."""
     prog = graph.program
+    kept = structural_keep(graph, plan) if layout == "sparse" else {}
     blocks = []
     for k, out_vertex in enumerate(graph.outputs):
         out_shape = tuple(prog.avals[prog.outputs[k]].shape)
@@ -246,7 +248,7 @@ def write_jacobian(graph: Graph, plan: Plan, finals: dict, layout: str = "dense"
             slot = plan.final.get((in_vertex, out_vertex))
             st, value = (None, None) if slot is None else (plan.structures[slot], finals[slot])
             if layout == "sparse":
-                blocks.append(sparse_block(st, value, shape, aval.dtype))
+                blocks.append(sparse_block(st, value, shape, aval.dtype, kept.get(slot)))
             else:
                 blocks.append(dense_block(st, value, shape, aval.dtype, tag=len(blocks)))
     return blocks
@@ -361,13 +363,101 @@ def _always(shape: tuple, k: int):
     return lax.broadcasted_iota(np.int32, shape, 0) + (k + 1) > 0
 
 
-def sparse_block(st: Optional[Structure], value, shape: tuple, dtype):
+def sparse_block(st: Optional[Structure], value, shape: tuple, dtype, kept: Optional[tuple] = None):
     """The block as a ``BCOO`` of ``shape`` and ``dtype`` holding its structural
-    nonzeros (none for a zero block)."""
+    nonzeros (none for a zero block); ``kept``: ``(positions, indices)`` of
+    the entries of ``to_bcoo`` to store (see :func:`structural_keep`), else all."""
     if st is None:
         return sparse.BCOO((jnp.zeros((0,), dtype), jnp.zeros((0, len(shape)), np.int32)), shape=shape)
     block = to_bcoo(st, value, dtype)
-    return sparse.BCOO((block.data, block.indices), shape=tuple(shape))
+    if kept is None:
+        return sparse.BCOO((block.data, block.indices), shape=tuple(shape))
+    positions, indices = kept
+    return sparse.BCOO((block.data[positions], jnp.asarray(indices, np.int32)), shape=tuple(shape))
+
+
+def dense_entries(graph: Graph) -> int:
+    """Entries of the whole Jacobian (every block dense)."""
+    prog = graph.program
+    outs = sum(math.prod(prog.avals[prog.outputs[k]].shape) for k in range(len(graph.outputs)))
+    return outs * sum(math.prod(prog.avals[prog.inputs[leaf]].shape) for leaf in graph.diff_leaves)
+
+
+def stored_entries(graph: Graph, plan: Plan) -> int:
+    """How many entries the ``output="sparse"`` Jacobian of the elimination
+    ``plan`` stores (after :func:`structural_keep`)."""
+    kept = structural_keep(graph, plan)
+    count = 0
+    for slot in plan.final.values():
+        st = plan.structures[slot]
+        count += len(kept[slot][0]) if slot in kept else st.nnz_values if is_selection(st) else entry_count(st)
+    return count
+
+
+#: Seeds of the random stand-in values :func:`structural_keep` runs a plan on.
+PROBE_SEEDS = (0, 1)
+
+
+def probe_values(graph: Graph, seed: int) -> Optional[list]:
+    """Stand-ins for the graph's raw partial values: uniform in ``[1, 2)``
+    where a stored value may be nonzero, 0 at its structural zeros
+    (:attr:`ccjax.rules.Partial.nonzero`), the values themselves where they
+    are constant 0/1 matrices (``Partial.ones``); None when some partial
+    cannot be stood in for (a selection: its indices exist only at run time)."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for r in graph.raw:
+        st = r.partial.structure
+        if r.partial.values is None:
+            values.append(None)
+            continue
+        if is_selection(st):
+            return None
+        value = rng.uniform(1.0, 2.0, st.val_shape)
+        nonzero = None if r.partial.nonzero is None else r.partial.nonzero()
+        if nonzero is not None:
+            value = nonzero if r.partial.ones else value * nonzero
+        values.append(value.astype(graph.dtype))
+    return values
+
+
+def probe_finals(graph: Graph, plan: Plan, seed: int) -> Optional[dict]:
+    """:func:`final_values` on :func:`probe_values`, computed now (also
+    inside an outer trace); None where there are no stand-ins."""
+    raw = probe_values(graph, seed)
+    if raw is None:
+        return None
+    with jax.ensure_compile_time_eval():
+        return final_values(graph, plan, raw)
+
+
+def structural_keep(graph: Graph, plan: Plan) -> dict:
+    """``{slot: (positions, indices)}``: for each final block that stores
+    structural zeros (its values hold 0/1 selection matrices, or unions of
+    branches), the positions in ``to_bcoo``'s entries of the others and
+    their indices.
+
+    Every stored entry of a final value is a polynomial in the raw stored
+    values (products and sums of the plan) that are not constant.  An entry
+    that is 0 on two independent random draws of them, with structural zeros
+    at 0 and constants as they are, is the zero polynomial: it is 0 at
+    every input.  Overflow or NaN in a draw only keeps entries.  Runs the
+    plan twice, eagerly, and only where some raw partial declares
+    structural zeros."""
+    if not any(r.partial.nonzero is not None for r in graph.raw):
+        return {}
+    draws = [probe_finals(graph, plan, seed) for seed in PROBE_SEEDS]
+    if draws[0] is None:
+        return {}
+    kept = {}
+    with jax.ensure_compile_time_eval():
+        for slot in plan.final.values():
+            st = plan.structures[slot]
+            blocks = [to_bcoo(st, finals[slot], graph.dtype) for finals in draws]
+            nonzero = functools.reduce(np.logical_or, [np.asarray(b.data) != 0 for b in blocks])
+            if not nonzero.all():
+                kept[slot] = (np.flatnonzero(nonzero), np.asarray(blocks[0].indices)[nonzero])
+    return kept
 
 
 def count_mults(graph: Graph, order: Sequence[int]) -> int:

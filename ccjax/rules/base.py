@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional, Sequence
 
+import jax
 import numpy as np
 
 from ccjax.structure import Structure, structure_from_labels
@@ -58,6 +60,15 @@ class Partial:
     equation computed together (e.g. one forward-mode Jacobian of every
     output) share ``shared``: ``values`` is then ``pick(shared(...))``, and
     an executor evaluating several of them calls ``shared`` once.
+
+    ``nonzero()``, when given, returns a boolean array laid out as the values
+    that is False where a stored value is zero at every input (a 0/1
+    selection matrix, a union of branches), or None: the structural zeros
+    that ``output="sparse"`` leaves out
+    (:func:`ccjax.eliminate.structural_keep`).  Without it, or where it
+    returns None, every stored value may be nonzero.  ``ones``: the values
+    are exactly ``nonzero()`` as 0/1 numbers at every input (a selection
+    matrix), not only zero where it is False.
     """
 
     out: int
@@ -66,23 +77,40 @@ class Partial:
     values: Optional[ValueFn]
     shared: Optional[ValueFn] = None
     pick: Optional[Callable[[Any], Any]] = None
+    nonzero: Optional[Callable[[], np.ndarray]] = None
+    ones: bool = False
 
 
 Rule = Callable[[RuleContext], list]
 
 
 def labelled(out: int, slot: int, ctx: RuleContext, out_labels, in_labels, val_labels=None,
-             val_shape=None, values: Optional[ValueFn] = None, sign: int = 1, bands=()) -> Partial:
+             val_shape=None, values: Optional[ValueFn] = None, sign: int = 1, bands=(),
+             nonzero: Optional[Callable[[], Any]] = None, ones: bool = False) -> Partial:
     """Make a :class:`Partial` from one label per axis (see
     :func:`ccjax.structure.structure_from_labels`); ``values`` returns the
-    value array in its natural shape ``val_shape``."""
+    value array in its natural shape ``val_shape``, ``nonzero()`` (optional,
+    same shape) where it can be nonzero, ``ones`` whether the values are
+    just that (see :class:`Partial`)."""
     out_shape = tuple(ctx.out_avals[out].shape)
     in_shape = tuple(ctx.in_avals[slot].shape)
     st, prepare = structure_from_labels(out_shape, in_shape, out_labels, in_labels, val_labels,
                                         val_shape, sign, bands)
     if prepare is None:
         return Partial(out, slot, st, None)
-    return Partial(out, slot, st, lambda ins, outs: prepare(values(ins, outs)))
+    return Partial(out, slot, st, lambda ins, outs: prepare(values(ins, outs)),
+                   nonzero=None if nonzero is None else constant_mask(lambda: prepare(nonzero())), ones=ones)
+
+
+def constant_mask(fn: Callable[[], Any]) -> Callable[[], np.ndarray]:
+    """``fn`` computed once, eagerly (also inside an outer trace), as a NumPy
+    boolean array."""
+    @functools.cache
+    def mask():
+        with jax.ensure_compile_time_eval():
+            return np.asarray(fn()).astype(bool)
+
+    return mask
 
 
 def identity_labels(ndim: int) -> list:

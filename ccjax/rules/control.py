@@ -1,4 +1,4 @@
-"""Partials of ``cond`` (``lax.cond``, ``lax.switch``): each branch eliminated on its own.
+"""Partials of ``cond`` (``lax.cond``, ``lax.switch``), each branch eliminated on its own, and of ``scan``.
 
 The local Jacobian of a ``cond`` is the Jacobian of the branch it takes.
 Each branch is a graph of its own, eliminated when the outer graph is built
@@ -19,17 +19,23 @@ derivative only JAX's reverse pass gives, selections (their index keys are
 meaningful within one graph only), an output that is an input unchanged,
 a union the branches cannot be written into, or a graph built without
 ``eliminate_branch``.
+
+A ``scan`` keeps JAX's dense local Jacobian and declares the zeros that
+causality gives (the outputs of step ``t`` never read the inputs of later
+steps), so ``output="sparse"`` leaves them out.
 """
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ccjax.rules import opaque
-from ccjax.rules.base import Partial, RuleContext
+from ccjax.rules.base import Partial, RuleContext, constant_mask
 from ccjax.structure import is_selection, sum_plan
 
 
@@ -71,13 +77,32 @@ def cond_partials(ctx: RuleContext) -> list[Partial]:
     if compute is None:
         return opaque.dense_partials(ctx)
     parts = []
-    for n, (k, j, union, _) in enumerate(pairs):
+    for n, (k, j, union, embeds) in enumerate(pairs):
         if union.val is None:  # the same constant partial in every branch
             parts.append(Partial(j, slots[k], union, None))
             continue
         pick = lambda result, n=n: result[n]
-        parts.append(Partial(j, slots[k], union, lambda ins, o, pick=pick: pick(compute(ins, o)), compute, pick))
+        parts.append(Partial(j, slots[k], union, lambda ins, o, pick=pick: pick(compute(ins, o)), compute, pick,
+                             constant_mask(functools.partial(_union_nonzero, branches, k, j, union, embeds))))
     return parts
+
+
+def _union_nonzero(branches: list, k: int, j: int, union, embeds: tuple):
+    """Where the union's value can be nonzero: where some branch writes a
+    value that can be (its own structural zeros, and the entries of the
+    union outside its structure, stay False)."""
+    mask = jnp.zeros(union.val_shape, bool)
+    for branch, embed in zip(branches, embeds):
+        if embed == "zero":
+            continue
+        st = branch.final(k, j)
+        found = branch.nonzero(k, j)
+        value = None if st.val is None else jnp.ones(st.val_shape) if found is None else jnp.asarray(found, float)
+        if embed is not None:
+            value = embed.apply(_zeros(union, value.dtype if value is not None else float), value,
+                                jnp.result_type(float))
+        mask = mask | (jnp.reshape(value, union.val_shape) != 0)
+    return mask
 
 
 def _embedding(union, st):
@@ -138,4 +163,24 @@ def _switch(ctx: RuleContext, slots: tuple, branches: list, pairs: list):
     return compute
 
 
-RULES = {"cond": cond_partials}
+def scan_partials(ctx: RuleContext) -> list[Partial]:
+    """A ``scan``'s dense local Jacobians (:mod:`.opaque`), with the zeros
+    causality gives: the ``ys`` of step ``t`` read the ``xs`` of steps up to
+    ``t`` only (from ``t`` on for ``reverse=True``)."""
+    return opaque.dense_partials(ctx, nonzero=functools.partial(_scan_causality, ctx))
+
+
+def _scan_causality(ctx: RuleContext, j: int, slot: int) -> Optional[np.ndarray]:
+    """Where ``∂out[j]/∂in[slot]`` of a scan can be nonzero; None for
+    anywhere (a constant or initial carry operand, a final carry output)."""
+    params = ctx.params
+    if slot < params["num_consts"] + params["num_carry"] or j < params["num_carry"]:
+        return None
+    out_shape, in_shape = tuple(ctx.out_avals[j].shape), tuple(ctx.in_avals[slot].shape)
+    steps = np.arange(params["length"])
+    reads = steps[:, None] <= steps[None, :] if params["reverse"] else steps[:, None] >= steps[None, :]
+    reads = reads.reshape((len(steps),) + (1,) * (len(out_shape) - 1) + (len(steps),) + (1,) * (len(in_shape) - 1))
+    return np.broadcast_to(reads, out_shape + in_shape)
+
+
+RULES = {"cond": cond_partials, "scan": scan_partials}

@@ -13,16 +13,24 @@ mode for equations without a reverse rule.
 from __future__ import annotations
 
 import functools
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ccjax.rules.base import Partial, RuleContext
+from ccjax.rules.base import Partial, RuleContext, constant_mask
 from ccjax.structure import dense
 
 
-def dense_partials(ctx: RuleContext) -> list[Partial]:
+def dense_partials(ctx: RuleContext, nonzero: Optional[Callable[[int, int], Optional[np.ndarray]]] = None
+                   ) -> list[Partial]:
     """One dense partial per (floating output, differentiated variable).
+
+    ``nonzero(j, slot)``, when given, returns where the local Jacobian of
+    output ``j`` with respect to operand ``slot`` can be nonzero (a boolean
+    array of shape ``out_shape + in_shape``) or None (anywhere); see
+    :attr:`Partial.nonzero`.
 
     Every differentiated variable is differentiated in one joint call, as
     JAX's AD of the enclosing function would: a variable read by several
@@ -39,8 +47,9 @@ def dense_partials(ctx: RuleContext) -> list[Partial]:
     forward = not reverse or (ctx.forward_exact and n_in <= n_out)
     transforms = {_jacobian_transform(ctx.in_avals[g[0]].dtype, ctx.out_avals[j].dtype, not forward)
                   for j in outs for g in groups}
+    where = functools.partial(_where, nonzero) if nonzero is not None else lambda j, slots, prepare: None
     if forward and len(transforms) == 1:
-        return _joint_forward(ctx, outs, groups, transforms.pop())
+        return _joint_forward(ctx, outs, groups, transforms.pop(), where)
     parts = []
     for j in outs:
         out_aval = ctx.out_avals[j]
@@ -57,8 +66,17 @@ def dense_partials(ctx: RuleContext) -> list[Partial]:
                 jacobian = jac(_on(ctx, ins, together, (j,)), argnums=tuple(range(len(together))))
                 return prepare(jacobian(*[ins[g[0]] for g in together])[0][k].astype(dtype))
 
-            parts.append(Partial(j, slots[0], st, values))
+            parts.append(Partial(j, slots[0], st, values, nonzero=where(j, slots, prepare)))
     return parts
+
+
+def _where(nonzero: Callable, j: int, slots: tuple, prepare: Callable) -> Optional[Callable]:
+    """The ``Partial.nonzero`` of the dense partial of output ``j`` with
+    respect to the variable read by ``slots`` (the union over them)."""
+    masks = [nonzero(j, s) for s in slots]
+    if any(m is None for m in masks):
+        return None
+    return constant_mask(lambda: prepare(functools.reduce(np.logical_or, masks)))
 
 
 def _on(ctx: RuleContext, ins, groups, outs):
@@ -75,7 +93,7 @@ def _on(ctx: RuleContext, ins, groups, outs):
     return f
 
 
-def _joint_forward(ctx: RuleContext, outs, groups, jac) -> list[Partial]:
+def _joint_forward(ctx: RuleContext, outs, groups, jac, where: Callable) -> list[Partial]:
     """Every (output, variable) partial from one forward-mode Jacobian."""
     def joint(ins, _outs):
         f = _on(ctx, ins, groups, outs)
@@ -92,7 +110,8 @@ def _joint_forward(ctx: RuleContext, outs, groups, jac) -> list[Partial]:
             def pick(result, jj=jj, k=k, prepare=prepare, dtype=dtype):
                 return prepare(result[jj][k].astype(dtype))
 
-            parts.append(Partial(j, slots[0], st, lambda ins, o, pick=pick: pick(joint(ins, o)), joint, pick))
+            parts.append(Partial(j, slots[0], st, lambda ins, o, pick=pick: pick(joint(ins, o)), joint, pick,
+                                 where(j, slots, prepare)))
     return parts
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from jax import lax
 
 from ccjax.rules import opaque, selection
-from ccjax.rules.base import Partial, RuleContext, identity_labels, labelled
+from ccjax.rules.base import Partial, RuleContext, constant_mask, identity_labels, labelled
 from ccjax.structure import common_chain, dense, make_structure, split_sizes
 
 
@@ -120,7 +120,8 @@ def _dense_reshape(in_shape: tuple, out_shape: tuple, perm: tuple) -> Partial:
     n = int(np.prod(in_shape))
     source = np.arange(n).reshape(in_shape).transpose(perm).reshape(-1)
     eye = np.eye(n, dtype=bool)[source].reshape(out_shape + in_shape)
-    return Partial(0, 0, st, lambda ins, outs: prepare(jnp.asarray(eye, outs[0].dtype)))
+    return Partial(0, 0, st, lambda ins, outs: prepare(jnp.asarray(eye, outs[0].dtype)),
+                   nonzero=constant_mask(lambda: prepare(eye)), ones=True)
 
 
 # ---------------------------------------------------------------------------
@@ -128,13 +129,15 @@ def _dense_reshape(in_shape: tuple, out_shape: tuple, perm: tuple) -> Partial:
 # ---------------------------------------------------------------------------
 
 
-def _selection(ctx: RuleContext, mats: dict, out: int = 0, slot: int = 0, shifts: Optional[dict] = None) -> Partial:
+def _selection(ctx: RuleContext, mats: dict, out: int = 0, slot: int = 0, shifts: Optional[dict] = None,
+               constant: bool = False) -> Partial:
     """Partial that is a Kronecker pair on every axis except those in ``mats``
     and ``shifts``.
 
-    ``mats[k](ins)`` returns the ``(out_k, in_k)`` 0/1 matrix of axis ``k``;
-    ``shifts[k] = d`` makes axis ``k`` a band: out index ``i`` reads in index
-    ``i + d`` (no stored numbers).
+    ``mats[k](ins)`` returns the ``(out_k, in_k)`` 0/1 matrix of axis ``k``
+    (``constant``: the same for every operand, ``mats[k](None)``, so its
+    zeros are structural); ``shifts[k] = d`` makes axis ``k`` a band: out
+    index ``i`` reads in index ``i + d`` (no stored numbers).
     """
     out_shape, in_shape = _shape(ctx.out_avals[out]), _shape(ctx.in_avals[slot])
     shifts = {k: d for k, d in (shifts or {}).items() if out_shape[k] > 1 or in_shape[k] > 1}
@@ -148,14 +151,16 @@ def _selection(ctx: RuleContext, mats: dict, out: int = 0, slot: int = 0, shifts
     val_shape = tuple(n for k in moved for n in (out_shape[k], in_shape[k]))
     dtype = ctx.out_avals[out].dtype
 
-    def values(ins, outs):
+    def matrix(ins):
         mask = None
         for k in moved:
             m = jnp.asarray(mats[k](ins), bool)
             mask = m if mask is None else mask[..., None, None] & m
-        return mask.astype(dtype)
+        return mask
 
-    return labelled(out, slot, ctx, out_labels, in_labels, val_labels, val_shape, values, bands=bands)
+    return labelled(out, slot, ctx, out_labels, in_labels, val_labels, val_shape,
+                    lambda ins, outs: matrix(ins).astype(dtype), bands=bands,
+                    nonzero=(lambda: matrix(None)) if constant else None, ones=constant)
 
 
 def _iotas(n_out: int, n_in: int):
@@ -187,7 +192,7 @@ def _slice(ctx):
             shifts[k] = start
         else:
             mats[k] = (lambda a: lambda ins: _take_matrix(*a))((n_out, n_in, start, stride))
-    return [_selection(ctx, mats, shifts=shifts)]
+    return [_selection(ctx, mats, shifts=shifts, constant=True)]
 
 
 def _pad(ctx):
@@ -198,14 +203,14 @@ def _pad(ctx):
         mats = {k: (lambda a: lambda ins: _embed_matrix(*a))((out_shape[k], in_shape[k], lo, interior + 1))
                 for k, (lo, hi, interior) in enumerate(config) if interior}
         shifts = {k: -lo for k, (lo, hi, interior) in enumerate(config) if not interior and (lo or hi)}
-        parts.append(_selection(ctx, mats, shifts=shifts))
+        parts.append(_selection(ctx, mats, shifts=shifts, constant=True))
     if 1 in ctx.active:
-        def values(ins, outs):
-            covered = lax.pad(jnp.ones(in_shape, outs[0].dtype), jnp.zeros((), outs[0].dtype), config)
-            return 1 - covered
+        def padding(dtype):
+            return 1 - lax.pad(jnp.ones(in_shape, dtype), jnp.zeros((), dtype), config)
 
-        parts.append(labelled(0, 1, ctx, identity_labels(len(out_shape)), [],
-                              identity_labels(len(out_shape)), out_shape, values))
+        parts.append(labelled(0, 1, ctx, identity_labels(len(out_shape)), [], identity_labels(len(out_shape)),
+                              out_shape, lambda ins, outs: padding(outs[0].dtype),
+                              nonzero=lambda: padding(np.int32), ones=True))
     return parts
 
 
@@ -214,7 +219,7 @@ def _rev(ctx):
         return []
     shape = _shape(ctx.in_avals[0])
     mats = {k: (lambda n: lambda ins: np.eye(n, dtype=bool)[::-1])(shape[k]) for k in ctx.params["dimensions"]}
-    return [_selection(ctx, mats)]
+    return [_selection(ctx, mats, constant=True)]
 
 
 def _concatenate(ctx):
@@ -299,7 +304,7 @@ def _cumsum(ctx):
     axis = ctx.params["axis"]
     n = _shape(ctx.in_avals[0])[axis]
     tri = np.tril(np.ones((n, n), bool)) if not ctx.params.get("reverse") else np.triu(np.ones((n, n), bool))
-    return [_selection(ctx, {axis: lambda ins: tri})]
+    return [_selection(ctx, {axis: lambda ins: tri}, constant=True)]
 
 
 #: Most diagonals a gather or scatter-add at known indices becomes; beyond,

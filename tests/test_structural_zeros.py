@@ -1,0 +1,181 @@
+"""``output="sparse"`` leaves out the structural zeros inside stored values.
+
+Some partials store a 0/1 matrix (cumsum's triangle, a reversal, a strided
+slice, an interior pad, a reshape that permutes entries), a cond's partial
+stores the union of its branches, and a scan's dense local Jacobian is zero
+where causality says so; their zeros survive products and sums.  The sparse output must hold exactly the structural nonzeros, in every
+order, eagerly and jitted, and still equal ``jax.jacrev``; ``order="auto"``
+must not trade them for JAX's plain modes, which store every entry."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+jax.config.update("jax_enable_x64", True)
+
+import ccjax
+from ccjax import api
+from ccjax.eliminate import dense_entries, plan_elimination, stored_entries
+from ccjax.orders import HEURISTICS
+
+N = 12
+W = np.random.default_rng(7).normal(size=(N, N))
+
+
+def _branchy(x):
+    return lax_switch(x, [jnp.cumsum, jnp.sin, lambda y: y[::-1] * y])
+
+
+def lax_switch(x, fns):
+    return jax.lax.switch((x[0] > 0).astype(np.int32) + (x[1] > 0).astype(np.int32), fns, x)
+
+
+def _rnn(x, reverse=False, carry_too=False):
+    w = W[:3, :3]
+
+    def step(h, xt):
+        h = jnp.tanh(w @ h + w.T @ xt)
+        return h, jnp.sin(h) * jnp.sum(xt)
+
+    final, ys = jax.lax.scan(step, jnp.ones(3), x.reshape(4, 3), reverse=reverse)
+    out = ys.reshape(-1)
+    return jnp.concatenate([final, out]) if carry_too else out
+
+
+PROGRAMS = {
+    "cumsum": lambda x: jnp.sin(jnp.cumsum(x)),
+    "reversed_cumsum": lambda x: jax.lax.cumsum(x[::-1] ** 2, reverse=True) * jnp.cos(x),
+    "cumsum_2d": lambda x: jnp.exp(jnp.cumsum(x.reshape(3, 4), axis=1)).reshape(-1),
+    "strided": lambda x: jnp.sin(x[::3]) * x[1::3],
+    "interior_pad": lambda x: jax.lax.pad(jnp.sin(x), 2.0, [(1, 2, 1)]) ** 2,
+    "transpose_reshape": lambda x: jnp.tanh(x.reshape(3, 4).T.reshape(2, 6)[:, ::2]).reshape(-1),
+    "cumsum_of_cumsum": lambda x: jnp.cumsum(jnp.sin(jnp.cumsum(x))),
+    "signed_paths": lambda x: jnp.cumsum(x) * jnp.sin(x) - jnp.cumsum(x) * jnp.cos(x),
+    "switch": _branchy,
+    "switch_then_dense": lambda x: jnp.tanh(W @ _branchy(x)),
+    "scan": _rnn,
+    "scan_reverse": lambda x: _rnn(x, reverse=True),
+    "scan_carry_and_ys": lambda x: _rnn(x, carry_too=True),
+    "scan_xs_twice": lambda x: jax.lax.scan(lambda c, ab: (c * jnp.sin(ab[0]), c + ab[1] ** 2), 1.0, (x, x))[1],
+    "cond_both_cumsum": lambda x: jax.lax.cond(x[0] > 0, jnp.cumsum, lambda y: jnp.cumsum(y[::-1]), x) * x,
+}
+
+
+def _structural_count(fn, x) -> int:
+    """Nonzeros of the Jacobian at a random point; for these programs (no
+    value-dependent zeros) the structural nonzeros of the taken branches."""
+    return int(np.count_nonzero(np.asarray(jax.jacrev(fn)(x))))
+
+
+def _union_count(fn, x) -> int:
+    """Nonzeros of the Jacobian over inputs that take every branch."""
+    rng = np.random.default_rng(3)
+    points = [x] + [x.at[:2].set(jnp.asarray(s)) for s in ((1.0, 1.0), (-1.0, -1.0), (1.0, -1.0))]
+    total = np.zeros(np.asarray(jax.jacrev(fn)(x)).shape, bool)
+    for p in points:
+        total |= np.asarray(jax.jacrev(fn)(p + 0.01 * rng.normal(size=p.shape))) != 0
+    return int(total.sum())
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+@pytest.mark.parametrize("order", ["auto", "fwd", "rev", "markowitz"])
+def test_sparse_output_stores_exactly_the_structural_nonzeros(name, order):
+    fn = PROGRAMS[name]
+    x = jnp.asarray(np.random.default_rng(1).normal(size=N))
+    want = np.asarray(jax.jacrev(fn)(x))
+    branches = name.startswith(("switch", "cond"))
+    count = _union_count(fn, x) if branches else _structural_count(fn, x)
+    for run in (ccjax.jacve(fn, order=order, output="sparse"), jax.jit(ccjax.jacve(fn, order=order, output="sparse"))):
+        got = run(x)
+        np.testing.assert_allclose(np.asarray(got.todense()), want, rtol=1e-12, atol=1e-12)
+        assert got.nse == count, (name, order, got.nse, count)
+
+
+def test_a_dense_jacobian_keeps_every_entry():
+    fn = lambda x: jnp.tanh(W @ jnp.cumsum(x))
+    x = jnp.asarray(np.random.default_rng(2).normal(size=N))
+    got = ccjax.jacve(fn, output="sparse")(x)
+    assert got.nse == N * N
+    np.testing.assert_allclose(np.asarray(got.todense()), np.asarray(jax.jacrev(fn)(x)), rtol=1e-12, atol=1e-12)
+
+
+def test_cancelling_paths_leave_an_empty_block():
+    """Two paths of opposite sign through the same values cancel at every
+    input: the entries are zero polynomials and are left out."""
+    fn = lambda x: jnp.cumsum(x) - jnp.cumsum(x)
+    x = jnp.asarray(np.random.default_rng(4).normal(size=N))
+    got = jax.jit(ccjax.jacve(fn, output="sparse"))(x)
+    assert got.nse == 0
+    np.testing.assert_array_equal(np.asarray(got.todense()), np.zeros((N, N)))
+
+
+def test_auto_keeps_the_elimination_when_a_plain_mode_would_store_more():
+    """For ``reversed_cumsum`` ``auto`` runs JAX's reverse mode (fewer
+    multiplications); the sparse output still comes from the elimination,
+    which stores only the structural nonzeros (84 of 144 entries)."""
+    fn = PROGRAMS["reversed_cumsum"]
+    x = jnp.asarray(np.random.default_rng(5).normal(size=N))
+    g = ccjax.graph(fn, x)
+    assert api._plan(g, "auto", "dense").mode.startswith("jax-")
+    sparse_plan = api._plan(g, "auto", "sparse")
+    assert sparse_plan.mode == "eliminate"
+    assert stored_entries(g, sparse_plan) == _structural_count(fn, x) == 84 < dense_entries(g) == N * N
+
+
+def test_auto_keeps_a_plain_mode_for_a_dense_jacobian():
+    fn = lambda x: jnp.tanh(W @ jnp.tanh(W @ x))
+    x = jnp.asarray(np.random.default_rng(6).normal(size=N))
+    g = ccjax.graph(fn, x)
+    assert api._plan(g, "auto", "sparse") is api._plan(g, "auto", "sparse")
+    assert stored_entries(g, plan_elimination(g, HEURISTICS["markowitz"](g))) == dense_entries(g)
+
+
+UNARY = {"sin": jnp.sin, "exp": lambda v: jnp.exp(jnp.sin(v)), "sq": lambda v: v * jnp.cos(v)}  # no overflow
+LINEAR = {
+    "cumsum": jnp.cumsum,
+    "rcumsum": lambda v: jax.lax.cumsum(v, reverse=True),
+    "rev": lambda v: v[::-1],
+    "stride": lambda v: jnp.concatenate([v[::2], v[1::2]]),
+    "pad": lambda v: jax.lax.pad(v, 0.0, [(0, 0, 1)])[::2],
+    "roll": lambda v: jnp.roll(v, 2),
+}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(sorted(UNARY)), st.sampled_from(sorted(LINEAR)),
+                          st.sampled_from(["+", "-", "*"])), min_size=1, max_size=4),
+       st.integers(0, 2**31 - 1))
+def test_random_chains_of_selections_store_exactly_the_nonzeros(steps, seed):
+    """Random chains of 0/1-matrix partials and elementwise work, combined
+    with earlier values by +, - or *, in a random order."""
+    def fn(x):
+        v = x
+        for unary, linear, op in steps:
+            w = LINEAR[linear](UNARY[unary](v))
+            v = {"+": v + w, "-": w - v, "*": v * w}[op]
+        return v
+
+    x = jnp.asarray(np.random.default_rng(seed).normal(size=N))
+    g = ccjax.graph(fn, x)
+    order = list(g.eliminable)
+    np.random.default_rng(seed).shuffle(order)
+    got = ccjax.jacve(fn, order=[int(v) for v in order], output="sparse")(x)
+    want = np.asarray(jax.jacrev(fn)(x))
+    np.testing.assert_allclose(np.asarray(got.todense()), want, rtol=1e-10, atol=1e-10)
+    assert got.nse == np.count_nonzero(want)
+
+
+def test_nan_partials_leave_the_left_out_entries_at_zero():
+    """A NaN partial reaches every entry of a stored 0/1 matrix in the dense
+    output (``0 * nan``); the sparse output leaves the matrix's zeros out,
+    so they read exactly 0 and every stored entry equals the dense one."""
+    fn = PROGRAMS["cumsum_of_cumsum"]
+    x = jnp.asarray(np.random.default_rng(8).normal(size=N)).at[3].set(jnp.nan)
+    dense = np.asarray(ccjax.jacve(fn)(x))
+    got = ccjax.jacve(fn, output="sparse")(x)
+    lower = np.tril(np.ones((N, N), bool))
+    assert got.nse == lower.sum()
+    np.testing.assert_array_equal(np.asarray(got.todense())[lower], dense[lower])
+    np.testing.assert_array_equal(np.asarray(got.todense())[~lower], 0.0)
