@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ccjax.eliminate import PROBE_SEEDS, Plan, final_values, partial_values, plan_elimination, probe_finals
+from ccjax.eliminate import Plan, final_values, partial_values, plan_elimination, probe_finals
 from ccjax.graph import Graph, build_program
 
 
@@ -51,14 +51,16 @@ class EliminatedBranch:
         ``j`` can be nonzero, as a boolean array (see
         :func:`ccjax.eliminate.structural_keep`); None when anywhere."""
         found = self._probes
-        if not found or (k, j) not in found[0] or found[0][(k, j)] is None:
+        if found is None or found.get((k, j)) is None:
             return None
-        return functools.reduce(np.logical_or, [np.asarray(p[(k, j)]) != 0 for p in found])
+        return (found[(k, j)] != 0).any(axis=0)
 
     @functools.cached_property
-    def _probes(self) -> list:
-        draws = [probe_finals(self.graph, self.plan, seed) for seed in PROBE_SEEDS]
-        return [] if draws[0] is None else [self._by_pair(d) for d in draws]
+    def _probes(self) -> Optional[dict]:
+        if not any(r.partial.nonzero is not None for r in self.graph.raw):
+            return None  # nothing inside declares zeros: every value may be nonzero
+        found = probe_finals(self.graph, self.plan)
+        return None if found is None else self._by_pair({slot: values for slot, (values, _) in found.items()})
 
     def _by_pair(self, finals: dict) -> dict:
         g = self.graph

@@ -21,8 +21,9 @@ from jax.experimental import sparse
 
 from ccjax._jaxpr import is_tracer
 from ccjax.graph import Graph
-from ccjax.structure import (ProductPlan, Structure, SumPlan, deband_plan, entry_count, is_selection, is_terms,
-                             parts_of, product_plan, reshape, sum_plan, to_bcoo, to_dense, transpose, values_of)
+from ccjax.structure import (ProductPlan, Structure, SumPlan, deband_plan, entry_count, entry_indices, is_selection,
+                             is_terms, parts_of, product_plan, reshape, sum_plan, to_bcoo, to_dense, transpose,
+                             values_of)
 
 LAYOUTS = ("dense", "sparse")
 
@@ -421,14 +422,25 @@ def probe_values(graph: Graph, seed: int) -> Optional[list]:
     return values
 
 
-def probe_finals(graph: Graph, plan: Plan, seed: int) -> Optional[dict]:
-    """:func:`final_values` on :func:`probe_values`, computed now (also
-    inside an outer trace); None where there are no stand-ins."""
-    raw = probe_values(graph, seed)
-    if raw is None:
+def probe_finals(graph: Graph, plan: Plan) -> Optional[dict]:
+    """``{slot: (values, entries)}`` for the final slots of ``plan`` run on
+    :func:`probe_values`, one row per seed of :data:`PROBE_SEEDS`: the
+    stacked final values and the stacked data of their ``to_bcoo``;
+    computed now (also inside an outer trace), as one compiled program;
+    None where there are no stand-ins."""
+    raws = [probe_values(graph, seed) for seed in PROBE_SEEDS]
+    if raws[0] is None:
         return None
+    stacked = [None if draws[0] is None else np.stack(draws) for draws in zip(*raws)]
+    slots = sorted(set(plan.final.values()))
+
+    def run(raw):
+        finals = final_values(graph, plan, raw)
+        return {slot: (finals[slot], to_bcoo(plan.structures[slot], finals[slot], graph.dtype).data)
+                for slot in slots}
+
     with jax.ensure_compile_time_eval():
-        return final_values(graph, plan, raw)
+        return jax.tree.map(np.asarray, jax.jit(jax.vmap(run))(stacked))
 
 
 def structural_keep(graph: Graph, plan: Plan) -> dict:
@@ -442,21 +454,20 @@ def structural_keep(graph: Graph, plan: Plan) -> dict:
     that is 0 on two independent random draws of them, with structural zeros
     at 0 and constants as they are, is the zero polynomial: it is 0 at
     every input.  Overflow or NaN in a draw only keeps entries.  Runs the
-    plan twice, eagerly, and only where some raw partial declares
-    structural zeros."""
+    plan once per draw (:func:`probe_finals`), only where some raw partial
+    declares structural zeros, once per plan (kept in ``graph.probes``)."""
     if not any(r.partial.nonzero is not None for r in graph.raw):
         return {}
-    draws = [probe_finals(graph, plan, seed) for seed in PROBE_SEEDS]
-    if draws[0] is None:
-        return {}
+    known = graph.probes.get(id(plan))
+    if known is not None and known[0] is plan:
+        return known[1]
+    found = probe_finals(graph, plan)
     kept = {}
-    with jax.ensure_compile_time_eval():
-        for slot in plan.final.values():
-            st = plan.structures[slot]
-            blocks = [to_bcoo(st, finals[slot], graph.dtype) for finals in draws]
-            nonzero = functools.reduce(np.logical_or, [np.asarray(b.data) != 0 for b in blocks])
-            if not nonzero.all():
-                kept[slot] = (np.flatnonzero(nonzero), np.asarray(blocks[0].indices)[nonzero])
+    for slot, (_, data) in (found or {}).items():
+        nonzero = (data != 0).any(axis=0)
+        if not nonzero.all():
+            kept[slot] = (np.flatnonzero(nonzero), entry_indices(plan.structures[slot])[nonzero])
+    graph.probes[id(plan)] = (plan, kept)
     return kept
 
 

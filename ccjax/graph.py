@@ -573,6 +573,7 @@ class Graph:
         self.fingerprint = self._fingerprint()
         self.plans: dict = {}  # order key -> Plan, filled by the API
         self.runners: dict = {}  # order key -> jitted executor, filled by the API
+        self.probes: dict = {}  # id(plan) -> (plan, structural zeros), filled by ccjax.eliminate
 
     # -- construction -------------------------------------------------------
     def _build(self, n_outputs: int) -> None:

@@ -179,3 +179,45 @@ def test_nan_partials_leave_the_left_out_entries_at_zero():
     assert got.nse == lower.sum()
     np.testing.assert_array_equal(np.asarray(got.todense())[lower], dense[lower])
     np.testing.assert_array_equal(np.asarray(got.todense())[~lower], 0.0)
+
+
+def _cholesky_of_gram(m):
+    return jnp.linalg.cholesky(m @ m.T + m.shape[0] * jnp.eye(m.shape[0]))
+
+
+def _batched_cholesky(m):
+    s = jnp.einsum("bij,bkj->bik", m, m) + 4 * jnp.eye(4)
+    return jax.lax.linalg.cholesky(s, symmetrize_input=False)
+
+
+@pytest.mark.parametrize("fn, shape, stored", [(_cholesky_of_gram, (6, 6), 546), (_batched_cholesky, (3, 4, 4), 360)])
+@pytest.mark.parametrize("order", ["auto", "fwd", "rev"])
+def test_cholesky_declares_the_zeros_of_jax_derivative(fn, shape, stored, order):
+    """``dL[i, j]`` reads ``dS[a, b]`` only for ``j <= i``, ``a <= i``,
+    ``b <= j``: the sparse output stores that pattern through the Gram
+    matrix (546 of 1296 entries; 468 are nonzero at this point), and one
+    matrix of a batch never reads another."""
+    m = jnp.asarray(np.random.default_rng(9).normal(size=shape))
+    want = np.asarray(jax.jacrev(fn)(m))
+    got = jax.jit(ccjax.jacve(fn, order=order, output="sparse"))(m)
+    np.testing.assert_allclose(np.asarray(got.todense()), want, rtol=1e-10, atol=1e-10)
+    assert np.count_nonzero(want) <= got.nse == stored < want.size
+
+
+def test_a_cholesky_pattern_jax_contradicts_is_not_declared(monkeypatch):
+    """The pattern is checked against JAX's derivative first: one that
+    misses entries JAX computes is not declared, and every entry is kept."""
+    from ccjax.rules import linalg
+
+    right = linalg._cholesky_pattern  # without the entries reading dS[a, 0]:
+    monkeypatch.setattr(linalg, "_cholesky_pattern", lambda shape: right(shape) & (np.arange(shape[-1]) > 0))
+    linalg._cholesky_reads.cache_clear()
+    try:
+        m = jnp.asarray(np.random.default_rng(10).normal(size=(5, 5)))
+        assert linalg._cholesky_reads((5, 5)) is None
+        got = ccjax.jacve(_cholesky_of_gram, order="rev", output="sparse")(m)
+        assert got.nse == 5 ** 4
+        np.testing.assert_allclose(np.asarray(got.todense()), np.asarray(jax.jacrev(_cholesky_of_gram)(m)),
+                                   rtol=1e-10, atol=1e-10)
+    finally:
+        linalg._cholesky_reads.cache_clear()

@@ -102,13 +102,14 @@ def labelled(out: int, slot: int, ctx: RuleContext, out_labels, in_labels, val_l
                    nonzero=None if nonzero is None else constant_mask(lambda: prepare(nonzero())), ones=ones)
 
 
-def constant_mask(fn: Callable[[], Any]) -> Callable[[], np.ndarray]:
+def constant_mask(fn: Callable[[], Any]) -> Callable[[], Optional[np.ndarray]]:
     """``fn`` computed once, eagerly (also inside an outer trace), as a NumPy
-    boolean array."""
+    boolean array (None stays None)."""
     @functools.cache
     def mask():
         with jax.ensure_compile_time_eval():
-            return np.asarray(fn()).astype(bool)
+            found = fn()
+            return None if found is None else np.asarray(found).astype(bool)
 
     return mask
 

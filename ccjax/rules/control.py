@@ -36,7 +36,7 @@ from jax import lax
 
 from ccjax.rules import opaque
 from ccjax.rules.base import Partial, RuleContext, constant_mask
-from ccjax.structure import is_selection, sum_plan
+from ccjax.structure import entry_positions, entry_values, is_selection, sum_plan
 
 
 def _inexact(aval) -> bool:
@@ -87,22 +87,23 @@ def cond_partials(ctx: RuleContext) -> list[Partial]:
     return parts
 
 
-def _union_nonzero(branches: list, k: int, j: int, union, embeds: tuple):
-    """Where the union's value can be nonzero: where some branch writes a
-    value that can be (its own structural zeros, and the entries of the
+def _union_nonzero(branches: list, k: int, j: int, union, embeds: tuple) -> np.ndarray:
+    """Where the union's value can be nonzero: where some branch stores an
+    entry that can be (its own structural zeros, and the entries of the
     union outside its structure, stay False)."""
-    mask = jnp.zeros(union.val_shape, bool)
+    reached = np.zeros((int(np.prod(union.out_shape)), int(np.prod(union.in_shape))), bool)
     for branch, embed in zip(branches, embeds):
         if embed == "zero":
             continue
-        st = branch.final(k, j)
-        found = branch.nonzero(k, j)
-        value = None if st.val is None else jnp.ones(st.val_shape) if found is None else jnp.asarray(found, float)
-        if embed is not None:
-            value = embed.apply(_zeros(union, value.dtype if value is not None else float), value,
-                                jnp.result_type(float))
-        mask = mask | (jnp.reshape(value, union.val_shape) != 0)
-    return mask
+        st, found = branch.final(k, j), branch.nonzero(k, j)
+        rows, cols = entry_positions(st)
+        if found is not None and st.val is not None:
+            keep = found.reshape(-1)[entry_values(st)]
+            rows, cols = rows[keep], cols[keep]
+        reached[rows, cols] = True
+    mask = np.zeros(int(np.prod(union.val_shape)), bool)
+    np.logical_or.at(mask, entry_values(union), reached[entry_positions(union)])
+    return mask.reshape(union.val_shape)
 
 
 def _embedding(union, st):

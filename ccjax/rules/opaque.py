@@ -30,7 +30,8 @@ def dense_partials(ctx: RuleContext, nonzero: Optional[Callable[[int, int], Opti
     ``nonzero(j, slot)``, when given, returns where the local Jacobian of
     output ``j`` with respect to operand ``slot`` can be nonzero (a boolean
     array of shape ``out_shape + in_shape``) or None (anywhere); see
-    :attr:`Partial.nonzero`.
+    :attr:`Partial.nonzero`.  It is called only when the sparse output
+    asks.
 
     Every differentiated variable is differentiated in one joint call, as
     JAX's AD of the enclosing function would: a variable read by several
@@ -70,13 +71,15 @@ def dense_partials(ctx: RuleContext, nonzero: Optional[Callable[[int, int], Opti
     return parts
 
 
-def _where(nonzero: Callable, j: int, slots: tuple, prepare: Callable) -> Optional[Callable]:
+def _where(nonzero: Callable, j: int, slots: tuple, prepare: Callable) -> Callable:
     """The ``Partial.nonzero`` of the dense partial of output ``j`` with
-    respect to the variable read by ``slots`` (the union over them)."""
-    masks = [nonzero(j, s) for s in slots]
-    if any(m is None for m in masks):
-        return None
-    return constant_mask(lambda: prepare(functools.reduce(np.logical_or, masks)))
+    respect to the variable read by ``slots`` (the union over them), built
+    when first asked for."""
+    def mask():
+        masks = [nonzero(j, s) for s in slots]
+        return None if any(m is None for m in masks) else prepare(functools.reduce(np.logical_or, masks))
+
+    return constant_mask(mask)
 
 
 def _on(ctx: RuleContext, ins, groups, outs):

@@ -18,16 +18,16 @@ import jax.numpy as jnp
 from ccjax.structure import bands, core, selection, terms
 from ccjax.structure.bands import deband_plan
 from ccjax.structure.core import (Axes, Band, ProductPlan, ReachMasked, Structure, SumPlan, UnionFind, clip_range,
-                                  common_chain, contract, dense, make_structure, reshape, split_sizes,
-                                  structure_from_labels, transpose, unit)
+                                  common_chain, contract, dense, entry_positions, entry_values, make_structure, reshape,
+                                  split_sizes, structure_from_labels, transpose, unit)
 from ccjax.structure.selection import Selection, is_selection
 from ccjax.structure.terms import Terms, is_terms, parts_of, values_of
 
 __all__ = ["Axes", "Band", "ProductPlan", "ReachMasked", "Structure", "SumPlan", "UnionFind", "clip_range",
            "common_chain", "contract", "deband_plan", "dense", "densify_plan", "eager_sum_plan", "entry_count",
-           "entry_indices", "is_selection", "is_terms", "make_structure", "parts_of", "product_plan", "reshape",
-           "Selection", "split_sizes", "structure_from_labels", "sum_plan", "Terms", "to_bcoo", "to_dense",
-           "transpose", "unit", "values_of"]
+           "entry_indices", "entry_positions", "entry_values", "is_selection", "is_terms", "make_structure",
+           "parts_of", "product_plan", "reshape", "Selection", "split_sizes", "structure_from_labels", "sum_plan",
+           "Terms", "to_bcoo", "to_dense", "transpose", "unit", "values_of"]
 
 
 @functools.lru_cache(maxsize=65536)

@@ -662,16 +662,32 @@ def entry_count(st: Structure) -> int:
     return count
 
 
-def pattern(st: Structure) -> np.ndarray:
-    """Where ``st`` is structurally nonzero: a boolean ``(M, N)`` array,
-    ``M = prod(out_shape)`` and ``N = prod(in_shape)``."""
+def entry_positions(st: Structure) -> tuple[np.ndarray, np.ndarray]:
+    """Each structural nonzero's flat row (into ``out_shape``) and column
+    (into ``in_shape``), in :func:`entry_indices` order."""
     indices, _ = _entries(st)
     n_out = len(st.out_axes)
     flat = lambda cols, shape: (np.ravel_multi_index(tuple(cols.T), shape) if shape
                                 else np.zeros(len(cols), np.int64))
-    m, n = math.prod(st.out_shape), math.prod(st.in_shape)
-    out = np.zeros((m, n), bool)
-    out[flat(indices[:, :n_out], st.out_shape), flat(indices[:, n_out:], st.in_shape)] = True
+    return flat(indices[:, :n_out], st.out_shape), flat(indices[:, n_out:], st.in_shape)
+
+
+def entry_values(st: Structure) -> Optional[np.ndarray]:
+    """Each structural nonzero's flat index into the stored value (in
+    :func:`entry_indices` order); None for a unit partial."""
+    if st.val is None:
+        return None
+    indices, index = _entries(st)
+    if not st.val:
+        return np.zeros(len(indices), np.int64)
+    return np.ravel_multi_index(tuple(index[s] for s in st.val), st.val_shape)
+
+
+def pattern(st: Structure) -> np.ndarray:
+    """Where ``st`` is structurally nonzero: a boolean ``(M, N)`` array,
+    ``M = prod(out_shape)`` and ``N = prod(in_shape)``."""
+    out = np.zeros((math.prod(st.out_shape), math.prod(st.in_shape)), bool)
+    out[entry_positions(st)] = True
     return out
 
 
