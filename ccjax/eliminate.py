@@ -445,9 +445,9 @@ def probe_finals(graph: Graph, plan: Plan) -> Optional[dict]:
 
 def structural_keep(graph: Graph, plan: Plan) -> dict:
     """``{slot: (positions, indices)}``: for each final block that stores
-    structural zeros (its values hold 0/1 selection matrices, or unions of
-    branches), the positions in ``to_bcoo``'s entries of the others and
-    their indices.
+    structural zeros (values built from partials that declare zeros: 0/1
+    selection matrices, unions of branches, a scan's causality, cholesky),
+    the positions in ``to_bcoo``'s entries of the others and their indices.
 
     Every stored entry of a final value is a polynomial in the raw stored
     values (products and sums of the plan) that are not constant.  An entry

@@ -189,6 +189,37 @@ def test_a_loop_with_a_collective_over_a_named_axis_is_not_rolled_and_stays_exac
     assert rolled and not any(rolled)
 
 
+@jax.custom_vjp
+def _half_gradient_sin(x):
+    return jnp.sin(x)
+
+
+# A backward rule that is not the true derivative: a rebind or a plan that
+# ignored it would differ from jax.jacrev.
+_half_gradient_sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (0.5 * g,))
+
+
+@pytest.mark.parametrize("tall", [False, True])
+def test_a_loop_over_a_custom_vjp_follows_its_rule_in_every_order(low_thresholds, tall):
+    """Each block's ``custom_vjp`` call carries rule objects of its own, so
+    the blocks differ and the loop stays unrolled; every order, eager and
+    jitted, gives ``jax.jacrev``'s Jacobian, which uses the custom rule."""
+    def f(x):
+        x = x * jnp.linspace(0.1, 1.0, 6) if tall else x
+        for _ in range(10):
+            x = _half_gradient_sin(x) * 1.1 + jnp.roll(x, 1) * 0.2
+        return x
+
+    x = jnp.asarray(0.7) if tall else jnp.linspace(0.1, 1.2, 6)
+    rolled = []
+    with mock.patch.object(trace, "roll_loops", lambda closed: rolled.append(roll.roll_loops(closed)) or rolled[-1]):
+        want = jax.jacrev(f)(x)
+        for order in ("auto", "rev", "fwd", "markowitz"):
+            assert_jac_equal(ccjax.jacve(f, order=order)(x), want)
+            assert_jac_equal(jax.jit(ccjax.jacve(f, order=order))(x), want)
+    assert rolled and not any(rolled)
+
+
 def test_an_explicit_order_names_the_unrolled_graphs_vertices(low_thresholds):
     x = jnp.linspace(0.1, 1.2, 6)
     g = ccjax.graph(rk4, x)

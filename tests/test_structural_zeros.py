@@ -80,7 +80,7 @@ def _union_count(fn, x) -> int:
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
-@pytest.mark.parametrize("order", ["auto", "fwd", "rev", "markowitz"])
+@pytest.mark.parametrize("order", ["auto", "fwd", "rev"])  # random orders: the property test below
 def test_sparse_output_stores_exactly_the_structural_nonzeros(name, order):
     fn = PROGRAMS[name]
     x = jnp.asarray(np.random.default_rng(1).normal(size=N))
@@ -143,7 +143,7 @@ LINEAR = {
 }
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(sorted(UNARY)), st.sampled_from(sorted(LINEAR)),
                           st.sampled_from(["+", "-", "*"])), min_size=1, max_size=4),
        st.integers(0, 2**31 - 1))
