@@ -57,8 +57,6 @@ class EliminatedBranch:
 
     @functools.cached_property
     def _probes(self) -> Optional[dict]:
-        if not any(r.partial.nonzero is not None for r in self.graph.raw):
-            return None  # nothing inside declares zeros: every value may be nonzero
         found = probe_finals(self.graph, self.plan)
         return None if found is None else self._by_pair({slot: values for slot, (values, _) in found.items()})
 

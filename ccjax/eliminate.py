@@ -427,7 +427,10 @@ def probe_finals(graph: Graph, plan: Plan) -> Optional[dict]:
     :func:`probe_values`, one row per seed of :data:`PROBE_SEEDS`: the
     stacked final values and the stacked data of their ``to_bcoo``;
     computed now (also inside an outer trace), as one compiled program;
-    None where there are no stand-ins."""
+    None where no raw partial declares zeros (every value may be nonzero)
+    or there are no stand-ins."""
+    if not any(r.partial.nonzero is not None for r in graph.raw):
+        return None
     raws = [probe_values(graph, seed) for seed in PROBE_SEEDS]
     if raws[0] is None:
         return None
@@ -456,8 +459,6 @@ def structural_keep(graph: Graph, plan: Plan) -> dict:
     every input.  Overflow or NaN in a draw only keeps entries.  Runs the
     plan once per draw (:func:`probe_finals`), only where some raw partial
     declares structural zeros, once per plan (kept in ``graph.probes``)."""
-    if not any(r.partial.nonzero is not None for r in graph.raw):
-        return {}
     known = graph.probes.get(id(plan))
     if known is not None and known[0] is plan:
         return known[1]
