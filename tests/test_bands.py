@@ -192,6 +192,19 @@ def test_stencils_under_vmap_and_eagerly_match_jacrev(name):
         np.testing.assert_allclose(ccjax.jacve(fn, order=order)(xs[0]), want[0], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["burgers", "bratu_roll", "lorenz96_indexed"])
+def test_banded_jacobians_are_differentiable(name):
+    """The dense form of several diagonals (written by a scatter-add) under
+    ``jacve``, ``jax.jacfwd`` and ``jax.grad`` equals JAX's second derivatives."""
+    fn, shape = PROGRAMS[name]
+    x = _input(shape, seed=4)
+    jac = ccjax.jacve(fn)
+    np.testing.assert_allclose(ccjax.jacve(jac)(x), jax.jacrev(jax.jacrev(fn))(x), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(jax.jit(jax.jacfwd(jac))(x), jax.jacfwd(jax.jacrev(fn))(x), rtol=1e-10, atol=1e-10)
+    loss = lambda j: lambda x: jnp.sum(jnp.sin(j(x)))
+    np.testing.assert_allclose(jax.grad(loss(jac))(x), jax.grad(loss(jax.jacrev(fn)))(x), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("name", ["burgers", "bratu_roll", "neumann_laplacian", "negative_pad", "lorenz96_indexed",
                                   "scatter_rows", "row_and_total_norms", "integral_constraint",
                                   "constraint_added_to_a_row", "bratu2d", "laplacian3d"])

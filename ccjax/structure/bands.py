@@ -144,35 +144,56 @@ class DebandPlan:
                       for k in range(len(band.offsets))]
             if band.slot in letters:
                 letters.remove(band.slot)
-            rows = letters.index(band.out)
-            n_out, n_in = st.sizes[band.out], st.sizes[band.inn]
-            shape = pieces[0].shape + (n_in,)
-            iota = lambda axis: lax.broadcasted_iota(np.int32, shape, axis)
-            i, j = iota(rows), iota(len(shape) - 1)
-            # Diagonals at distinct offsets never meet, so one select each
-            # writes them all, and a row range is tested only where it is
-            # narrower than the rows the diagonal crosses the block on: a
-            # write of few operations per entry, which XLA:CPU keeps on one
-            # thread (a costlier one is split across threads, and the
-            # hand-off costs more than the write).
-            # (Diagonals sharing an offset, on rows apart, are added.)
-            shared = {d for d, n in Counter(band.offsets).items() if n > 1}
-            out = lax.full(shape, 0, dtype)
-            for piece, d, (lo, hi) in zip(pieces, band.offsets, band.ranges):
-                if lo >= hi:
-                    continue
-                keep = lax.eq(j, lax.add(i, np.int32(d)))
-                if d in shared or (lo, hi) != clip_range(0, n_out, d, n_out, n_in):
-                    keep = lax.bitwise_and(keep, lax.bitwise_and(lax.ge(i, np.int32(lo)), lax.lt(i, np.int32(hi))))
-                spread = lax.broadcast_in_dim(piece, shape, tuple(range(piece.ndim)))
-                if d in shared:
-                    out = _add(out, lax.select(keep, spread, lax.full(shape, 0, dtype)))
-                else:
-                    out = lax.select(keep, spread, out)
-            value = out
+            value = write_diagonals(pieces, band.offsets, band.ranges, letters.index(band.out),
+                                    st.sizes[band.inn], dtype)
             letters.append(band.inn)
         value = _squeeze(value)
         return transpose(value, self.perm)
+
+
+def write_diagonals(pieces: Sequence, offsets: Sequence[int], ranges: Sequence[tuple[int, int]], rows: int,
+                    n_in: int, dtype):
+    """``out[..., i, ..., i + offsets[k]] = pieces[k][..., i, ...]`` for ``i``
+    in ``ranges[k]``, zero elsewhere; ``out`` has the pieces' shape plus a
+    last axis of ``n_in`` columns, and axis ``rows`` of the pieces is ``i``.
+    Diagonals that share an offset (on rows apart) add up, as the band's
+    sum says.  No multiplication.
+
+    A matrix of several diagonals (vector pieces) is one scatter-add of the
+    entries the band holds into zeros; anything else is one select per
+    diagonal over the block.  Measured on XLA:CPU (``docs/benchmarks.md``):
+    the selects test every entry once per diagonal and, at several
+    diagonals, the write gets split across threads whose hand-off costs
+    more than the write (a 64x64 block of 7 diagonals: 120 µs median
+    against 20-30 µs), while a scatter with windows (pieces with more axes,
+    e.g. a 2-D stencil's second band) is several times slower than the
+    selects."""
+    live = [(p, d, lo, hi) for p, d, (lo, hi) in zip(pieces, offsets, ranges) if lo < hi]
+    shape = tuple(pieces[0].shape) + (n_in,)
+    zeros = lax.full(shape, 0, dtype)
+    if len(live) > 1 and len(shape) == 2:
+        updates = lax.concatenate([lax.slice_in_dim(p, lo, hi).astype(dtype) for p, _, lo, hi in live], 0)
+        i = np.concatenate([np.arange(lo, hi) for _, _, lo, hi in live])
+        j = np.concatenate([np.arange(lo + d, hi + d) for _, d, lo, hi in live])
+        numbers = lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0, 1),
+                                              scatter_dims_to_operand_dims=(0, 1))
+        return lax.scatter_add(zeros, jnp.asarray(np.stack([i, j], 1), np.int32), updates, numbers,
+                               unique_indices=len(set(zip(i.tolist(), j.tolist()))) == len(i),
+                               mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    iota = lambda axis: lax.broadcasted_iota(np.int32, shape, axis)
+    i, j = iota(rows), iota(len(shape) - 1)
+    # Diagonals at distinct offsets never meet, so one select each writes
+    # them all, and a row range is tested only where it is narrower than
+    # the rows the diagonal crosses the block on.
+    shared = {d for d, n in Counter(offsets).items() if n > 1}
+    out = zeros
+    for piece, d, lo, hi in live:
+        keep = lax.eq(j, lax.add(i, np.int32(d)))
+        if d in shared or (lo, hi) != clip_range(0, shape[rows], d, shape[rows], n_in):
+            keep = lax.bitwise_and(keep, lax.bitwise_and(lax.ge(i, np.int32(lo)), lax.lt(i, np.int32(hi))))
+        spread = lax.broadcast_in_dim(piece.astype(dtype), shape, tuple(range(piece.ndim)))
+        out = _add(out, lax.select(keep, spread, zeros)) if d in shared else lax.select(keep, spread, out)
+    return out
 
 
 def _deband_letters(st: Structure) -> list[int]:
