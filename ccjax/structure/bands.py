@@ -698,7 +698,9 @@ def product(outer: Structure, inner: Structure):
 class BandedSumPlan:
     """``a + b`` with bands: each operand laid out over the result's value
     axes with its own diagonals, padded onto the union of diagonals, added,
-    equal diagonals merged.  ``const``: both unit with equal bands."""
+    equal diagonals merged (with one band, the two sets of diagonals are
+    concatenated instead: the same array, without a pad and an addition
+    per entry).  ``const``: both unit with equal bands."""
 
     result: Optional[Structure]
     a: Any  # EmbedPlan or None
@@ -707,6 +709,7 @@ class BandedSumPlan:
     merges: tuple[tuple[int, tuple, Optional[int]], ...]  # (slot axis, groups, row axis): see merge_slots
     const: Optional[int]
     additions: int
+    concat: Optional[int] = None  # with one band position: its slot axis, where a's and b's diagonals meet
 
     def apply(self, va, vb, dtype):
         if self.result is None:
@@ -715,10 +718,12 @@ class BandedSumPlan:
             return jnp.asarray(self.const, dtype)
         if self.a is None:  # unit + unit: the diagonals are the sum
             return None
-        zero = lax.full((), 0, dtype)
-        ea = lax.pad(self.a.apply(va, dtype), zero, self.pads[0])
-        eb = lax.pad(self.b.apply(vb, dtype), zero, self.pads[1])
-        out = _add(ea, eb)
+        ea, eb = self.a.apply(va, dtype), self.b.apply(vb, dtype)
+        if self.concat is not None:  # one band: a's diagonals, then b's
+            out = lax.concatenate([ea, eb], self.concat)
+        else:
+            zero = lax.full((), 0, dtype)
+            out = _add(lax.pad(ea, zero, self.pads[0]), lax.pad(eb, zero, self.pads[1]))
         for axis, groups, rows in reversed(self.merges):
             out = merge_slots(out, axis, groups, rows)
         return out
@@ -847,6 +852,9 @@ def _banded_sum(a: Structure, b: Structure) -> Optional[BandedSumPlan]:
     if perm != tuple(range(len(perm))):
         raise AssertionError("sum classes are laid out in symbol order")
     summed_shape = [n + lo + hi for n, (lo, hi, _) in zip(embeds[0].shape, pads[0])]
+    if len(band_pos) == 1:  # the diagonals side by side: no addition before the merges
+        return BandedSumPlan(st, embeds[0], embeds[1], tuple(pads), tuple(merges), None, 0,
+                             classes.index(slot_of[band_pos[0][0]]))
     return BandedSumPlan(st, embeds[0], embeds[1], tuple(pads), tuple(merges), None, math.prod(summed_shape))
 
 
