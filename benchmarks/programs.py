@@ -17,9 +17,10 @@ Methods, each the jitted Jacobian of the program (``jax.jit(M(f))``; for a
   runs the same choice);
 * ``jacrev``, ``jacfwd``: ``jax.jacrev`` / ``jax.jacfwd``;
 * ``asdex dense`` / ``asdex sparse``: ``asdex.jacobian(f, *args,
-  output_format="dense" | "bcoo")`` (``asdex.hessian`` for nested programs),
-  its sparsity detection and coloring done once outside ``jit`` (reported as
-  setup and included in its first call);
+  output_format="dense" | "bcoo")`` (for nested programs ``asdex.hessian``
+  of a scalar, ``asdex.jacobian`` applied twice otherwise), its sparsity
+  detection and coloring done once outside ``jit`` (reported as setup and
+  included in its first call);
 * ``f``: the jitted program itself (a reference, not a method).
 
 Per program and method:
@@ -118,7 +119,10 @@ def _asdex(method: str, p: Program, args: tuple) -> Callable:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if p.transform == "nested":
-            return asdex.hessian(p.fn, *args, argnums=p.argnums, output_format=fmt)
+            if math.prod(jax.eval_shape(p.fn, *args).shape) == 1:
+                return asdex.hessian(p.fn, *args, argnums=p.argnums, output_format=fmt)
+            inner = asdex.jacobian(p.fn, *args, argnums=p.argnums, output_format="dense")
+            return asdex.jacobian(inner, *args, argnums=p.argnums, output_format=fmt)
         if p.transform == "vmap":
             return jax.vmap(asdex.jacobian(p.fn, *first_example(p, args), argnums=p.argnums, output_format=fmt),
                             in_axes=p.in_axes)

@@ -9,8 +9,9 @@ are differentiated, and how a Jacobian method is applied to it
 
 * ``"plain"``: ``M(fn, argnums)`` — the Jacobian of ``fn``;
 * ``"vmap"``: ``vmap(M(fn, argnums), in_axes)`` — per-example Jacobians;
-* ``"nested"``: ``M(M(fn))`` — the Hessian of a scalar ``fn`` by the method
-  applied twice (``jacve(jacve(f))``, ``jacrev(jacrev(f))``, ...).
+* ``"nested"``: ``M(M(fn))`` — the Hessian of a scalar ``fn`` (the second
+  derivatives of a vector one) by the method applied twice
+  (``jacve(jacve(f))``, ``jacrev(jacrev(f))``, ...).
 
 ``ref`` names the eager float64 AD mode of the reference Jacobian: ``"rev"``
 (``jax.jacrev``) unless JAX cannot reverse the program (``lax.while_loop``:
@@ -569,6 +570,13 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         n = 8 if q else 64
         return Program("lorenz96_rhs", "ODE", lorenz96, (8.0 + _rng("l96").standard_normal(n),), 0,
                        what=f"Lorenz-96 right-hand side (jnp.roll), n={n}")
+
+    @reg
+    def p_lorenz96_nested(q):
+        n = 8 if q else 64
+        return Program("lorenz96_nested", "Hessian", lorenz96, (8.0 + _rng("l96").standard_normal(n),), 0,
+                       transform="nested",
+                       what=f"M(M(f)): second derivatives of Lorenz-96 (constant: a program that only moves data), n={n}")
 
     @reg
     def p_rk4_lorenz96(q):

@@ -166,6 +166,18 @@ class Counter:
                             f"{'outputs' if mode == 'rev' else 'inputs'}")
         return sum(self.node_mults(node, mode) for node in self.prog.nodes)
 
+    def mode_entries(self, mode: str) -> int:
+        """Tangent (``fwd``) or cotangent (``rev``) entries ``mode`` writes:
+        per basis vector, one per entry of each inexact variable that
+        carries one (active for ``fwd``, live for ``rev``)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
+        prog = self.prog
+        carries = (lambda i: prog.active[i]) if mode == "fwd" else (lambda i: i in self.live)
+        per_seed = sum(int(np.prod(prog.avals[o].shape)) for node in prog.nodes for o in node.outs
+                       if carries(o) and _inexact(prog.avals[o]))
+        return per_seed * (self.n_in if mode == "fwd" else self.n_out)
+
     def mode_lower_bound(self, mode: str) -> int:
         """A lower bound of :meth:`mode_mults` read off the program without
         tracing.  JAX's JVP of a ``mul`` or ``dot_general`` repeats that

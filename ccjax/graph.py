@@ -138,6 +138,7 @@ class _ProgramBuilder:
         self.nodes: list = []
         self.consts: dict = {}
         self.cacheable = True
+        self.effectful: set[int] = set()  # nodes kept even when no output reads them
 
     def var(self, aval, active: bool) -> int:
         self.avals.append(aval)
@@ -153,7 +154,10 @@ class _ProgramBuilder:
         self.consts[i] = value
         return i
 
-    def node(self, name, primitive, params, ins, out_avals, active_out=None, reverse_only=False) -> list:
+    def node(self, name, primitive, params, ins, out_avals, active_out=None, reverse_only=False,
+             effectful=False) -> list:
+        if effectful:
+            self.effectful.add(len(self.nodes))
         if active_out is None:
             any_in = any(self.active[i] for i in ins)
             active_out = [any_in and name not in ZERO_DERIVATIVE and _inexact(a.dtype) for a in out_avals]
@@ -189,7 +193,7 @@ class _ProgramBuilder:
                 outs = ins[:1]
             else:
                 outs = self.node(name, eqn.primitive, eqn.params, ins, out_avals,
-                                 reverse_only=_jaxpr.reverse_only(eqn))
+                                 reverse_only=_jaxpr.reverse_only(eqn), effectful=bool(eqn.effects))
             for v, i in zip(eqn.outvars, outs):
                 if not _jaxpr.is_dropvar(v):
                     env[v] = i
@@ -242,8 +246,25 @@ def build_program(closed_jaxpr, diff_inputs: Sequence[int], holomorphic: bool = 
     inputs = [b.var(v.aval, k in diff and _inexact(v.aval.dtype)) for k, v in enumerate(jaxpr.invars)]
     top = [b.var(v.aval, False) for v in jaxpr.constvars]
     outputs = b.inline(jaxpr, top, inputs)
-    nodes = b.nodes if holomorphic else fuse_complex(b.nodes, b.avals, b.active, outputs)
+    nodes = _needed_nodes(b.nodes, outputs, b.effectful)
+    nodes = nodes if holomorphic else fuse_complex(nodes, b.avals, b.active, outputs)
     return Program(b.avals, b.active, nodes, inputs, outputs, b.consts, top, b.cacheable)
+
+
+def _needed_nodes(nodes: list, outputs: Sequence[int], effectful: set[int]) -> list:
+    """``nodes`` less those whose results no output (or aux output) reads,
+    directly or through other nodes, unless they have effects.  XLA drops
+    such code from the compiled Jacobian, so neither the graph nor a count
+    of JAX's plain modes may charge for it (a nested ``jacve`` traces the
+    inner function's value, which the inner Jacobian never reads)."""
+    needed = set(outputs)
+    kept = []
+    for k in range(len(nodes) - 1, -1, -1):
+        node = nodes[k]
+        if k in effectful or any(o in needed for o in node.outs):
+            needed.update(node.reads)
+            kept.append(node)
+    return kept[::-1]
 
 
 def needs_whole_reverse(node: Node) -> tuple[str, ...]:

@@ -437,3 +437,18 @@ def test_diagonal_extraction_costs_nothing():
     value = jnp.arange(4.0).reshape(2, 2)
     assert plan.mults == count_mults(lambda v: plan.apply(v, None, jnp.float64), value) == 0
     assert float(plan.apply(value, None, jnp.float64)) == 0.0 + 3.0
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5), (7,), (2, 1, 3, 4), (64, 64, 64, 6)])
+@pytest.mark.parametrize("n", [0, 1, 500])
+def test_unique_rows_by_flat_positions_is_numpys_unique(shape, n):
+    from ccjax.structure.terms import _unique_rows
+
+    rng = np.random.default_rng(n + len(shape))
+    rows = np.stack([rng.integers(0, k, n) for k in shape], 1) if n else np.zeros((0, len(shape)), np.int64)
+    rows = np.concatenate([rows, rows[: n // 3]])  # repeats
+    want, inverse = np.unique(rows, axis=0, return_inverse=True)
+    got, got_inverse = _unique_rows(rows, shape, return_inverse=True)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert np.array_equal(got_inverse.reshape(-1), inverse.reshape(-1))
+    assert np.array_equal(_unique_rows(rows, shape), want)
