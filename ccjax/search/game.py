@@ -121,13 +121,16 @@ class Observation(NamedTuple):
     ``vertex (N, F_v)``: static vertex features, remaining flag, log1p of
     in/out degrees, of the stored values on in/out edges, of the Markowitz
     degree and of its count over valued edges only;
-    ``edge (N, N, F_s)``: features of the structure on ``u -> w`` (zeros
-    without an edge); ``real (N,)``: not padding and not isolated;
+    ``edge_ids (N, N) int32``: the structure on ``u -> w``, ``-1`` without
+    an edge (a DAG: never both ``u -> w`` and ``w -> u``);
+    ``struct_feat (K, F_s)``: the features of every structure id;
+    ``real (N,)``: not padding and not isolated;
     ``legal (N,)``: positions that may be eliminated.
     """
 
     vertex: jax.Array
-    edge: jax.Array
+    edge_ids: jax.Array
+    struct_feat: jax.Array
     real: jax.Array
     legal: jax.Array
 
@@ -136,11 +139,11 @@ def observe(tables: GameTables, state: GameState) -> Observation:
     g = state.graph
     E = state.edges.astype(jnp.int32)
     present = E >= 0
-    edge = jnp.where(present[..., None], _lookup(tables, "struct_feat", g, jnp.maximum(E, 0)), 0.0)
-    nnz = edge[..., 3]
+    ids = jnp.maximum(E, 0)
+    nnz = jnp.where(present, _lookup(tables, "struct_feat", g, ids, 3), 0.0)
     indeg = jnp.sum(present, axis=0)
     outdeg = jnp.sum(present, axis=1)
-    valued = present & (edge[..., 1] == 0)  # edges that store numbers (not ±unit)
+    valued = present & (_lookup(tables, "struct_feat", g, ids, 1) == 0)  # edges that store numbers (not ±unit)
     # For scalar vertices this product is exactly the cost of eliminating now.
     valued_pairs = (jnp.sum(valued, axis=0) * jnp.sum(valued, axis=1)).astype(jnp.float32)
     kind = _lookup(tables, "kind", g, slice(None))
@@ -156,4 +159,4 @@ def observe(tables: GameTables, state: GameState) -> Observation:
         jnp.log1p(valued_pairs),
     ], axis=-1)
     vertex = jnp.concatenate([vertex_feat, dynamic], axis=-1) * real[:, None]
-    return Observation(vertex, edge, real, state.remaining)
+    return Observation(vertex, E, _lookup(tables, "struct_feat", g, slice(None)), real, state.remaining)
