@@ -338,6 +338,51 @@ def test_sums_kept_as_terms_multiply_add_and_store_like_dense(data):
         assert (got[~reach] == 0).all(), (a.describe(), b.describe(), plan.result.describe())
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_entry_comparison_by_bounds_is_the_exact_comparison(data):
+    """``terms._more_entries`` (which forms a union of terms only when the
+    largest term and the sum of the terms do not decide) answers as the
+    comparison of exact entry counts, for lazy sums and plain structures on
+    either side."""
+    from ccjax.structure import core
+    from ccjax.structure.terms import _more_entries
+
+    rank = data.draw(st.integers(1, 2))
+    w, v = (data.draw(stencil_shapes(rank)) for _ in range(2))
+    draw = lambda: data.draw(st.one_of(stencils(w, v), structures(w, v, bands=True)))
+    a, _, _ = _summed(data, draw, most=3)
+    b, _, _ = _summed(data, draw, most=3)
+    for x, y in ((a, b), (b, a), (a, a)):
+        assert _more_entries(x, y, entry_count) == (entry_count(x) > entry_count(y))
+    for part in parts_of(a) + parts_of(b):  # the lower bound's premise
+        if core.entries_are_distinct(part):
+            assert len(np.unique(core.entry_indices(part), axis=0)) == core.entry_count(part)
+
+
+def test_entry_comparison_forms_the_union_only_between_its_bounds(monkeypatch):
+    """With terms of 3 and 5 entries at distinct positions whose union is 6:
+    ``count(a) > 6`` is decided by the bounds outside (5, 8], and only
+    inside is the union counted."""
+    from ccjax.structure import core
+    from ccjax.structure.terms import Terms, _more_entries
+
+    monkeypatch.setattr(core, "entries_are_distinct", lambda st: True)
+
+    small, large = "small term", "large term"
+    union = Terms((small, large))
+    counted = []
+
+    def count(x):
+        counted.append(x)
+        return {small: 3, large: 5, union: 6}[x] if not isinstance(x, int) else x
+
+    for n in range(2, 10):
+        counted.clear()
+        assert _more_entries(n, union, count) == (n > 6), n
+        assert (union in counted) == (5 < n <= 8), n
+
+
 def test_a_five_point_stencil_is_two_terms_of_three_diagonals():
     """Bands along two axes: kept as two terms (5 diagonals in all, not the
     9 of one structure holding both); a diagonal joins the term that has

@@ -662,6 +662,17 @@ def entry_count(st: Structure) -> int:
     return count
 
 
+def entries_are_distinct(st: Structure) -> bool:
+    """Whether no two of ``st``'s entries (:func:`entry_indices`) share a
+    position, so that :func:`entry_count` is the number of positions it
+    covers: every symbol of more than one index is on an axis, except the
+    slot of a band whose diagonals have distinct offsets (a band with two
+    diagonals at one offset stores that diagonal twice)."""
+    on_axes = {s for ax in st.out_axes + st.in_axes for s in ax}
+    told_apart = {b.slot for b in st.bands if b.slot is not None and len(set(b.offsets)) == len(b.offsets)}
+    return all(n == 1 or s in on_axes or s in told_apart for s, n in enumerate(st.sizes))
+
+
 def entry_positions(st: Structure) -> tuple[np.ndarray, np.ndarray]:
     """Each structural nonzero's flat row (into ``out_shape``) and column
     (into ``in_shape``), in :func:`entry_indices` order."""
