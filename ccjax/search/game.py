@@ -139,11 +139,12 @@ def observe(tables: GameTables, state: GameState) -> Observation:
     g = state.graph
     E = state.edges.astype(jnp.int32)
     present = E >= 0
+    struct_feat = _lookup(tables, "struct_feat", g, slice(None))
     ids = jnp.maximum(E, 0)
-    nnz = jnp.where(present, _lookup(tables, "struct_feat", g, ids, 3), 0.0)
+    nnz = jnp.where(present, struct_feat[ids, 3], 0.0)
     indeg = jnp.sum(present, axis=0)
     outdeg = jnp.sum(present, axis=1)
-    valued = present & (_lookup(tables, "struct_feat", g, ids, 1) == 0)  # edges that store numbers (not ±unit)
+    valued = present & (struct_feat[ids, 1] == 0)  # edges that store numbers (not ±unit)
     # For scalar vertices this product is exactly the cost of eliminating now.
     valued_pairs = (jnp.sum(valued, axis=0) * jnp.sum(valued, axis=1)).astype(jnp.float32)
     kind = _lookup(tables, "kind", g, slice(None))
@@ -159,4 +160,4 @@ def observe(tables: GameTables, state: GameState) -> Observation:
         jnp.log1p(valued_pairs),
     ], axis=-1)
     vertex = jnp.concatenate([vertex_feat, dynamic], axis=-1) * real[:, None]
-    return Observation(vertex, E, _lookup(tables, "struct_feat", g, slice(None)), real, state.remaining)
+    return Observation(vertex, E, struct_feat, real, state.remaining)
