@@ -132,6 +132,16 @@ COLLECTIVES = frozenset({"psum", "pmax", "pmin", "ppermute", "all_gather", "all_
 #: The primitives whose own scalar multiplications the cost model counts.
 MULTIPLYING = frozenset({"mul", "dot_general"})
 
+#: Primitives that only move, add, negate or select data: neither they nor
+#: JAX's JVP of them nor its transpose multiply, in any mode or ``vmap``
+#: (``tests/test_plain_modes.py`` traces each to check), so counting the
+#: multiplications of JAX's Jacobian programs needs no trace of them.
+MOVES_DATA = frozenset({
+    "slice", "pad", "concatenate", "reshape", "squeeze", "broadcast_in_dim", "transpose", "rev", "neg", "add",
+    "add_any", "sub", "convert_element_type", "reduce_sum", "cumsum", "gather", "scatter-add", "dynamic_slice",
+    "dynamic_update_slice", "select_n", "split",
+})
+
 
 def own_multiplications(name: str, params: dict, lhs_shape: Sequence[int], out_shape: Sequence[int]) -> int:
     """Scalar multiplications of one ``mul`` (its output size) or

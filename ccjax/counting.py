@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ccjax._jaxpr import MULTIPLYING, count_multiplications, hashable, own_multiplications, tangent_multiplications
+from ccjax._jaxpr import MOVES_DATA, MULTIPLYING, count_multiplications, hashable, own_multiplications, tangent_multiplications
 from ccjax.eliminate import evaluate_partial
 from ccjax.graph import Graph, Node
 
@@ -106,7 +106,7 @@ class Counter:
         of the whole program beyond its primal evaluation."""
         prog = self.prog
         active = [i for i in self._traced_ids(node) if prog.active[i]]
-        if not active:
+        if not active or (node.primitive is not None and node.name in MOVES_DATA):
             return 0
         key = (mode, self._signature(node))
         if key in self.memo:

@@ -14,7 +14,7 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 import ccjax  # noqa: E402
-from ccjax._jaxpr import TANGENT_MULTIPLYING, count_multiplications  # noqa: E402
+from ccjax._jaxpr import MOVES_DATA, TANGENT_MULTIPLYING, count_multiplications  # noqa: E402
 from ccjax.api import _plan  # noqa: E402
 from ccjax.eliminate import plan_elimination  # noqa: E402
 from ccjax.counting import Counter  # noqa: E402
@@ -181,6 +181,47 @@ def test_lower_bound_of_elementwise_functions_holds_and_has_teeth(name):
         bound = counter.mode_lower_bound(mode)
         assert bound == (6 + 2 * 6) * 6, (name, mode)
         assert bound <= counter.mode_mults(mode) == traced_mode_mults(g, mode), (name, mode)
+
+
+_DATA_MOVES = {
+    "slice": lambda x: x[1:5:2],
+    "pad": lambda x: jax.lax.pad(x, x[0], [(1, -2, 1)]),
+    "concatenate": lambda x: jnp.concatenate([x, x[:2]]),
+    "reshape": lambda x: x.reshape(2, 3),
+    "squeeze": lambda x: jax.lax.squeeze(x[None], (0,)),
+    "broadcast_in_dim": lambda x: jnp.broadcast_to(x, (2, 6)),
+    "transpose": lambda x: x.reshape(2, 3).T,
+    "rev": lambda x: x[::-1],
+    "neg": lambda x: -x,
+    "add": lambda x: x + x[::-1],
+    "add_any": lambda x: jax.grad(lambda y: jnp.sum(jnp.sin(y)) + jnp.sum(y))(x),
+    "sub": lambda x: x - 2.0 * x[::-1],
+    "convert_element_type": lambda x: x.astype(jnp.float32),
+    "reduce_sum": lambda x: jnp.sum(x.reshape(2, 3), 0),
+    "cumsum": jnp.cumsum,
+    "gather": lambda x: x[jnp.array([3, 1, 1])] + x[jnp.argmax(x)],
+    "scatter-add": lambda x: jnp.zeros(4).at[jnp.array([0, 2, 2])].add(x[:3]),
+    "dynamic_slice": lambda x: jax.lax.dynamic_slice(x, (jnp.argmin(x),), (2,)),
+    "dynamic_update_slice": lambda x: jax.lax.dynamic_update_slice(x, x[:2] * 2.0, (jnp.argmin(x),)),
+    "select_n": lambda x: jnp.where(x > 0.3, x, -x),
+    "split": lambda x: jnp.split(x, 2)[1],
+}
+
+
+def test_every_data_moving_primitive_is_checked():
+    assert set(_DATA_MOVES) == MOVES_DATA
+
+
+@pytest.mark.parametrize("name", sorted(_DATA_MOVES))
+def test_data_moving_primitives_multiply_in_no_mode(name):
+    """The counts skip tracing these (:data:`ccjax._jaxpr.MOVES_DATA`); the
+    whole program's jaxpr, traced, must agree that they multiply nowhere."""
+    f = lambda x: jnp.sin(_DATA_MOVES[name](x)) * 3.0
+    g = ccjax.graph(f, jnp.linspace(0.1, 0.8, 6))
+    assert name in [node.name for node in g.program.nodes]
+    counter = Counter(g)
+    for mode in ("fwd", "rev"):
+        assert counter.mode_mults(mode) == traced_mode_mults(g, mode), (name, mode)
 
 
 def test_lower_bound_skips_x_to_the_power_one():

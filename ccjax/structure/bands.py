@@ -182,7 +182,7 @@ def write_diagonals(pieces: Sequence, offsets: Sequence[int], ranges: Sequence[t
         # (``ccjax._jaxpr.forward_matches_reverse``), which nested Jacobians use.
         numbers = lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0, 1),
                                               scatter_dims_to_operand_dims=(0, 1))
-        return lax.scatter_add(zeros, jnp.asarray(np.stack([i, j], 1)[rank], np.int32), updates[rank], numbers,
+        return lax.scatter_add(zeros, jnp.asarray(np.stack([i, j], 1)[rank], np.int32), _take(updates, rank), numbers,
                                indices_are_sorted=True,
                                unique_indices=len(set(zip(i.tolist(), j.tolist()))) == len(i),
                                mode=lax.GatherScatterMode.CLIP)
@@ -200,6 +200,17 @@ def write_diagonals(pieces: Sequence, offsets: Sequence[int], ranges: Sequence[t
         spread = lax.broadcast_in_dim(piece.astype(dtype), shape, tuple(range(piece.ndim)))
         out = _add(out, lax.select(keep, spread, zeros)) if d in shared else lax.select(keep, spread, out)
     return out
+
+
+def _take(x, at: np.ndarray):
+    """``x[at]`` for a vector ``x`` and indices ``at`` known now and in
+    range: one gather with the indices as a constant.  (``x[at]`` would
+    wrap negative indices by ``select_n`` on the constant first, which a
+    nested ``jacve`` then evaluates, compiling each of its operations, to
+    learn the indices.)"""
+    numbers = lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=(0,), start_index_map=(0,))
+    return lax.gather(x, np.asarray(at, np.int32)[:, None], numbers, (1,), indices_are_sorted=False,
+                      unique_indices=len(set(at.tolist())) == len(at), mode=lax.GatherScatterMode.CLIP)
 
 
 def _deband_letters(st: Structure) -> list[int]:
