@@ -15,6 +15,7 @@ jax.config.update("jax_enable_x64", True)
 
 from counting import count_mults
 from test_elimination import _executed_mults, _orders
+from test_structure import shapes, stencil_shapes, stencils, structures
 
 import ccjax
 from ccjax.eliminate import plan_elimination
@@ -87,6 +88,45 @@ def test_products_with_selections_equal_dense_products_and_count_what_they_execu
     assert count_mults(lambda x, y: plan.apply(x, y, jnp.float64), a[1], b[1]) == plan.mults
     if isinstance(plan.result, Selection):
         assert plan.mults <= plan.result.nnz_values
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=hs.data(), kind=hs.sampled_from(["pick", "put"]), selection_outer=hs.booleans(), valued=hs.booleans(),
+       sign=hs.sampled_from([1, -1]), width=hs.integers(1, 3), seed=hs.integers(0, 1000))
+def test_selections_times_banded_structures_equal_dense_products(data, kind, selection_outer, valued, sign, width,
+                                                                 seed):
+    """A slice, pad, shift, stencil or replication next to a selection is read
+    as a selection with constant indices (``selection.static_selection``)
+    where the two then compose: the product equals the dense one and
+    multiplies what the plan counts."""
+    rng = np.random.default_rng(seed)
+    if data.draw(hs.booleans()):
+        rank = data.draw(hs.integers(1, 2))
+        v, u = data.draw(stencil_shapes(rank)), data.draw(stencil_shapes(rank))
+        other, other_value = data.draw(stencils(v, u) if selection_outer else stencils(u, v))
+    else:
+        v, u = data.draw(shapes(2)), data.draw(shapes(2))
+        other, other_value = data.draw(structures(v, u, bands=True) if selection_outer else structures(u, v, bands=True))
+    p = data.draw(hs.sampled_from(SHAPES))
+    if selection_outer:
+        sel = _selection(rng, kind, p, v, valued, sign, width=width)
+        a, b = sel, (other, other_value)
+    else:
+        sel = _selection(rng, kind, v, p, valued, sign, width=width)
+        a, b = (other, other_value), sel
+    plan = product_plan(a[0], b[0])
+    got = _matrix(plan.result, plan.apply(a[1], b[1], jnp.float64))
+    np.testing.assert_allclose(got, _matrix(*a) @ _matrix(*b), rtol=1e-12, atol=1e-12)
+    assert count_mults(lambda x, y: plan.apply(x, y, jnp.float64), a[1], b[1]) == plan.mults
+
+
+def test_a_selection_after_a_slice_stays_a_selection():
+    x_to_slice, _ = structure_from_labels((3,), (5,), ["o"], ["i"], bands=[("o", "i", 1)])  # x[1:4]
+    gather = Selection((4,), (3,), "pick", (("k", 0),))
+    scatter = Selection((6,), (3,), "put", (("k", 0),))
+    for outer in (gather, scatter):
+        plan = product_plan(outer, x_to_slice)
+        assert isinstance(plan.result, Selection) and plan.result.in_shape == (5,), outer.kind
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))

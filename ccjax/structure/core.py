@@ -702,7 +702,7 @@ def pattern(st: Structure) -> np.ndarray:
     return out
 
 
-def _full(st: Structure) -> bool:
+def is_full(st: Structure) -> bool:
     """Whether every entry of ``st`` is a structural nonzero (no band, no delta)."""
     symbols = [s for ax in st.out_axes + st.in_axes for s in ax]
     return not st.bands and len(symbols) == len(set(symbols))
@@ -720,11 +720,11 @@ def reached_values(result: Structure, outer: Structure, inner: Structure) -> Opt
     no path reaches (``nan * 0``); this mask keeps them at exactly 0.
     Costs at most one boolean ``(M, K) @ (K, N)`` product at trace time
     (none when an operand has no structural zero)."""
-    if result.val is None or (_full(outer) and _full(inner)):
+    if result.val is None or (is_full(outer) and is_full(inner)):
         return None
-    if _full(outer):  # a column is reached where the inner has an entry in it
+    if is_full(outer):  # a column is reached where the inner has an entry in it
         reach = np.broadcast_to(pattern(inner).any(axis=0), (math.prod(outer.out_shape), math.prod(inner.in_shape)))
-    elif _full(inner):
+    elif is_full(inner):
         reach = np.broadcast_to(pattern(outer).any(axis=1)[:, None],
                                 (math.prod(outer.out_shape), math.prod(inner.in_shape)))
     else:

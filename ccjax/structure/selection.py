@@ -35,6 +35,7 @@ here too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Hashable, Optional
 
@@ -246,10 +247,104 @@ def product(outer, inner) -> SelectionPlan:
     if is_selection(outer) and is_selection(inner):
         return _selection_times_selection(outer, inner)
     if is_selection(outer):
-        return (_scaled(outer, inner, diag_first=False) if _flat_symbols(inner) is not None
-                else _selection_times_dense(outer, inner))
-    return (_scaled(inner, outer, diag_first=True) if _flat_symbols(outer) is not None
-            else _dense_times_selection(outer, inner))
+        if _flat_symbols(inner) is not None:
+            return _scaled(outer, inner, diag_first=False)
+        return _through_static(outer, inner, sel_is_outer=True) or _selection_times_dense(outer, inner)
+    if _flat_symbols(outer) is not None:
+        return _scaled(inner, outer, diag_first=True)
+    return _through_static(inner, outer, sel_is_outer=False) or _dense_times_selection(outer, inner)
+
+
+#: Most entries per row a structure may have to be read as a static selection.
+MAX_STATIC_WIDTH = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticSelection:
+    """A structure read as a :class:`Selection` whose indices are known when
+    planning: ``selection`` (its keys name the structure), ``idx`` (the
+    constant ``(lead, width)`` index array) and either ``entries`` (where
+    each stored value of the structure goes: ``(lead, width)`` flat indices
+    into it, ``-1`` for padding) or ``padding`` (for a structure without
+    stored values: a constant 0/1 mask, None when every row is full);
+    ``sign`` multiplies the stored values or the mask."""
+
+    selection: Selection
+    idx: np.ndarray
+    entries: Optional[np.ndarray]
+    padding: Optional[np.ndarray]
+    sign: int = 1
+
+    def value(self, value, dtype):
+        """The selection's value from the structure's value."""
+        idx = jnp.asarray(self.idx)
+        if self.entries is not None:
+            flat = jnp.concatenate([jnp.reshape(jnp.asarray(value, dtype), (-1,)), jnp.zeros((1,), dtype)])
+            at = np.where(self.entries < 0, flat.shape[0] - 1, self.entries).astype(np.int32)
+            return idx, _stored(self.sign, _take(flat, jnp.asarray(at)))
+        if self.padding is not None:
+            return idx, jnp.asarray(self.padding * self.sign, dtype)
+        return (idx,)
+
+
+@functools.lru_cache(maxsize=4096)
+def static_selection(st: core.Structure, kind: str) -> Optional[StaticSelection]:
+    """``st`` (a structure with or without bands) as a selection of ``kind``
+    with constant indices: a pick lists, for every out element, the in
+    elements it reads; a put, for every in element, the out elements it
+    reaches.  None for a block without structural zeros (gathering its rows
+    is as good), or when some row has more than :data:`MAX_STATIC_WIDTH`
+    entries (or none has any).  Reading a structure this way moves no
+    value and multiplies nothing."""
+    if not isinstance(st, core.Structure) or core.is_full(st):
+        return None
+    lead = math.prod(st.out_shape if kind == "pick" else st.in_shape)
+    count = core.entry_count(st)
+    if count == 0 or count > MAX_STATIC_WIDTH * lead:
+        return None
+    rows, cols = core.entry_positions(st)
+    at, other = (rows, cols) if kind == "pick" else (cols, rows)
+    order = np.argsort(at, kind="stable")
+    at, other = at[order], other[order]
+    per_row = np.bincount(at, minlength=lead)
+    width = int(per_row.max())
+    if width > MAX_STATIC_WIDTH:
+        return None
+    starts = np.concatenate([[0], np.cumsum(per_row)[:-1]])
+    column = np.arange(len(at)) - starts[at]
+    idx = np.zeros((lead, width), np.int32)
+    idx[at, column] = other
+    full = bool((per_row == width).all())
+    keys = tuple(("static", st, kind, k) for k in range(width))
+    if st.val is not None:
+        entries = np.full((lead, width), -1, np.int64)
+        entries[at, column] = core.entry_values(st)[order]
+        return StaticSelection(Selection(st.out_shape, st.in_shape, kind, keys, ("v",)), idx, entries, None, st.sign)
+    if full:
+        return StaticSelection(Selection(st.out_shape, st.in_shape, kind, keys, None, st.sign), idx, None, None, 1)
+    padding = np.zeros((lead, width), np.int8)
+    padding[at, column] = 1
+    return StaticSelection(Selection(st.out_shape, st.in_shape, kind, keys, ("v",)), idx, None, padding, st.sign)
+
+
+def _through_static(sel: Selection, st, sel_is_outer: bool) -> Optional[SelectionPlan]:
+    """``sel ∘ st`` or ``st ∘ sel`` with ``st`` read as a selection of
+    ``sel``'s kind (:func:`static_selection`), when the two then compose
+    into one selection; else None (the dense product is planned instead)."""
+    static = static_selection(st, sel.kind)
+    if static is None:
+        return None
+    outer, inner = (sel, static.selection) if sel_is_outer else (static.selection, sel)
+    plan = _selection_times_selection(outer, inner)
+    if not is_selection(plan.result):
+        return None
+
+    def run(a, b, dtype):
+        if sel_is_outer:
+            return plan.run(a, static.value(b, dtype), dtype)
+        return plan.run(static.value(a, dtype), b, dtype)
+
+    return SelectionPlan(plan.result, plan.mults, plan.additions, run)
 
 
 def _both_valued(a, b) -> bool:
