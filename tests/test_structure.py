@@ -338,6 +338,28 @@ def test_sums_kept_as_terms_multiply_add_and_store_like_dense(data):
         assert (got[~reach] == 0).all(), (a.describe(), b.describe(), plan.result.describe())
 
 
+def test_terms_are_not_added_up_into_stored_zeros_a_nan_would_reach():
+    """``(t1 + t2) @ b`` with ``t1 = [[1, 1], [0, 0]]``, ``t2 = [[1, 0], [0, 0]]``
+    (row 1 structurally zero in both) and ``b`` a replicated scalar.  Added
+    up first, the terms are stored as a block with zeros in row 1, so a NaN
+    ``b`` reached row 1 of the product (``0 * nan``), where no path leads;
+    the products of the terms keep it at exactly 0, as ``jax.jacrev`` does.
+    (Found by ``test_sums_kept_as_terms_multiply_add_and_store_like_dense``.)"""
+    from ccjax.structure import Band, Terms
+
+    first_row = lambda out, inn: Band(out=out, inn=inn, slot=None, offsets=(0,), ranges=((0, 1),))
+    t1 = Structure(out_axes=((0,), ()), in_axes=((1,), (2,)), sizes=(2, 1, 2), val=None,
+                   bands=(first_row(0, 1),))
+    t2 = Structure(out_axes=((0,), (1,)), in_axes=((2,), (3,)), sizes=(2, 1, 1, 2), val=None,
+                   bands=(first_row(0, 2), first_row(1, 3)))
+    b = Structure(out_axes=((), (0,)), in_axes=((), ()), sizes=(2,), val=())
+    terms = Terms(parts=(t1, t2))
+    np.testing.assert_array_equal(_dense(terms, (None, None)).reshape(2, 2), [[2, 1], [0, 0]])
+    plan = product_plan(terms, b)
+    got = _dense(plan.result, plan.apply((None, None), jnp.asarray(np.nan), jnp.float64)).reshape(2)
+    assert np.isnan(got[0]) and got[1] == 0
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_entry_comparison_by_bounds_is_the_exact_comparison(data):

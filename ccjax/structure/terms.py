@@ -291,18 +291,22 @@ def product(outer, inner, plain: Callable, eager_sum: Callable, count: Callable)
     ``plain`` plans a product of two structures, ``count`` counts a
     result's structural nonzeros.
 
-    Adding up first is only an option when its result has no entry the
-    terms' products do not reach: the added-up operand stores zeros where
-    no term has an entry, and a product multiplies into them, so a NaN or
-    infinite partial would reach an entry no path reaches (where
-    ``jax.jacrev`` has a zero)."""
+    Adding up first is only an option when the added-up operands store no
+    entry their terms do not have, and its result no entry the terms'
+    products do not reach: an added-up operand stores zeros where no term
+    has an entry, and a product multiplies into them, so a NaN or infinite
+    partial would reach an entry no path reaches (where ``jax.jacrev`` has
+    a zero) -- even where the products' sum stores that entry (as an exact
+    zero) too."""
     if is_selection(outer) or is_selection(inner):
         return collapsed(outer, inner, eager_sum, plain)
     po, pi = parts_of(outer), parts_of(inner)
     products = tuple((i, j, plain(o, n)) for i, o in enumerate(po) for j, n in enumerate(pi))
     dist = DistributedPlan(outer, inner, products, fold([p.result for _, _, p in products], eager_sum))
     col = collapsed(outer, inner, eager_sum, plain)
-    if col is None or dist.result is None or _more_entries(col.result, dist.result, count):
+    if (col is None or dist.result is None or _more_entries(col.result, dist.result, count)
+            or any(f is not None and _more_entries(f.result, st, count)
+                   for f, st in ((col.outer, outer), (col.inner, inner)))):
         return dist
     if (col.mults, _stored(col.result)) < (dist.mults, _stored(dist.result)):
         return col
