@@ -6,6 +6,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from ccjax.rules.base import RuleContext, labelled
 
@@ -59,7 +60,12 @@ def _reduce_chooser(ctx):
         x = ins[0]
         m = jnp.expand_dims(outs[0], axes)
         location = (x == m) | (_picked(x, axes, ctx.name) & (m == m))
-        location = location.astype(outs[0].dtype)
+        # Materialised once: XLA would otherwise recompute the comparison in
+        # the numerator's fusion and again in the count's, where the two
+        # copies of ``x`` can round apart (an FMA in one only), and two
+        # tied copies of the min then got 1 each (seed 87 of the random
+        # functions, at XLA's optimisation level 0).
+        location = lax.optimization_barrier(location.astype(outs[0].dtype))
         return location / jnp.sum(location, axis=tuple(axes), keepdims=True)
 
     return [labelled(0, 0, ctx, out_labels, in_labels, in_labels, in_shape, values)]

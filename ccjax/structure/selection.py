@@ -200,6 +200,10 @@ def _matrix(st, value, dtype):
     if not is_selection(st):
         return core.reshape(bands.densify(st).apply(value, dtype), (m, n))
     idx, v = _parts(st, value, dtype)
+    if st.width > 1:  # one scatter-add of the entries, not one select over the block per column
+        lead = jnp.broadcast_to(lax.iota(np.int32, st.lead)[:, None], idx.shape)
+        rows, cols = (lead, idx) if st.kind == "pick" else (idx, lead)
+        return jnp.zeros((m, n), dtype).at[rows, cols].add(_entries(st, v, dtype), mode="clip")
     axis, lead_axis = (1, 0) if st.kind == "pick" else (0, 1)
     iota = lax.broadcasted_iota(np.int32, (m, n), axis)
     total = None
@@ -330,21 +334,42 @@ def static_selection(st: core.Structure, kind: str) -> Optional[StaticSelection]
 def _through_static(sel: Selection, st, sel_is_outer: bool) -> Optional[SelectionPlan]:
     """``sel ∘ st`` or ``st ∘ sel`` with ``st`` read as a selection of
     ``sel``'s kind (:func:`static_selection`), when the two then compose
-    into one selection; else None (the dense product is planned instead)."""
+    into one selection; else None (the dense product is planned instead).
+
+    Where ``st`` stores no values but its rows are padded, the padding is
+    not multiplied in: the product is planned with ``st`` as all ones, and
+    the padding, laid out the same way by the same composition, selects
+    which of its entries to keep (a ``select``, no multiplication)."""
     static = static_selection(st, sel.kind)
     if static is None:
         return None
-    outer, inner = (sel, static.selection) if sel_is_outer else (static.selection, sel)
-    plan = _selection_times_selection(outer, inner)
+    order = (lambda s, t: (s, t)) if sel_is_outer else (lambda s, t: (t, s))
+    if static.padding is None:
+        plan = _selection_times_selection(*order(sel, static.selection))
+        if not is_selection(plan.result):
+            return None
+
+        def run(a, b, dtype):
+            sel_value, st_value = order(a, b)
+            return plan.run(*order(sel_value, static.value(st_value, dtype)), dtype)
+
+        return SelectionPlan(plan.result, plan.mults, plan.additions, run)
+    ones = dataclasses.replace(static.selection, val=None, sign=static.sign)
+    plan = _selection_times_selection(*order(sel, ones))
     if not is_selection(plan.result):
         return None
+    layout = _selection_times_selection(*order(dataclasses.replace(sel, val=None, sign=1), static.selection))
+    result = dataclasses.replace(plan.result, val=("v",), sign=1)
 
-    def run(a, b, dtype):
-        if sel_is_outer:
-            return plan.run(a, static.value(b, dtype), dtype)
-        return plan.run(static.value(a, dtype), b, dtype)
+    def run_padded(a, b, dtype):
+        sel_value, _ = order(a, b)
+        idx = jnp.asarray(static.idx)
+        values = plan.run(*order(sel_value, (idx,)), dtype)
+        kept = layout.run(*order(sel_value[:1], (idx, jnp.asarray(static.padding, dtype))), dtype)[1]
+        v = values[1] if len(values) > 1 else jnp.full(values[0].shape, plan.result.sign, dtype)
+        return values[0], jnp.where(kept != 0, v, jnp.zeros((), dtype))
 
-    return SelectionPlan(plan.result, plan.mults, plan.additions, run)
+    return SelectionPlan(result, plan.mults + layout.mults, plan.additions + layout.additions, run_padded)
 
 
 def _both_valued(a, b) -> bool:
