@@ -156,8 +156,15 @@ def _parts(st: Selection, value, dtype):
 
 
 def _take(x, idx):
-    """Rows of ``x`` at indices known to be in range (no wrapping or filling)."""
-    return x.at[idx].get(mode="promise_in_bounds")
+    """Rows of ``x`` at indices known to be in range (no wrapping or
+    filling): ``x[idx]``, as one ``gather`` (NumPy-style indexing costs
+    about 2 ms of tracing per call, which a plan of many selection
+    products pays at every first call)."""
+    x, idx = jnp.asarray(x), jnp.asarray(idx)
+    rest = tuple(x.shape[1:])
+    numbers = lax.GatherDimensionNumbers(offset_dims=tuple(range(idx.ndim, idx.ndim + len(rest))),
+                                         collapsed_slice_dims=(0,), start_index_map=(0,))
+    return lax.gather(x, idx[..., None], numbers, (1,) + rest, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
 def _times(a, b, sign: int = 1):
@@ -270,8 +277,9 @@ class StaticSelection:
     constant ``(lead, width)`` index array) and either ``entries`` (where
     each stored value of the structure goes: ``(lead, width)`` flat indices
     into it, ``-1`` for padding) or ``padding`` (for a structure without
-    stored values: a constant 0/1 mask, None when every row is full);
-    ``sign`` multiplies the stored values or the mask."""
+    stored values: a constant 0/1 mask, None when every row is full; see
+    :func:`_through_static`); ``sign``: the structure's, folded into the
+    stored values."""
 
     selection: Selection
     idx: np.ndarray
@@ -280,15 +288,14 @@ class StaticSelection:
     sign: int = 1
 
     def value(self, value, dtype):
-        """The selection's value from the structure's value."""
+        """The selection's value from the structure's value (a padded
+        structure without stored values: its all-ones reading)."""
         idx = jnp.asarray(self.idx)
-        if self.entries is not None:
-            flat = jnp.concatenate([jnp.reshape(jnp.asarray(value, dtype), (-1,)), jnp.zeros((1,), dtype)])
-            at = np.where(self.entries < 0, flat.shape[0] - 1, self.entries).astype(np.int32)
-            return idx, _stored(self.sign, _take(flat, jnp.asarray(at)))
-        if self.padding is not None:
-            return idx, jnp.asarray(self.padding * self.sign, dtype)
-        return (idx,)
+        if self.entries is None:
+            return (idx,)
+        flat = jnp.concatenate([jnp.reshape(jnp.asarray(value, dtype), (-1,)), jnp.zeros((1,), dtype)])
+        at = np.where(self.entries < 0, flat.shape[0] - 1, self.entries).astype(np.int32)
+        return idx, _stored(self.sign, _take(flat, jnp.asarray(at)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -364,7 +371,7 @@ def _through_static(sel: Selection, st, sel_is_outer: bool) -> Optional[Selectio
     def run_padded(a, b, dtype):
         sel_value, _ = order(a, b)
         idx = jnp.asarray(static.idx)
-        values = plan.run(*order(sel_value, (idx,)), dtype)
+        values = plan.run(*order(sel_value, static.value(None, dtype)), dtype)
         kept = layout.run(*order(sel_value[:1], (idx, jnp.asarray(static.padding, dtype))), dtype)[1]
         v = values[1] if len(values) > 1 else jnp.full(values[0].shape, plan.result.sign, dtype)
         return values[0], jnp.where(kept != 0, v, jnp.zeros((), dtype))
