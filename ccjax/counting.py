@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ccjax._jaxpr import MOVES_DATA, MULTIPLYING, count_multiplications, hashable, own_multiplications, tangent_multiplications
+from ccjax._jaxpr import (MOVES_DATA, MULTIPLYING, count_multiplications, hashable, own_multiplications,
+                          tangent_multiplications)
 from ccjax.eliminate import evaluate_partial
 from ccjax.graph import Graph, Node
 

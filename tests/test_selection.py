@@ -106,7 +106,8 @@ def test_selections_times_banded_structures_equal_dense_products(data, kind, sel
         other, other_value = data.draw(stencils(v, u) if selection_outer else stencils(u, v))
     else:
         v, u = data.draw(shapes(2)), data.draw(shapes(2))
-        other, other_value = data.draw(structures(v, u, bands=True) if selection_outer else structures(u, v, bands=True))
+        shape_pair = (v, u) if selection_outer else (u, v)
+        other, other_value = data.draw(structures(*shape_pair, bands=True))
     p = data.draw(hs.sampled_from(SHAPES))
     if selection_outer:
         sel = _selection(rng, kind, p, v, valued, sign, width=width)
