@@ -370,8 +370,8 @@ def _through_static(sel: Selection, st, sel_is_outer: bool) -> Optional[Selectio
 
     def run_padded(a, b, dtype):
         sel_value, _ = order(a, b)
-        idx = jnp.asarray(static.idx)
-        values = plan.run(*order(sel_value, static.value(None, dtype)), dtype)
+        (idx,) = static.value(None, dtype)
+        values = plan.run(*order(sel_value, (idx,)), dtype)
         kept = layout.run(*order(sel_value[:1], (idx, jnp.asarray(static.padding, dtype))), dtype)[1]
         v = values[1] if len(values) > 1 else jnp.full(values[0].shape, plan.result.sign, dtype)
         return values[0], jnp.where(kept != 0, v, jnp.zeros((), dtype))
