@@ -177,6 +177,14 @@ def tangent_multiplications(name: str, params: dict, out_shape: Sequence[int]) -
     return int(np.prod(out_shape))
 
 
+def staged_alone(name: str, params: dict) -> bool:
+    """Whether :func:`bind` of this equation stages exactly itself: a
+    primitive without sub-jaxprs in its parameters, other than a gather
+    (which :func:`bind` may wrap in its own derivative rule).  Its
+    multiplications are then :func:`own_multiplications`, without a trace."""
+    return name != "gather" and not any(True for _ in jex.jaxprs_in_params(params))
+
+
 def count_multiplications(jaxpr) -> int:
     """Scalar multiplications in ``jaxpr``: a ``mul`` costs its output size, a
     ``dot_general`` its whole iteration space; sub-jaxprs are counted once

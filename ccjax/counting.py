@@ -5,7 +5,8 @@ modes over the whole function by the multiplications each program
 performs beyond the primal evaluation (:mod:`ccjax.jax_modes`).  Reading
 that from the jaxpr of the whole Jacobian program costs a full trace per
 candidate, about a millisecond per equation.  JAX's AD is compositional,
-so the same count is the sum, over the program's equations, of the count
+so the same count is the sum, over the program's equations (those JAX's AD
+of the program runs, ``Program.ad_nodes``), of the count
 of each equation's own Jacobian program: ``vmap`` of its JVP over the
 ``n_in`` tangent basis (forward mode) or of its VJP over the ``n_out``
 cotangent basis (reverse mode), with the same symbolic zeros the whole
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ccjax._jaxpr import (MOVES_DATA, MULTIPLYING, count_multiplications, hashable, own_multiplications,
-                          tangent_multiplications)
+                          staged_alone, tangent_multiplications)
 from ccjax.eliminate import evaluate_partial
 from ccjax.graph import Graph, Node
 
@@ -56,9 +57,9 @@ class Counter:
         outputs = prog.outputs[:len(graph.outputs)]
         self.n_out = sum(int(np.prod(prog.avals[i].shape)) for i in outputs)
         live = {i for i in outputs if prog.active[i]}
-        for node in reversed(prog.nodes):
+        for node in reversed(prog.ad_nodes):
             if any(o in live for o in node.outs):
-                live.update(i for i in node.reads if prog.active[i])
+                live.update(i for i in node.ad_reads if prog.active[i])
         self.live = live
         self.memo: dict = {}
         self.signatures: dict = {}
@@ -114,9 +115,6 @@ class Counter:
             return self.memo[key]
         ids = self._traced_ids(node)
 
-        def primal(values, _):
-            return node.ad_eval(self._env(node, values))
-
         def on_active(values, act):
             env = self._env(node, values)
             env.update(zip(active, act))
@@ -146,12 +144,23 @@ class Counter:
                 basis = [jnp.zeros((self.n_out,) + tuple(prog.avals[k].shape), prog.avals[k].dtype)
                          for k in live_outs]
                 return jax.vmap(lambda *c: pullback(list(c)))(*basis)
-        primal_key = ("primal", self._signature(node))
-        if primal_key not in self.memo:
-            self.memo[primal_key] = self._count(primal, ids)
-        count = max(0, self._count(jac, ids) - self.memo[primal_key])
+        count = max(0, self._count(jac, ids) - self.primal_mults(node))
         self.memo[key] = count
         return count
+
+    def primal_mults(self, node: Node) -> int:
+        """Multiplications of ``node``'s own evaluation (traced unless the
+        equation stages alone: :func:`~ccjax._jaxpr.staged_alone`)."""
+        if node.primitive is not None and staged_alone(node.name, node.params):
+            if node.name not in MULTIPLYING:
+                return 0
+            shape = lambda i: self.prog.avals[i].shape
+            return own_multiplications(node.name, node.params, shape(node.ins[0]), shape(node.outs[0]))
+        key = ("primal", self._signature(node))
+        if key not in self.memo:
+            self.memo[key] = self._count(lambda values, _: node.ad_eval(self._env(node, values)),
+                                         self._traced_ids(node))
+        return self.memo[key]
 
     # -- whole programs ----------------------------------------------------
 
@@ -165,7 +174,7 @@ class Counter:
         if not all(jnp.issubdtype(prog.avals[i].dtype, jnp.floating) for i in ends):
             raise TypeError(f"jax.jac{mode} of this program needs real-valued "
                             f"{'outputs' if mode == 'rev' else 'inputs'}")
-        return sum(self.node_mults(node, mode) for node in self.prog.nodes)
+        return sum(self.node_mults(node, mode) for node in self.prog.ad_nodes)
 
     def mode_entries(self, mode: str) -> int:
         """Tangent (``fwd``) or cotangent (``rev``) entries ``mode`` writes:
@@ -175,7 +184,7 @@ class Counter:
             raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
         prog = self.prog
         carries = (lambda i: prog.active[i]) if mode == "fwd" else (lambda i: i in self.live)
-        per_seed = sum(int(np.prod(prog.avals[o].shape)) for node in prog.nodes for o in node.outs
+        per_seed = sum(int(np.prod(prog.avals[o].shape)) for node in prog.ad_nodes for o in node.outs
                        if carries(o) and _inexact(prog.avals[o]))
         return per_seed * (self.n_in if mode == "fwd" else self.n_out)
 
@@ -192,7 +201,7 @@ class Counter:
             raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
         prog = self.prog
         own = 0
-        for node in prog.nodes:
+        for node in prog.ad_nodes:
             if not node.outs or not _inexact(prog.avals[node.outs[0]]):
                 continue
             out_shape = prog.avals[node.outs[0]].shape

@@ -55,6 +55,12 @@ class Node:
         of the original call for a ``TANGENT_OF`` node."""
         return self.ins + (self.params[2] if self.name == TANGENT_OF else ())
 
+    @property
+    def ad_reads(self) -> tuple[int, ...]:
+        """The variables :meth:`ad_eval` reads: ``ins``, except for a
+        ``TANGENT_OF`` node the operands of the original call only."""
+        return self.params[2] if self.name == TANGENT_OF else self.ins
+
     def ad_eval(self, env) -> list:
         """Like :meth:`eval` on ``env`` (values by variable id), but JAX's AD
         of it is JAX's AD of the original program: a ``TANGENT_OF`` node
@@ -120,11 +126,33 @@ class Program:
             # reverse pass reads ``ts[i]``); JAX's own trace hands it a jax
             # array there, the jaxpr a NumPy one.
             env = [jnp.asarray(v) if isinstance(v, np.ndarray) and v.ndim else v for v in env]
-        for node in self.nodes:
+        for node in self.ad_nodes if differentiable else self.nodes:
             outs = node.ad_eval(env) if differentiable else node.eval(*[env[i] for i in node.ins])
             for i, v in zip(node.outs, outs):
                 env[i] = v
         return env
+
+    @functools.cached_property
+    def ad_nodes(self) -> list:
+        """The nodes a differentiable :meth:`evaluate` runs: ``nodes`` less
+        the expansion of custom JVP rules that only ``TANGENT_OF`` nodes
+        read.  :meth:`Node.ad_eval` of a ``TANGENT_OF`` node rebinds the
+        original call, so JAX's AD of the program is JAX's AD of the
+        original function, without tracing and linearising the rule's
+        expansion beside it (``jnp.linalg.det``'s lowering: 0.12 -> 0.02 s).
+        Nodes no variable leads from to an output (kept for their effects)
+        stay."""
+        by_reads, by_ad_reads = set(self.outputs), set(self.outputs)
+        kept = []
+        for node in reversed(self.nodes):
+            if any(o in by_reads for o in node.outs):
+                by_reads.update(node.reads)
+            if any(o in by_ad_reads for o in node.outs):
+                by_ad_reads.update(node.ad_reads)
+            elif any(o in by_reads for o in node.outs):
+                continue  # read by a custom rule's expansion only
+            kept.append(node)
+        return kept[::-1]
 
 
 def _inexact(dtype) -> bool:

@@ -14,7 +14,7 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 import ccjax  # noqa: E402
-from ccjax._jaxpr import MOVES_DATA, TANGENT_MULTIPLYING, count_multiplications  # noqa: E402
+from ccjax._jaxpr import MOVES_DATA, TANGENT_MULTIPLYING, count_multiplications, staged_alone  # noqa: E402
 from ccjax.api import _plan  # noqa: E402
 from ccjax.eliminate import plan_elimination  # noqa: E402
 from ccjax.counting import Counter  # noqa: E402
@@ -72,6 +72,20 @@ def test_jax_mode_count_is_the_jaxpr_count():
     assert rev.report.mults == total - primal
 
 
+def test_a_plain_mode_differentiates_custom_rules_as_jax_does():
+    """JAX's modes run over the program without the expansion of a custom
+    JVP rule, which only the elimination reads: they multiply as much as
+    ``jax.jacrev``/``jax.jacfwd`` of the original function, no more."""
+    f = lambda A: jnp.linalg.det(A) * jax.nn.softplus(A)
+    A = jnp.eye(4) + 0.1 * jnp.arange(16.0).reshape(4, 4)
+    g = ccjax.graph(f, A)
+    assert len(g.program.ad_nodes) < len(g.program.nodes)
+    primal = count_multiplications(jax.make_jaxpr(f)(A).jaxpr)
+    for mode, transform in (("rev", jax.jacrev), ("fwd", jax.jacfwd)):
+        want = count_multiplications(jax.make_jaxpr(transform(f))(A).jaxpr) - primal
+        assert plan_jax_mode(g, mode).report.mults == traced_mode_mults(g, mode) == want, mode
+
+
 def _graphs_to_count():
     for seed in range(12):
         shapes = [(4,), (3, 2)]
@@ -92,6 +106,7 @@ def _graphs_to_count():
 
     clipped.defvjp(lambda v: (clipped(v), v), lambda v, g: (jnp.clip(g * jnp.cos(v), -1.0, 1.0),))
     yield "custom_vjp", ccjax.graph(lambda x: clipped(x * x) * x, x)
+    yield "custom_jvp", ccjax.graph(lambda x: jnp.linalg.det(jnp.outer(x, x[::-1]) + jnp.eye(6)) * jax.nn.relu(x), x)
     yield "cond_gather", ccjax.graph(
         lambda x: jax.lax.cond(x[0] > 0, jnp.sin, jnp.cos, x * x)[jnp.array([5, 1, 7])] * x[:3], x)
     yield "while", ccjax.graph(
@@ -118,6 +133,21 @@ def test_counts_summed_per_equation_equal_the_whole_jaxpr(name, g):
     assert program_mults(g, plan) == partials + plan.report.mults
 
 
+@pytest.mark.parametrize("name, g", list(_graphs_to_count()), ids=lambda v: v if isinstance(v, str) else "")
+def test_equations_staged_alone_are_counted_without_a_trace(name, g):
+    counter = Counter(g)
+    checked = 0
+    for node in g.program.nodes:
+        if node.primitive is None or not staged_alone(node.name, node.params):
+            continue
+        traced = count_multiplications(jax.make_jaxpr(
+            lambda values, node=node: node.ad_eval(counter._env(node, values)))(
+                counter._specs(counter._traced_ids(node))).jaxpr)
+        assert counter.primal_mults(node) == traced, (name, node.name)
+        checked += 1
+    assert checked or name == "while"  # the while graph is one loop equation
+
+
 def test_counter_traces_each_equation_signature_once():
     def f(x):
         for _ in range(30):
@@ -127,9 +157,10 @@ def test_counter_traces_each_equation_signature_once():
     g = ccjax.graph(f, jnp.linspace(0.1, 1.0, 5))
     counter = Counter(g)
     counter.mode_mults("rev")
-    # mul by a constant, tanh, mul of two active values: three signatures for 90 equations
+    # mul by a constant, tanh, mul of two active values: three signatures for 90 equations,
+    # whose own multiplications need no trace (each stages alone)
     assert len(g.program.nodes) == 90
-    assert sorted(kind for kind, _ in counter.memo) == ["primal"] * 3 + ["rev"] * 3
+    assert sorted(kind for kind, _ in counter.memo) == ["rev"] * 3
 
 
 def test_cheapest_counts_no_plain_mode_that_cannot_win(monkeypatch):

@@ -38,6 +38,32 @@ from jax import lax
 Axes = tuple[tuple[int, ...], ...]
 
 
+def hash_once(cls):
+    """Class decorator for a frozen dataclass used as (part of) a memo key:
+    its hash is computed on first use and kept.  Structures nest (bands in
+    structures, structures in selection keys, keys in keys along a path), so
+    the generated ``__hash__`` re-hashed the whole tree at every memo
+    lookup: 165,000 nested hashes in one plan of the nested Lorenz-96
+    Hessian.  Equality is the dataclass's, over the same fields; the kept
+    hash is left out of pickles (string hashes differ between processes)."""
+    names = tuple(f.name for f in dataclasses.fields(cls))
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, n) for n in names))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
+    cls.__hash__ = __hash__
+    cls.__getstate__ = __getstate__
+    return cls
+
+
+@hash_once
 @dataclasses.dataclass(frozen=True)
 class Band:
     """Shifted data between out symbol ``out`` and in symbol ``inn``.
@@ -76,6 +102,7 @@ def clip_range(lo: int, hi: int, offset: int, n_out: int, n_in: int) -> tuple[in
     return (lo, hi) if lo < hi else (0, 0)
 
 
+@hash_once
 @dataclasses.dataclass(frozen=True)
 class Structure:
     """Symbolic structure of a partial Jacobian (see module docstring).

@@ -48,6 +48,7 @@ from ccjax.structure import bands, core
 KINDS = ("pick", "put")
 
 
+@core.hash_once
 @dataclasses.dataclass(frozen=True)
 class Selection:
     """Structure of a selection partial (see module docstring).

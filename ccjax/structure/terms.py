@@ -37,6 +37,7 @@ from ccjax.structure.selection import is_selection
 MAX_TERMS = 4
 
 
+@core.hash_once
 @dataclasses.dataclass(frozen=True)
 class Terms:
     """A partial that is the sum of ``parts`` (two to :data:`MAX_TERMS`
