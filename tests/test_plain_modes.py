@@ -91,6 +91,10 @@ def _graphs_to_count():
         shapes = [(4,), (3, 2)]
         f = random_function(seed, shapes, n_ops=12)
         yield f"random{seed}", ccjax.graph(f, *random_inputs(seed, shapes), argnums=(0, 1))
+    for seed in range(4):  # custom JVP rules: the plain modes leave their expansion out
+        shapes = [(4,), (3, 2)]
+        f = random_function(seed, shapes, n_ops=10, ops=("custom_jvp", "unary", "binary"))
+        yield f"custom_jvp{seed}", ccjax.graph(f, *random_inputs(seed, shapes), argnums=(0, 1))
     for name in ("RoeFlux_1d", "RobotArm_6DOF", "BlackScholes_Jacobian", "Encoder"):
         fn, args = TASKS[name].graph_fn_and_inputs(0)
         yield name, ccjax.graph(fn, *args, argnums=TASKS[name].argnums)
