@@ -519,3 +519,21 @@ def test_unique_rows_by_flat_positions_is_numpys_unique(shape, n):
     assert got.dtype == want.dtype and np.array_equal(got, want)
     assert np.array_equal(got_inverse.reshape(-1), inverse.reshape(-1))
     assert np.array_equal(_unique_rows(rows, shape), want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_structures_keep_a_hash_equal_structures_share(data):
+    """``hash_once``: the kept hash is the dataclass's over the fields, so
+    equal structures built apart hash alike, and a pickle leaves it out."""
+    import dataclasses
+    import pickle
+
+    out_shape, in_shape = data.draw(shapes()), data.draw(shapes())
+    a, _ = data.draw(structures(out_shape, in_shape, bands=True))
+    b = dataclasses.replace(a)  # equal, built apart
+    assert a == b and a is not b
+    assert hash(a) == hash(b) == hash(tuple(getattr(a, f.name) for f in dataclasses.fields(a)))
+    assert "_hash" in a.__dict__
+    c = pickle.loads(pickle.dumps(a))
+    assert "_hash" not in c.__dict__ and c == a and hash(c) == hash(a)
