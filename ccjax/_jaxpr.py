@@ -32,6 +32,12 @@ def is_tracer(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+def is_known(x) -> bool:
+    """Whether ``x`` is an array whose values are known while tracing: a
+    NumPy array, or a JAX array that is no tracer."""
+    return isinstance(x, (np.ndarray, jax.Array)) and not is_tracer(x)
+
+
 def is_jax_value(x) -> bool:
     """Whether ``x`` can be a jaxpr input or output (arrays, scalars, tracers)."""
     return jex.valid_jaxtype(x) or is_tracer(x)

@@ -238,6 +238,70 @@ def test_programs_with_run_time_indices_match_jacrev_in_every_order_and_cost_is_
         np.testing.assert_allclose(ccjax.jacve(fn, order=order)(X, IDX), want, rtol=1e-12, atol=1e-12)
 
 
+def _integer_gathers(jaxpr) -> int:
+    """Gathers from integer arrays (index arithmetic) in ``jaxpr`` and its sub-jaxprs."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "gather" and jnp.issubdtype(eqn.invars[0].aval.dtype, jnp.integer):
+            count += 1
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            count += _integer_gathers(sub)
+    return count
+
+
+#: Programs whose gathers and scatters all read or write single elements at
+#: indices that do not depend on ``x`` (the others take rows, or sort ``x``).
+POINT_GATHERS = ("gather_twice", "gather_matvec", "segment_sum", "out_of_range")
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_constant_indices_are_composed_when_tracing(name):
+    """Indices fixed in the function: the selections' index arithmetic is
+    done in NumPy when the Jacobian program is traced (no integer gather
+    left for XLA where every gather reads single elements), and the
+    Jacobian is still exact in every order."""
+    fn = lambda x: PROGRAMS[name](x, IDX)
+    want = jax.jacrev(fn)(X)
+    g = ccjax.graph(fn, X)
+    for order in ["fwd", "rev", "markowitz", "auto"] + _orders(g, np.random.default_rng(2))[3:]:
+        jac = ccjax.jacve(fn, order=order)
+        np.testing.assert_allclose(jax.jit(jac)(X), want, rtol=1e-12, atol=1e-12)
+        if order in ("fwd", "rev", "markowitz") and name in POINT_GATHERS:
+            assert _integer_gathers(jax.make_jaxpr(jac)(X).jaxpr) == 0, order
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hs.data())
+def test_constant_point_gathers_read_what_xla_reads(data):
+    """The NumPy reading of a gather of single elements at constant indices
+    (``rules.selection._known_reads``) against XLA's gather of a flat iota
+    (``clip``) and of ones (``fill``), out-of-range and negative indices too."""
+    from jax import lax
+
+    from ccjax.rules.selection import _known_reads
+
+    operand = tuple(data.draw(hs.lists(hs.integers(1, 4), min_size=0, max_size=3)))
+    mapped = data.draw(hs.permutations(range(len(operand))))
+    mapped = tuple(mapped[:data.draw(hs.integers(0, len(operand)))])
+    batch = tuple(data.draw(hs.lists(hs.integers(1, 3), min_size=0, max_size=2)))
+    idx = np.asarray(data.draw(hs.lists(hs.integers(-6, 6), min_size=math.prod(batch) * len(mapped),
+                                        max_size=math.prod(batch) * len(mapped))), np.int32)
+    idx = idx.reshape(batch + (len(mapped),))
+    dn = lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=tuple(range(len(operand))),
+                                    start_index_map=mapped)
+    sizes = (1,) * len(operand)
+    flat, valid = _known_reads(operand, idx, dn, sizes)
+    iota = jnp.arange(math.prod(operand), dtype=jnp.int32).reshape(operand)
+    want_flat = lax.gather(iota, idx, dn, sizes, mode=lax.GatherScatterMode.CLIP)
+    want_valid = lax.gather(jnp.ones(operand), idx, dn, sizes, mode=lax.GatherScatterMode.FILL_OR_DROP, fill_value=0)
+    np.testing.assert_array_equal(flat.reshape(batch), want_flat)
+    np.testing.assert_array_equal(valid.reshape(batch), np.asarray(want_valid) == 1)
+    if operand:  # a window wider than one element is not read this way
+        wide = lax.GatherDimensionNumbers(offset_dims=(len(batch),), collapsed_slice_dims=tuple(range(1, len(operand))),
+                                          start_index_map=mapped)
+        assert _known_reads(operand, idx, wide, (operand[0],) + sizes[1:]) is None
+
+
 @pytest.mark.parametrize("name", ["gather_twice", "sort_pair", "segment_sum", "out_of_range"])
 def test_selections_under_vmap_over_values_and_indices(name):
     fn = PROGRAMS[name]

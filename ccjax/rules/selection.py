@@ -42,6 +42,30 @@ def _all_in_range(ctx: RuleContext, valid_of) -> bool:
         return bool(np.all(np.asarray(valid_of(jnp.asarray(idx)))))
 
 
+def _known_reads(operand, idx, dimension_numbers, slice_sizes) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """``(flat, valid)``, both ``(N, 1)``, for a gather of single elements
+    (every slice size 1, every operand dimension collapsed, no batching) at
+    indices known when the graph is built: the flat operand index each
+    result element reads, start indices clamped as XLA clamps them
+    (``clip``), and whether every start was in range (``fill``: the
+    element is read, not dropped); None for any other gather."""
+    dn = dimension_numbers
+    idx = np.asarray(idx)
+    if (dn.offset_dims or dn.operand_batching_dims or any(s != 1 for s in slice_sizes) or 0 in operand
+            or sorted(dn.collapsed_slice_dims) != list(range(len(operand))) or idx.ndim == 0
+            or idx.shape[-1] != len(dn.start_index_map) or not np.issubdtype(idx.dtype, np.integer)):
+        return None
+    starts = [np.zeros(idx.shape[:-1], np.int64) for _ in operand]
+    for k, d in enumerate(dn.start_index_map):
+        starts[d] = idx[..., k].astype(np.int64)
+    valid = np.ones(idx.shape[:-1], bool)
+    for d, size in enumerate(operand):
+        valid &= (starts[d] >= 0) & (starts[d] < size)
+        starts[d] = np.clip(starts[d], 0, size - 1)
+    flat = np.ravel_multi_index(starts, operand) if operand else np.zeros(idx.shape[:-1], np.int64)
+    return flat.reshape(-1, 1).astype(np.int32), valid.reshape(-1, 1)
+
+
 def _indexed(ctx: RuleContext, slot: int, kind: str, operand, dimension_numbers, slice_sizes,
              drops: bool) -> Partial:
     """The selection of operand ``slot`` whose flat indices a gather from the
@@ -54,7 +78,12 @@ def _indexed(ctx: RuleContext, slot: int, kind: str, operand, dimension_numbers,
                                                 unique_indices=params["unique_indices"], **over)
     valid_of = lambda idx: gather(jnp.ones(operand, np.float32), idx, mode=lax.GatherScatterMode.FILL_OR_DROP,
                                   fill_value=0)
-    stored = drops and not _all_in_range(ctx, valid_of)
+    known = ctx.static(1)
+    reads = None if known is None else _known_reads(operand, known, dimension_numbers, slice_sizes)
+    if reads is not None:
+        stored = drops and not bool(reads[1].all())
+    else:
+        stored = drops and not _all_in_range(ctx, valid_of)
     text = repr(sorted((k, repr(v)) for k, v in params.items()))
     key = ctx.name, ctx.same_value(1), hashlib.sha256(text.encode()).hexdigest()[:16], tuple(operand)
     out, inn = tuple(ctx.out_avals[0].shape), tuple(ctx.in_avals[slot].shape)
@@ -62,6 +91,8 @@ def _indexed(ctx: RuleContext, slot: int, kind: str, operand, dimension_numbers,
     dtype = ctx.out_avals[0].dtype
 
     def values(ins, _outs):
+        if reads is not None:  # constants: NumPy arrays the selection algebra keeps composing in NumPy
+            return (reads[0],) if not stored else (reads[0], reads[1].astype(dtype))
         idx = gather(_flat_iota(operand), ins[1], mode=lax.GatherScatterMode.CLIP).reshape(-1, 1)
         if not stored:
             return (idx,)

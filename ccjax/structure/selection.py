@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ccjax._jaxpr import is_known
 from ccjax.structure import bands, core
 
 KINDS = ("pick", "put")
@@ -160,12 +161,21 @@ def _take(x, idx):
     """Rows of ``x`` at indices known to be in range (no wrapping or
     filling): ``x[idx]``, as one ``gather`` (NumPy-style indexing costs
     about 2 ms of tracing per call, which a plan of many selection
-    products pays at every first call)."""
+    products pays at every first call).  Where both are known while
+    tracing (constant indices composed), NumPy takes them: the program
+    gets one constant instead of a gather and its index arithmetic."""
+    if is_known(x) and is_known(idx):
+        return np.take(np.asarray(x), np.asarray(idx), axis=0, mode="clip")
     x, idx = jnp.asarray(x), jnp.asarray(idx)
     rest = tuple(x.shape[1:])
     numbers = lax.GatherDimensionNumbers(offset_dims=tuple(range(idx.ndim, idx.ndim + len(rest))),
                                          collapsed_slice_dims=(0,), start_index_map=(0,))
     return lax.gather(x, idx[..., None], numbers, (1,) + rest, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _columns(arrays: list):
+    """Index columns side by side (in NumPy where all are known)."""
+    return np.concatenate(arrays, axis=1) if all(map(is_known, arrays)) else jnp.concatenate(arrays, axis=1)
 
 
 def _times(a, b, sign: int = 1):
@@ -291,12 +301,11 @@ class StaticSelection:
     def value(self, value, dtype):
         """The selection's value from the structure's value (a padded
         structure without stored values: its all-ones reading)."""
-        idx = jnp.asarray(self.idx)
         if self.entries is None:
-            return (idx,)
+            return (self.idx,)
         flat = jnp.concatenate([jnp.reshape(jnp.asarray(value, dtype), (-1,)), jnp.zeros((1,), dtype)])
         at = np.where(self.entries < 0, flat.shape[0] - 1, self.entries).astype(np.int32)
-        return idx, _stored(self.sign, _take(flat, jnp.asarray(at)))
+        return self.idx, _stored(self.sign, _take(flat, at))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -526,7 +535,7 @@ def _selection_operand(st, sel: Selection, value, dtype):
     """``(idx, v)`` of ``st`` as the selection ``sel`` (see :func:`_as_selection`)."""
     if is_selection(st):
         return _parts(st, value, dtype)
-    idx = lax.iota(np.int32, sel.lead)[:, None]
+    idx = np.arange(sel.lead, dtype=np.int32)[:, None]
     d = _diagonal(st, value, dtype)
     return idx, None if d is None else d[:, None]
 
@@ -555,7 +564,7 @@ def sum_(a, b) -> SelectionPlan:
             def run(va, vb, dtype):
                 ia, xa = _selection_operand(a, sa, va, dtype)
                 ib, xb = _selection_operand(b, sb, vb, dtype)
-                idx = jnp.concatenate([ia] + [ib[:, j:j + 1] for j in appended], axis=1) if appended else ia
+                idx = _columns([ia] + [ib[:, j:j + 1] for j in appended]) if appended else ia
                 if signs_only:
                     return (idx,)
                 xa, xb = _entries(sa, xa, dtype), _entries(sb, xb, dtype)
