@@ -32,7 +32,8 @@ Per program and method:
    first call = the sum (+ asdex's setup), which is what the first call of a
    fresh jitted function costs; the median of ``--first-calls`` (3) such
    cold calls, since one is at the mercy of the machine's load (a single
-   call slower than ``FIRST_CALL_REPEAT_LIMIT`` is not repeated).  Before the first calls of a program, ccjax
+   call slower than ``FIRST_CALL_REPEAT_LIMIT`` is not repeated).  Before
+   the first calls of a program, ccjax
    (dense and sparse), jacrev and jacfwd each run one untimed first call
    (:func:`warm_process`; ``--cold-process`` skips it), so that the
    process's one-time costs do not all fall on the method measured first.
@@ -614,7 +615,8 @@ def render(data: dict) -> str:
          "- **First call**: JAX's and ccjax's caches cleared, then trace (ccjax: graph, order and plan) + "
          "compile + the first call of `jax.jit(fn)`, float32; asdex includes its sparsity detection and coloring. "
          f"The median of {meta.get('first_calls', 1)} such cold calls (one where a call takes over "
-         f"{FIRST_CALL_REPEAT_LIMIT:g} s). A method whose first call exceeds {meta['first_call_limit']:g} s is skipped.",
+         f"{FIRST_CALL_REPEAT_LIMIT:g} s). "
+         f"A method whose first call exceeds {meta['first_call_limit']:g} s is skipped.",
          "- **Memory**: temp + output bytes of the compiled program (`compiled.memory_analysis()`).",
          "- **Correctness**: every method is also run jitted in float64 and compared with eager float64 AD "
          f"(`jax.jacrev`, `jax.jacfwd` for `while_fixed`; op by op under `jax.disable_jit`), tolerance "
