@@ -80,9 +80,9 @@ class Counter:
             params = tuple((k, hashable(v)) for k, v in sorted(node.params.items()))
         reads = tuple((tuple(prog.avals[i].shape), str(prog.avals[i].dtype),
                        bool(getattr(prog.avals[i], "weak_type", False)),
-                       i in prog.consts, bool(prog.active[i])) for i in node.reads)
+                       i in prog.consts, bool(prog.active[i])) for i in node.ad_reads)
         # operands reading one variable stay tied (``x * x``)
-        ties = tuple(node.reads.index(i) for i in node.reads)
+        ties = tuple(node.ad_reads.index(i) for i in node.ad_reads)
         outs = tuple(o in self.live for o in node.outs)
         return node.name, params, reads, ties, outs
 
@@ -90,12 +90,12 @@ class Counter:
         """Values by variable id: constants concrete (as in the whole
         program, where operations on them alone are folded), the others
         from ``traced`` in the order of :meth:`_traced_ids`."""
-        env = {i: self.prog.consts[i] for i in node.reads if i in self.prog.consts}
+        env = {i: self.prog.consts[i] for i in node.ad_reads if i in self.prog.consts}
         env.update(zip(self._traced_ids(node), traced))
         return env
 
     def _traced_ids(self, node: Node) -> list[int]:
-        return [i for i in dict.fromkeys(node.reads) if i not in self.prog.consts]
+        return [i for i in dict.fromkeys(node.ad_reads) if i not in self.prog.consts]
 
     def _specs(self, ids: Sequence[int]) -> list:
         return [jax.ShapeDtypeStruct(self.prog.avals[i].shape, self.prog.avals[i].dtype) for i in ids]
