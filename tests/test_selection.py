@@ -259,13 +259,18 @@ def test_constant_indices_are_composed_when_tracing(name):
     """Indices fixed in the function: the selections' index arithmetic is
     done in NumPy when the Jacobian program is traced (no integer gather
     left for XLA where every gather reads single elements), and the
-    Jacobian is still exact in every order."""
+    Jacobian is still exact in every order, eagerly, jitted and under
+    ``vmap`` over ``x``."""
     fn = lambda x: PROGRAMS[name](x, IDX)
     want = jax.jacrev(fn)(X)
+    xs = jnp.stack([X, np.cos(X)])
+    want_batch = jax.vmap(jax.jacrev(fn))(xs)
     g = ccjax.graph(fn, X)
     for order in ["fwd", "rev", "markowitz", "auto"] + _orders(g, np.random.default_rng(2))[3:]:
         jac = ccjax.jacve(fn, order=order)
         np.testing.assert_allclose(jax.jit(jac)(X), want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(jac(X), want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(jax.jit(jax.vmap(jac))(xs), want_batch, rtol=1e-12, atol=1e-12)
         if order in ("fwd", "rev", "markowitz") and name in POINT_GATHERS:
             assert _integer_gathers(jax.make_jaxpr(jac)(X).jaxpr) == 0, order
 
