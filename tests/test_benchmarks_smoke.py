@@ -162,14 +162,21 @@ def test_scaling_smoke(tmp_path):
 
 
 def test_selfplay_smoke(tmp_path):
-    out = _run("benchmarks.selfplay", "--smoke", "--simulations", "4", "--out", str(tmp_path), tmp_path=tmp_path)
+    from ccjax.search.policy import SHIPPED_POLICY
+
+    out = _run("benchmarks.selfplay", "--smoke", "--simulations", "4", "--baseline", SHIPPED_POLICY,
+               "--out", str(tmp_path), tmp_path=tmp_path)
     data = json.loads((tmp_path / "selfplay_cpu.json").read_text())
     (row,) = data["results"]
     assert row["task"] == "g" and row["games"] == 2 and row["simulations"] == 4
     assert row["moves"] > 0
-    for board in ("full", "shrink", "fine"):
+    for board in ("full", "shrink", "fine", "baseline"):
         for key in ("episodes_per_s", "episodes_per_cpu_s", "first_batch_s", "mean_cost"):
             assert row[board][key] > 0, (board, key)
-    for key in ("observe_ms", "network_ms", "step_ms", "speedup_per_cpu_s", "fine_speedup_per_cpu_s"):
+    for key in ("observe_ms", "network_ms", "step_ms", "speedup_per_cpu_s", "fine_speedup_per_cpu_s",
+                "over_baseline_per_cpu_s"):
         assert row[key] > 0, key
-    assert "| g |" in (tmp_path / "selfplay_cpu.md").read_text() and "episodes/CPU-s" in out
+    # The same network as baseline: its full board plays the same games as the policy's own.
+    assert row["baseline"]["mean_cost"] == row["full"]["mean_cost"]
+    md = (tmp_path / "selfplay_cpu.md").read_text()
+    assert "| g |" in md and "training ladder over baseline full" in md and "episodes/CPU-s" in out

@@ -208,9 +208,14 @@ def test_train_runs_resumes_and_exports(capsys, tmp_path):
     code, out, err = run(capsys, "train", "--dir", "run", "--iterations", "2", "--export", "p.msgpack")
     assert code == EXIT_OK, err
     assert "iteration 2/2" in out and "iteration 1/" not in out and "2/2 iterations in run (1 this run" in out
-    assert "wrote p.msgpack" in out
     pol = load_policy(str(tmp_path / "p.msgpack"))
     assert pol.network.dim == 16 and pol.info["iterations"] == 2
+    # Each run's last iteration is scored; the better of iterations 1 and 2 is shipped.
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    scores = [r["selection_score"] for r in history["iterations"]]
+    chosen = 1 if scores[0] <= scores[1] else 2
+    assert pol.info["network_iteration"] == chosen and pol.info["selection_score"] == min(scores)
+    assert f"wrote p.msgpack: the network of iteration {chosen} (the best greedy cost ratio" in out
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [r["iteration"] for r in history["iterations"]] == [1, 2]
     # Nothing left to do.

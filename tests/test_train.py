@@ -61,7 +61,7 @@ def _copy(trained, tmp_path):
 def test_checkpoint_files(trained):
     d, history, records = trained
     assert sorted(os.listdir(d)) == sorted([train.STATE_FILE, train.REPLAY_FILE, train.HISTORY_FILE,
-                                            train.CONFIG_FILE])  # no temporaries left
+                                            train.CONFIG_FILE, train.SELECTED_FILE])  # no temporaries left
     state = _read_state(d)
     assert int(state["iteration"]) == 2 and int(state["updates"]) == 2 * TINY.updates_per_iteration
     assert TrainConfig.from_dict(json.load(open(os.path.join(d, train.CONFIG_FILE)))) == TINY
@@ -179,6 +179,69 @@ def test_export_policy(trained, tmp_path):
     assert len(got) == len(want) > 0
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+def _selection_inputs():
+    from ccjax.search import corpus
+    from ccjax.search.tables import stack
+
+    items = corpus.build(TINY.train_tasks, TINY.random_seeds, TINY.num_vertices, TINY.num_structures)
+    return items, np.asarray(stack([it.encoded.tables for it in items]).scale)
+
+
+def test_the_last_iteration_is_evaluated_and_selected(trained):
+    d, history, records = trained
+    params, iteration, score = train.read_selected(d)
+    assert iteration == 2 and "selection_score" not in history["iterations"][0]
+    assert history["iterations"][1]["selection_score"] == score == records[1]["selection_score"]
+    # The score is the greedy order's cost over the best of fwd/rev/Markowitz on task g, recomputed here.
+    from ccjax.eliminate import plan_elimination
+    from ccjax.resolve import resolve_order
+    from ccjax.search.api import learned_order
+    from ccjax.search.policy import Policy
+
+    items, scales = _selection_inputs()
+    (g,) = [it.graph for it in items]
+    best = min(plan_elimination(g, resolve_order(g, o)).report.mults for o in ("fwd", "rev", "markowitz"))
+    assert scales[0] == best
+    greedy = plan_elimination(g, learned_order(g, Policy(TINY.network, params, TINY.search, {}))).report.mults
+    assert score == pytest.approx(greedy / best)
+    assert train.selection_score(TINY, params, items, scales) == score
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(_read_state(d)["params"])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_export_ships_the_selected_network(trained, tmp_path):
+    d = _copy(trained, tmp_path)
+    first = flax.serialization.msgpack_restore(
+        open(os.path.join(os.path.dirname(trained[0]), "state-1.msgpack"), "rb").read())["params"]
+    train._save_selected(d, first, 1, 0.5)  # as if iteration 1 had scored better
+    path = str(tmp_path / "selected.msgpack")
+    train.export_policy(d, path)
+    pol = load_policy(path)
+    assert pol.info["network_iteration"] == 1 and pol.info["selection_score"] == 0.5 and pol.info["iterations"] == 2
+    for a, b in zip(jax.tree_util.tree_leaves(pol.params), jax.tree_util.tree_leaves(first)):
+        np.testing.assert_array_equal(a, b)
+    train.export_policy(d, path, selected=False)
+    assert load_policy(path).info["network_iteration"] == 2
+    # Resuming keeps a better selection: iteration 3 scores worse than 0.5 ... unless it is better.
+    history = train.train(d, dataclasses.replace(TINY, iterations=3))
+    score = history["iterations"][2]["selection_score"]
+    assert train.read_selected(d)[1:] == ((3, score) if score < 0.5 else (1, 0.5))
+
+
+@pytest.mark.parametrize("content", [b"", b"not msgpack", flax.serialization.msgpack_serialize({"params": {}}),
+                                     flax.serialization.msgpack_serialize(
+                                         {"params": {"w": np.zeros(3, np.float32)}, "iteration": 1, "score": 0.5})])
+def test_a_corrupt_selected_network_is_named(trained, tmp_path, content):
+    d = _copy(trained, tmp_path)
+    with open(os.path.join(d, train.SELECTED_FILE), "wb") as f:
+        f.write(content)
+    with pytest.raises(CheckpointError, match="selected.msgpack"):
+        train.export_policy(d, str(tmp_path / "p.msgpack"))
+    with pytest.raises(CheckpointError, match="selected.msgpack"):
+        train.train(d, dataclasses.replace(TINY, iterations=3))
+    assert not os.path.exists(tmp_path / "p.msgpack")
 
 
 SHARDED_SELF_PLAY = textwrap.dedent("""

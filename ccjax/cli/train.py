@@ -148,9 +148,14 @@ def cmd_train(ns) -> int:
             raise CLIError(f"nothing to export: {ns.dir} holds no finished iteration", EXIT_ERROR)
         try:
             train_lib.export_policy(ns.dir, ns.export)
+            from ccjax.search.policy import load_policy
+
+            info = load_policy(ns.export).info
         except train_lib.CheckpointError as e:
             raise CLIError(str(e), EXIT_ERROR) from None
-        print(f"wrote {ns.export}")
+        score = info.get("selection_score")
+        print(f"wrote {ns.export}: the network of iteration {info['network_iteration']}"
+              + ("" if score is None else f" (the best greedy cost ratio on the training tasks, {score:.3f})"))
     return EXIT_OK
 
 
