@@ -689,4 +689,4 @@ def test_kill_in_the_first_iteration_starts_over(tmp_path, monkeypatch):
     assert train.REPLAY_FILE + train.STAGED in os.listdir(d)
     history = train.train(d, ONE)
     assert [r["iteration"] for r in history["iterations"]] == [1]
-    assert sorted(os.listdir(d)) == sorted(FILES)
+    assert sorted(os.listdir(d)) == sorted(FILES + (train.SELECTED_FILE,))  # the last iteration is scored

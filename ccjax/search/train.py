@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -582,18 +583,29 @@ def selection_items(config: TrainConfig, items: list) -> list[int]:
     return named or list(range(len(items)))
 
 
-def selection_score(config: TrainConfig, params, items: list, scales: Sequence[float]) -> float:
+def selection_score(config: TrainConfig, params, items: list, tables: GameTables) -> float:
     """Geometric mean over :func:`selection_items` of the greedy order's
-    multiplications (``ccjax.cost``'s count, as ``order="learned"`` plays
-    it) over the graph's best of fwd/rev/Markowitz (``scales``); lower is better."""
-    from ccjax.orders.incremental import Evaluator
-    from ccjax.search.api import learned_order
-    from ccjax.search.policy import Policy
+    multiplications (argmax of the policy at every step, as
+    ``order="learned"`` plays it; the game's count is ``ccjax.cost``'s) over
+    the graph's best of fwd/rev/Markowitz (``tables.scale``); lower is better.
+    ``tables``: the corpus's stacked tables."""
+    ids = selection_items(config, items)
+    mults = np.asarray(_greedy_mults(config.network, params, tables, jnp.asarray(ids, jnp.int32)))
+    scales = np.asarray(tables.scale)[ids]
+    return math.exp(float(np.mean(np.log(mults / scales))))
 
-    policy = Policy(config.network, jax.tree_util.tree_map(np.asarray, params), config.search, {})
-    logs = [math.log(Evaluator(items[i].graph).cost(learned_order(items[i].graph, policy)) / float(scales[i]))
-            for i in selection_items(config, items)]
-    return math.exp(sum(logs) / len(logs))
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _greedy_mults(net: NetworkConfig, params, tables: GameTables, graph_ids) -> jax.Array:
+    """``(G,)`` multiplications of the greedy game on each of ``graph_ids``.
+    A finished game has no legal move: its step changes nothing."""
+    def body(states, _):
+        logits, _ = mcts.evaluate(net, params, tables, states)
+        states = jax.vmap(game.step, (None, 0, 0))(tables, states, jnp.argmax(logits, axis=-1)).state
+        return states, None
+
+    final, _ = jax.lax.scan(body, mcts.initial_states(tables, graph_ids), None, length=tables.edges.shape[-1])
+    return final.mults
 
 
 def _save_selected(checkpoint_dir: str, params, iteration: int, score: float) -> None:
@@ -809,7 +821,6 @@ def train(checkpoint_dir: str, config: Optional[TrainConfig] = None,
     np_rng = np.random.default_rng([config.seed, state.iteration])
     selected = read_selected(checkpoint_dir, state.params)
     selected_score = math.inf if selected is None else selected[2]
-    scales = np.asarray(tables.scale)
     demos = None
     if config.demo_seconds > 0:
         demo_path = os.path.join(checkpoint_dir, DEMO_FILE)
@@ -868,7 +879,7 @@ def train(checkpoint_dir: str, config: Optional[TrainConfig] = None,
         history["elapsed"] = elapsed0 + time.perf_counter() - start
         history["best"] = state.best
         if state.iteration % SELECT_EVERY == 0 or state.iteration == config.iterations:
-            score = selection_score(config, state.params, items, scales)
+            score = selection_score(config, state.params, items, tables)
             record["selection_score"] = score
             if score < selected_score:
                 _save_selected(checkpoint_dir, state.params, state.iteration, score)
