@@ -60,12 +60,13 @@ def measure(task: str, games: int, simulations: int, capacity: int, num_structur
     params = jax.tree_util.tree_map(jnp.asarray, policy.params)
     ids = [0] * games
     key = jax.random.PRNGKey(seed)
-    runs = [("full", False, LADDER, policy), ("shrink", True, LADDER, policy), ("fine", True, FINE_LADDER, policy)]
+    runs = [("full", False, LADDER, policy.network, params), ("shrink", True, LADDER, policy.network, params),
+            ("fine", True, FINE_LADDER, policy.network, params)]
     if baseline_path is not None:
-        runs.append(("baseline", False, LADDER, default_policy(baseline_path)))
+        baseline = default_policy(baseline_path)
+        runs.append(("baseline", False, LADDER, baseline.network, jax.tree_util.tree_map(jnp.asarray, baseline.params)))
     row = {}
-    for label, shrink, ladder, pol in runs:
-        net, pars = pol.network, jax.tree_util.tree_map(jnp.asarray, pol.params)
+    for label, shrink, ladder, net, pars in runs:
         t0 = time.perf_counter()
         self_play(net, search, pars, tables, ids, key, shrink=shrink, ladder=ladder)  # compiles
         first = time.perf_counter() - t0

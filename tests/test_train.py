@@ -218,8 +218,9 @@ def test_export_ships_the_selected_network(trained, tmp_path):
         open(os.path.join(os.path.dirname(trained[0]), "state-1.msgpack"), "rb").read())["params"]
     train._save_selected(d, first, 1, 0.5)  # as if iteration 1 had scored better
     path = str(tmp_path / "selected.msgpack")
-    train.export_policy(d, path)
+    info = train.export_policy(d, path)
     pol = load_policy(path)
+    assert pol.info == info
     assert pol.info["network_iteration"] == 1 and pol.info["selection_score"] == 0.5 and pol.info["iterations"] == 2
     for a, b in zip(jax.tree_util.tree_leaves(pol.params), jax.tree_util.tree_leaves(first)):
         np.testing.assert_array_equal(a, b)

@@ -147,10 +147,7 @@ def cmd_train(ns) -> int:
         if not done:
             raise CLIError(f"nothing to export: {ns.dir} holds no finished iteration", EXIT_ERROR)
         try:
-            train_lib.export_policy(ns.dir, ns.export)
-            from ccjax.search.policy import load_policy
-
-            info = load_policy(ns.export).info
+            info = train_lib.export_policy(ns.dir, ns.export)
         except train_lib.CheckpointError as e:
             raise CLIError(str(e), EXIT_ERROR) from None
         score = info.get("selection_score")

@@ -875,15 +875,14 @@ def train(checkpoint_dir: str, config: Optional[TrainConfig] = None,
         record = {"iteration": state.iteration, "loss": float(loss), "policy_loss": float(pl),
                   "value_loss": float(vl), "mean_ratio": float(np.mean(ratios)),
                   "seconds": time.perf_counter() - t0, "replay": replay.size}
-        history["iterations"].append(record)
-        history["elapsed"] = elapsed0 + time.perf_counter() - start
-        history["best"] = state.best
         if state.iteration % SELECT_EVERY == 0 or state.iteration == config.iterations:
-            score = selection_score(config, state.params, items, tables)
-            record["selection_score"] = score
+            record["selection_score"] = score = selection_score(config, state.params, items, tables)
             if score < selected_score:
                 _save_selected(checkpoint_dir, state.params, state.iteration, score)
                 selected_score = score
+        history["iterations"].append(record)
+        history["elapsed"] = elapsed0 + time.perf_counter() - start
+        history["best"] = state.best
         replay.iteration = state.iteration
         _save(checkpoint_dir, state, replay, history)
         if progress is not None:
@@ -891,10 +890,11 @@ def train(checkpoint_dir: str, config: Optional[TrainConfig] = None,
     return history
 
 
-def export_policy(checkpoint_dir: str, path: str, selected: bool = True) -> None:
+def export_policy(checkpoint_dir: str, path: str, selected: bool = True) -> dict:
     """Write the run's network as a policy file (see :mod:`ccjax.search.policy`):
     the selected one (best :func:`selection_score`, see :data:`SELECTED_FILE`)
-    when ``selected`` and the run has one, else the last iteration's."""
+    when ``selected`` and the run has one, else the last iteration's.
+    Returns the file's ``info`` (``network_iteration`` says which)."""
     from ccjax.search.policy import save_policy
 
     config = read_config(checkpoint_dir)
@@ -917,3 +917,4 @@ def export_policy(checkpoint_dir: str, path: str, selected: bool = True) -> None
     if chosen is not None:
         params, info["network_iteration"], info["selection_score"] = chosen
     save_policy(path, config.network, params, config.search, info)
+    return info
