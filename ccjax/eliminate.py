@@ -366,15 +366,20 @@ def _always(shape: tuple, k: int):
 
 def sparse_block(st: Optional[Structure], value, shape: tuple, dtype, kept: Optional[tuple] = None):
     """The block as a ``BCOO`` of ``shape`` and ``dtype`` holding its structural
-    nonzeros (none for a zero block); ``kept``: ``(positions, indices)`` of
-    the entries of ``to_bcoo`` to store (see :func:`structural_keep`), else all."""
+    nonzeros (none for a zero block); ``kept``: ``(positions, indices,
+    segments)`` of :func:`structural_keep` (the entries of ``to_bcoo`` to
+    store, their indices, and for entries at one index the one each adds
+    into), else all."""
     if st is None:
         return sparse.BCOO((jnp.zeros((0,), dtype), jnp.zeros((0, len(shape)), np.int32)), shape=shape)
     block = to_bcoo(st, value, dtype)
     if kept is None:
         return sparse.BCOO((block.data, block.indices), shape=tuple(shape))
-    positions, indices = kept
-    return sparse.BCOO((block.data[positions], jnp.asarray(indices, np.int32)), shape=tuple(shape))
+    positions, indices, segments = kept
+    data = block.data[positions]
+    if segments is not None:
+        data = jax.ops.segment_sum(data, segments, num_segments=len(indices), indices_are_sorted=False)
+    return sparse.BCOO((data, jnp.asarray(indices, np.int32)), shape=tuple(shape))
 
 
 def dense_entries(graph: Graph) -> int:
@@ -391,7 +396,7 @@ def stored_entries(graph: Graph, plan: Plan) -> int:
     count = 0
     for slot in plan.final.values():
         st = plan.structures[slot]
-        count += len(kept[slot][0]) if slot in kept else st.nnz_values if is_selection(st) else entry_count(st)
+        count += len(kept[slot][1]) if slot in kept else st.nnz_values if is_selection(st) else entry_count(st)
     return count
 
 
@@ -399,12 +404,14 @@ def stored_entries(graph: Graph, plan: Plan) -> int:
 PROBE_SEEDS = (0, 1)
 
 
-def probe_values(graph: Graph, seed: int) -> Optional[list]:
+def probe_values(graph: Graph, seed: int, selections: bool = False) -> Optional[list]:
     """Stand-ins for the graph's raw partial values: uniform in ``[1, 2)``
     where a stored value may be nonzero, 0 at its structural zeros
     (:attr:`ccjax.rules.Partial.nonzero`), the values themselves where they
-    are constant 0/1 matrices (``Partial.ones``); None when some partial
-    cannot be stood in for (a selection: its indices exist only at run time)."""
+    are constant 0/1 matrices (``Partial.ones``) and, with ``selections``,
+    where they are selections at indices known when the graph is built
+    (``Partial.constant``); None when some partial cannot be stood in for
+    (a selection whose indices exist only at run time)."""
     rng = np.random.default_rng(seed)
     values = []
     for r in graph.raw:
@@ -413,7 +420,10 @@ def probe_values(graph: Graph, seed: int) -> Optional[list]:
             values.append(None)
             continue
         if is_selection(st):
-            return None
+            if not (selections and r.partial.constant):
+                return None
+            values.append(r.partial.values((), ()))
+            continue
         value = rng.uniform(1.0, 2.0, st.val_shape)
         nonzero = None if r.partial.nonzero is None else r.partial.nonzero()
         if nonzero is not None:
@@ -422,35 +432,46 @@ def probe_values(graph: Graph, seed: int) -> Optional[list]:
     return values
 
 
-def probe_finals(graph: Graph, plan: Plan) -> Optional[dict]:
+def probe_finals(graph: Graph, plan: Plan, selections: bool = False) -> Optional[dict]:
     """``{slot: (values, entries)}`` for the final slots of ``plan`` run on
     :func:`probe_values`, one row per seed of :data:`PROBE_SEEDS`: the
-    stacked final values and the stacked data of their ``to_bcoo``;
-    computed now (also inside an outer trace), as one compiled program;
-    None where no raw partial declares zeros (every value may be nonzero)
-    or there are no stand-ins."""
-    if not any(r.partial.nonzero is not None for r in graph.raw):
+    stacked final values and the stacked data of their ``to_bcoo``, and for
+    a final selection (with ``selections``) a third item, its ``to_bcoo``'s
+    indices (the same for every seed); computed now (also inside an outer
+    trace), as one compiled program; None where no raw partial declares
+    zeros or is such a selection (every value may be nonzero), or there are
+    no stand-ins."""
+    if not any(r.partial.nonzero is not None or (selections and r.partial.constant) for r in graph.raw):
         return None
-    raws = [probe_values(graph, seed) for seed in PROBE_SEEDS]
+    raws = [probe_values(graph, seed, selections) for seed in PROBE_SEEDS]
     if raws[0] is None:
         return None
-    stacked = [None if draws[0] is None else np.stack(draws) for draws in zip(*raws)]
+    fixed = {i: value for i, (r, value) in enumerate(zip(graph.raw, raws[0])) if is_selection(r.partial.structure)}
+    stacked = [None if draws[0] is None or i in fixed else np.stack(draws) for i, draws in enumerate(zip(*raws))]
     slots = sorted(set(plan.final.values()))
 
     def run(raw):
-        finals = final_values(graph, plan, raw)
-        return {slot: (finals[slot], to_bcoo(plan.structures[slot], finals[slot], graph.dtype).data)
-                for slot in slots}
+        finals = final_values(graph, plan, [fixed.get(i, value) for i, value in enumerate(raw)])
+        found = {}
+        for slot in slots:
+            st = plan.structures[slot]
+            block = to_bcoo(st, finals[slot], graph.dtype)
+            found[slot] = (finals[slot], block.data) + ((block.indices,) if is_selection(st) else ())
+        return found
 
     with jax.ensure_compile_time_eval():
-        return jax.tree.map(np.asarray, jax.jit(jax.vmap(run))(stacked))
+        return jax.tree.map(np.asarray, jax.jit(jax.vmap(run, axis_size=len(PROBE_SEEDS)))(stacked))
 
 
 def structural_keep(graph: Graph, plan: Plan) -> dict:
-    """``{slot: (positions, indices)}``: for each final block that stores
-    structural zeros (values built from partials that declare zeros: 0/1
-    selection matrices, unions of branches, a scan's causality, cholesky),
-    the positions in ``to_bcoo``'s entries of the others and their indices.
+    """``{slot: (positions, indices, segments)}``: for each final block that
+    stores structural zeros (values built from partials that declare zeros:
+    0/1 selection matrices, unions of branches, a scan's causality,
+    cholesky, selections at known indices), the positions in ``to_bcoo``'s
+    entries of the others and their indices; for a selection at known
+    indices, whose entries may repeat an index (two paths onto one entry),
+    its distinct indices and ``segments``, the one each kept entry adds
+    into (else None).
 
     Every stored entry of a final value is a polynomial in the raw stored
     values (products and sums of the plan) that are not constant.  An entry
@@ -462,12 +483,20 @@ def structural_keep(graph: Graph, plan: Plan) -> dict:
     known = graph.probes.get(id(plan))
     if known is not None and known[0] is plan:
         return known[1]
-    found = probe_finals(graph, plan)
+    found = probe_finals(graph, plan, selections=True)
     kept = {}
-    for slot, (_, data) in (found or {}).items():
+    for slot, (_, data, *at) in (found or {}).items():
         nonzero = (data != 0).any(axis=0)
-        if not nonzero.all():
-            kept[slot] = (np.flatnonzero(nonzero), entry_indices(plan.structures[slot])[nonzero])
+        if not at:  # a structure: its entries sit at distinct indices
+            if not nonzero.all():
+                kept[slot] = (np.flatnonzero(nonzero), entry_indices(plan.structures[slot])[nonzero], None)
+            continue
+        indices = at[0][0][nonzero]
+        distinct, segments = np.unique(indices, axis=0, return_inverse=True)
+        if len(distinct) < len(indices):
+            kept[slot] = (np.flatnonzero(nonzero), distinct, segments.reshape(-1))
+        elif not nonzero.all():
+            kept[slot] = (np.flatnonzero(nonzero), indices, None)
     graph.probes[id(plan)] = (plan, kept)
     return kept
 

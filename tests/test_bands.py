@@ -119,6 +119,14 @@ def window_scatters(v):
     return jnp.concatenate([a, b, c.ravel(), d.ravel()])
 
 
+def stacked_columns(x):
+    """Columns stacked by ``concatenate`` and taken back by slices (as a
+    nested ``jacve`` lays out its diagonals): a column's slice of the other
+    columns' pieces is empty, of its own the piece itself."""
+    cols = jnp.concatenate([jnp.roll(x, 1)[:, None], (jnp.roll(x, -2) - x)[:, None], jnp.sin(x)[:, None]], axis=1)
+    return jnp.concatenate([cols[:, 1][1:] * x[1:], cols[:, 0] + cols[:, 2], cols[2:, 2:].ravel()])
+
+
 def row_and_total_norms(x):
     """Row norms and the Frobenius norm, concatenated: a band (block
     diagonal) plus one dense row."""
@@ -159,6 +167,7 @@ PROGRAMS = {
     "split_mix": (split_mix, (11,)),
     "negative_pad": (negative_pad, (9,)),
     "row_and_total_norms": (row_and_total_norms, (12,)),
+    "stacked_columns": (stacked_columns, (10,)),
     "integral_constraint": (integral_constraint, (9,)),
     "constraint_added_to_a_row": (constraint_added_to_a_row, (9,)),
 }
@@ -207,7 +216,7 @@ def test_banded_jacobians_are_differentiable(name):
 
 @pytest.mark.parametrize("name", ["burgers", "bratu_roll", "neumann_laplacian", "negative_pad", "lorenz96_indexed",
                                   "scatter_rows", "row_and_total_norms", "integral_constraint",
-                                  "constraint_added_to_a_row", "bratu2d", "laplacian3d"])
+                                  "constraint_added_to_a_row", "bratu2d", "laplacian3d", "stacked_columns"])
 def test_sparse_output_stores_the_structural_nonzeros(name):
     """Stencils: nse equals the nonzeros of the Jacobian (at a point where no
     entry cancels numerically) in every order.  Bands along two or three

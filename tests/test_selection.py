@@ -161,6 +161,34 @@ def test_sums_with_selections_equal_dense_sums(kinds, valued, signs, same_key, w
         assert isinstance(plan.result, Selection) == (widths[0] + 1 <= 3)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=hs.data(), kind=hs.sampled_from(["pick", "put"]), selection_first=hs.booleans(), valued=hs.booleans(),
+       sign=hs.sampled_from([1, -1]), width=hs.integers(1, 3), seed=hs.integers(0, 1000))
+def test_sums_of_selections_and_banded_structures_equal_dense_sums(data, kind, selection_first, valued, sign, width,
+                                                                  seed):
+    """A slice, shift, stencil or replication added to a selection joins it
+    at its constant indices (``jnp.interp``'s end values beside its run-time
+    gathers), while that stores at most half the dense block: the sum
+    equals the dense one and multiplies nothing."""
+    if data.draw(hs.booleans()):
+        rank = data.draw(hs.integers(1, 2))
+        v, u = data.draw(stencil_shapes(rank)), data.draw(stencil_shapes(rank))
+        other = data.draw(stencils(v, u))
+    else:
+        v, u = data.draw(shapes(2)), data.draw(shapes(2))
+        other = data.draw(structures(v, u, bands=True))
+    sel = _selection(np.random.default_rng(seed), kind, v, u, valued, sign, width=width)
+    a, b = (sel, other) if selection_first else (other, sel)
+    plan = sum_plan(a[0], b[0])
+    want = _matrix(*a) + _matrix(*b)
+    if plan.result is None:
+        np.testing.assert_allclose(want, 0.0, atol=1e-12)
+        return
+    got = plan.apply(a[1], b[1], jnp.float64)
+    np.testing.assert_allclose(_matrix(plan.result, got), want, rtol=1e-12, atol=1e-12)
+    assert count_mults(lambda x, y: plan.apply(x, y, jnp.float64), a[1], b[1]) == 0
+
+
 # -- whole programs -------------------------------------------------------------------------------
 
 def gather_twice(x, idx):

@@ -196,6 +196,67 @@ def test_nan_partials_leave_the_left_out_entries_at_zero():
     np.testing.assert_array_equal(np.asarray(got.todense())[~lower], 0.0)
 
 
+def _lorenz96(x):
+    return (jnp.roll(x, -1) - jnp.roll(x, 2)) * jnp.roll(x, 1) - x + 8.0
+
+
+@pytest.mark.parametrize("n", [6, 16])
+def test_nested_jacobians_store_exactly_the_nonzeros(n):
+    """The inner ``jacve`` writes its band by a scatter-add at constant
+    indices of its diagonals, padding zeros included: the outer one finds
+    the padding's zeros (constant selections are probed as they are) and
+    stores each second derivative once, in every order."""
+    x = jnp.asarray(8.0 + np.random.default_rng(n).normal(size=n))
+    want = np.asarray(jax.jacrev(jax.jacrev(_lorenz96))(x))
+    assert np.count_nonzero(want) == 4 * n
+    inner = ccjax.jacve(_lorenz96)
+    for order in ("auto", "fwd", "rev"):
+        for run in (ccjax.jacve(inner, order=order, output="sparse"),
+                    jax.jit(ccjax.jacve(inner, order=order, output="sparse"))):
+            got = run(x)
+            np.testing.assert_allclose(np.asarray(got.todense()), want, rtol=1e-12, atol=1e-12)
+            assert got.nse == 4 * n, (order, got.nse)
+
+
+def test_paths_onto_one_entry_of_a_constant_scatter_are_stored_once():
+    """Two scatter-adds at overlapping constant indices reach some entries
+    twice (a selection of width 2 repeats their index): the sparse output
+    sums them into one entry, and entries no update reaches are left out."""
+    idx_a, idx_b = np.array([0, 2, 2, 5, 1, 3]), np.array([0, 4, 2, 1, 1, 3])
+
+    def fn(x):
+        base = jnp.zeros(8, x.dtype)
+        return jnp.sin(base.at[idx_a].add(jnp.exp(x)) + base.at[idx_b].add(x ** 3))
+
+    x = jnp.asarray(np.random.default_rng(9).normal(size=6))
+    want = np.asarray(jax.jacrev(fn)(x))
+    for order in ("auto", "fwd", "rev", "markowitz"):
+        for run in (ccjax.jacve(fn, order=order, output="sparse"), jax.jit(ccjax.jacve(fn, order=order, output="sparse"))):
+            got = run(x)
+            np.testing.assert_allclose(np.asarray(got.todense()), want, rtol=1e-12, atol=1e-12)
+            assert got.nse == np.count_nonzero(want) == 8, (order, got.nse)
+
+
+def test_interpolation_stores_two_table_reads_and_the_end_values_per_query():
+    """``jnp.interp`` reads the table at run-time indices (a selection of
+    width 2) and at its two ends (constant indices, chosen by ``where``):
+    the ends join the selection instead of making the block dense, so each
+    query stores 4 table entries, not the whole table."""
+    nq, nf = 16, 9
+    xp = np.linspace(0.0, 1.0, nf)
+    fn = lambda xq, fp: jnp.interp(xq, xp, fp)
+    rng = np.random.default_rng(5)
+    xq, fp = jnp.asarray(rng.uniform(-0.1, 1.1, nq)), jnp.asarray(np.sin(6 * xp))
+    want = jax.jacrev(fn, argnums=(0, 1))(xq, fp)
+    for order in ("auto", "fwd", "rev"):
+        for run in (ccjax.jacve(fn, argnums=(0, 1), order=order, output="sparse"),
+                    jax.jit(ccjax.jacve(fn, argnums=(0, 1), order=order, output="sparse"))):
+            d_xq, d_fp = run(xq, fp)
+            for got, ref in zip((d_xq, d_fp), want):
+                np.testing.assert_allclose(np.asarray(got.todense()), np.asarray(ref), rtol=1e-12, atol=1e-12)
+            assert (d_xq.nse, d_fp.nse) == (nq, 4 * nq), order
+
+
 def _cholesky_of_gram(m):
     return jnp.linalg.cholesky(m @ m.T + m.shape[0] * jnp.eye(m.shape[0]))
 

@@ -279,6 +279,36 @@ def test_nan_partials_never_reach_structural_zeros_of_a_product(data):
         assert (got[~reach] == 0).all(), (a.describe(), b.describe(), plan.result.describe())
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.data())
+def test_bands_between_single_elements_compose_exactly(data):
+    """A column taken by a slice of a concatenation of columns: bands from a
+    single element through a wider axis back to a single element compose
+    to one entry or none (then the product stores nothing), keeping the
+    other axes' bands.  Dense equality, cost = executed, and NaN values
+    never reach an entry no path reaches."""
+    rank = data.draw(st.integers(1, 2))
+    v = tuple(data.draw(st.sampled_from([2, 3, 5])) for _ in range(rank))
+    narrow = data.draw(st.integers(0, rank - 1))  # this axis is a single element on both outer sides
+    w = tuple(1 if k == narrow else data.draw(st.sampled_from([1, 3, 5])) for k in range(rank))
+    u = tuple(1 if k == narrow else data.draw(st.sampled_from([1, 3, 5])) for k in range(rank))
+    a, va = data.draw(stencils(w, v))
+    b, vb = data.draw(stencils(v, u))
+    plan = product_plan(a, b)
+    want = np.tensordot(_dense(a, va), _dense(b, vb), axes=len(v))
+    np.testing.assert_allclose(_dense(plan.result, plan.apply(va, vb, jnp.float64)), want, rtol=1e-12, atol=1e-12)
+    args = [x for x in (va, vb) if x is not None]
+    fn = lambda *xs: plan.apply(va if va is None else xs[0], vb if vb is None else xs[-1], jnp.float64)
+    assert count_mults(fn, *args) == plan.mults
+    reach = (pattern(a).astype(np.float32) @ pattern(b).astype(np.float32)) > 0
+    if not reach.any() and max(w) > 1 and max(u) > 1:  # an axis each side to hold an empty band
+        assert entry_count(plan.result) == 0, (a.describe(), b.describe(), plan.result.describe())
+    poisoned = lambda x: None if x is None else jnp.full(jnp.shape(x), jnp.nan)
+    for x, y in ((poisoned(va), vb), (va, poisoned(vb))):
+        got = _dense(plan.result, plan.apply(x, y, jnp.float64)).reshape(reach.shape)
+        assert (got[~reach] == 0).all(), (a.describe(), b.describe(), plan.result.describe())
+
+
 def _summed(data, draw_one, most: int = 2):
     """A lazy sum (``sum_plan``) of one to ``most + 1`` drawn structures:
     ``(structure, value, dense value)``."""

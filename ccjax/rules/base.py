@@ -68,7 +68,9 @@ class Partial:
     (:func:`ccjax.eliminate.structural_keep`).  Without it, or where it
     returns None, every stored value may be nonzero.  ``ones``: the values
     are exactly ``nonzero()`` as 0/1 numbers at every input (a selection
-    matrix), not only zero where it is False.
+    matrix), not only zero where it is False.  ``constant``: ``values``
+    does not read the operands (a selection at indices known when the graph
+    is built), so a probe of the plan may run it as it is.
     """
 
     out: int
@@ -79,6 +81,7 @@ class Partial:
     pick: Optional[Callable[[Any], Any]] = None
     nonzero: Optional[Callable[[], np.ndarray]] = None
     ones: bool = False
+    constant: bool = False
 
 
 Rule = Callable[[RuleContext], list]

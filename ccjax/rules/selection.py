@@ -98,7 +98,7 @@ def _indexed(ctx: RuleContext, slot: int, kind: str, operand, dimension_numbers,
             return (idx,)
         return idx, valid_of(ins[1]).reshape(-1, 1).astype(dtype)
 
-    return Partial(0, slot, st, values)
+    return Partial(0, slot, st, values, constant=reads is not None)
 
 
 def _fits_int32(*shapes) -> bool:

@@ -544,8 +544,18 @@ def _banded_product(outer: Structure, inner: Structure) -> Optional[BandedProduc
         else:
             return None
 
-    if any(sizes[band[0]] == 1 and sizes[band[1]] == 1 for band in result_bands):
-        return None  # a single entry: its dense form is one number
+    for band in [band for band in result_bands if sizes[band[0]] == 1 and sizes[band[1]] == 1]:
+        # A band between two single elements is a factor 0 or 1 of every
+        # entry when one pair of diagonals at most reaches it: no path
+        # (zero), or the one path (the band goes, its ends are size-1
+        # labels the result drops).
+        if not _reaches(band, combined):
+            return _zero_product(outer.out_shape, inner.in_shape)
+        stored = {uf.find(x) for side in (io, ii) for x in (work.vals[side] or ())}
+        if not _one_path(band, combined, stored, uf):
+            return None  # a sum of diagonals onto one entry: its dense form is one number
+        result_bands.remove(band)
+        combined.pop(band[2], None)
     res_out = [(moved[(0, k)],) if (0, k) in moved else tuple(uf.find(s) for s in ax)
                for k, ax in enumerate(work.groups[0])]
     res_in = [(moved[(3, k)],) if (3, k) in moved else tuple(uf.find(s) for s in ax)
@@ -673,6 +683,44 @@ def _banded_product(outer: Structure, inner: Structure) -> Optional[BandedProduc
                              tuple(merges), factor, sign, tuple(unreached))
 
 
+def _reaches(band: list, combined: dict) -> bool:
+    """Whether a result band (label list of :func:`_banded_product`) has a
+    diagonal with an entry."""
+    if band[2] in combined:
+        return any(lo < hi for *_, (lo, hi) in combined[band[2]][2])
+    return any(lo < hi for lo, hi in band[4])
+
+
+def _one_path(band: list, combined: dict, stored: set, uf: UnionFind) -> bool:
+    """Whether a result band between two single elements is one unit
+    entry: a single pair of diagonals reaches it, and no value is laid out
+    along the axis between them or either operand's diagonals (``stored``:
+    the roots of the operands' value symbols), so leaving the band out
+    changes no value."""
+    if band[2] in combined:
+        b, b2, combos = combined[band[2]]
+        return len(combos) == 1 and not {uf.find(b.inn), b.slot, b2.slot} & stored
+    return band[2] is None
+
+
+def _zero_product(out_shape: tuple, in_shape: tuple) -> Optional[BandedProductPlan]:
+    """The product of operands that no path joins -- a band factor between
+    two single elements that is empty, such as the column a slice takes of
+    the concatenation's other piece -- as a structure with no entry: an
+    empty band between an out and an in axis (None where both sides have no
+    axis of size 2 or more to hold it; the caller then multiplies the dense
+    forms, whose product is exactly 0)."""
+    wide_out = [k for k, n in enumerate(out_shape) if n > 1]
+    wide_in = [k for k, n in enumerate(in_shape) if n > 1]
+    if not wide_out or not wide_in:
+        return None
+    sizes = {("o", k): n for k, n in enumerate(out_shape)} | {("i", k): n for k, n in enumerate(in_shape)}
+    band = (("o", wide_out[0]), ("i", wide_in[0]), None, (0,), ((0, 0),))
+    st, _ = make_structure([(("o", k),) for k in range(len(out_shape))],
+                           [(("i", k),) for k in range(len(in_shape))], sizes, None, 1, [band])
+    return BandedProductPlan(st, 0, None, None, None, None, (), (), 1, 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Prepared(WrappedPlan):
     """A plain plan run on the dense forms of banded operands."""
@@ -699,8 +747,43 @@ def _dense_forms(plain_plan, a: Structure, b: Structure) -> Prepared:
 
 def product(outer: Structure, inner: Structure):
     """Plan ``outer ∘ inner`` when either has bands."""
+    if _disjoint_on_a_middle_axis(outer, inner):
+        zero = _zero_product(outer.out_shape, inner.in_shape)
+        if zero is not None:
+            return zero
     plan = _banded_product(outer, inner)
     return plan if plan is not None else _dense_forms(product_plan, outer, inner)
+
+
+def _band_on(st: Structure, axes, k: int, side: str) -> Optional[Band]:
+    """The band of ``st`` whose ``side`` end (``"out"``/``"inn"``) is the
+    only symbol of axis ``k`` of ``axes``, if any."""
+    if len(axes[k]) != 1:
+        return None
+    return next((b for b in st.bands if getattr(b, side) == axes[k][0]), None)
+
+
+def _meet(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> bool:
+    """Whether two unions of half-open intervals intersect."""
+    return any(max(lo, lo2) < min(hi, hi2) for lo, hi in a for lo2, hi2 in b)
+
+
+def _disjoint_on_a_middle_axis(outer: Structure, inner: Structure) -> bool:
+    """Whether the product is structurally zero: an operand has an empty
+    band, or on some axis between the two the outer's band reads only
+    indices where the inner's band has no row (the slice of one column of
+    a concatenation's other piece).  ``_banded_product`` finds such a zero
+    only where it composes the two bands."""
+    if any(all(lo >= hi for lo, hi in b.ranges) for b in outer.bands + inner.bands):
+        return True  # an operand without entries
+    for k in range(len(outer.in_axes)):
+        b, b2 = _band_on(outer, outer.in_axes, k, "inn"), _band_on(inner, inner.out_axes, k, "out")
+        if b is None or b2 is None:
+            continue
+        columns = [(lo + d, hi + d) for d, (lo, hi) in zip(b.offsets, b.ranges)]
+        if not _meet(columns, b2.ranges):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------

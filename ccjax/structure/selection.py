@@ -521,23 +521,33 @@ def _scale(rows, v, sign: int):
 
 
 def _as_selection(st, like: Selection):
-    """An elementwise partial as a selection of ``like``'s kind at ``iota``
-    (None when ``st`` is not elementwise)."""
+    """A partial as a selection of ``like``'s kind: an elementwise partial
+    at ``iota``, a structure with at most :data:`MAX_STATIC_WIDTH` entries
+    per row at its constant indices (:func:`static_selection`: a
+    replication, a slice, a band); None for any other."""
     if is_selection(st):
         return st
-    if _flat_symbols(st) is None or st.out_shape != st.in_shape:
-        return None
-    return Selection(st.out_shape, st.in_shape, like.kind, (("iota",),), None if st.val is None else ("v",),
-                     st.sign if st.val is None else 1)
+    if _flat_symbols(st) is not None and st.out_shape == st.in_shape:
+        return Selection(st.out_shape, st.in_shape, like.kind, (("iota",),), None if st.val is None else ("v",),
+                         st.sign if st.val is None else 1)
+    static = static_selection(st, like.kind)
+    return None if static is None else static.selection
 
 
 def _selection_operand(st, sel: Selection, value, dtype):
     """``(idx, v)`` of ``st`` as the selection ``sel`` (see :func:`_as_selection`)."""
     if is_selection(st):
         return _parts(st, value, dtype)
-    idx = np.arange(sel.lead, dtype=np.int32)[:, None]
-    d = _diagonal(st, value, dtype)
-    return idx, None if d is None else d[:, None]
+    if _flat_symbols(st) is not None and st.out_shape == st.in_shape:
+        idx = np.arange(sel.lead, dtype=np.int32)[:, None]
+        d = _diagonal(st, value, dtype)
+        return idx, None if d is None else d[:, None]
+    static = static_selection(st, sel.kind)
+    if static.entries is not None:
+        return static.value(value, dtype)
+    if static.padding is not None:  # no stored values: its entries are the sign, 0 in the padding
+        return static.idx, jnp.asarray(static.padding * static.sign, dtype)
+    return static.idx, None
 
 
 def sum_(a, b) -> SelectionPlan:
