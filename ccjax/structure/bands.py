@@ -704,12 +704,12 @@ def _one_path(band: list, combined: dict, stored: set, uf: UnionFind) -> bool:
 
 
 def _zero_product(out_shape: tuple, in_shape: tuple) -> Optional[BandedProductPlan]:
-    """The product of operands that no path joins -- a band factor between
-    two single elements that is empty, such as the column a slice takes of
-    the concatenation's other piece -- as a structure with no entry: an
-    empty band between an out and an in axis (None where both sides have no
-    axis of size 2 or more to hold it; the caller then multiplies the dense
-    forms, whose product is exactly 0)."""
+    """The product of operands that no path joins (bands that do not meet
+    on an axis between them, such as the column a slice takes of the
+    concatenation's other piece) as a structure with no entry: an empty
+    band between an out and an in axis (None where a side has no axis of
+    size 2 or more to hold it; the caller then multiplies the dense forms,
+    whose product is exactly 0)."""
     wide_out = [k for k, n in enumerate(out_shape) if n > 1]
     wide_in = [k for k, n in enumerate(in_shape) if n > 1]
     if not wide_out or not wide_in:
