@@ -245,8 +245,15 @@ def embedding(x, idx):
     return jnp.tanh(e @ jnp.ones(3) + e[:, 0] * e[:, 2])
 
 
+def interpolate(x, idx):
+    """``jnp.interp``: table reads at run-time indices (``searchsorted``) beside
+    the end values ``where`` picks for queries outside the table (a selection
+    summed with replications)."""
+    return jnp.interp(1.2 * jnp.sin(x[:8]), jnp.linspace(-1.0, 1.0, 4), x[8:12] ** 2) * x[idx]
+
+
 PROGRAMS = {f.__name__: f for f in (gather_twice, gather_matvec, rows_and_columns, sort_pair, sort_rows, argsort_take,
-                                    segment_sum, out_of_range, embedding)}
+                                    segment_sum, out_of_range, embedding, interpolate)}
 X = np.random.default_rng(0).normal(size=12)
 IDX = np.array([3, 0, 7, 3, 11, 5, 0, 2], np.int32)
 
@@ -335,7 +342,7 @@ def test_constant_point_gathers_read_what_xla_reads(data):
         assert _known_reads(operand, idx, wide, (operand[0],) + sizes[1:]) is None
 
 
-@pytest.mark.parametrize("name", ["gather_twice", "sort_pair", "segment_sum", "out_of_range"])
+@pytest.mark.parametrize("name", ["gather_twice", "sort_pair", "segment_sum", "out_of_range", "interpolate"])
 def test_selections_under_vmap_over_values_and_indices(name):
     fn = PROGRAMS[name]
     xs = jnp.stack([X, np.cos(X)])

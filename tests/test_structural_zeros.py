@@ -216,6 +216,12 @@ def test_nested_jacobians_store_exactly_the_nonzeros(n):
             got = run(x)
             np.testing.assert_allclose(np.asarray(got.todense()), want, rtol=1e-12, atol=1e-12)
             assert got.nse == 4 * n, (order, got.nse)
+    xs = jnp.stack([x, 8.0 - x])
+    want_batch = np.asarray(jax.vmap(jax.jacrev(jax.jacrev(_lorenz96)))(xs))
+    batched = jax.jit(jax.vmap(ccjax.jacve(inner, output="sparse")))(xs)
+    np.testing.assert_allclose(np.asarray(batched.todense()), want_batch, rtol=1e-12, atol=1e-12)
+    assert batched.nse == 4 * n
+    np.testing.assert_allclose(jax.vmap(ccjax.jacve(inner))(xs), want_batch, rtol=1e-12, atol=1e-12)
 
 
 def test_paths_onto_one_entry_of_a_constant_scatter_are_stored_once():
