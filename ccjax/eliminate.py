@@ -459,8 +459,12 @@ def probe_finals(graph: Graph, plan: Plan, selections: bool = False) -> Optional
             found[slot] = (finals[slot], block.data) + ((block.indices,) if is_selection(st) else ())
         return found
 
-    with jax.ensure_compile_time_eval():
-        return jax.tree.map(np.asarray, jax.jit(jax.vmap(run, axis_size=len(PROBE_SEEDS)))(stacked))
+    # compiled ahead of time and called on NumPy arrays, so it runs now even
+    # inside an outer trace (or under ``jax.disable_jit``), as one program:
+    # constant index arithmetic is staged with the rest, not run op by op
+    with jax.disable_jit(False):
+        probe = jax.jit(jax.vmap(run, axis_size=len(PROBE_SEEDS))).lower(stacked).compile()
+        return jax.tree.map(np.asarray, probe(stacked))
 
 
 def structural_keep(graph: Graph, plan: Plan) -> dict:
