@@ -21,6 +21,7 @@ from jax.experimental import sparse
 
 from ccjax._jaxpr import is_tracer
 from ccjax.graph import Graph
+from ccjax.rules.base import run_apart
 from ccjax.structure import (ProductPlan, Structure, SumPlan, deband_plan, entry_count, entry_indices, is_selection,
                              is_terms, parts_of, product_plan, reshape, sum_plan, to_bcoo, to_dense, transpose,
                              values_of)
@@ -459,12 +460,8 @@ def probe_finals(graph: Graph, plan: Plan, selections: bool = False) -> Optional
             found[slot] = (finals[slot], block.data) + ((block.indices,) if is_selection(st) else ())
         return found
 
-    # compiled ahead of time and called on NumPy arrays, so it runs now even
-    # inside an outer trace (or under ``jax.disable_jit``), as one program:
-    # constant index arithmetic is staged with the rest, not run op by op
-    with jax.disable_jit(False):
-        probe = jax.jit(jax.vmap(run, axis_size=len(PROBE_SEEDS))).lower(stacked).compile()
-        return jax.tree.map(np.asarray, probe(stacked))
+    probe = jax.jit(jax.vmap(run, axis_size=len(PROBE_SEEDS)))
+    return run_apart(lambda: jax.tree.map(np.asarray, probe(stacked)))
 
 
 def structural_keep(graph: Graph, plan: Plan) -> dict:

@@ -258,6 +258,25 @@ def test_the_probe_compiles_one_program_also_inside_an_outer_trace_or_without_ji
     assert got.nse == 4 * 16
 
 
+def test_cholesky_pattern_check_compiles_one_program_inside_a_constant_mask():
+    """The check of cholesky's nonzero pattern against JAX's own derivative
+    runs where masks are built (under ``ensure_compile_time_eval``, which
+    ran the constants of the JVP op by op: 26 compiles) as one program."""
+    from ccjax.rules import linalg
+    from ccjax.rules.base import constant_mask
+
+    linalg._cholesky_reads.cache_clear()
+    compiles = []
+    listener = lambda event, secs, **kw: compiles.append(event) if event.endswith("backend_compile_duration") else None
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        mask = constant_mask(lambda: linalg._cholesky_reads((3, 3)))()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(compiles) <= 2, compiles
+    np.testing.assert_array_equal(mask, linalg._cholesky_pattern((3, 3)))
+
+
 def test_paths_onto_one_entry_of_a_constant_scatter_are_stored_once():
     """Two scatter-adds at overlapping constant indices reach some entries
     twice (a selection of width 2 repeats their index): the sparse output

@@ -1,6 +1,7 @@
 """Types shared by all rules."""
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 from typing import Any, Callable, Optional, Sequence
@@ -115,6 +116,16 @@ def constant_mask(fn: Callable[[], Any]) -> Callable[[], Optional[np.ndarray]]:
             return None if found is None else np.asarray(found).astype(bool)
 
     return mask
+
+
+def run_apart(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on a thread of its own, so outside the caller's traces,
+    ``jax.ensure_compile_time_eval`` and ``jax.disable_jit`` (all
+    thread-local in JAX): a jitted program inside ``fn`` is staged and
+    compiled whole and runs now, where under ``ensure_compile_time_eval``
+    every operation on constants would be compiled and run on its own."""
+    with concurrent.futures.ThreadPoolExecutor(1) as apart:
+        return apart.submit(fn).result()
 
 
 def identity_labels(ndim: int) -> list:
