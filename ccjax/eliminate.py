@@ -433,6 +433,11 @@ def probe_values(graph: Graph, seed: int, selections: bool = False) -> Optional[
     return values
 
 
+#: The probe runs once: XLA's cheapest optimization level halves its
+#: compile time on large plans (cumsum at n = 1024: 0.18 -> 0.08 s).
+PROBE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
 def probe_finals(graph: Graph, plan: Plan, selections: bool = False) -> Optional[dict]:
     """``{slot: (values, entries)}`` for the final slots of ``plan`` run on
     :func:`probe_values`, one row per seed of :data:`PROBE_SEEDS`: the
@@ -460,8 +465,11 @@ def probe_finals(graph: Graph, plan: Plan, selections: bool = False) -> Optional
             found[slot] = (finals[slot], block.data) + ((block.indices,) if is_selection(st) else ())
         return found
 
-    probe = jax.jit(jax.vmap(run, axis_size=len(PROBE_SEEDS)))
-    return run_apart(lambda: jax.tree.map(np.asarray, probe(stacked)))
+    def probe():
+        compiled = jax.jit(jax.vmap(run, axis_size=len(PROBE_SEEDS))).lower(stacked).compile(PROBE_COMPILER_OPTIONS)
+        return jax.tree.map(np.asarray, compiled(stacked))
+
+    return run_apart(probe)
 
 
 def structural_keep(graph: Graph, plan: Plan) -> dict:
