@@ -135,3 +135,22 @@ def test_custom_jvp_rules_with_different_constants_get_different_graphs(monkeypa
         f.defjvp(lambda p, t: (f(p[0]), cc * t[0]))
         assert_jac_equal(ccjax.jacve(f)(x3), jnp.diag(cc))
     assert len(built) == 2
+
+
+def test_index_arithmetic_known_while_building_compiles_once():
+    """``segment_sum``'s ids ``arange(n) // 4`` are ten integer equations
+    (``floor_divide``): the values the graph needs at build time are
+    computed as one program, not compiled equation by equation (0.2 s)."""
+    f = lambda x: jax.ops.segment_sum(x ** 2, jnp.arange(64) // 4, 16)
+    x = jnp.linspace(-1.0, 1.0, 64)
+    compiles = []
+    listener = lambda event, secs, **kw: compiles.append(event) if event.endswith("backend_compile_duration") else None
+    jax.clear_caches()
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        g = ccjax.graph(f, x)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(compiles) <= 2, len(compiles)
+    assert any(r.partial.constant for r in g.raw)  # the ids are known: a selection at constant indices
+    assert_jac_equal(ccjax.jacve(f)(x), jax.jacrev(f)(x))
