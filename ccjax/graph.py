@@ -31,7 +31,6 @@ import numpy as np
 
 from ccjax import _jaxpr
 from ccjax.rules import Partial, RuleContext, ZERO_DERIVATIVE, partials
-from ccjax.rules.base import run_apart
 from ccjax.structure import Structure, UnionFind, sum_plan, unit
 
 STOP = "ccjax_stop"  # internal: identity value, no derivative (primal half of a custom JVP)
@@ -579,7 +578,9 @@ class _Statics:
                 env.update(zip(node.outs, node.eval(*[env[i] for i in node.ins])))
             return [env[o] for node in nodes for o in node.outs]
 
-        outs = run_apart(lambda: jax.jit(evaluate)(*[self.memo[i] for i in leaves]))
+        args = [self.memo[i] for i in leaves]
+        with jax.disable_jit(False):  # compiled ahead: runs now, also inside an outer trace
+            outs = jax.jit(evaluate).lower(*args).compile()(*args)
         for o, x in zip([o for node in nodes for o in node.outs], outs):
             try:
                 self.memo[o] = np.asarray(x)

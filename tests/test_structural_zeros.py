@@ -356,3 +356,13 @@ def test_a_cholesky_pattern_jax_contradicts_is_not_declared(monkeypatch):
                                    rtol=1e-10, atol=1e-10)
     finally:
         linalg._cholesky_reads.cache_clear()
+
+
+def test_work_run_apart_keeps_the_callers_x64_setting():
+    """``run_apart``'s thread sees the caller's ``jax.enable_x64`` (a
+    thread-local setting), so the probe's float64 stand-ins stay float64."""
+    from ccjax.rules.base import run_apart
+
+    assert run_apart(lambda: jnp.zeros(1).dtype) == jnp.float64
+    with jax.enable_x64(False):
+        assert run_apart(lambda: jnp.zeros(1).dtype) == jnp.float32

@@ -123,9 +123,18 @@ def run_apart(fn: Callable[[], Any]) -> Any:
     ``jax.ensure_compile_time_eval`` and ``jax.disable_jit`` (all
     thread-local in JAX): a jitted program inside ``fn`` is staged and
     compiled whole and runs now, where under ``ensure_compile_time_eval``
-    every operation on constants would be compiled and run on its own."""
+    every operation on constants would be compiled and run on its own.
+    The caller's ``jax.enable_x64`` setting (thread-local too) is kept;
+    other thread-local settings (default device, matmul precision) are
+    not, so ``fn`` serves structural checks, not values a Jacobian uses."""
+    x64 = bool(jax.config.jax_enable_x64)
+
+    def apart_fn():
+        with jax.enable_x64(x64):
+            return fn()
+
     with concurrent.futures.ThreadPoolExecutor(1) as apart:
-        return apart.submit(fn).result()
+        return apart.submit(apart_fn).result()
 
 
 def identity_labels(ndim: int) -> list:
