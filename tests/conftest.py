@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 # Tests compile hundreds of small programs: XLA's cheapest CPU pipeline keeps
@@ -109,3 +110,19 @@ def check_orders(fun, *args, argnums=0, reference=None, orders=None, n_random: i
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@contextlib.contextmanager
+def counted_compiles():
+    """Yields a list that collects one entry per XLA compilation inside the block."""
+    compiles: list = []
+
+    def listener(event, secs, **kw):
+        if event.endswith("backend_compile_duration"):
+            compiles.append(secs)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiles
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -17,6 +17,7 @@ jax.config.update("jax_enable_x64", True)
 
 import ccjax
 from ccjax import api
+from conftest import counted_compiles
 from ccjax.eliminate import dense_entries, plan_elimination, stored_entries
 from ccjax.orders import HEURISTICS
 
@@ -242,13 +243,8 @@ def test_the_probe_compiles_one_program_also_inside_an_outer_trace_or_without_ji
     x = jnp.linspace(7.0, 9.0, 16)
     g = ccjax.graph(ccjax.jacve(_lorenz96), x)
     plan = plan_elimination(g, resolve_order(g, "rev"))
-    compiles = []
-    listener = lambda event, secs, **kw: compiles.append(event) if event.endswith("backend_compile_duration") else None
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with counted_compiles() as compiles:
         structural_keep(g, plan)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert 1 <= len(compiles) <= 2, compiles
     assert stored_entries(g, plan) == 4 * 16
     want = np.asarray(jax.hessian(_lorenz96)(x))
@@ -266,13 +262,8 @@ def test_cholesky_pattern_check_compiles_one_program_inside_a_constant_mask():
     from ccjax.rules.base import constant_mask
 
     linalg._cholesky_reads.cache_clear()
-    compiles = []
-    listener = lambda event, secs, **kw: compiles.append(event) if event.endswith("backend_compile_duration") else None
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with counted_compiles() as compiles:
         mask = constant_mask(lambda: linalg._cholesky_reads((3, 3)))()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert len(compiles) <= 2, compiles
     np.testing.assert_array_equal(mask, linalg._cholesky_pattern((3, 3)))
 

@@ -11,7 +11,7 @@ import pytest
 
 import ccjax
 from ccjax import trace as trace_mod
-from conftest import assert_jac_equal
+from conftest import assert_jac_equal, counted_compiles
 
 x3 = jnp.array([0.3, -0.7, 1.1])
 
@@ -143,14 +143,9 @@ def test_index_arithmetic_known_while_building_compiles_once():
     computed as one program, not compiled equation by equation (0.2 s)."""
     f = lambda x: jax.ops.segment_sum(x ** 2, jnp.arange(64) // 4, 16)
     x = jnp.linspace(-1.0, 1.0, 64)
-    compiles = []
-    listener = lambda event, secs, **kw: compiles.append(event) if event.endswith("backend_compile_duration") else None
     jax.clear_caches()
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with counted_compiles() as compiles:
         g = ccjax.graph(f, x)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert len(compiles) <= 2, len(compiles)
     assert any(r.partial.constant for r in g.raw)  # the ids are known: a selection at constant indices
     assert_jac_equal(ccjax.jacve(f)(x), jax.jacrev(f)(x))
