@@ -17,9 +17,9 @@ jax.config.update("jax_enable_x64", True)
 
 import ccjax
 from ccjax import api
-from conftest import counted_compiles
 from ccjax.eliminate import dense_entries, plan_elimination, stored_entries
 from ccjax.orders import HEURISTICS
+from conftest import counted_compiles
 
 N = 12
 W = np.random.default_rng(7).normal(size=(N, N))
@@ -235,8 +235,9 @@ def test_the_probe_compiles_one_program_also_inside_an_outer_trace_or_without_ji
     """The probe that finds structural zeros runs the plan as one compiled
     program: the arithmetic on constant selections' indices is staged with
     the rest (evaluated op by op it compiled about 80 small programs, 1.4 s
-    of the nested Hessian's first sparse call).  Planned inside an outer
-    ``jit`` or under ``jax.disable_jit`` it still runs, and stores the same."""
+    of the nested Hessian's first sparse call).  Under ``jax.disable_jit``
+    it still runs and stores the same (inside an outer ``jit``: the test
+    above)."""
     from ccjax.eliminate import structural_keep
     from ccjax.resolve import resolve_order
 
