@@ -11,7 +11,7 @@ import pytest
 
 import ccjax
 from ccjax import trace as trace_mod
-from conftest import assert_jac_equal, counted_compiles
+from conftest import assert_jac_equal, check_orders, counted_compiles
 
 x3 = jnp.array([0.3, -0.7, 1.1])
 
@@ -149,3 +149,23 @@ def test_index_arithmetic_known_while_building_compiles_once():
     assert len(compiles) <= 2, len(compiles)
     assert any(r.partial.constant for r in g.raw)  # the ids are known: a selection at constant indices
     assert_jac_equal(ccjax.jacve(f)(x), jax.jacrev(f)(x))
+
+
+def test_indices_drawn_from_a_constant_key_are_known_and_exact():
+    """Values built from a PRNG key known at build time are computed with
+    the key inside the one program (a key has no NumPy value, so op by op
+    its draws stayed unknown): ``randint`` indices become a selection at
+    constant indices, exact in every order, eager, jitted and under vmap."""
+    def f(x):
+        idx = jax.random.randint(jax.random.key(3), (12,), 0, x.shape[0])
+        return jnp.sin(x)[idx] * x[idx[::-1]]
+
+    x = jnp.linspace(0.1, 1.3, 9)
+    assert sum(r.partial.constant for r in ccjax.graph(f, x).raw) == 2
+    check_orders(f, x)
+    assert_jac_equal(jax.jit(ccjax.jacve(f))(x), jax.jacrev(f)(x))
+    xs = jnp.stack([x, 2.0 * x])
+    assert_jac_equal(jax.jit(jax.vmap(ccjax.jacve(f, order="fwd")))(xs), jax.vmap(jax.jacrev(f))(xs))
+    sparse = ccjax.jacve(f, output="sparse")(x)
+    assert_jac_equal(sparse.todense(), jax.jacrev(f)(x))
+    assert sparse.nse == np.count_nonzero(np.asarray(jax.jacrev(f)(x)))
