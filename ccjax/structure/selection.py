@@ -307,6 +307,16 @@ class StaticSelection:
         at = np.where(self.entries < 0, flat.shape[0] - 1, self.entries).astype(np.int32)
         return self.idx, _stored(self.sign, _take(flat, at))
 
+    def parts(self, value, dtype):
+        """``(idx, v)`` of :attr:`selection` as it declares itself (``v``
+        None when it stores no values): unlike :meth:`value`, a padded
+        structure without stored values reads its sign, 0 in the padding."""
+        if self.entries is not None:
+            return self.value(value, dtype)
+        if self.padding is not None:
+            return self.idx, jnp.asarray(self.padding * self.sign, dtype)
+        return self.idx, None
+
 
 @functools.lru_cache(maxsize=4096)
 def static_selection(st: core.Structure, kind: str) -> Optional[StaticSelection]:
@@ -527,7 +537,7 @@ def _as_selection(st, like: Selection):
     replication, a slice, a band); None for any other."""
     if is_selection(st):
         return st
-    if _flat_symbols(st) is not None and st.out_shape == st.in_shape:
+    if _square_elementwise(st):
         return Selection(st.out_shape, st.in_shape, like.kind, (("iota",),), None if st.val is None else ("v",),
                          st.sign if st.val is None else 1)
     static = static_selection(st, like.kind)
@@ -538,16 +548,16 @@ def _selection_operand(st, sel: Selection, value, dtype):
     """``(idx, v)`` of ``st`` as the selection ``sel`` (see :func:`_as_selection`)."""
     if is_selection(st):
         return _parts(st, value, dtype)
-    if _flat_symbols(st) is not None and st.out_shape == st.in_shape:
+    if _square_elementwise(st):
         idx = np.arange(sel.lead, dtype=np.int32)[:, None]
         d = _diagonal(st, value, dtype)
         return idx, None if d is None else d[:, None]
-    static = static_selection(st, sel.kind)
-    if static.entries is not None:
-        return static.value(value, dtype)
-    if static.padding is not None:  # no stored values: its entries are the sign, 0 in the padding
-        return static.idx, jnp.asarray(static.padding * static.sign, dtype)
-    return static.idx, None
+    return static_selection(st, sel.kind).parts(value, dtype)
+
+
+def _square_elementwise(st) -> bool:
+    """Whether ``st`` is a diagonal over one flat index: ``J[m, n] = d[m] [m == n]``."""
+    return _flat_symbols(st) is not None and st.out_shape == st.in_shape
 
 
 def sum_(a, b) -> SelectionPlan:
