@@ -96,6 +96,17 @@ def allen_cahn_residual(u):
     return eps2 * jnp.diff(flux) / h + u - u ** 3
 
 
+def restricted_residual(u):
+    """Multigrid: the residual of -u'' + u³ = 1 on the fine grid (Dirichlet
+    zeros by jnp.pad), restricted to the coarse grid by full weighting
+    (strided slices: coarse point i reads fine points 2i, 2i+1, 2i+2)."""
+    n = u.shape[0]
+    h = 1.0 / (n + 1)
+    P = jnp.pad(u, 1)
+    r = 1.0 - (2.0 * u - P[:-2] - P[2:]) / h ** 2 - u ** 3
+    return 0.25 * r[0:-2:2] + 0.5 * r[1:-1:2] + 0.25 * r[2::2]
+
+
 # ====================================================================== Newton
 def broyden_F(x):
     """Broyden's tridiagonal system."""
@@ -433,6 +444,12 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         n = 16 if q else 256
         return Program("allen_cahn1d", "PDE", allen_cahn_residual, (_rng("ac").standard_normal(n),), 0,
                        what=f"Allen–Cahn residual, jnp.pad(mode='edge') + jnp.diff, n={n}")
+
+    @reg
+    def p_multigrid_restrict(q):
+        n = 17 if q else 2049
+        return Program("multigrid_restrict", "PDE", restricted_residual, (_rng("mg").standard_normal(n),), 0,
+                       what=f"fine residual restricted by full weighting (strided slices), n={n} -> {(n - 1) // 2}")
 
     @reg
     def p_newton_step(q):

@@ -73,7 +73,7 @@ def eliminate_branch(closed_jaxpr, diff: Sequence[int], n_outputs: int) -> Optio
     operands but the index); None when its derivative exists only as JAX's
     reverse pass over the whole function (a ``custom_vjp`` inside)."""
     g = Graph(build_program(closed_jaxpr, diff), diff, n_outputs, closed_jaxpr.consts,
-              eliminate_branch=eliminate_branch)
+              eliminate_branch=eliminate_branch, in_branch=True)
     if g.whole_reverse:
         return None
     forward = tuple(sorted(g.eliminable))

@@ -630,9 +630,10 @@ class Graph:
     """
 
     def __init__(self, program: Program, diff_leaves: Sequence[int], n_outputs: int,
-                 top_values: Sequence = (), eliminate_branch: Optional[Callable] = None):
+                 top_values: Sequence = (), eliminate_branch: Optional[Callable] = None, in_branch: bool = False):
         self.program = program
         self._eliminate_branch = eliminate_branch  # for rules of branching equations (RuleContext)
+        self._in_branch = in_branch  # a branch of a cond (RuleContext)
         self.diff_leaves = tuple(diff_leaves)
         self.pins: dict[int, np.ndarray] = {}
         self._statics = _Statics(program, top_values, self.pins)
@@ -739,7 +740,8 @@ class Graph:
                           tuple(prog.avals[o] for o in node.outs), active_slots, node.eval,
                           node.reverse_only, tuple(tuple(g) for g in groups.values()),
                           forward_matches_reverse(node), lambda slot: self._statics.value(node.ins[slot]),
-                          lambda slot: self._same_values.key(node.ins[slot]), self._eliminate_branch)
+                          lambda slot: self._same_values.key(node.ins[slot]), self._eliminate_branch,
+                          self._in_branch)
         return partials(ctx)
 
     def pins_match(self, top_values: Sequence) -> bool:

@@ -128,16 +128,17 @@ def test_cancelling_paths_leave_an_empty_block():
 
 
 def test_auto_keeps_the_elimination_when_a_plain_mode_would_store_more():
-    """For ``reversed_cumsum`` ``auto`` runs JAX's reverse mode (fewer
-    multiplications); the sparse output still comes from the elimination,
-    which stores only the structural nonzeros (84 of 144 entries)."""
-    fn = PROGRAMS["reversed_cumsum"]
+    """For ``cumsum_of_cumsum`` ``auto`` runs JAX's reverse mode (fewer
+    multiplications than two triangles of 0/1 products); the sparse output
+    still comes from the elimination, which stores only the structural
+    nonzeros (78 of 144 entries)."""
+    fn = PROGRAMS["cumsum_of_cumsum"]
     x = jnp.asarray(np.random.default_rng(5).normal(size=N))
     g = ccjax.graph(fn, x)
     assert api._plan(g, "auto", "dense").mode.startswith("jax-")
     sparse_plan = api._plan(g, "auto", "sparse")
     assert sparse_plan.mode == "eliminate"
-    assert stored_entries(g, sparse_plan) == _structural_count(fn, x) == 84 < dense_entries(g) == N * N
+    assert stored_entries(g, sparse_plan) == _structural_count(fn, x) == 78 < dense_entries(g) == N * N
 
 
 def test_auto_keeps_a_plain_mode_for_a_dense_jacobian():

@@ -35,7 +35,9 @@ class RuleContext:
     ``eliminate_branch(closed_jaxpr, diff, n_outputs)``: a branch of the
     equation built as a graph and eliminated
     (:func:`ccjax.branches.eliminate_branch`; None where the graph was built
-    without it).
+    without it); ``in_branch``: the equation lies in a branch of a ``cond``,
+    whose rule joins the branches' final partials only where they are
+    structures (not selections).
     """
 
     name: str
@@ -50,6 +52,7 @@ class RuleContext:
     static: Callable[[int], Optional[np.ndarray]] = lambda slot: None
     same_value: Optional[Callable[[int], Any]] = None
     eliminate_branch: Optional[Callable[..., Any]] = None
+    in_branch: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

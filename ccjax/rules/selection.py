@@ -25,7 +25,7 @@ from ccjax.rules.base import Partial, RuleContext
 from ccjax.structure import Selection
 
 #: Largest flat size whose indices an int32 holds.
-_MAX_FLAT = 2**31 - 1
+MAX_FLAT = 2**31 - 1
 
 
 def _flat_iota(shape) -> jnp.ndarray:
@@ -101,8 +101,28 @@ def _indexed(ctx: RuleContext, slot: int, kind: str, operand, dimension_numbers,
     return Partial(0, slot, st, values, constant=reads is not None)
 
 
+def constant_selection(ctx: RuleContext, kind: str, idx: np.ndarray, valid: Optional[np.ndarray] = None,
+                       out: int = 0, slot: int = 0) -> Partial:
+    """A selection at flat indices known when the graph is built: a strided
+    or reversed slice (a ``pick``: ``idx`` has one entry per out element,
+    the flat in element it reads) or an interior pad (a ``put``: one per in
+    element, the flat out element it lands on).  ``valid`` (same shape,
+    bool): False where nothing is read or written (a 0/1 stored value),
+    None when every entry is.  Equal index arrays get equal keys, so sums
+    of reads at the same indices add their values."""
+    out_shape, in_shape = tuple(ctx.out_avals[out].shape), tuple(ctx.in_avals[slot].shape)
+    idx = np.asarray(idx, np.int32).reshape(-1, 1)
+    stored = valid is not None and not bool(np.all(valid))
+    digest = hashlib.sha256(idx.tobytes()).hexdigest()[:16]
+    key = ("constant", kind, out_shape, in_shape, digest)
+    st = Selection(out_shape, in_shape, kind, (key,), ("v",) if stored else None)
+    dtype = ctx.out_avals[out].dtype
+    value = (idx,) if not stored else (idx, np.asarray(valid, dtype).reshape(-1, 1))
+    return Partial(out, slot, st, lambda ins, outs: value, constant=True)
+
+
 def _fits_int32(*shapes) -> bool:
-    return all(math.prod(shape) <= _MAX_FLAT for shape in shapes)
+    return all(math.prod(shape) <= MAX_FLAT for shape in shapes)
 
 
 def gather_partial(ctx: RuleContext) -> Optional[Partial]:

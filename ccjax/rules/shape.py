@@ -9,13 +9,17 @@ pairs.  A moved axis read at a static offset (unit-stride slices, pads
 without interior, concatenation, split, dynamic slices at known starts) is a
 band (:class:`ccjax.structure.Band`: no stored numbers), and so are a
 gather and a scatter-add along one axis at known indices with few distinct
-offsets, and a scatter or scatter-add writing one window at known starts;
-any other moved axis stores a small 0/1 selection matrix.  Other gathers
+offsets, and a scatter or scatter-add writing one window at known starts.
+A strided slice, a reversal or an interior pad is a selection at constant
+flat indices where 0/1 matrices on its moved axes would store more numbers
+than it has elements (outside ``cond`` branches); any other moved axis
+stores a small 0/1 selection matrix.  Other gathers
 and scatter-adds are selections at run-time indices (:mod:`.selection`);
 other scatters get the dense local Jacobian of :mod:`.opaque`.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import jax.numpy as jnp
@@ -179,11 +183,36 @@ def _take_matrix(n_out: int, n_in: int, offset, stride: int = 1):
     return i == offset + stride * o
 
 
+#: Most entries a selection at constant indices (:func:`_as_constant_selection`) lists.
+MAX_CONSTANT_SELECTION = 1 << 22
+
+
+def _as_constant_selection(ctx, moved: Sequence[int], lead: int) -> bool:
+    """Whether a strided, reversed or interior-padded access is better
+    planned as a selection at constant flat indices (``lead`` of them, one
+    per element on its lead side) than as 0/1 matrices on the ``moved``
+    axes: when the matrices would store more numbers than the selection
+    lists indices.  The matrices keep the other axes as Kronecker pairs,
+    which a flat selection does not, so they stay where they are small
+    (a short axis moved beside long untouched ones), and inside a ``cond``'s
+    branch, whose final partials join the other branches' only as structures."""
+    in_shape, out_shape = _shape(ctx.in_avals[0]), _shape(ctx.out_avals[0])
+    matrices = math.prod(out_shape[k] * in_shape[k] for k in moved)
+    fits = max(math.prod(in_shape), math.prod(out_shape)) <= selection.MAX_FLAT
+    return bool(moved) and fits and not ctx.in_branch and 0 < lead < matrices and lead <= MAX_CONSTANT_SELECTION
+
+
 def _slice(ctx):
     if 0 not in ctx.active:
         return []
     in_shape, out_shape = _shape(ctx.in_avals[0]), _shape(ctx.out_avals[0])
     strides = ctx.params["strides"] or (1,) * len(in_shape)
+    strided = [k for k, stride in enumerate(strides) if stride != 1]
+    if _as_constant_selection(ctx, strided, math.prod(out_shape)):
+        reads = np.arange(math.prod(in_shape)).reshape(in_shape)[
+            tuple(slice(start, limit, stride) for start, limit, stride
+                  in zip(ctx.params["start_indices"], ctx.params["limit_indices"], strides))]
+        return [selection.constant_selection(ctx, "pick", reads)]
     mats, shifts = {}, {}
     for k, (start, stride, n_in, n_out) in enumerate(zip(ctx.params["start_indices"], strides, in_shape, out_shape)):
         if start == 0 and stride == 1 and n_in == n_out:
@@ -199,7 +228,10 @@ def _pad(ctx):
     parts = []
     in_shape, out_shape = _shape(ctx.in_avals[0]), _shape(ctx.out_avals[0])
     config = ctx.params["padding_config"]
-    if 0 in ctx.active:
+    interiors = [k for k, (_, _, interior) in enumerate(config) if interior]
+    if 0 in ctx.active and _as_constant_selection(ctx, interiors, math.prod(in_shape)):
+        parts.append(selection.constant_selection(ctx, "put", *_pad_targets(in_shape, out_shape, config)))
+    elif 0 in ctx.active:
         mats = {k: (lambda a: lambda ins: _embed_matrix(*a))((out_shape[k], in_shape[k], lo, interior + 1))
                 for k, (lo, hi, interior) in enumerate(config) if interior}
         shifts = {k: -lo for k, (lo, hi, interior) in enumerate(config) if not interior and (lo or hi)}
@@ -214,17 +246,33 @@ def _pad(ctx):
     return parts
 
 
+def _pad_targets(in_shape, out_shape, config) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """``(flat, valid)`` over the operand: the flat out element each operand
+    element lands on, and whether it lands at all (a negative low or high
+    padding crops); ``valid`` None when every element lands."""
+    grids = np.meshgrid(*[np.arange(n) for n in in_shape], indexing="ij")
+    at = [lo + i * (interior + 1) for i, (lo, _, interior) in zip(grids, config)]
+    valid = np.ones(in_shape, bool)
+    for a, n in zip(at, out_shape):
+        valid &= (a >= 0) & (a < n)
+    at = [np.clip(a, 0, n - 1) for a, n in zip(at, out_shape)]
+    flat = np.ravel_multi_index(at, out_shape) if in_shape else np.zeros((), np.int64)
+    return flat, None if valid.all() else valid
+
+
 def _rev(ctx):
     if 0 not in ctx.active:
         return []
     shape = _shape(ctx.in_avals[0])
+    flipped = sorted({k for k in ctx.params["dimensions"] if shape[k] > 1})
+    if _as_constant_selection(ctx, flipped, math.prod(shape)):
+        return [selection.constant_selection(ctx, "pick", np.flip(np.arange(math.prod(shape)).reshape(shape), flipped))]
     mats = {k: (lambda n: lambda ins: np.eye(n, dtype=bool)[::-1])(shape[k]) for k in ctx.params["dimensions"]}
     return [_selection(ctx, mats, constant=True)]
 
 
 def _concatenate(ctx):
     axis = ctx.params["dimension"]
-    n_out = _shape(ctx.out_avals[0])[axis]
     offsets = np.cumsum([0] + [a.shape[axis] for a in ctx.in_avals])
     return [_selection(ctx, {}, slot=s, shifts={axis: -int(offsets[s])}) for s in ctx.active]
 
@@ -233,7 +281,6 @@ def _split(ctx):
     if 0 not in ctx.active:
         return []
     axis = ctx.params["axis"]
-    n_in = _shape(ctx.in_avals[0])[axis]
     offsets = np.cumsum([0] + list(ctx.params["sizes"]))
     parts = []
     for j, aval in enumerate(ctx.out_avals):
