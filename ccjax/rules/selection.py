@@ -58,12 +58,20 @@ def _known_reads(operand, idx, dimension_numbers, slice_sizes) -> Optional[tuple
     starts = [np.zeros(idx.shape[:-1], np.int64) for _ in operand]
     for k, d in enumerate(dn.start_index_map):
         starts[d] = idx[..., k].astype(np.int64)
-    valid = np.ones(idx.shape[:-1], bool)
-    for d, size in enumerate(operand):
-        valid &= (starts[d] >= 0) & (starts[d] < size)
-        starts[d] = np.clip(starts[d], 0, size - 1)
-    flat = np.ravel_multi_index(starts, operand) if operand else np.zeros(idx.shape[:-1], np.int64)
+    flat, valid = clamped_flat(starts, operand, idx.shape[:-1])
     return flat.reshape(-1, 1).astype(np.int32), valid.reshape(-1, 1)
+
+
+def clamped_flat(coords, shape, lead_shape) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat, valid)``, both of ``lead_shape``: the flat index into
+    ``shape`` of the coordinates ``coords`` (one integer array per axis),
+    each clamped into range as XLA clamps it, and whether every coordinate
+    was in range."""
+    valid = np.ones(lead_shape, bool)
+    for c, n in zip(coords, shape):
+        valid &= (c >= 0) & (c < n)
+    clamped = [np.clip(c, 0, n - 1) for c, n in zip(coords, shape)]
+    return (np.ravel_multi_index(clamped, shape) if shape else np.zeros(lead_shape, np.int64)), valid
 
 
 def _indexed(ctx: RuleContext, slot: int, kind: str, operand, dimension_numbers, slice_sizes,

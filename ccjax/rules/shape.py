@@ -252,11 +252,7 @@ def _pad_targets(in_shape, out_shape, config) -> tuple[np.ndarray, Optional[np.n
     padding crops); ``valid`` None when every element lands."""
     grids = np.meshgrid(*[np.arange(n) for n in in_shape], indexing="ij")
     at = [lo + i * (interior + 1) for i, (lo, _, interior) in zip(grids, config)]
-    valid = np.ones(in_shape, bool)
-    for a, n in zip(at, out_shape):
-        valid &= (a >= 0) & (a < n)
-    at = [np.clip(a, 0, n - 1) for a, n in zip(at, out_shape)]
-    flat = np.ravel_multi_index(at, out_shape) if in_shape else np.zeros((), np.int64)
+    flat, valid = selection.clamped_flat(at, out_shape, in_shape)
     return flat, None if valid.all() else valid
 
 
