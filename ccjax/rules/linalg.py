@@ -9,13 +9,22 @@ so ``dL[i, j]`` reads ``dS[a, b]`` only where ``j <= i``, ``a <= i`` and
 The pattern is checked against JAX's own derivative on a small random
 matrix first; where they disagree (a JAX whose rule differs) none is
 declared.
+
+``triangular_solve``: ``x = op(a)⁻¹ b`` (or ``b op(a)⁻¹``) is linear in
+``b``, so its partial with respect to ``b`` is a ``dot_general`` with
+``M = op(a)⁻¹`` (one solve against the identity, ``m`` right-hand sides
+per matrix of a batch): ``M`` on the solved axis, a Kronecker identity on
+the other.  ``M`` is triangular, which ``output="sparse"`` keeps.  The
+partial with respect to ``a`` stays JAX's dense local Jacobian.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ccjax.rules import opaque
@@ -81,4 +90,61 @@ def _cholesky_reads(shape: tuple) -> Optional[np.ndarray]:
     return _cholesky_pattern(shape)
 
 
-RULES = {"dot_general": _dot_general, "cholesky": _cholesky}
+def _triangular_solve(ctx: RuleContext) -> list[Partial]:
+    if 1 not in ctx.active:
+        return opaque.dense_partials(ctx)
+    p = ctx.params
+    a, b = ctx.in_avals
+    m = a.shape[-1]
+    batch = [("b", k) for k in range(a.ndim - 2)]
+    if p["left_side"]:  # x[i, j] = sum_k M[i, k] b[k, j]
+        out_labels, in_labels, val_labels = batch + ["i", "j"], batch + ["k", "j"], batch + ["i", "k"]
+    else:  # x[j, i] = sum_k b[j, k] M[k, i]
+        out_labels, in_labels, val_labels = batch + ["j", "i"], batch + ["j", "k"], batch + ["k", "i"]
+    dtype = ctx.out_avals[0].dtype
+
+    def inverse(ins, outs):
+        eye = jnp.broadcast_to(jnp.eye(m, dtype=ins[0].dtype), a.shape)
+        return jax.lax.linalg.triangular_solve(ins[0], eye, left_side=True, lower=p["lower"],
+                                               transpose_a=p["transpose_a"], conjugate_a=p["conjugate_a"],
+                                               unit_diagonal=p["unit_diagonal"]).astype(dtype)
+
+    inverse_pattern = _triangle(m, p["lower"] != p["transpose_a"])  # M's, like op(a)'s
+    nonzero = lambda: np.broadcast_to(inverse_pattern, a.shape)
+    parts = [labelled(0, 1, ctx, out_labels, in_labels, val_labels, tuple(a.shape), inverse, nonzero=nonzero)]
+    if 0 in ctx.active:  # its own partial, also where ``a`` is ``b``: the edge sums them
+        reads = lambda j, slot: _triangular_solve_reads(tuple(a.shape), tuple(b.shape), p)
+        parts += opaque.dense_partials(dataclasses.replace(ctx, active=(0,), same_var=()), nonzero=reads)
+    return parts
+
+
+def _triangle(m: int, lower: bool) -> np.ndarray:
+    return np.tri(m, dtype=bool) if lower else np.tri(m, dtype=bool).T
+
+
+def _triangular_solve_reads(a_shape: tuple, b_shape: tuple, p: dict) -> np.ndarray:
+    """Where ``∂x/∂a`` (shape ``b_shape + a_shape``) can be nonzero.  With
+    ``M = op(a)⁻¹``, ``dx = -M op(da) x`` (left side) or ``-x op(da) M``:
+    ``x[i, j]`` reads ``op(a)[r, c]`` where ``M[i, r]`` (``M[c, i]`` on the
+    right) can be nonzero, and only the triangle of ``a`` that the solve
+    reads (less the diagonal when it is taken as ones), in one matrix of a
+    batch."""
+    m = a_shape[-1]
+    read = _triangle(m, p["lower"]) & ~(np.eye(m, dtype=bool) & p["unit_diagonal"])  # [k, l]
+    pattern = _triangle(m, p["lower"] != p["transpose_a"])
+    read_op = read.T if p["transpose_a"] else read  # op(a)[r, c] = a[c, r] when transposed
+    if p["left_side"]:
+        one = pattern[:, :, None] & read_op[None, :, :]  # [i, r, c]: M[i, r] and op(a)[r, c] read
+        one = np.broadcast_to(one[:, None], (m, b_shape[-1], m, m))  # [i, j, r, c]
+    else:
+        one = pattern.T[:, :, None] & read_op.T[None, :, :]  # [i, c, r]
+        one = np.broadcast_to(one.transpose(0, 2, 1)[None], (b_shape[-2], m, m, m))  # [j, i, r, c]
+    if p["transpose_a"]:
+        one = np.swapaxes(one, -1, -2)  # back to a[k, l] = op(a)[l, k]
+    batch = int(np.prod(a_shape[:-2]))
+    same = np.eye(batch, dtype=bool).reshape((batch, 1, 1, batch, 1, 1))
+    full = same & one.reshape((1,) + one.shape[:2] + (1,) + one.shape[2:])
+    return full.reshape(b_shape + a_shape)
+
+
+RULES = {"dot_general": _dot_general, "cholesky": _cholesky, "triangular_solve": _triangular_solve}
