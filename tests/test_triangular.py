@@ -84,9 +84,9 @@ def test_triangular_solves_jitted_and_sparse_store_the_nonzeros(name):
         np.testing.assert_allclose(np.asarray(block.todense()), w, rtol=1e-11, atol=1e-12)
     stored = sum(block.nse for block in blocks)
     if name == "one_variable_both_operands":
-        # x = tril(a)⁻¹ a has first column e₀ at every a (a's first column
-        # lies in the triangle): there the partials through ``a`` and ``b``
-        # cancel, which no structure sees
+        # x = a tril(a)⁻¹ (right side) has last row e₅ᵀ at every a (a's last
+        # row lies in the triangle): there the partials through ``a`` and
+        # ``b`` cancel, which no structure sees
         assert stored == _nonzeros(want) + 6
     else:
         assert stored == _nonzeros(want)
