@@ -199,5 +199,5 @@ def execute_jax_mode(graph: Graph, plan: Plan, inputs: Sequence, consts: Sequenc
 
 def _every_entry(block) -> sparse.BCOO:
     """``block`` as a BCOO listing every entry (JAX's modes know no structure)."""
-    indices = np.indices(block.shape).reshape(block.ndim, -1).T.astype(np.int32)
+    indices = np.indices(block.shape).reshape(block.ndim, block.size).T.astype(np.int32)
     return sparse.BCOO((block.reshape(-1), jnp.asarray(indices)), shape=block.shape)

@@ -1,8 +1,9 @@
 """Data movement: broadcasts, reshapes, transposes, slices, pads, concatenation.
 
 Pure relabelings (``broadcast_in_dim``, ``reshape``, ``squeeze``,
-``transpose``, ``convert_element_type``, ``copy``) are unit partials: no
-stored values, no multiplications.  Index shifts (``slice``, ``pad``,
+``transpose``, ``convert_element_type``, ``copy``, ``optimization_barrier``,
+``tile``, and ``stack``/``unstack`` of one) are unit partials: no stored
+values, no multiplications; ``stack`` and ``unstack`` are one-row bands.  Index shifts (``slice``, ``pad``,
 ``rev``, ``concatenate``, ``split``, ``dynamic_slice``,
 ``dynamic_update_slice``, ``cumsum``) keep untouched axes as Kronecker
 pairs.  A moved axis read at a static offset (unit-stride slices, pads
@@ -57,6 +58,12 @@ def _identity(ctx):
         return []
     ndim = len(_shape(ctx.in_avals[0]))
     return [_unit_map(ctx, {k: k for k in range(ndim)})]
+
+
+def _optimization_barrier(ctx):
+    """``lax.optimization_barrier``: each result is its operand."""
+    return [_unit_map(ctx, {k: k for k in range(len(_shape(ctx.in_avals[s])))}, out=s, slot=s) for s in ctx.active
+            if jnp.issubdtype(ctx.out_avals[s].dtype, jnp.inexact)]
 
 
 def _squeeze(ctx):
@@ -271,6 +278,50 @@ def _concatenate(ctx):
     axis = ctx.params["dimension"]
     offsets = np.cumsum([0] + [a.shape[axis] for a in ctx.in_avals])
     return [_selection(ctx, {}, slot=s, shifts={axis: -int(offsets[s])}) for s in ctx.active]
+
+
+def _stack(ctx):
+    """``lax.stack`` (``jnp.stack``): operand ``s`` lands on row ``s`` of the
+    new axis (a one-row band from an end on no axis), the identity on the
+    others."""
+    axis = ctx.params["axis"]
+    ndim = len(_shape(ctx.in_avals[0]))
+    if len(ctx.in_avals) == 1:  # a new axis of size 1: a relabeling
+        return [_unit_map(ctx, {k: k + (k >= axis) for k in range(ndim)})]
+    out_labels = [("ax", k) for k in range(axis)] + [("new",)] + [("ax", k) for k in range(axis, ndim)]
+    return [labelled(0, s, ctx, out_labels, identity_labels(ndim), bands=[(("new",), ("end",), (-s,), ((s, s + 1),))])
+            for s in ctx.active]
+
+
+def _unstack(ctx):
+    """``lax.unstack`` (``jnp.unstack``): output ``j`` reads row ``j`` of the
+    operand's axis (a one-row band to an end on no axis)."""
+    if 0 not in ctx.active:
+        return []
+    axis = ctx.params["axis"]
+    ndim = len(_shape(ctx.in_avals[0]))
+    if len(ctx.out_avals) == 1:  # an axis of size 1 dropped: a relabeling
+        return [_unit_map(ctx, {k: k - (k > axis) for k in range(ndim) if k != axis})]
+    in_labels = [("ax", k) if k != axis else ("gone",) for k in range(ndim)]
+    out_labels = [("ax", k) for k in range(ndim) if k != axis]
+    return [labelled(j, 0, ctx, out_labels, in_labels, bands=[(("end",), ("gone",), (j,), ((0, 1),))])
+            for j in range(len(ctx.out_avals))]
+
+
+def _tile(ctx):
+    """``lax.tile`` (``jnp.tile``): out axis ``k`` of size ``reps[k] * n`` is
+    the pair (repeat, element): the operand replicated along the repeats, a
+    relabeling like a broadcast followed by a reshape (no stored numbers)."""
+    if 0 not in ctx.active:
+        return []
+    sizes, out_axes, in_axes = {}, [], []
+    for k, (n, r) in enumerate(zip(_shape(ctx.in_avals[0]), ctx.params["reps"])):
+        factors = [(label, size) for label, size in ((("rep", k), r), (("ax", k), n)) if size > 1]
+        sizes.update(factors)
+        out_axes.append(tuple(label for label, _ in factors))
+        in_axes.append(((("ax", k),) if n > 1 else ()))
+    st, _ = make_structure(out_axes, in_axes, sizes, None)
+    return [Partial(0, 0, st, None)]
 
 
 def _split(ctx):
@@ -537,11 +588,15 @@ RULES = {
     "convert_element_type": _identity,
     "copy": _identity,
     "copy_p": _identity,
+    "optimization_barrier": _optimization_barrier,
     "slice": _slice,
     "pad": _pad,
     "rev": _rev,
     "concatenate": _concatenate,
     "split": _split,
+    "stack": _stack,
+    "unstack": _unstack,
+    "tile": _tile,
     "dynamic_slice": _dynamic_slice,
     "dynamic_update_slice": _dynamic_update_slice,
     "cumsum": _cumsum,

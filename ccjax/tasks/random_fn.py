@@ -83,6 +83,10 @@ OP_FAMILIES: tuple[str, ...] = (
 #: in every index mode.  Not in the default mix (which the paper's task ``f``
 #: and the training corpus are drawn from); ask for them with ``ops=``.
 FIDELITY_FAMILIES: tuple[str, ...] = ("complex", "custom_vjp", "custom_jvp", "gather_oob", "scatter_oob")
+#: ``jnp.stack``, ``jnp.unstack`` and ``jnp.tile``, primitives of their own
+#: in recent JAX (``stack``, ``unstack``, ``tile``).  Not in the default mix
+#: either, so the default mix draws the functions it always drew.
+STACKING_FAMILIES: tuple[str, ...] = ("stack",)
 #: Families that apply to shape-``()`` values (used by task ``g``).
 ELEMENTWISE_FAMILIES: tuple[str, ...] = ("unary", "binary", "where", "clip")
 #: The paper's mix for task ``f``: elementwise, reduction, reshape-like and dot_general.
@@ -118,6 +122,7 @@ _FAMILY_WEIGHTS: dict[str, float] = {
     "custom_jvp": 1.0,
     "gather_oob": 1.0,
     "scatter_oob": 1.0,
+    "stack": 1.0,
 }
 
 MAX_SIZE = 64  # largest number of elements of any value
@@ -725,6 +730,34 @@ def _op_scatter_oob(b: _Builder) -> None:
     b.emit(f"scatter_{kind}[{mode}, {idx.tolist()}]", fns[kind], (x, y), shape, (k + 1) * 1.0)
 
 
+def _op_stack(b: _Builder) -> None:
+    """``jnp.stack`` of values of one shape, ``jnp.tile``, or one piece of
+    ``jnp.unstack``."""
+    x = b.pick()
+    shape, bound = b.values[x].shape, b.values[x].bound
+    kind = ("stack", "tile", "unstack")[b.randint(0, 2 if shape else 1)]
+    if kind == "stack":
+        parts = [x] + [y for y in (b.pick(lambda v: v.shape == shape) for _ in range(b.randint(1, 2)))
+                       if y is not None]
+        axis = b.randint(0, len(shape))
+        out = shape[:axis] + (len(parts),) + shape[axis:]
+        if math.prod(out) > MAX_SIZE or len(out) > MAX_RANK:
+            return
+        bound = max(b.values[p].bound for p in parts)
+        b.emit(f"stack[axis={axis}]", lambda *vs, a=axis: jnp.stack(vs, axis=a), parts, out, bound)
+    elif kind == "tile":
+        reps = tuple(b.randint(1, 3) for _ in range(max(len(shape), 1)))
+        out = tuple(n * r for n, r in zip(shape or (1,), reps))
+        if math.prod(out) > MAX_SIZE:
+            return
+        b.emit(f"tile[{reps}]", lambda v, r=reps: jnp.tile(v, r), (x,), out, bound)
+    else:
+        axis = b.randint(0, len(shape) - 1)
+        k = b.randint(0, shape[axis] - 1)
+        out = shape[:axis] + shape[axis + 1:]
+        b.emit(f"unstack[axis={axis}][{k}]", lambda v, a=axis, k=k: jnp.unstack(v, axis=a)[k], (x,), out, bound)
+
+
 _BUILDERS: dict[str, Callable[[_Builder], None]] = {
     "unary": _op_unary,
     "binary": _op_binary,
@@ -747,6 +780,7 @@ _BUILDERS: dict[str, Callable[[_Builder], None]] = {
     "custom_jvp": _op_custom_jvp,
     "gather_oob": _op_gather_oob,
     "scatter_oob": _op_scatter_oob,
+    "stack": _op_stack,
 }
 
 
@@ -798,7 +832,7 @@ def random_function(
     families = tuple(OP_FAMILIES if ops is None else ops)
     unknown = [f for f in families if f not in _BUILDERS]
     if unknown or not families:
-        raise ValueError(f"unknown op families {unknown}; choose from {OP_FAMILIES + FIDELITY_FAMILIES}")
+        raise ValueError(f"unknown op families {unknown}; choose from {OP_FAMILIES + FIDELITY_FAMILIES + STACKING_FAMILIES}")
     if not input_shapes:
         raise ValueError("random_function needs at least one input")
     if n_ops < 1:
