@@ -145,7 +145,7 @@ MULTIPLYING = frozenset({"mul", "dot_general"})
 MOVES_DATA = frozenset({
     "slice", "pad", "concatenate", "reshape", "squeeze", "broadcast_in_dim", "transpose", "rev", "neg", "add",
     "add_any", "sub", "convert_element_type", "reduce_sum", "cumsum", "gather", "scatter-add", "dynamic_slice",
-    "dynamic_update_slice", "select_n", "split",
+    "dynamic_update_slice", "select_n", "split", "stack", "unstack", "tile", "optimization_barrier",
 })
 
 

@@ -239,6 +239,10 @@ _DATA_MOVES = {
     "dynamic_update_slice": lambda x: jax.lax.dynamic_update_slice(x, x[:2] * 2.0, (jnp.argmin(x),)),
     "select_n": lambda x: jnp.where(x > 0.3, x, -x),
     "split": lambda x: jnp.split(x, 2)[1],
+    "stack": lambda x: jnp.stack([x, x[::-1]]),
+    "unstack": lambda x: jnp.unstack(x.reshape(2, 3))[1],
+    "tile": lambda x: jnp.tile(x, (2, 1)),
+    "optimization_barrier": lambda x: jax.lax.optimization_barrier(x),
 }
 
 
