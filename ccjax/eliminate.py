@@ -411,8 +411,11 @@ def probe_values(graph: Graph, seed: int, selections: bool = False) -> Optional[
     (:attr:`ccjax.rules.Partial.nonzero`), the values themselves where they
     are constant 0/1 matrices (``Partial.ones``) and, with ``selections``,
     where they are selections at indices known when the graph is built
-    (``Partial.constant``); None when some partial cannot be stood in for
-    (a selection whose indices exist only at run time)."""
+    (``Partial.constant``; with ``Partial.indices``, those indices and
+    stand-in values); None when some partial cannot be stood in for (a
+    selection whose indices exist only at run time).  A selection's
+    stand-in comes from the first seed's draw for every seed (its indices
+    stay NumPy constants), so its values are drawn once."""
     rng = np.random.default_rng(seed)
     values = []
     for r in graph.raw:
@@ -420,16 +423,17 @@ def probe_values(graph: Graph, seed: int, selections: bool = False) -> Optional[
         if r.partial.values is None:
             values.append(None)
             continue
-        if is_selection(st):
-            if not (selections and r.partial.constant):
-                return None
+        if is_selection(st) and not (selections and (r.partial.constant or r.partial.indices is not None)):
+            return None
+        if is_selection(st) and r.partial.constant:
             values.append(r.partial.values((), ()))
             continue
         value = rng.uniform(1.0, 2.0, st.val_shape)
         nonzero = None if r.partial.nonzero is None else r.partial.nonzero()
         if nonzero is not None:
             value = nonzero if r.partial.ones else value * nonzero
-        values.append(value.astype(graph.dtype))
+        value = value.astype(graph.dtype)
+        values.append((*r.partial.indices(), value) if is_selection(st) else value)
     return values
 
 
@@ -447,7 +451,8 @@ def probe_finals(graph: Graph, plan: Plan, selections: bool = False) -> Optional
     trace), as one compiled program; None where no raw partial declares
     zeros or is such a selection (every value may be nonzero), or there are
     no stand-ins."""
-    if not any(r.partial.nonzero is not None or (selections and r.partial.constant) for r in graph.raw):
+    if not any(r.partial.nonzero is not None or (selections and (r.partial.constant or r.partial.indices))
+               for r in graph.raw):
         return None
     raws = [probe_values(graph, seed, selections) for seed in PROBE_SEEDS]
     if raws[0] is None:

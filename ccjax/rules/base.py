@@ -74,7 +74,10 @@ class Partial:
     are exactly ``nonzero()`` as 0/1 numbers at every input (a selection
     matrix), not only zero where it is False.  ``constant``: ``values``
     does not read the operands (a selection at indices known when the graph
-    is built), so a probe of the plan may run it as it is.
+    is built), so a probe of the plan may run it as it is.  ``indices()``,
+    for a selection at indices known when the graph is built whose stored
+    values are not (a convolution's kernel entries), returns its index
+    arrays, so a probe may stand in for the values alone.
     """
 
     out: int
@@ -86,6 +89,7 @@ class Partial:
     nonzero: Optional[Callable[[], np.ndarray]] = None
     ones: bool = False
     constant: bool = False
+    indices: Optional[Callable[[], tuple]] = None
 
 
 Rule = Callable[[RuleContext], list]

@@ -26,6 +26,9 @@ from ccjax.structure import Selection
 
 #: Largest flat size whose indices an int32 holds.
 MAX_FLAT = 2**31 - 1
+#: Most entries a selection at constant indices lists (NumPy arrays built
+#: and composed when the graph is built).
+MAX_CONSTANT_SELECTION = 1 << 22
 
 
 def _flat_iota(shape) -> jnp.ndarray:

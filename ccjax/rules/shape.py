@@ -190,10 +190,6 @@ def _take_matrix(n_out: int, n_in: int, offset, stride: int = 1):
     return i == offset + stride * o
 
 
-#: Most entries a selection at constant indices (:func:`_as_constant_selection`) lists.
-MAX_CONSTANT_SELECTION = 1 << 22
-
-
 def _as_constant_selection(ctx, moved: Sequence[int], lead: int) -> bool:
     """Whether a strided, reversed or interior-padded access is better
     planned as a selection at constant flat indices (``lead`` of them, one
@@ -206,7 +202,7 @@ def _as_constant_selection(ctx, moved: Sequence[int], lead: int) -> bool:
     in_shape, out_shape = _shape(ctx.in_avals[0]), _shape(ctx.out_avals[0])
     matrices = math.prod(out_shape[k] * in_shape[k] for k in moved)
     fits = max(math.prod(in_shape), math.prod(out_shape)) <= selection.MAX_FLAT
-    return bool(moved) and fits and not ctx.in_branch and 0 < lead < matrices and lead <= MAX_CONSTANT_SELECTION
+    return bool(moved) and fits and not ctx.in_branch and 0 < lead < matrices and lead <= selection.MAX_CONSTANT_SELECTION
 
 
 def _slice(ctx):
