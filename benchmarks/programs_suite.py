@@ -80,6 +80,17 @@ def bratu2d_residual(U):
     return lap + lam * jnp.exp(U)
 
 
+def heat2d_conv_residual(U):
+    """Implicit-Euler residual of a reaction–diffusion equation on an n x n
+    grid, the 5-point Laplacian by jax.scipy.signal.convolve2d (zero
+    boundary from mode='same')."""
+    n = U.shape[0]
+    h, dt = 1.0 / (n + 1), 1e-4
+    lap = jnp.asarray([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], U.dtype) / h ** 2
+    U_old = 0.5 * jnp.ones_like(U)
+    return U - U_old - dt * (jax.scipy.signal.convolve2d(U, lap, mode="same") + U * (1.0 - U))
+
+
 def bratu1d_residual(u):
     """Periodic 1D Bratu, tridiagonal via jnp.roll."""
     n = u.shape[0]
@@ -443,6 +454,12 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         n = 6 if q else 32
         return Program("bratu2d_5pt", "PDE", bratu2d_residual, (0.1 * _rng("bratu2").random((n, n)),), 0,
                        what=f"2D Bratu 5-point stencil, jnp.pad + slices, {n}x{n}")
+
+    @reg
+    def p_heat2d_conv(q):
+        n = 6 if q else 32
+        return Program("heat2d_conv", "PDE", heat2d_conv_residual, (0.5 + 0.1 * _rng("heat2d").random((n, n)),), 0,
+                       what=f"2D reaction–diffusion residual, 5-point Laplacian by convolve2d, {n}x{n}")
 
     @reg
     def p_bratu1d_roll(q):
