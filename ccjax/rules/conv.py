@@ -60,8 +60,7 @@ def _taps(ctx: RuleContext) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray
     d = n_spatial
     grid = np.ogrid[tuple(slice(0, n) for n in [batch, feats] + spatial + [channels] + window)]
     b, o, s, c, k = grid[0], grid[1], grid[2:2 + d], grid[2 + d], grid[3 + d:]
-    full = tuple(g.shape for g in grid)
-    shape = tuple(max(sizes) for sizes in zip(*full))
+    shape = np.broadcast_shapes(*(g.shape for g in grid))
     pos = [s[i] * strides[i] + k[i] * dilation[i] - pads[i] for i in range(d)]
     coords = [None] * (d + 2)
     coords[lhs_spec[0]], coords[lhs_spec[1]] = b, c

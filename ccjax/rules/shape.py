@@ -3,7 +3,8 @@
 Pure relabelings (``broadcast_in_dim``, ``reshape``, ``squeeze``,
 ``transpose``, ``convert_element_type``, ``copy``, ``optimization_barrier``,
 ``tile``, and ``stack``/``unstack`` of one) are unit partials: no stored
-values, no multiplications; ``stack`` and ``unstack`` are one-row bands.  Index shifts (``slice``, ``pad``,
+values, no multiplications; ``stack`` and ``unstack`` of several are
+one-row bands.  Index shifts (``slice``, ``pad``,
 ``rev``, ``concatenate``, ``split``, ``dynamic_slice``,
 ``dynamic_update_slice``, ``cumsum``) keep untouched axes as Kronecker
 pairs.  A moved axis read at a static offset (unit-stride slices, pads
@@ -202,7 +203,8 @@ def _as_constant_selection(ctx, moved: Sequence[int], lead: int) -> bool:
     in_shape, out_shape = _shape(ctx.in_avals[0]), _shape(ctx.out_avals[0])
     matrices = math.prod(out_shape[k] * in_shape[k] for k in moved)
     fits = max(math.prod(in_shape), math.prod(out_shape)) <= selection.MAX_FLAT
-    return bool(moved) and fits and not ctx.in_branch and 0 < lead < matrices and lead <= selection.MAX_CONSTANT_SELECTION
+    return (bool(moved) and fits and not ctx.in_branch and 0 < lead < matrices
+            and lead <= selection.MAX_CONSTANT_SELECTION)
 
 
 def _slice(ctx):
@@ -283,7 +285,7 @@ def _stack(ctx):
     axis = ctx.params["axis"]
     ndim = len(_shape(ctx.in_avals[0]))
     if len(ctx.in_avals) == 1:  # a new axis of size 1: a relabeling
-        return [_unit_map(ctx, {k: k + (k >= axis) for k in range(ndim)})]
+        return [_unit_map(ctx, {k: k + (k >= axis) for k in range(ndim)})] if ctx.active else []
     out_labels = [("ax", k) for k in range(axis)] + [("new",)] + [("ax", k) for k in range(axis, ndim)]
     return [labelled(0, s, ctx, out_labels, identity_labels(ndim), bands=[(("new",), ("end",), (-s,), ((s, s + 1),))])
             for s in ctx.active]

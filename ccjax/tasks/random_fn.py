@@ -832,7 +832,8 @@ def random_function(
     families = tuple(OP_FAMILIES if ops is None else ops)
     unknown = [f for f in families if f not in _BUILDERS]
     if unknown or not families:
-        raise ValueError(f"unknown op families {unknown}; choose from {OP_FAMILIES + FIDELITY_FAMILIES + STACKING_FAMILIES}")
+        known = OP_FAMILIES + FIDELITY_FAMILIES + STACKING_FAMILIES
+        raise ValueError(f"unknown op families {unknown}; choose from {known}")
     if not input_shapes:
         raise ValueError("random_function needs at least one input")
     if n_ops < 1:
