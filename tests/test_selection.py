@@ -1,4 +1,4 @@
-"""Gathers, scatter-adds and sorts at run-time indices are selections:
+"""Gathers, scatter-adds, sorts and ``top_k`` at run-time indices are selections:
 the algebra against dense products (with executed multiplications equal to
 the plan's), whole programs exact in every order, under jit, vmap and
 eagerly, and sparse output holding one entry per selected element."""
@@ -225,6 +225,13 @@ def argsort_take(x, idx):
     return jnp.take(x * x, order) + jnp.take_along_axis(jnp.tanh(x), order, axis=0)
 
 
+def top_k(x, idx):
+    """``lax.top_k`` along rows and of a vector: values read where its
+    indices output says (a run-time pick), ties as ``top_k`` breaks them."""
+    v, _ = jax.lax.top_k(jnp.sin(x.reshape(3, 4)) * x.reshape(3, 4)[::-1], 2)
+    return jnp.concatenate([jax.nn.softmax(v).ravel(), jax.lax.top_k(jnp.round(x) + x ** 2, 3)[0] * x[idx][:3]])
+
+
 def segment_sum(x, idx):
     """Scatter-adds with repeated and dropped indices (puts), then a gather of them."""
     s = jax.ops.segment_sum(jnp.sin(x[idx]) * x[idx], idx % 4, num_segments=4)
@@ -253,7 +260,7 @@ def interpolate(x, idx):
 
 
 PROGRAMS = {f.__name__: f for f in (gather_twice, gather_matvec, rows_and_columns, sort_pair, sort_rows, argsort_take,
-                                    segment_sum, out_of_range, embedding, interpolate)}
+                                    top_k, segment_sum, out_of_range, embedding, interpolate)}
 X = np.random.default_rng(0).normal(size=12)
 IDX = np.array([3, 0, 7, 3, 11, 5, 0, 2], np.int32)
 

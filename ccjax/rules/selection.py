@@ -1,4 +1,4 @@
-"""Gathers, scatter-adds and sorts at indices known only at run time.
+"""Gathers, scatter-adds, sorts and ``top_k`` at indices known only at run time.
 
 Their partials are :class:`ccjax.structure.Selection` s: the flat operand
 element each output element reads (a gather, a sort) or the flat output
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ccjax.rules import opaque
 from ccjax.rules.base import Partial, RuleContext
 from ccjax.structure import Selection
 
@@ -191,4 +192,20 @@ def sort_partials(ctx: RuleContext) -> list[Partial]:
     return parts
 
 
-RULES = {"sort": sort_partials}
+def top_k_partials(ctx: RuleContext) -> list[Partial]:
+    """``lax.top_k``'s values read the operand where its indices output
+    says, as JAX's JVP of it gathers the tangent there (ties as ``top_k``
+    breaks them); the indices carry no derivative."""
+    shape, axis = tuple(ctx.in_avals[0].shape), ctx.params["axis"]
+    if 0 not in ctx.active or not _fits_int32(shape) or ctx.same_value is None:
+        return opaque.dense_partials(ctx) if 0 in ctx.active else []
+    key = ("top_k", ctx.same_value(0), ctx.params["k"], axis, shape)
+    st = Selection(tuple(ctx.out_avals[0].shape), shape, "pick", (key,))
+
+    def reads(ins, outs):
+        return (jnp.take_along_axis(_flat_iota(shape), outs[1].astype(np.int32), axis).reshape(-1, 1),)
+
+    return [Partial(0, 0, st, reads)]
+
+
+RULES = {"sort": sort_partials, "top_k": top_k_partials}
