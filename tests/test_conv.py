@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jax import lax
 
 jax.config.update("jax_enable_x64", True)
@@ -109,3 +111,42 @@ def test_a_stencil_written_as_a_convolution_multiplies_far_less_than_plain_modes
     assert plan.mode == "eliminate"
     counter = Counter(g)
     assert 20 * program_mults(g, plan, counter) < min(counter.mode_mults("rev"), counter.mode_mults("fwd"))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_convolutions_match_jacrev(data):
+    """Random spatial rank, sizes, channels, strides, kernel dilation,
+    padding and layout; input and kernel differentiated, a random order and
+    the sparse output."""
+    d = data.draw(st.integers(1, 2))
+    spatial = [data.draw(st.integers(3, 6)) for _ in range(d)]
+    window = [data.draw(st.integers(1, 3)) for _ in range(d)]
+    strides = tuple(data.draw(st.integers(1, 2)) for _ in range(d))
+    dilation = tuple(data.draw(st.integers(1, 2)) for _ in range(d))
+    padding = data.draw(st.sampled_from(["SAME", "VALID", "explicit"]))
+    if padding == "explicit":
+        padding = tuple((data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2))) for _ in range(d))
+    elif padding == "VALID" and any((w - 1) * r + 1 > n for w, r, n in zip(window, dilation, spatial)):
+        padding = "SAME"
+    batch, c_in, c_out = (data.draw(st.integers(1, 2)) for _ in range(3))
+    channels_last = data.draw(st.booleans())
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+    letters = "HW"[:d] if d == 2 else "W"
+    lhs_spec = ("N" + letters + "C") if channels_last else ("NC" + letters)
+    rhs_spec = (letters + "IO") if channels_last else ("OI" + letters)
+    x = rng.normal(size=[batch] + spatial + [c_in] if channels_last else [batch, c_in] + spatial)
+    k = rng.normal(size=window + [c_in, c_out] if channels_last else [c_out, c_in] + window)
+    fn = lambda x, k: jnp.sin(lax.conv_general_dilated(x * x, k, strides, padding, rhs_dilation=dilation,
+                                                       dimension_numbers=(lhs_spec, rhs_spec, lhs_spec)))
+    want = jax.jacrev(fn, argnums=(0, 1))(x, k)
+    g = ccjax.graph(fn, x, k, argnums=(0, 1))
+    order = tuple(int(v) for v in rng.permutation(np.array(g.eliminable, dtype=int)))
+    for got in (ccjax.jacve(fn, argnums=(0, 1), order=order)(x, k), jax.jit(ccjax.jacve(fn, argnums=(0, 1)))(x, k)):
+        jax.tree_util.tree_map(lambda w, v: np.testing.assert_allclose(v, w, rtol=1e-11, atol=1e-12), want, got)
+    blocks = jax.tree_util.tree_leaves(ccjax.jacve(fn, argnums=(0, 1), output="sparse")(x, k),
+                                       is_leaf=lambda b: hasattr(b, "todense"))
+    wants = jax.tree_util.tree_leaves(want)
+    for block, w in zip(blocks, wants):
+        np.testing.assert_allclose(np.asarray(block.todense()), w, rtol=1e-11, atol=1e-12)
+    assert sum(block.nse for block in blocks) == sum(np.count_nonzero(w) for w in wants)
