@@ -1,4 +1,12 @@
-"""Reductions: Kronecker pairs on kept axes, replication or values on reduced ones."""
+"""Reductions: Kronecker pairs on kept axes, replication or values on reduced ones.
+
+Cumulative reductions other than ``cumsum`` (``cumprod``, ``cummax``,
+``cummin``, ``cumlogsumexp``) run along one axis, each lane on its own:
+Kronecker pairs on the other axes and an ``n × n`` triangle of values per
+lane (``out[i]`` reads ``in[j]`` for ``j <= i``, ``j >= i`` reversed),
+found by ``n`` JVPs of the whole equation, each seeding position ``j`` of
+every lane at once (lanes do not mix), with JAX's own derivative rules.
+"""
 from __future__ import annotations
 
 import math
@@ -87,7 +95,34 @@ def _reduce_prod(ctx):
     return [labelled(0, 0, ctx, out_labels, in_labels, in_labels, in_shape, values)]
 
 
+def _cumulative(ctx):
+    if 0 not in ctx.active:
+        return []
+    shape, axis = tuple(ctx.in_avals[0].shape), ctx.params["axis"]
+    n = shape[axis]
+    others = [("ax", k) for k in range(len(shape)) if k != axis]
+    out_labels = [("ax", k) if k != axis else ("o",) for k in range(len(shape))]
+    in_labels = [("ax", k) if k != axis else ("i",) for k in range(len(shape))]
+    val_shape = tuple(m for k, m in enumerate(shape) if k != axis) + (n, n)
+    dtype = ctx.out_avals[0].dtype
+
+    def values(ins, outs):
+        one_hot = jnp.eye(n, dtype=ins[0].dtype).reshape((n,) + (1,) * axis + (n,) + (1,) * (len(shape) - axis - 1))
+        seeds = jnp.broadcast_to(one_hot, (n,) + shape)  # seed j: position j of every lane
+        columns = jax.vmap(lambda t: jax.jvp(lambda x: ctx.eval(x)[0], (ins[0],), (t,))[1])(seeds)
+        return jnp.moveaxis(jnp.moveaxis(columns, 0, -1), axis, -2).astype(dtype)  # others + (i, j)
+
+    triangle = np.tri(n, dtype=bool)
+    triangle = triangle.T if ctx.params["reverse"] else triangle
+    return [labelled(0, 0, ctx, out_labels, in_labels, others + [("o",), ("i",)], val_shape, values,
+                     nonzero=lambda: np.broadcast_to(triangle, val_shape))]
+
+
 RULES = {
+    "cumprod": _cumulative,
+    "cummax": _cumulative,
+    "cummin": _cumulative,
+    "cumlogsumexp": _cumulative,
     "reduce_sum": _reduce_sum,
     "reduce_max": _reduce_chooser,
     "reduce_min": _reduce_chooser,
