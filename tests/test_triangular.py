@@ -16,12 +16,11 @@ from jax import lax
 jax.config.update("jax_enable_x64", True)
 
 from conftest import check_orders
-from test_elimination import _executed_mults, _orders
+from test_elimination import check_cost_is_executed
 
 import ccjax
 from ccjax import api
 from ccjax.counting import Counter
-from ccjax.eliminate import plan_elimination
 from ccjax.jax_modes import program_mults
 
 RNG = np.random.default_rng(11)
@@ -66,10 +65,7 @@ def _nonzeros(tree) -> int:
 def test_triangular_solves_are_exact_in_every_order_and_cost_is_executed(name):
     fn, args, argnums = PROGRAMS[name]
     check_orders(fn, *args, argnums=argnums, n_random=2, rtol=1e-11, atol=1e-12)
-    g = ccjax.graph(fn, *args, argnums=argnums)
-    for order in _orders(g, np.random.default_rng(5), n_random=1):
-        plan = plan_elimination(g, order)
-        assert _executed_mults(g, plan, fn, args, argnums) == plan.report.mults
+    check_cost_is_executed(fn, args, argnums, seed=5, n_random=1)
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))

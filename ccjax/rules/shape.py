@@ -37,6 +37,11 @@ def _shape(aval) -> tuple[int, ...]:
     return tuple(aval.shape)
 
 
+def _flat_positions(shape) -> np.ndarray:
+    """Each element's flat (row-major) index, laid out as ``shape``."""
+    return np.arange(math.prod(shape)).reshape(shape)
+
+
 def _unit_map(ctx: RuleContext, out_of_in: dict, out: int = 0, slot: int = 0) -> Partial:
     """Unit partial where in axis ``k`` is out axis ``out_of_in[k]`` (or replicated)."""
     out_ndim = len(_shape(ctx.out_avals[out]))
@@ -130,7 +135,7 @@ def _dense_reshape(in_shape: tuple, out_shape: tuple, perm: tuple) -> Partial:
     that output entry ``o`` reads (a permutation of entries)."""
     st, prepare = dense(out_shape, in_shape)
     n = int(np.prod(in_shape))
-    source = np.arange(n).reshape(in_shape).transpose(perm).reshape(-1)
+    source = _flat_positions(in_shape).transpose(perm).reshape(-1)
     eye = np.eye(n, dtype=bool)[source].reshape(out_shape + in_shape)
     return Partial(0, 0, st, lambda ins, outs: prepare(jnp.asarray(eye, outs[0].dtype)),
                    nonzero=constant_mask(lambda: prepare(eye)), ones=True)
@@ -214,7 +219,7 @@ def _slice(ctx):
     strides = ctx.params["strides"] or (1,) * len(in_shape)
     strided = [k for k, stride in enumerate(strides) if stride != 1]
     if _as_constant_selection(ctx, strided, math.prod(out_shape)):
-        reads = np.arange(math.prod(in_shape)).reshape(in_shape)[
+        reads = _flat_positions(in_shape)[
             tuple(slice(start, limit, stride) for start, limit, stride
                   in zip(ctx.params["start_indices"], ctx.params["limit_indices"], strides))]
         return [selection.constant_selection(ctx, "pick", reads)]
@@ -267,7 +272,7 @@ def _rev(ctx):
     shape = _shape(ctx.in_avals[0])
     flipped = sorted({k for k in ctx.params["dimensions"] if shape[k] > 1})
     if _as_constant_selection(ctx, flipped, math.prod(shape)):
-        return [selection.constant_selection(ctx, "pick", np.flip(np.arange(math.prod(shape)).reshape(shape), flipped))]
+        return [selection.constant_selection(ctx, "pick", np.flip(_flat_positions(shape), flipped))]
     mats = {k: (lambda n: lambda ins: np.eye(n, dtype=bool)[::-1])(shape[k]) for k in ctx.params["dimensions"]}
     return [_selection(ctx, mats, constant=True)]
 
