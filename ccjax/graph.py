@@ -518,26 +518,54 @@ class _SameValues:
 
 class _Statics:
     """Values known while the graph is built: constants of the program, the
-    closed jaxpr's constants (each one read is recorded in ``pins``), and
-    results of equations on those alone, evaluated once at build time."""
+    closed jaxpr's constants, and results of equations on those alone,
+    evaluated once at build time.  A value read by :meth:`value` pins the
+    closed jaxpr's constants it was computed from (recorded in ``pins``);
+    :meth:`zeros` pins them only where it finds a zero, and otherwise
+    records them in ``zero_free``: a graph built then is valid for any
+    values, but a later constant with zeros may give a sparser one."""
 
     #: Most equations evaluated for one value, and the largest result kept.
     MAX_EQUATIONS = 64
     MAX_SIZE = 1 << 20
 
-    def __init__(self, program: Program, top_values: Sequence, pins: dict):
+    def __init__(self, program: Program, top_values: Sequence, pins: dict, zero_free: set):
         self.program = program
+        self.zero_free = zero_free
         self.top = {var: k for k, var in enumerate(program.top_consts)} if len(top_values) else {}
         self.top_values = top_values
         self.pins = pins
         self.memo: dict[int, Optional[np.ndarray]] = {}
+        self.sources: dict[int, frozenset] = {}  # var -> positions of the closed jaxpr's constants it reads
 
     @functools.cached_property
     def producer(self) -> dict[int, tuple[int, Node]]:
         return {o: (k, node) for k, node in enumerate(self.program.nodes) for o in node.outs}
 
     def value(self, var: int) -> Optional[np.ndarray]:
-        """The value of variable ``var`` when known at build time, else None."""
+        """The value of variable ``var`` when known at build time, else None;
+        the graph is then valid only for the constants it was computed from."""
+        found = self._known(var)
+        if found is not None:
+            for k in self.sources.get(var, ()):
+                self.pins[k] = self.memo[self.program.top_consts[k]]
+        return found
+
+    def zeros(self, var: int) -> Optional[np.ndarray]:
+        """Where the value of ``var`` is zero (a boolean array) when it is
+        known at build time, else None."""
+        found = self._known(var)
+        if found is None:
+            return None
+        mask = np.asarray(found) == 0
+        if mask.any():
+            self.value(var)
+        else:
+            self.zero_free.update(self.sources.get(var, ()))
+        return mask
+
+    def _known(self, var: int) -> Optional[np.ndarray]:
+        """:meth:`value` without pinning anything."""
         if var in self.memo:
             return self.memo[var]
         needed: dict[int, Node] = {}  # program position -> equation, for the values on the way
@@ -581,6 +609,9 @@ class _Statics:
         args = [self.memo[i] for i in leaves]
         with jax.disable_jit(False):  # compiled ahead: runs now, also inside an outer trace
             outs = jax.jit(evaluate).lower(*args).compile()(*args)
+        for node in nodes:
+            sources = frozenset().union(*(self.sources.get(i, ()) for i in node.ins))
+            self.sources.update((o, sources) for o in node.outs)
         for o, x in zip([o for node in nodes for o in node.outs], outs):
             try:
                 self.memo[o] = np.asarray(x)
@@ -600,7 +631,8 @@ class _Statics:
                 self.memo[var] = None
             else:
                 # a copy: the constant may be the caller's array, changed in place later
-                self.memo[var] = self.pins[self.top[var]] = np.array(v, copy=True)
+                self.memo[var] = np.array(v, copy=True)
+                self.sources[var] = frozenset((self.top[var],))
             return True
         return False
 
@@ -636,7 +668,8 @@ class Graph:
         self._in_branch = in_branch  # a branch of a cond (RuleContext)
         self.diff_leaves = tuple(diff_leaves)
         self.pins: dict[int, np.ndarray] = {}
-        self._statics = _Statics(program, top_values, self.pins)
+        self.zero_free: set[int] = set()
+        self._statics = _Statics(program, top_values, self.pins, self.zero_free)
         self._same_values = _SameValues(program, self._statics)
         self._build(n_outputs)
         del self._statics, self._same_values  # _statics holds the closed jaxpr's constants: keep only the pinned ones
@@ -741,19 +774,25 @@ class Graph:
                           node.reverse_only, tuple(tuple(g) for g in groups.values()),
                           forward_matches_reverse(node), lambda slot: self._statics.value(node.ins[slot]),
                           lambda slot: self._same_values.key(node.ins[slot]), self._eliminate_branch,
-                          self._in_branch)
+                          self._in_branch, lambda slot: self._statics.zeros(node.ins[slot]))
         return partials(ctx)
 
     def pins_match(self, top_values: Sequence) -> bool:
         """Whether the closed jaxpr's constants ``top_values`` agree with the
         values this graph's structure was built from (:attr:`pins`: the
-        position of each constant a rule read, e.g. a gather's index array)."""
+        position of each constant a rule read, e.g. a gather's index array),
+        and have no zeros where a rule found none (:attr:`zero_free`; with a
+        zero there, a new graph may store less)."""
         for k, pinned in self.pins.items():
             v = top_values[k]
             if _jaxpr.is_tracer(v):
                 return False
             v = np.asarray(v)
             if v.shape != pinned.shape or v.dtype != pinned.dtype or not np.array_equal(v, pinned):
+                return False
+        for k in self.zero_free:
+            v = top_values[k]
+            if _jaxpr.is_tracer(v) or not np.all(np.asarray(v) != 0):
                 return False
         return True
 

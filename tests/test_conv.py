@@ -29,6 +29,7 @@ IMG = RNG.normal(size=(2, 3, 7, 6))
 KER = RNG.normal(size=(4, 3, 3, 2))
 GROUPED = RNG.normal(size=(3, 1, 2, 2))
 STENCIL = np.array([1.0, -2.0, 1.0])
+LAPLACIAN = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
 def conv(x, k, **kw):
@@ -52,6 +53,8 @@ PROGRAMS = {
                   (IMG.transpose(0, 2, 3, 1),), 0),
     "one_variable_both_operands": (lambda x: conv(x, x[:2, :, :2, :2], window_strides=(1, 1), padding="VALID"),
                                    (IMG,), 0),
+    "constant_kernel_with_zeros": (lambda u: jnp.sin(jax.scipy.signal.convolve2d(u ** 2, LAPLACIAN * 3.0, mode="same")),
+                                   (RNG.normal(size=(5, 6)),), 0),
     "feature_groups": (lambda x: lax.conv_general_dilated(jnp.sin(x), GROUPED, (1, 1), "VALID", feature_group_count=3),
                        (IMG,), 0),
 }
@@ -107,6 +110,34 @@ def test_a_stencil_written_as_a_convolution_multiplies_far_less_than_plain_modes
     assert plan.mode == "eliminate"
     counter = Counter(g)
     assert 20 * program_mults(g, plan, counter) < min(counter.mode_mults("rev"), counter.mode_mults("fwd"))
+
+
+def test_a_constant_kernels_zero_taps_are_left_out_and_pin_the_graph():
+    """The 5-point Laplacian as a 3 x 3 convolution: the corners are zero in
+    the constant kernel, so the pick keeps 5 columns (not 9).  The kernel
+    pins the graph: the same program with another constant kernel (zero
+    elsewhere) is rebuilt, not run with the first one's taps.  A kernel without zeros (a model's weights) does
+    not pin it, but is not reused for a kernel with zeros (whose graph stores
+    less)."""
+    def residual(kernel):
+        return lambda u: jnp.tanh(jax.scipy.signal.convolve2d(u, jnp.asarray(kernel) / 2.0, mode="same"))
+
+    u = RNG.normal(size=(6, 7))
+    g = ccjax.graph(residual(LAPLACIAN), u)
+    widths = [r.partial.structure.val_shape[-1] for r in g.raw
+              if g.program.nodes[r.node].name == "conv_general_dilated"]
+    assert widths == [5] and len(g.pins) == 1
+    dense = ccjax.graph(residual(LAPLACIAN + 1.0), u)  # no zeros: the same partial for any kernel ...
+    assert not dense.pins and dense.zero_free  # ... but one with zeros must not reuse it
+    cross = np.array([[1.0, 0.0, 2.0], [0.0, -4.0, 0.0], [3.0, 0.0, 0.5]])
+    for kernel in (LAPLACIAN, cross, LAPLACIAN, np.zeros((3, 3))):
+        fn = residual(kernel)
+        want = jax.jacrev(fn)(u)
+        for run in (ccjax.jacve(fn), jax.jit(ccjax.jacve(fn))):
+            np.testing.assert_allclose(run(u), want, rtol=1e-11, atol=1e-12)
+        sparse = ccjax.jacve(fn, output="sparse")(u)
+        np.testing.assert_allclose(np.asarray(sparse.todense()), want, rtol=1e-11, atol=1e-12)
+        assert sparse.nse == np.count_nonzero(want)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

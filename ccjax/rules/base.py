@@ -29,6 +29,9 @@ class RuleContext:
     ``static(slot)``: the operand's value when it is known when the graph is
     built (a constant, or computed from constants only), else None; the
     graph is then valid only for that value (see :class:`ccjax.graph.Graph`);
+    ``zeros(slot)``: where that value is zero (a boolean array), else None;
+    it pins the graph only where it finds a zero, since a partial built
+    without one is valid for every value;
     ``same_value(slot)``: a key of the operand's value (equal keys, equal
     values: a selection's key names its index operand by it; asked only by
     the rules that need it, since keying a build-time value pins it);
@@ -53,6 +56,7 @@ class RuleContext:
     same_value: Optional[Callable[[int], Any]] = None
     eliminate_branch: Optional[Callable[..., Any]] = None
     in_branch: bool = False
+    zeros: Callable[[int], Optional[np.ndarray]] = lambda slot: None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,8 @@ where a tap falls into the padding), and with respect to ``rhs`` a pick of
 the same width whose values are the input's entries under the window.  The
 indices are NumPy constants, so the selection algebra composes them when
 the graph is built: a 3-point stencil written as a convolution is a
-3-column selection, not a dense ``n × n`` block.  Stored entries are
+3-column selection, not a dense ``n × n`` block.  A constant kernel's zero
+entries are structural zeros, and taps zero everywhere are left out.  Stored entries are
 ``out_size · C · prod(window)`` (the convolution's multiplications): above
 :data:`ccjax.rules.selection.MAX_CONSTANT_SELECTION`, with feature or batch
 groups, input dilation (transposed convolutions), or inside ``cond``
@@ -92,6 +93,29 @@ def _pick(ctx: RuleContext, slot: int, flat: np.ndarray, values, nonzero: np.nda
                    indices=lambda: (flat,))
 
 
+#: Largest constant kernel whose zero taps are looked for when the graph is
+#: built (a kernel with zeros pins the graph to its value, checked on every call).
+MAX_STATIC_KERNEL = 1 << 16
+
+
+def _kernel_taps(ctx: RuleContext, lhs_flat: np.ndarray, rhs_flat: np.ndarray, valid: np.ndarray):
+    """``(lhs_flat, rhs_flat, reads)`` of the input's partial: where the
+    kernel is a constant (or computed from constants), its zero entries are
+    structural zeros of that partial, and a tap zero for every output
+    element (a 5-point stencil's corners in a 3 x 3 kernel) is left out of
+    the pick, so it costs no product and stores no entry.  Only a kernel
+    with zeros pins the graph: without them the partial is the same for
+    every kernel, so a model's weights closed over in eager calls do not
+    rebuild the graph when they change."""
+    zeros = ctx.zeros(1) if ctx.in_avals[1].size <= MAX_STATIC_KERNEL else None
+    if zeros is None or not zeros.any():
+        return lhs_flat, rhs_flat, valid
+    reads = valid & ~zeros.reshape(-1)[rhs_flat]
+    keep = reads.any(axis=0)
+    keep[np.argmax(keep)] = True  # an all-zero kernel still gives one (zero) column
+    return lhs_flat[:, keep], rhs_flat[:, keep], reads[:, keep]
+
+
 def _conv(ctx: RuleContext) -> list[Partial]:
     taps = None if ctx.in_branch else _taps(ctx)
     if taps is None:
@@ -99,7 +123,8 @@ def _conv(ctx: RuleContext) -> list[Partial]:
     lhs_flat, rhs_flat, valid = taps
     parts = []
     if 0 in ctx.active:  # the kernel's entries, 0 in the padding
-        parts.append(_pick(ctx, 0, lhs_flat, lambda ins: jnp.where(valid, ins[1].reshape(-1)[rhs_flat], 0), valid))
+        lhs_cols, rhs_cols, reads = _kernel_taps(ctx, lhs_flat, rhs_flat, valid)
+        parts.append(_pick(ctx, 0, lhs_cols, lambda ins: jnp.where(reads, ins[1].reshape(-1)[rhs_cols], 0), reads))
     if 1 in ctx.active:  # the input's entries under the window, 0 in the padding
         parts.append(_pick(ctx, 1, rhs_flat, lambda ins: jnp.where(valid, ins[0].reshape(-1)[lhs_flat], 0), valid))
     return parts
