@@ -159,6 +159,20 @@ def _inexact(dtype) -> bool:
     return jnp.issubdtype(dtype, jnp.inexact)
 
 
+def _default_platform_branch(params: dict):
+    """The branch of a ``lax.platform_dependent`` cond (its index a
+    ``platform_index``) for platforms without their own (``jnp.diagonal``:
+    a gather; its other branch, for Pallas' Mosaic, multiplies by an
+    identity mask and sums).  The branches are one function written for
+    different compilers, so the graph takes the portable one on every
+    platform: its structure (here a selection) rather than the union of
+    all, and its primal values, which are the same."""
+    platforms = params.get("branches_platforms") or ()
+    branches = params["branches"]
+    k = next((k for k, p in enumerate(platforms) if p is None), len(branches) - 1)
+    return branches[k]
+
+
 class _ProgramBuilder:
     def __init__(self):
         self.avals: list = []
@@ -167,6 +181,7 @@ class _ProgramBuilder:
         self.consts: dict = {}
         self.cacheable = True
         self.effectful: set[int] = set()  # nodes kept even when no output reads them
+        self.platform_indices: set[int] = set()  # results of ``platform_index``
 
     def var(self, aval, active: bool) -> int:
         self.avals.append(aval)
@@ -214,6 +229,10 @@ class _ProgramBuilder:
                 body, consts = _jaxpr.call_body(eqn)
                 cids = [self.const(c, v.aval, stable=False) for c, v in zip(consts, body.constvars)]
                 outs = self.inline(body, cids, ins)
+            elif name == "cond" and ins[0] in self.platform_indices:
+                branch = _default_platform_branch(eqn.params)
+                cids = [self.const(c, v.aval, stable=False) for c, v in zip(branch.consts, branch.jaxpr.constvars)]
+                outs = self.inline(branch.jaxpr, cids, ins[1:])
             elif _jaxpr.is_custom_jvp(eqn) and any(self.active[i] for i in ins):
                 outs = self._custom_jvp(eqn, ins)
             elif name in ("copy", "copy_p") or (
@@ -222,6 +241,8 @@ class _ProgramBuilder:
             else:
                 outs = self.node(name, eqn.primitive, eqn.params, ins, out_avals,
                                  reverse_only=_jaxpr.reverse_only(eqn), effectful=bool(eqn.effects))
+                if name == "platform_index":
+                    self.platform_indices.update(outs)
             for v, i in zip(eqn.outvars, outs):
                 if not _jaxpr.is_dropvar(v):
                     env[v] = i

@@ -52,14 +52,15 @@ def _jvp_values(ctx: RuleContext, slot: int):
     return values
 
 
-def _diag(ctx: RuleContext, slot: int, values, val_shape=None, val_labels=None) -> Partial:
+def _diag(ctx: RuleContext, slot: int, values, val_shape=None, val_labels=None, nonzero=None,
+          ones: bool = False) -> Partial:
     out_shape = tuple(ctx.out_avals[0].shape)
     in_shape = tuple(ctx.in_avals[slot].shape)
     if val_labels is None:
         val_labels, val_shape = _full_labels(len(out_shape)), out_shape
     return labelled(0, slot, ctx, _full_labels(len(out_shape)),
                     _aligned_labels(len(out_shape), in_shape, out_shape),
-                    val_labels, val_shape, values)
+                    val_labels, val_shape, values, nonzero=nonzero, ones=ones)
 
 
 def _unit(ctx: RuleContext, slot: int, sign: int) -> Partial:
@@ -93,7 +94,14 @@ def _neg(ctx):
 
 
 def _mul(ctx):
-    return [_diag(ctx, s, lambda ins, outs, o=1 - s: ins[o], **_shaped_like(ctx, 1 - s)) for s in ctx.active]
+    """A constant factor's zeros (a mask, ``x * jnp.tril(ones)``) are
+    structural zeros of the other operand's partial."""
+    parts = []
+    for s in ctx.active:
+        zeros = ctx.zeros(1 - s)
+        nonzero = None if zeros is None or not zeros.any() else (lambda zeros=zeros: ~zeros)
+        parts.append(_diag(ctx, s, lambda ins, outs, o=1 - s: ins[o], **_shaped_like(ctx, 1 - s), nonzero=nonzero))
+    return parts
 
 
 def _div(ctx):
@@ -114,13 +122,17 @@ def _closed_form(derivative):
 
 
 def _select_n(ctx):
-    """``select_n(pred, *cases)``: case ``i`` passes where ``pred == i``."""
+    """``select_n(pred, *cases)``: case ``i`` passes where ``pred == i``.
+    A predicate known when the graph is built (``jnp.triu``'s, a constant
+    mask) makes the partials 0/1 matrices with known zeros."""
+    pred = ctx.static(0) if len(ctx.active) > (0 in ctx.active) else None
     parts = []
     for s in ctx.active:
         if s == 0:
             continue
+        nonzero = None if pred is None else (lambda i=s - 1: pred == i)
         parts.append(_diag(ctx, s, lambda ins, outs, i=s - 1: (ins[0] == i).astype(outs[0].dtype),
-                           **_shaped_like(ctx, 0)))
+                           **_shaped_like(ctx, 0), nonzero=nonzero, ones=pred is not None))
     return parts
 
 
