@@ -345,6 +345,15 @@ def scatter_add(x, idx, nbins: int):
     return jnp.zeros((nbins,), x.dtype).at[idx].add(x ** 2)
 
 
+def pool_features(img, kernel):
+    """A feature map: 3x3 convolution (constant kernel), ReLU, 2x2 max pool
+    and a 3x3 average pool (stride 1, same padding); NHWC."""
+    feats = jax.nn.relu(lax.conv_general_dilated(img, kernel, (1, 1), "SAME",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    pooled = lax.reduce_window(feats, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    return lax.reduce_window(pooled, 0.0, lax.add, (1, 3, 3, 1), (1, 1, 1, 1), "SAME") / 9.0
+
+
 def conv2d_scalar(img, kernel):
     y = lax.conv_general_dilated(img, kernel, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW"))
     return jnp.sum(jnp.tanh(y) ** 2)
@@ -603,6 +612,16 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         return Program("conv2d_scalar", "conv", conv2d_scalar,
                        (r.standard_normal((1, 1, s, s)), 0.3 * r.standard_normal((c, 1, 3, 3))), (0, 1),
                        what=f"lax.conv_general_dilated 3x3, {c} channels, {s}x{s} image -> scalar, w.r.t. image and kernel")
+
+    @reg
+    def p_pool_features(q):
+        s, c = (8, 2) if q else (32, 4)
+        r = _rng("pool")
+        kernel = 0.5 * r.standard_normal((3, 3, 1, c))
+        return Program("pool_features", "conv", lambda img: pool_features(img, jnp.asarray(kernel, img.dtype)),
+                       (r.standard_normal((1, s, s, 1)),), 0,
+                       what=f"conv 3x3 ({c} channels, constant kernel), ReLU, 2x2 max pool, 3x3 average pool, "
+                            f"{s}x{s} image -> feature map")
 
     @reg
     def p_sort(q):

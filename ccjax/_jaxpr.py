@@ -136,7 +136,7 @@ COLLECTIVES = frozenset({"psum", "pmax", "pmin", "ppermute", "all_gather", "all_
 
 
 #: The primitives whose own scalar multiplications the cost model counts.
-MULTIPLYING = frozenset({"mul", "dot_general"})
+MULTIPLYING = frozenset({"mul", "dot_general", "conv_general_dilated"})
 
 #: Primitives that only move, add, negate or select data: neither they nor
 #: JAX's JVP of them nor its transpose multiply, in any mode or ``vmap``
@@ -149,15 +149,21 @@ MOVES_DATA = frozenset({
 })
 
 
-def own_multiplications(name: str, params: dict, lhs_shape: Sequence[int], out_shape: Sequence[int]) -> int:
-    """Scalar multiplications of one ``mul`` (its output size) or
-    ``dot_general`` (its whole iteration space) equation, 0 for any other
-    primitive (sub-jaxprs not included)."""
+def own_multiplications(name: str, params: dict, lhs_shape: Sequence[int], out_shape: Sequence[int],
+                        rhs_shape: Sequence[int] = ()) -> int:
+    """Scalar multiplications of one ``mul`` (its output size),
+    ``dot_general`` (its whole iteration space) or ``conv_general_dilated``
+    (per output element, the kernel's taps for one output feature, padding
+    included: ``rhs_shape`` is needed) equation, 0 for any other primitive
+    (sub-jaxprs not included)."""
     if name == "mul":
         return int(np.prod(out_shape))
     if name == "dot_general":
         (contract, _), _ = params["dimension_numbers"]
         return int(np.prod(out_shape)) * int(np.prod([lhs_shape[k] for k in contract]))
+    if name == "conv_general_dilated":
+        out_features = rhs_shape[params["dimension_numbers"].rhs_spec[0]]
+        return int(np.prod(out_shape)) * (int(np.prod(rhs_shape)) // max(out_features, 1))
     return 0
 
 
@@ -199,7 +205,8 @@ def count_multiplications(jaxpr) -> int:
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         if name in MULTIPLYING:
-            total += own_multiplications(name, eqn.params, eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape)
+            total += own_multiplications(name, eqn.params, eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape,
+                                         eqn.invars[1].aval.shape)
         repeat = int(eqn.params.get("length", 1)) if name == "scan" else 1
         for sub in jex.jaxprs_in_params(eqn.params):
             total += repeat * count_multiplications(sub)

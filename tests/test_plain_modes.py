@@ -112,6 +112,12 @@ def _graphs_to_count():
     yield "custom_jvp", ccjax.graph(lambda x: jnp.linalg.det(jnp.outer(x, x[::-1]) + jnp.eye(6)) * jax.nn.relu(x), x)
     yield "cond_gather", ccjax.graph(
         lambda x: jax.lax.cond(x[0] > 0, jnp.sin, jnp.cos, x * x)[jnp.array([5, 1, 7])] * x[:3], x)
+    img, kernel = jnp.linspace(-1.0, 1.0, 2 * 36).reshape(2, 1, 6, 6), jnp.linspace(0.5, -0.5, 18).reshape(3, 1, 2, 3)
+    yield "conv_pool", ccjax.graph(  # both operands active; feature groups; pools
+        lambda x, k: jax.lax.reduce_window(jnp.tanh(jax.lax.conv_general_dilated(x, k, (1, 1), "SAME")), -jnp.inf,
+                                           jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+        + jax.lax.conv_general_dilated(jnp.concatenate([x, x * x], 1), k[:1].reshape(2, 1, 1, 3), (1, 2), "VALID",
+                                       feature_group_count=2)[:, :, ::2, :3].sum(), img, kernel, argnums=(0, 1))
     yield "while", ccjax.graph(
         lambda x: jax.lax.while_loop(lambda c: c[1] < 3, lambda c: (jnp.sin(c[0]) * c[0], c[1] + 1), (x, 0))[0], x)
 

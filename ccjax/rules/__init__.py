@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Callable
 
 from ccjax.rules.base import Partial, RuleContext, Rule
-from ccjax.rules import control, conv, elementwise, linalg, opaque, reduction, selection, shape
+from ccjax.rules import control, conv, elementwise, linalg, opaque, reduction, selection, shape, window
 
 RULES: dict[str, Rule] = {}
-for _module in (elementwise, shape, reduction, linalg, selection, control, conv):
+for _module in (elementwise, shape, reduction, linalg, selection, control, conv, window):
     RULES.update(_module.RULES)
 
 #: Primitives whose outputs never carry a derivative (beyond integer dtypes).
