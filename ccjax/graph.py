@@ -31,11 +31,12 @@ import numpy as np
 
 from ccjax import _jaxpr
 from ccjax.rules import Partial, RuleContext, ZERO_DERIVATIVE, partials
+from ccjax.rules.base import REGION
+from ccjax.rules.elementwise import ELEMENTWISE
 from ccjax.structure import Structure, UnionFind, sum_plan, unit
 
 STOP = "ccjax_stop"  # internal: identity value, no derivative (primal half of a custom JVP)
 TANGENT_OF = "ccjax_tangent_of"  # internal: value of operand 0, derivative of operand 1
-REGION = "ccjax_complex_region"  # internal: nodes on complex values fused into one real-to-real node
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +84,15 @@ class Node:
 class Region:
     """Nodes evaluated as one: ``ins`` (variable ids read from outside) to
     ``outs`` (ids used outside).  JAX's AD of :meth:`__call__` is the exact
-    local Jacobian, with custom JVP rules inside still followed."""
+    local Jacobian, with custom JVP rules inside still followed.
+    ``elementwise``: every node is elementwise and every differentiated
+    value has one shape, so each output element reads the same element of
+    each input only (a diagonal local Jacobian)."""
 
     nodes: tuple
     ins: tuple[int, ...]
     outs: tuple[int, ...]
+    elementwise: bool = False
 
     def __call__(self, *args) -> list:
         env = dict(zip(self.ins, args))
@@ -378,7 +383,7 @@ def fuse_complex(nodes: list, avals: list, active: list, outputs: Sequence[int])
         if touches[k]:
             groups.setdefault(sets.find(k), set()).add(k)
     regions = _convex(list(groups.values()), nodes, producer, consumers)
-    return _contract(nodes, regions, set(outputs))
+    return _contract(nodes, regions, set(outputs), avals, active)
 
 
 def _reach(start: set[int], step) -> set[int]:
@@ -410,7 +415,7 @@ def _convex(regions: list, nodes: list, producer: dict, consumers: dict) -> list
         regions = grown
 
 
-def _contract(nodes: list, regions: list, outputs: set[int]) -> list:
+def _contract(nodes: list, regions: list, outputs: set[int], avals: list, active: list) -> list:
     """Replace each region by one :data:`REGION` node, in topological order."""
     owner = {k: r for r, ks in enumerate(regions) for k in ks}
     units: list = []
@@ -420,19 +425,34 @@ def _contract(nodes: list, regions: list, outputs: set[int]) -> list:
             units.append(nodes[k])
         elif owner[k] not in made:
             made.add(owner[k])
-            units.append(_region_node(nodes, sorted(regions[owner[k]]), outputs))
+            units.append(_region_node(nodes, sorted(regions[owner[k]]), outputs, avals, active))
     return _toposort(units)
 
 
-def _region_node(nodes: list, members: list[int], outputs: set[int]) -> Node:
+def _region_node(nodes: list, members: list[int], outputs: set[int], avals: list, active: list) -> Node:
     inner = [nodes[k] for k in members]
     produced = {o for n in inner for o in n.outs}
     ins = tuple(dict.fromkeys(i for n in inner for i in n.reads if i not in produced))
     member_set = set(members)
     read_outside = {i for k, n in enumerate(nodes) if k not in member_set for i in n.reads}
     outs = tuple(o for n in inner for o in n.outs if o in read_outside or o in outputs)
-    return Node(REGION, None, Region(tuple(inner), ins, outs), ins, outs,
+    return Node(REGION, None, Region(tuple(inner), ins, outs, _elementwise(inner, avals, active)), ins, outs,
                 reverse_only=any(n.reverse_only for n in inner))
+
+
+def _elementwise(inner: list, avals: list, active: list) -> bool:
+    """Whether each active value of ``inner`` has one shape and every node
+    is elementwise (a broadcast only of values that carry no derivative), so
+    the region's outputs read their inputs element by element."""
+    shapes = {tuple(avals[i].shape) for n in inner for i in n.ins + n.outs if active[i]}
+    if len(shapes) != 1:
+        return False
+    for n in inner:
+        if n.name == "broadcast_in_dim" and not any(active[i] for i in n.ins):
+            continue
+        if n.name not in ELEMENTWISE or n.primitive is None:
+            return False
+    return True
 
 
 def _toposort(units: list) -> list:

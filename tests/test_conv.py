@@ -140,6 +140,29 @@ def test_a_constant_kernels_zero_taps_are_left_out_and_pin_the_graph():
         assert sparse.nse == np.count_nonzero(want)
 
 
+def test_auto_weighs_the_gathers_of_convolution_picks():
+    """A convolution reduced to a scalar (the benchmark's ``conv2d_scalar``):
+    the elimination multiplies as much as ``jax.jacrev`` but through picks,
+    whose multiplications gather their operands
+    (:data:`ccjax.jax_modes.SELECTION_MULT_WEIGHT`), so ``auto`` runs
+    reverse mode (measured 1.8x faster on CPU)."""
+    from ccjax.eliminate import plan_elimination
+    from ccjax.jax_modes import SELECTION_MULT_WEIGHT, selection_mults
+    from ccjax.resolve import auto_order
+
+    fn = lambda x, k: jnp.sum(jnp.tanh(conv(x, k, window_strides=(1, 1), padding="SAME")) ** 2)
+    x, k = RNG.normal(size=(1, 1, 16, 16)), RNG.normal(size=(4, 1, 3, 3))
+    g = ccjax.graph(fn, x, k, argnums=(0, 1))
+    counter = Counter(g)
+    elimination = plan_elimination(g, auto_order(g))
+    assert selection_mults(elimination) > 0
+    weighted = program_mults(g, elimination, counter) + (SELECTION_MULT_WEIGHT - 1) * selection_mults(elimination)
+    assert counter.mode_mults("rev") < weighted
+    assert api._plan(g, "auto").mode == "jax-rev"
+    np.testing.assert_allclose(jax.jit(ccjax.jacve(fn, argnums=(0, 1)))(x, k)[1], jax.jacrev(fn, argnums=1)(x, k),
+                               rtol=1e-11, atol=1e-12)
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_convolutions_match_jacrev(data):

@@ -59,6 +59,11 @@ class RuleContext:
     zeros: Callable[[int], Optional[np.ndarray]] = lambda slot: None
 
 
+#: The name of a node that evaluates a group of equations on complex values
+#: as one real-to-real function (:func:`ccjax.graph.fuse_complex`).
+REGION = "ccjax_complex_region"
+
+
 @dataclasses.dataclass(frozen=True)
 class Partial:
     """``∂out[out]/∂in[slot]``: its structure and how to compute its values.

@@ -14,7 +14,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ccjax.rules.base import Partial, RuleContext, labelled
+from ccjax.rules import opaque
+from ccjax.rules.base import REGION, Partial, RuleContext, labelled
 
 UNARY = (
     "exp", "exp2", "log", "log1p", "expm1", "sin", "cos", "tan", "asin", "acos", "atan",
@@ -24,6 +25,9 @@ UNARY = (
 )
 BINARY = ("pow", "max", "min", "atan2", "rem", "nextafter", "div", "mul", "add", "sub",
           "add_any", "igamma", "igammac", "random_gamma_grad", "polygamma", "zeta")
+#: Primitives whose every output element reads the same element of each
+#: operand (scalars aside): the above, and those on complex numbers.
+ELEMENTWISE = frozenset(UNARY + BINARY + ("neg", "select_n", "complex", "convert_element_type", "sign"))
 
 
 def _aligned_labels(out_ndim: int, operand_shape, out_shape) -> list:
@@ -155,7 +159,34 @@ def _chooser(ctx):
     return [_diag(ctx, s, functools.partial(values, s=s)) for s in ctx.active]
 
 
+def _region(ctx):
+    """A group of equations on complex values evaluated as one real-to-real
+    function (:func:`ccjax.graph.fuse_complex`): where it is elementwise,
+    each output's partial from each input is a diagonal, from the JVP of the
+    region with a ones tangent; otherwise JAX's dense local Jacobian."""
+    if not getattr(ctx.params, "elementwise", False):
+        return opaque.dense_partials(ctx)
+    shape = next(tuple(ctx.in_avals[s].shape) for s in ctx.active)
+    parts = []
+    for s in ctx.active:
+        def tangents(ins, outs, s=s):
+            def f(x):
+                args = list(ins)
+                args[s] = x
+                return ctx.eval(*args)
+
+            return jax.jvp(f, (ins[s],), (jnp.ones_like(ins[s]),))[1]
+
+        for j, aval in enumerate(ctx.out_avals):
+            if jnp.issubdtype(aval.dtype, jnp.inexact) and tuple(aval.shape) == shape:
+                parts.append(labelled(j, s, ctx, _full_labels(len(shape)), _full_labels(len(shape)),
+                                      _full_labels(len(shape)), shape,
+                                      lambda ins, outs, j=j, tangents=tangents: tangents(ins, outs)[j]))
+    return parts
+
+
 RULES = {name: _generic for name in UNARY + BINARY}
+RULES[REGION] = _region
 RULES.update({
     "add": _add, "add_any": _add, "sub": _sub, "neg": _neg, "mul": _mul, "div": _div,
     "exp": _closed_form(lambda x, y: y),
