@@ -755,6 +755,9 @@ _NUMPY = {
     "rev": lambda p, x: [np.flip(x, axis=tuple(p["dimensions"]))],
     "transpose": lambda p, x: [np.transpose(x, p["permutation"])],
     "squeeze": lambda p, x: [np.squeeze(x, axis=tuple(p["dimensions"]))],
+    "split": lambda p, x: np.split(x, np.cumsum(p["sizes"])[:-1], axis=p["axis"]),
+    "slice": lambda p, x: [x[tuple(slice(lo, hi, step) for lo, hi, step in
+                                   zip(p["start_indices"], p["limit_indices"], p["strides"] or [1] * x.ndim))]],
 }
 
 

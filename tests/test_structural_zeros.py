@@ -148,7 +148,8 @@ def test_numpy_evaluation_of_constants_matches_xla(values):
 
     graph_module = importlib.import_module("ccjax.graph")
     fn = lambda v: (jnp.where(v > 0, v * 3 - 1, -v)[::-1], jnp.concatenate([v, v + 2]).reshape(2, 8).T,
-                    (jax.lax.broadcasted_iota(v.dtype, (3, 8), 1) + v) == 2, v / 4 if v.dtype.kind == "f" else v)
+                    (jax.lax.broadcasted_iota(v.dtype, (3, 8), 1) + v) == 2, v / 4 if v.dtype.kind == "f" else v,
+                    *jnp.split(v, [3]), v[1:7:2])
     closed = jax.make_jaxpr(fn)(values)
     prog = graph_module.build_program(closed, [])
     env = {i: np.asarray(values) for i in prog.inputs}
