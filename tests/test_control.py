@@ -111,10 +111,17 @@ def test_branch_structures_are_kept():
         _close(sparse.todense(), jax.jacrev(PROGRAMS["diag_or_band"])(x))
 
 
-@pytest.mark.parametrize("name", ["traced_index_gather", "custom_vjp_inside", "complex_inside"])
+@pytest.mark.parametrize("name", ["traced_index_gather", "custom_vjp_inside"])
 def test_rule_falls_back_to_the_dense_partial(name):
     (st_,) = _cond_partials(PROGRAMS[name])
     assert st_.nnz_values == X.size ** 2
+
+
+def test_an_elementwise_complex_branch_keeps_its_diagonal():
+    """``abs(exp(1j * v) * v)`` is a fused complex region that is elementwise,
+    so a diagonal; joined with ``sin``'s, the cond's partial is a diagonal."""
+    (st_,) = _cond_partials(PROGRAMS["complex_inside"])
+    assert st_.nnz_values == X.size
 
 
 @settings(max_examples=7, deadline=None, suppress_health_check=list(HealthCheck))
