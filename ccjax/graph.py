@@ -436,16 +436,19 @@ def _region_node(nodes: list, members: list[int], outputs: set[int], avals: list
     member_set = set(members)
     read_outside = {i for k, n in enumerate(nodes) if k not in member_set for i in n.reads}
     outs = tuple(o for n in inner for o in n.outs if o in read_outside or o in outputs)
-    return Node(REGION, None, Region(tuple(inner), ins, outs, _elementwise(inner, avals, active)), ins, outs,
+    elementwise = _elementwise(inner, avals, active, ins + outs)
+    return Node(REGION, None, Region(tuple(inner), ins, outs, elementwise), ins, outs,
                 reverse_only=any(n.reverse_only for n in inner))
 
 
-def _elementwise(inner: list, avals: list, active: list) -> bool:
-    """Whether each active value of ``inner`` has one shape and every node
+def _elementwise(inner: list, avals: list, active: list, ends: Sequence[int]) -> bool:
+    """Whether each active value of ``inner`` has one shape, the region reads
+    and writes real values only (``ends``: its inputs and outputs; a complex
+    input's partial is not the JVP of a real ones tangent), and every node
     is elementwise (a broadcast only of values that carry no derivative), so
     the region's outputs read their inputs element by element."""
     shapes = {tuple(avals[i].shape) for n in inner for i in n.ins + n.outs if active[i]}
-    if len(shapes) != 1:
+    if len(shapes) != 1 or any(active[i] and _complex(avals[i]) for i in ends):
         return False
     for n in inner:
         if n.name == "broadcast_in_dim" and not any(active[i] for i in n.ins):
