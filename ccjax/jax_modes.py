@@ -104,6 +104,13 @@ def selection_mults(plan: Plan) -> int:
     return sum(step[4].mults for step in plan.steps if isinstance(step[4], SelectionPlan))
 
 
+def weighted_mults(graph: Graph, plan: Plan, counter: Optional[Counter] = None) -> int:
+    """What :func:`cheapest` compares: :func:`program_mults`, with the
+    elimination's multiplications in products with selections counted
+    :data:`SELECTION_MULT_WEIGHT` times (a plain mode has none)."""
+    return program_mults(graph, plan, counter) + (SELECTION_MULT_WEIGHT - 1) * selection_mults(plan)
+
+
 def plain_modes(graph: Graph) -> tuple[str, ...]:
     """JAX's whole-function modes that may stand in for an elimination:
     both, unless forward mode could differ from ``jax.jacrev`` somewhere
@@ -145,9 +152,7 @@ def cheapest(graph: Graph, elimination: Plan, counter: Optional[Counter] = None)
     shares it with other counts), so this costs a trace per distinct
     equation, not per candidate program."""
     counter = counter or Counter(graph)
-    best_mults = program_mults(graph, elimination, counter)
-    best_mults += (SELECTION_MULT_WEIGHT - 1) * selection_mults(elimination)
-    best = elimination
+    best, best_mults = elimination, weighted_mults(graph, elimination, counter)
     if best_mults == 0 and data_movement(graph, elimination, counter) == 0:
         return elimination  # nothing to beat: spare the counts' traces
     free = [elimination]

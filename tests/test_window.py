@@ -21,7 +21,7 @@ from test_elimination import check_cost_is_executed
 import ccjax
 from ccjax import api
 from ccjax.counting import Counter
-from ccjax.jax_modes import SELECTION_MULT_WEIGHT, program_mults, selection_mults
+from ccjax.jax_modes import program_mults, weighted_mults
 from ccjax.structure import Selection
 
 RNG = np.random.default_rng(11)
@@ -119,8 +119,7 @@ def test_a_feature_map_of_convolution_and_pools_is_eliminated():
     plan = api._plan(g, "auto")
     assert plan.mode == "eliminate"
     counter = Counter(g)
-    weighted = program_mults(g, plan, counter) + (SELECTION_MULT_WEIGHT - 1) * selection_mults(plan)
-    assert 2 * weighted < min(counter.mode_mults("rev"), counter.mode_mults("fwd"))
+    assert 2 * weighted_mults(g, plan, counter) < min(counter.mode_mults("rev"), counter.mode_mults("fwd"))
     np.testing.assert_allclose(jax.jit(ccjax.jacve(features))(img), jax.jacrev(features)(img), rtol=1e-12, atol=1e-12)
 
 
