@@ -20,7 +20,7 @@ from jax import lax
 from jax.experimental import sparse
 
 from ccjax._jaxpr import is_tracer
-from ccjax.graph import Graph
+from ccjax.graph import Graph, run_in_numpy
 from ccjax.rules.base import run_apart
 from ccjax.structure import (ProductPlan, Structure, SumPlan, deband_plan, entry_count, entry_indices, is_selection,
                              is_terms, parts_of, product_plan, reshape, sum_plan, to_bcoo, to_dense, transpose,
@@ -471,10 +471,30 @@ def probe_finals(graph: Graph, plan: Plan, selections: bool = False) -> Optional
         return found
 
     def probe():
+        found = _probe_in_numpy(run, [[None if s is None else s[k] for s in stacked] for k in range(len(PROBE_SEEDS))])
+        if found is not None:
+            return found
         compiled = jax.jit(jax.vmap(run, axis_size=len(PROBE_SEEDS))).lower(stacked).compile(PROBE_COMPILER_OPTIONS)
         return jax.tree.map(np.asarray, compiled(stacked))
 
     return run_apart(probe)
+
+
+def _probe_in_numpy(run, draws: list) -> Optional[dict]:
+    """``run`` on each of ``draws`` (its argument per seed), run in NumPy
+    (:func:`ccjax.graph.run_in_numpy`), the results stacked seed-major as
+    ``jax.vmap`` stacks them; None where some equation of ``run`` cannot be
+    run there.  Sums may round in another order than XLA's, which a probe
+    of zero polynomials allows (see :func:`structural_keep`), and it
+    compiles nothing (an XLA compilation costs about 0.1 s)."""
+    closed, shapes = jax.make_jaxpr(run, return_shape=True)(draws[0])
+    rows = []
+    for draw in draws:
+        outs = run_in_numpy(closed, jax.tree.leaves(draw), exact=False)
+        if outs is None:
+            return None
+        rows.append(outs)
+    return jax.tree.unflatten(jax.tree.structure(shapes), [np.stack(column) for column in zip(*rows)])
 
 
 def structural_keep(graph: Graph, plan: Plan) -> dict:

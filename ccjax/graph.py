@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ccjax import _jaxpr
+from ccjax.numpy_eval import run_nodes
 from ccjax.rules import Partial, RuleContext, ZERO_DERIVATIVE, partials
 from ccjax.rules.base import REGION
 from ccjax.rules.elementwise import ELEMENTWISE
@@ -651,7 +652,8 @@ class _Statics:
             return [env[o] for node in nodes for o in node.outs]
 
         args = [self.memo[i] for i in leaves]
-        outs = _numpy_program(nodes, dict(zip(leaves, args)), self.program.avals)
+        found = run_nodes(nodes, dict(zip(leaves, args)), self.program.avals)
+        outs = None if found is None else [found[o] for node in nodes for o in node.outs]
         if outs is None:
             with jax.disable_jit(False):  # compiled ahead: runs now, also inside an outer trace
                 outs = jax.jit(evaluate).lower(*args).compile()(*args)
@@ -683,85 +685,16 @@ class _Statics:
         return False
 
 
-def _numpy_program(nodes: list, env: dict, avals: list) -> Optional[list]:
-    """The outputs of ``nodes`` computed in NumPy, or None where one of them
-    is not index arithmetic NumPy computes exactly as XLA does (iotas,
-    comparisons, integer and float ``+ - *``, float ``/``, selects and moves
-    of data): masks, index vectors and a constant kernel's scaling then cost
-    no compilation (about 80 ms each)."""
-    env = dict(env)
-    try:
-        for node in nodes:
-            args = [np.asarray(env[i]) for i in node.ins]
-            outs = _NUMPY[node.name](node.params, *args)
-            for o, x in zip(node.outs, outs):
-                x = np.asarray(x)
-                if x.shape != tuple(avals[o].shape) or x.dtype != np.dtype(avals[o].dtype):
-                    return None
-                env[o] = x
-    except (KeyError, NotImplementedError, TypeError, ValueError):
-        return None
-    return [env[o] for node in nodes for o in node.outs]
-
-
-def _numpy_iota(params):
-    shape, dim = tuple(params["shape"]), params["dimension"]
-    line = np.arange(shape[dim], dtype=np.dtype(params["dtype"]))
-    return [np.broadcast_to(line.reshape([-1 if k == dim else 1 for k in range(len(shape))]), shape)]
-
-
-def _numpy_broadcast(params, x):
-    shape, dims = tuple(params["shape"]), tuple(params["broadcast_dimensions"])
-    expanded = np.reshape(x, [x.shape[dims.index(k)] if k in dims else 1 for k in range(len(shape))])
-    return [np.broadcast_to(expanded, shape)]
-
-
-def _numpy_convert(params, x):
-    to = np.dtype(params["new_dtype"])
-    if np.issubdtype(x.dtype, np.floating) and not np.issubdtype(to, np.floating):
-        raise NotImplementedError  # NaN and out-of-range conversions differ
-    return [x.astype(to)]
-
-
-def _numpy_div(params, a, b):
-    if not (np.issubdtype(a.dtype, np.floating) and np.issubdtype(b.dtype, np.floating)):
-        raise NotImplementedError  # XLA's integer division truncates
-    return [np.divide(a, b)]
-
-
-def _numpy_select(params, pred, *cases):
-    out = cases[0]
-    for k, case in enumerate(cases[1:], 1):
-        out = np.where(pred == k if pred.dtype != np.bool_ else pred, case, out)
-    return [out]
-
-
-def _numpy_reshape(params, x):
-    if params.get("dimensions") is not None:
-        raise NotImplementedError
-    return [np.reshape(x, params["new_sizes"])]
-
-
-_NUMPY = {
-    "iota": _numpy_iota,
-    "broadcast_in_dim": _numpy_broadcast,
-    "convert_element_type": _numpy_convert,
-    "reshape": _numpy_reshape,
-    "select_n": _numpy_select,
-    "div": _numpy_div,
-    "add": lambda p, a, b: [a + b], "sub": lambda p, a, b: [a - b], "mul": lambda p, a, b: [a * b],
-    "neg": lambda p, a: [-a],
-    "eq": lambda p, a, b: [a == b], "ne": lambda p, a, b: [a != b], "lt": lambda p, a, b: [a < b],
-    "le": lambda p, a, b: [a <= b], "gt": lambda p, a, b: [a > b], "ge": lambda p, a, b: [a >= b],
-    "and": lambda p, a, b: [a & b], "or": lambda p, a, b: [a | b], "not": lambda p, a: [~a],
-    "concatenate": lambda p, *xs: [np.concatenate(xs, axis=p["dimension"])],
-    "rev": lambda p, x: [np.flip(x, axis=tuple(p["dimensions"]))],
-    "transpose": lambda p, x: [np.transpose(x, p["permutation"])],
-    "squeeze": lambda p, x: [np.squeeze(x, axis=tuple(p["dimensions"]))],
-    "split": lambda p, x: np.split(x, np.cumsum(p["sizes"])[:-1], axis=p["axis"]),
-    "slice": lambda p, x: [x[tuple(slice(lo, hi, step) for lo, hi, step in
-                                   zip(p["start_indices"], p["limit_indices"], p["strides"] or [1] * x.ndim))]],
-}
+def run_in_numpy(closed_jaxpr, args: Sequence, exact: bool = True) -> Optional[list]:
+    """The outputs of ``closed_jaxpr`` on ``args``, run in NumPy
+    (:func:`ccjax.numpy_eval.run_nodes`; ``exact``: as XLA computes them, bit
+    for bit), or None where some equation cannot be run there."""
+    prog = build_program(closed_jaxpr, [])
+    env = {i: np.asarray(a) for i, a in zip(prog.inputs, args)}
+    consts = [*prog.consts.items(), *zip(prog.top_consts, closed_jaxpr.consts)]
+    env.update((i, c) for i, c in consts if not _jaxpr.is_tracer(c))  # a tracer's value is unknown
+    found = run_nodes(prog.nodes, env, prog.avals, exact)
+    return None if found is None else [found[o] for o in prog.outputs]
 
 
 @dataclasses.dataclass(frozen=True)

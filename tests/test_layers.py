@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ccjax"
 
 #: Lowest first.  A module belongs to the first layer one of whose prefixes it starts with.
 LAYERS = (
-    ("base", ("ccjax._jaxpr", "ccjax.structure", "ccjax.tasks")),
+    ("base", ("ccjax._jaxpr", "ccjax.numpy_eval", "ccjax.structure", "ccjax.tasks")),
     ("rules", ("ccjax.rules",)),
     ("graph", ("ccjax.graph", "ccjax.roll")),
     ("plan", ("ccjax.eliminate", "ccjax.branches", "ccjax.trace", "ccjax.counting", "ccjax.jax_modes")),

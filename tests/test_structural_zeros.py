@@ -118,8 +118,8 @@ def test_vmapped_sparse_output_keeps_the_structural_nonzeros(name):
 def test_masks_and_kernels_from_constants_are_found_without_compiling():
     """A ``jnp.triu`` mask (iotas and a comparison), ``jnp.diagonal``'s
     gather indices and a constant kernel scaled by a division are computed
-    in NumPy when the graph is built (``graph._numpy_program``), equal to
-    what XLA computes, with no compilation (each cost about 80 ms)."""
+    in NumPy when the graph is built (``ccjax.numpy_eval.run_nodes``), equal
+    to what XLA computes, with no compilation (each cost about 80 ms)."""
     import importlib
 
     graph_module = importlib.import_module("ccjax.graph")
@@ -128,46 +128,16 @@ def test_masks_and_kernels_from_constants_are_found_without_compiling():
                     + jnp.diag(jnp.diagonal(a)))
     a = np.random.default_rng(4).normal(size=(5, 5))
     evaluated = []
-    numpy_program = graph_module._numpy_program
+    run_nodes = graph_module.run_nodes
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(graph_module, "_numpy_program",
-                      lambda nodes, env, avals: evaluated.append(numpy_program(nodes, env, avals)) or evaluated[-1])
+        patch.setattr(graph_module, "run_nodes", lambda *args: evaluated.append(run_nodes(*args)) or evaluated[-1])
         with counted_compiles() as compiles:
             ccjax.graph(fn, a)
-    assert evaluated and all(outs is not None for outs in evaluated) and not compiles
+    assert evaluated and all(found is not None for found in evaluated) and not compiles
     got = ccjax.jacve(fn, output="sparse")(a)
     want = np.asarray(jax.jacrev(fn)(a))
     np.testing.assert_allclose(np.asarray(got.todense()), want, rtol=1e-12, atol=1e-12)
     assert got.nse == np.count_nonzero(want)
-
-
-@pytest.mark.parametrize("values", [np.arange(-3, 5, dtype=np.int32), np.linspace(-2.0, 3.0, 8)])
-def test_numpy_evaluation_of_constants_matches_xla(values):
-    """Every node ``graph._numpy_program`` computes equals XLA's result, bit for bit."""
-    import importlib
-
-    graph_module = importlib.import_module("ccjax.graph")
-    fn = lambda v: (jnp.where(v > 0, v * 3 - 1, -v)[::-1], jnp.concatenate([v, v + 2]).reshape(2, 8).T,
-                    (jax.lax.broadcasted_iota(v.dtype, (3, 8), 1) + v) == 2, v / 4 if v.dtype.kind == "f" else v,
-                    *jnp.split(v, [3]), v[1:7:2])
-    closed = jax.make_jaxpr(fn)(values)
-    prog = graph_module.build_program(closed, [])
-    env = {i: np.asarray(values) for i in prog.inputs}
-    env.update((i, np.asarray(c)) for i, c in prog.consts.items())
-    env.update((i, np.asarray(c)) for i, c in zip(prog.top_consts, closed.consts))
-    got = graph_module._numpy_program(prog.nodes, env, prog.avals)
-    assert got is not None
-
-    def xla(values):
-        scope = dict(env)
-        scope.update((i, values) for i in prog.inputs)
-        for node in prog.nodes:
-            scope.update(zip(node.outs, node.eval(*[scope[i] for i in node.ins])))
-        return [scope[o] for node in prog.nodes for o in node.outs]
-
-    for mine, theirs in zip(got, jax.jit(xla)(values)):
-        assert mine.dtype == theirs.dtype
-        np.testing.assert_array_equal(mine, np.asarray(theirs))
 
 
 def test_a_platform_dependent_cond_is_its_portable_branch():
@@ -305,22 +275,34 @@ def test_nested_jacobians_store_exactly_the_nonzeros(n):
     np.testing.assert_allclose(jax.vmap(ccjax.jacve(inner))(xs), want_batch, rtol=1e-12, atol=1e-12)
 
 
-def test_the_probe_compiles_one_program_also_inside_an_outer_trace_or_without_jit():
-    """The probe that finds structural zeros runs the plan as one compiled
-    program: the arithmetic on constant selections' indices is staged with
-    the rest (evaluated op by op it compiled about 80 small programs, 1.4 s
-    of the nested Hessian's first sparse call).  Under ``jax.disable_jit``
-    it still runs and stores the same (inside an outer ``jit``: the test
-    above)."""
-    from ccjax.eliminate import structural_keep
+def test_the_probe_runs_in_numpy_or_compiles_one_program_also_inside_an_outer_trace_or_without_jit():
+    """The probe that finds structural zeros runs the plan in NumPy, with no
+    compilation (``eliminate._probe_in_numpy``); where it cannot, as one
+    compiled program, the arithmetic on constant selections' indices staged
+    with the rest (evaluated op by op it compiled about 80 small programs,
+    1.4 s of the nested Hessian's first sparse call).  Both keep the same
+    entries.  Under ``jax.disable_jit`` it still runs and stores the same
+    (inside an outer ``jit``: the test above)."""
+    from ccjax import eliminate
     from ccjax.resolve import resolve_order
 
     x = jnp.linspace(7.0, 9.0, 16)
     g = ccjax.graph(ccjax.jacve(_lorenz96), x)
     plan = plan_elimination(g, resolve_order(g, "rev"))
     with counted_compiles() as compiles:
-        structural_keep(g, plan)
+        in_numpy = eliminate.probe_finals(g, plan, selections=True)
+    assert in_numpy is not None and not compiles
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(eliminate, "_probe_in_numpy", lambda run, draws: None)
+        with counted_compiles() as compiles:
+            compiled = eliminate.probe_finals(g, plan, selections=True)
     assert 1 <= len(compiles) <= 2, compiles
+    assert in_numpy.keys() == compiled.keys()
+    for slot in in_numpy:
+        for mine, theirs in zip(jax.tree.leaves(in_numpy[slot]), jax.tree.leaves(compiled[slot]), strict=True):
+            assert mine.shape == theirs.shape and mine.dtype == theirs.dtype
+            np.testing.assert_allclose(mine, theirs, rtol=1e-12)
+            np.testing.assert_array_equal(mine == 0, theirs == 0)
     assert stored_entries(g, plan) == 4 * 16
     want = np.asarray(jax.hessian(_lorenz96)(x))
     with jax.disable_jit():

@@ -642,11 +642,12 @@ def _band_symbols(st: Structure) -> set:
     return {b.out for b in st.bands} | {b.inn for b in st.bands} | {b.slot for b in st.bands}
 
 
+@functools.lru_cache(maxsize=8)  # a sparse output asks three times (probe, kept entries, output); 1M entries take 0.1 s
 def _entries(st: Structure) -> tuple[np.ndarray, dict]:
     """The structural nonzeros of ``st``: their ``(nse, n_axes)`` indices
     into ``out_shape + in_shape`` (one entry per combination of symbol
     indices, and per row and diagonal of a band) and, per symbol, each
-    entry's index along it."""
+    entry's index along it (read-only arrays: they are shared)."""
     banded = _band_symbols(st)
     plain = [s for s in range(len(st.sizes)) if s not in banded]
     # Entries: the grid of the plain symbols times, per band, its (row, diagonal) list.
@@ -671,6 +672,8 @@ def _entries(st: Structure) -> tuple[np.ndarray, dict]:
             column = column * st.sizes[s] + index[s]
         columns.append(column)
     indices = np.stack(columns, axis=1) if columns else np.zeros((nse, 0), np.int64)
+    for array in (indices, *index.values()):
+        array.flags.writeable = False
     return indices, index
 
 
