@@ -325,6 +325,22 @@ def while_fixed(x, W):
     return lax.while_loop(lambda c: c[0] < 20, body, (0, x))[1]
 
 
+def newton_sqrt_elementwise(a):
+    """Eight Newton steps for sqrt(a) on every entry (lax.fori_loop): a loop
+    whose body is elementwise, so a diagonal Jacobian."""
+    return lax.fori_loop(0, 8, lambda i, y: 0.5 * (y + a / y), a)
+
+
+def particles_euler(x):
+    """50 explicit Euler steps of independent particles, x' = sin x - x³,
+    the trajectory's mean (lax.scan with ys)."""
+    def step(c, _):
+        c = c + 0.01 * (jnp.sin(c) - c ** 3)
+        return c, c
+
+    return lax.scan(step, x, None, length=50)[1].mean(0)
+
+
 def cond_branch(x):
     return lax.cond(jnp.sum(x) > 0, lambda x: jnp.sin(x) * x + jnp.roll(x, 1),
                     lambda x: jnp.cos(x) + x ** 2, x)
@@ -574,6 +590,19 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         return Program("while_fixed", "control flow", while_fixed,
                        (r.standard_normal(n), r.standard_normal((n, n)) / np.sqrt(n)), 0, ref="fwd",
                        what=f"lax.while_loop, fixed 20 trips, n={n} (not reversible: reference jacfwd)")
+
+    @reg
+    def p_newton_sqrt_elementwise(q):
+        n = 16 if q else 1024
+        return Program("newton_sqrt_elementwise", "control flow", newton_sqrt_elementwise,
+                       (1.0 + np.abs(_rng("newton_sqrt").standard_normal(n)),), 0,
+                       what=f"lax.fori_loop, 8 Newton steps for sqrt(a) entry by entry, n={n}")
+
+    @reg
+    def p_particles_euler(q):
+        n = 16 if q else 1024
+        return Program("particles_euler", "control flow", particles_euler, (_rng("particles").standard_normal(n),), 0,
+                       what=f"lax.scan, 50 Euler steps of independent particles, mean of the trajectory, n={n}")
 
     @reg
     def p_cond(q):

@@ -1,4 +1,4 @@
-"""Partials of ``cond`` (``lax.cond``, ``lax.switch``), each branch eliminated on its own, and of ``scan``.
+"""Partials of ``cond`` (``lax.cond``, ``lax.switch``), each branch eliminated on its own, of ``scan`` and ``while``.
 
 The local Jacobian of a ``cond`` is the Jacobian of the branch it takes.
 Each branch is a graph of its own, eliminated when the outer graph is built
@@ -20,9 +20,15 @@ meaningful within one graph only), an output that is an input unchanged,
 a union the branches cannot be written into, or a graph built without
 ``eliminate_branch``.
 
-A ``scan`` keeps JAX's dense local Jacobian and declares the zeros that
+A loop (``scan``, so ``fori_loop`` with static bounds and Python loops
+rolled by :mod:`ccjax.roll`, and ``while``) whose body is elementwise in its
+differentiated values (a Newton iteration or an explicit integrator applied
+entry by entry) gets diagonal partials from JVPs of the loop with ones
+tangents: O(n) work where the dense local Jacobian costs O(n²).  Any other
+``scan`` keeps JAX's dense local Jacobian and declares the zeros that
 causality gives (the outputs of step ``t`` never read the inputs of later
-steps), so ``output="sparse"`` leaves them out.
+steps), so ``output="sparse"`` leaves them out; any other ``while`` keeps
+the dense local Jacobian.
 """
 from __future__ import annotations
 
@@ -34,9 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ccjax import _jaxpr
 from ccjax.rules import opaque
 from ccjax.rules.base import Partial, RuleContext, constant_mask
-from ccjax.structure import entry_positions, entry_values, is_selection, sum_plan
+from ccjax.rules.elementwise import ELEMENTWISE
+from ccjax.structure import entry_positions, entry_values, is_selection, structure_from_labels, sum_plan
 
 
 def _inexact(aval) -> bool:
@@ -165,10 +173,149 @@ def _switch(ctx: RuleContext, slots: tuple, branches: list, pairs: list):
 
 
 def scan_partials(ctx: RuleContext) -> list[Partial]:
-    """A ``scan``'s dense local Jacobians (:mod:`.opaque`), with the zeros
+    """An elementwise scan's partials (:func:`_elementwise_loop_partials`),
+    else its dense local Jacobians (:mod:`.opaque`), with the zeros
     causality gives: the ``ys`` of step ``t`` read the ``xs`` of steps up to
     ``t`` only (from ``t`` on for ``reverse=True``)."""
+    params = ctx.params
+    found = _elementwise_loop_partials(ctx, params["jaxpr"].jaxpr, 0, params["num_consts"], params["num_carry"],
+                                       params["length"], params["reverse"])
+    if found is not None:
+        return found
     return opaque.dense_partials(ctx, nonzero=functools.partial(_scan_causality, ctx))
+
+
+def while_partials(ctx: RuleContext) -> list[Partial]:
+    """An elementwise ``while_loop``'s partials (:func:`_elementwise_loop_partials`;
+    the loop condition's operands decide the trip count only, which has no
+    derivative), else its dense local Jacobians (:mod:`.opaque`)."""
+    params = ctx.params
+    body = params["body_jaxpr"].jaxpr
+    found = _elementwise_loop_partials(ctx, body, params["cond_nconsts"], params["body_nconsts"],
+                                       len(body.outvars))
+    return opaque.dense_partials(ctx) if found is None else found
+
+
+#: Equations a loop body may apply to differentiated values and stay elementwise.
+_ELEMENTWISE_BODY = ELEMENTWISE | {"copy", "copy_p"}
+
+
+def _elementwise_body(jaxpr, n_consts: int, n_carry: int, wanted: list) -> Optional[tuple[tuple, set]]:
+    """The shape ``S`` of every differentiated value of a loop body (invars:
+    ``n_consts`` consts, ``n_carry`` carries, then a scan's slices of
+    ``xs``; outvars: the carries, then a scan's ``ys``), and the positions
+    of the outvars that are differentiated, when the body is elementwise in
+    them: each is real, of shape ``S``, made by elementwise equations
+    (:data:`_ELEMENTWISE_BODY`, ``jit`` calls of such) from the invars
+    ``wanted`` marks; else None.  A carry the body makes differentiated is
+    differentiated from the first step on (the fixed point JAX's own JVP of
+    the loop finds)."""
+    nc, nk = n_consts, n_carry
+    while True:
+        differentiated = {v for v, w in zip(jaxpr.invars, wanted) if w}
+        if not _elementwise_eqns(jaxpr, differentiated):
+            return None
+        carried = [not _jaxpr.is_literal(v) and v in differentiated for v in jaxpr.outvars[:nk]]
+        now = wanted[:nc] + [a or b for a, b in zip(wanted[nc:nc + nk], carried)] + wanted[nc + nk:]
+        if now == wanted:
+            break
+        wanted = now
+    avals = [v.aval for v in differentiated]
+    shapes = {tuple(a.shape) for a in avals}
+    if len(shapes) != 1 or not all(jnp.issubdtype(a.dtype, jnp.floating) for a in avals):
+        return None
+    reached = {j for j, v in enumerate(jaxpr.outvars) if not _jaxpr.is_literal(v) and v in differentiated}
+    return shapes.pop(), reached
+
+
+def _elementwise_eqns(jaxpr, differentiated: set) -> bool:
+    """Add to ``differentiated`` the variables of ``jaxpr`` its members reach;
+    whether every equation that reads one is elementwise or has no
+    floating-point result."""
+    for eqn in jaxpr.eqns:
+        reads = [not _jaxpr.is_literal(v) and v in differentiated for v in eqn.invars]
+        if not any(reads):
+            continue
+        name = eqn.primitive.name
+        if name in _jaxpr.CALL_PRIMITIVES:
+            body, _ = _jaxpr.call_body(eqn)
+            inner = {v for v, r in zip(body.invars, reads) if r}
+            if not _elementwise_eqns(body, inner):
+                return False
+            differentiated.update(o for o, v in zip(eqn.outvars, body.outvars)
+                                  if not _jaxpr.is_literal(v) and v in inner)
+        elif name in _ELEMENTWISE_BODY:
+            differentiated.update(eqn.outvars)
+        elif any(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in eqn.outvars):
+            return False  # (a comparison, whose result carries no derivative, may read anything)
+    return True
+
+
+def _elementwise_loop_partials(ctx: RuleContext, body, first: int, n_consts: int, n_carry: int,
+                               length: Optional[int] = None, reverse: bool = False) -> Optional[list[Partial]]:
+    """The partials of a loop whose ``body`` is elementwise
+    (:func:`_elementwise_body`; its invars are the loop's operands from slot
+    ``first`` on; a scan of ``length`` steps has ``xs`` and ``ys``, a
+    ``while_loop``, ``length=None``, neither), or None where it is not, or
+    where JAX's forward mode of the loop is not its reverse mode.
+
+    Its outputs then read its inputs element by element: from a const or
+    carry (shape ``S``) a final carry's partial is a diagonal and a ``ys``'s
+    a diagonal per step, both from one JVP of the loop with a ones tangent;
+    from ``xs`` (``(length,) + S``), one JVP per step of ``xs`` (one-hot in
+    time, ones over ``S``), giving a diagonal per step and, for ``ys``, per
+    pair of steps (zero where causality says so).  The operands before
+    ``first`` (a ``while_loop``'s condition) get no partial: they decide the
+    trip count only."""
+    if ctx.reverse_only or not ctx.forward_exact:
+        return None
+    wanted = [first + k in ctx.active for k in range(len(body.invars))]
+    found = _elementwise_body(body, n_consts, n_carry, wanted)
+    if found is None:
+        return None
+    shape, reached = found
+    space = [("ax", k) for k in range(len(shape))]
+    parts = []
+    for s in ctx.active:
+        if s < first:
+            continue
+        over_steps = s >= first + n_consts + n_carry
+
+        def tangents(ins, _outs, s=s, over_steps=over_steps):
+            def run(x):
+                args = list(ins)
+                args[s] = x
+                return ctx.eval(*args)
+
+            ones = jnp.ones_like(ins[s])
+            if not over_steps:
+                return jax.jvp(run, (ins[s],), (ones,))[1]
+            steps = jnp.eye(length, dtype=ones.dtype).reshape((length, length) + (1,) * len(shape)) * ones
+            return jax.vmap(lambda t: jax.jvp(run, (ins[s],), (t,))[1])(steps)
+
+        for j, aval in enumerate(ctx.out_avals):
+            if j not in reached:
+                continue  # no differentiated value reaches it: a zero partial
+            is_ys = j >= n_carry
+            out_labels = ([("step", 0)] if is_ys else []) + space
+            in_labels = ([("from", 0)] if over_steps else []) + space
+            val_labels = ([("from", 0)] if over_steps else []) + ([("step", 0)] if is_ys else []) + space
+            val_shape = ((length,) if over_steps else ()) + ((length,) if is_ys else ()) + shape
+            st, prepare = structure_from_labels(tuple(aval.shape), tuple(ctx.in_avals[s].shape), out_labels,
+                                                in_labels, val_labels, val_shape)
+
+            def pick(result, j=j, prepare=prepare, dtype=aval.dtype):
+                return prepare(result[j].astype(dtype))
+
+            nonzero = None
+            if over_steps and is_ys:
+                steps = np.arange(length)
+                reads = steps[:, None] >= steps[None, :] if reverse else steps[:, None] <= steps[None, :]
+                mask = np.broadcast_to(reads.reshape((length, length) + (1,) * len(shape)), val_shape)
+                nonzero = constant_mask(lambda mask=mask, prepare=prepare: prepare(mask))
+            parts.append(Partial(j, s, st, lambda ins, o, pick=pick, tangents=tangents: pick(tangents(ins, o)),
+                                 tangents, pick, nonzero))
+    return parts
 
 
 def _scan_causality(ctx: RuleContext, j: int, slot: int) -> Optional[np.ndarray]:
@@ -184,4 +331,4 @@ def _scan_causality(ctx: RuleContext, j: int, slot: int) -> Optional[np.ndarray]
     return np.broadcast_to(reads, out_shape + in_shape)
 
 
-RULES = {"cond": cond_partials, "scan": scan_partials}
+RULES = {"cond": cond_partials, "scan": scan_partials, "while": while_partials}
