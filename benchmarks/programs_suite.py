@@ -341,6 +341,18 @@ def particles_euler(x):
     return lax.scan(step, x, None, length=50)[1].mean(0)
 
 
+def charged_particles(x):
+    """20 explicit steps of independent charged particles in a magnetic field
+    with a cubic drag (lax.scan over (N, 3) positions): each particle's three
+    coordinates mix, particles never meet."""
+    field = jnp.asarray([0.0, 0.3, 1.0], x.dtype)
+
+    def step(p, _):
+        return p + 0.01 * jnp.cross(p, field) - 0.01 * p * jnp.sum(p * p, axis=1, keepdims=True), None
+
+    return lax.scan(step, x, None, length=20)[0]
+
+
 def cond_branch(x):
     return lax.cond(jnp.sum(x) > 0, lambda x: jnp.sin(x) * x + jnp.roll(x, 1),
                     lambda x: jnp.cos(x) + x ** 2, x)
@@ -603,6 +615,13 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         n = 16 if q else 1024
         return Program("particles_euler", "control flow", particles_euler, (_rng("particles").standard_normal(n),), 0,
                        what=f"lax.scan, 50 Euler steps of independent particles, mean of the trajectory, n={n}")
+
+    @reg
+    def p_charged_particles(q):
+        n = 8 if q else 256
+        return Program("charged_particles", "control flow", charged_particles,
+                       (_rng("charged").standard_normal((n, 3)),), 0,
+                       what=f"lax.scan, 20 steps of {n} independent particles in 3-D (coordinates mix within a particle)")
 
     @reg
     def p_cond(q):

@@ -21,10 +21,12 @@ a union the branches cannot be written into, or a graph built without
 ``eliminate_branch``.
 
 A loop (``scan``, so ``fori_loop`` with static bounds and Python loops
-rolled by :mod:`ccjax.roll`, and ``while``) whose body is elementwise in its
-differentiated values (a Newton iteration or an explicit integrator applied
-entry by entry) gets diagonal partials from JVPs of the loop with ones
-tangents: O(n) work where the dense local Jacobian costs O(n²).  Any other
+rolled by :mod:`ccjax.roll`, and ``while``) whose body keeps leading axes of
+its differentiated values apart (*lanes*: every axis of an elementwise
+Newton iteration or integrator, the particle axis of independent particles,
+the batch axis of a batched RNN) gets partials that are diagonals over the
+lanes, from JVPs of the loop seeded along the lanes all at once: a lane's
+block's work where the dense local Jacobian costs it once per lane.  Any other
 ``scan`` keeps JAX's dense local Jacobian and declares the zeros that
 causality gives (the outputs of step ``t`` never read the inputs of later
 steps), so ``output="sparse"`` leaves them out; any other ``while`` keeps
@@ -33,6 +35,7 @@ the dense local Jacobian.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import jax
@@ -173,145 +176,265 @@ def _switch(ctx: RuleContext, slots: tuple, branches: list, pairs: list):
 
 
 def scan_partials(ctx: RuleContext) -> list[Partial]:
-    """An elementwise scan's partials (:func:`_elementwise_loop_partials`),
+    """The partials of a scan with lanes (:func:`_lane_loop_partials`),
     else its dense local Jacobians (:mod:`.opaque`), with the zeros
     causality gives: the ``ys`` of step ``t`` read the ``xs`` of steps up to
     ``t`` only (from ``t`` on for ``reverse=True``)."""
     params = ctx.params
-    found = _elementwise_loop_partials(ctx, params["jaxpr"].jaxpr, 0, params["num_consts"], params["num_carry"],
-                                       params["length"], params["reverse"])
+    found = _lane_loop_partials(ctx, params["jaxpr"].jaxpr, 0, params["num_consts"], params["num_carry"],
+                                params["length"], params["reverse"])
     if found is not None:
         return found
     return opaque.dense_partials(ctx, nonzero=functools.partial(_scan_causality, ctx))
 
 
 def while_partials(ctx: RuleContext) -> list[Partial]:
-    """An elementwise ``while_loop``'s partials (:func:`_elementwise_loop_partials`;
+    """The partials of a ``while_loop`` with lanes (:func:`_lane_loop_partials`;
     the loop condition's operands decide the trip count only, which has no
     derivative), else its dense local Jacobians (:mod:`.opaque`)."""
     params = ctx.params
     body = params["body_jaxpr"].jaxpr
-    found = _elementwise_loop_partials(ctx, body, params["cond_nconsts"], params["body_nconsts"],
-                                       len(body.outvars))
+    found = _lane_loop_partials(ctx, body, params["cond_nconsts"], params["body_nconsts"], len(body.outvars))
     return opaque.dense_partials(ctx) if found is None else found
 
 
 #: Equations a loop body may apply to differentiated values and stay elementwise.
 _ELEMENTWISE_BODY = ELEMENTWISE | {"copy", "copy_p"}
+_REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod"})
+_CUMULATIVE = frozenset({"cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"})
 
 
-def _elementwise_body(jaxpr, n_consts: int, n_carry: int, wanted: list) -> Optional[tuple[tuple, set]]:
-    """The shape ``S`` of every differentiated value of a loop body (invars:
-    ``n_consts`` consts, ``n_carry`` carries, then a scan's slices of
-    ``xs``; outvars: the carries, then a scan's ``ys``), and the positions
-    of the outvars that are differentiated, when the body is elementwise in
-    them: each is real, of shape ``S``, made by elementwise equations
-    (:data:`_ELEMENTWISE_BODY`, ``jit`` calls of such) from the invars
-    ``wanted`` marks; else None.  A carry the body makes differentiated is
-    differentiated from the first step on (the fixed point JAX's own JVP of
-    the loop finds)."""
-    nc, nk = n_consts, n_carry
+def _loop_lanes(jaxpr, n_consts: int, n_carry: int, wanted: list, has_xs: bool) -> Optional[tuple[tuple, set, bool]]:
+    """The *lanes* of a loop body (invars: ``n_consts`` consts, ``n_carry``
+    carries, then a scan's slices of ``xs``; outvars: the carries, then a
+    scan's ``ys``): the most leading axes (shape ``B``) of the differentiated
+    invars and outvars such that every equation reading a differentiated
+    value keeps them apart (:func:`_lanes_through`), so that lane ``b`` of
+    every result reads lane ``b`` of the differentiated inputs only; the
+    positions of the outvars that are differentiated; and whether no carry
+    is differentiated, so that the steps are apart too (``lax.map``: step
+    ``t`` of ``ys`` reads step ``t`` of ``xs`` only; then ``B`` may be
+    ``()``, given ``has_xs``).  Inside the body a lane axis may move (a
+    broadcast, a transpose) but must lead again in the outvars.  None where
+    neither lanes nor steps are apart or a differentiated value is not real.
+    An elementwise body's lanes are all of its axes.  A carry the body makes
+    differentiated is differentiated from the first step on (the fixed point
+    JAX's own JVP of the loop finds)."""
+    ranks = [len(v.aval.shape) for v, w in zip(jaxpr.invars, wanted) if w]
+    for k in range(min(ranks, default=0), -1 if has_xs else 0, -1):
+        found = _lanes_of_rank(jaxpr, n_consts, n_carry, list(wanted), k)
+        if found is not None and (k or found[2]):
+            return found
+    return None
+
+
+def _lanes_of_rank(jaxpr, nc: int, nk: int, wanted: list, k: int) -> Optional[tuple[tuple, set, bool]]:
+    """:func:`_loop_lanes` for ``k`` lane axes, or None where they are not lanes."""
+    lead = tuple(range(k))
     while True:
-        differentiated = {v for v, w in zip(jaxpr.invars, wanted) if w}
-        if not _elementwise_eqns(jaxpr, differentiated):
+        lanes = {v: lead for v, w in zip(jaxpr.invars, wanted) if w}
+        if not _lane_eqns(jaxpr, lanes):
             return None
-        carried = [not _jaxpr.is_literal(v) and v in differentiated for v in jaxpr.outvars[:nk]]
+        carried = [not _jaxpr.is_literal(v) and v in lanes for v in jaxpr.outvars[:nk]]
         now = wanted[:nc] + [a or b for a, b in zip(wanted[nc:nc + nk], carried)] + wanted[nc + nk:]
         if now == wanted:
             break
         wanted = now
-    avals = [v.aval for v in differentiated]
-    shapes = {tuple(a.shape) for a in avals}
-    if len(shapes) != 1 or not all(jnp.issubdtype(a.dtype, jnp.floating) for a in avals):
+    reached = {j for j, v in enumerate(jaxpr.outvars) if not _jaxpr.is_literal(v) and v in lanes}
+    if any(lanes[jaxpr.outvars[j]] != lead for j in reached):
         return None
-    reached = {j for j, v in enumerate(jaxpr.outvars) if not _jaxpr.is_literal(v) and v in differentiated}
-    return shapes.pop(), reached
+    sizes = {tuple(v.aval.shape[p] for p in pos) for v, pos in lanes.items()}
+    if len(sizes) != 1 or not all(jnp.issubdtype(v.aval.dtype, jnp.floating) for v in lanes):
+        return None
+    return sizes.pop(), reached, not any(wanted[nc:nc + nk])
 
 
-def _elementwise_eqns(jaxpr, differentiated: set) -> bool:
-    """Add to ``differentiated`` the variables of ``jaxpr`` its members reach;
-    whether every equation that reads one is elementwise or has no
-    floating-point result."""
+def _lane_eqns(jaxpr, lanes: dict) -> bool:
+    """Add to ``lanes`` (differentiated variable -> positions of its lane
+    axes) the variables of ``jaxpr`` its members reach; whether every
+    equation that reads one keeps the lanes apart or has no floating-point
+    result."""
     for eqn in jaxpr.eqns:
-        reads = [not _jaxpr.is_literal(v) and v in differentiated for v in eqn.invars]
-        if not any(reads):
+        reads = [None if _jaxpr.is_literal(v) else lanes.get(v) for v in eqn.invars]
+        if all(r is None for r in reads):
             continue
         name = eqn.primitive.name
         if name in _jaxpr.CALL_PRIMITIVES:
             body, _ = _jaxpr.call_body(eqn)
-            inner = {v for v, r in zip(body.invars, reads) if r}
-            if not _elementwise_eqns(body, inner):
+            inner = {v: r for v, r in zip(body.invars, reads) if r is not None}
+            if not _lane_eqns(body, inner):
                 return False
-            differentiated.update(o for o, v in zip(eqn.outvars, body.outvars)
-                                  if not _jaxpr.is_literal(v) and v in inner)
-        elif name in _ELEMENTWISE_BODY:
-            differentiated.update(eqn.outvars)
-        elif any(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in eqn.outvars):
-            return False  # (a comparison, whose result carries no derivative, may read anything)
+            lanes.update((o, inner[v]) for o, v in zip(eqn.outvars, body.outvars)
+                         if not _jaxpr.is_literal(v) and v in inner)
+            continue
+        if not any(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in eqn.outvars):
+            continue  # (a comparison, whose result carries no derivative, may read anything)
+        out = _lanes_through(name, eqn.params, [v.aval.shape for v in eqn.invars], reads,
+                             [v.aval.shape for v in eqn.outvars])
+        if out is None:
+            return False
+        lanes.update((o, out) for o in eqn.outvars)
     return True
 
 
-def _elementwise_loop_partials(ctx: RuleContext, body, first: int, n_consts: int, n_carry: int,
+def _lanes_through(name: str, params: dict, in_shapes: list, reads: list, out_shapes: list) -> Optional[tuple]:
+    """Where equation ``name`` puts the lane axes of its differentiated
+    operands (``reads``: each operand's lane positions, None for one that
+    carries no derivative) in its results, if each result's lane reads the
+    same lane of those operands only; else None."""
+    pos = next(r for r in reads if r is not None)
+    if pos == ():
+        return ()  # no lanes to keep
+    if any(r is not None and r != pos for r in reads) and name != "dot_general":
+        return None  # operands disagree on where their lanes are
+    if name in _ELEMENTWISE_BODY:  # operands may broadcast along size-1 axes, never along a lane
+        out = out_shapes[0]
+        return pos if all(len(s) == len(out) and all(s[p] == out[p] for p in pos)
+                          for s, r in zip(in_shapes, reads) if r is not None) else None
+    if name == "broadcast_in_dim":
+        return tuple(params["broadcast_dimensions"][p] for p in pos)
+    if name == "transpose":
+        return tuple(params["permutation"].index(p) for p in pos)
+    if name in _REDUCTIONS or name in ("squeeze", "unstack"):
+        dropped = params["axes"] if name in _REDUCTIONS else (
+            params["dimensions"] if name == "squeeze" else (params["axis"],))
+        if set(dropped) & set(pos):
+            return None
+        return tuple(p - sum(d < p for d in dropped) for p in pos)
+    if name == "stack":
+        return tuple(p + (p >= params["axis"]) for p in pos)
+    if name in _CUMULATIVE or name in ("concatenate", "split"):
+        axis = params["dimension" if name == "concatenate" else "axis"]
+        return None if axis in pos else pos
+    if name == "rev":
+        return None if set(params["dimensions"]) & set(pos) else pos
+    if name == "slice":
+        strides = params["strides"] or (1,) * len(in_shapes[0])
+        whole = all(params["start_indices"][p] == 0 and params["limit_indices"][p] == in_shapes[0][p]
+                    and strides[p] == 1 for p in pos)
+        return pos if whole else None
+    if name == "pad":
+        return pos if reads[1] is None and all(tuple(params["padding_config"][p]) == (0, 0, 0) for p in pos) else None
+    if name == "reshape":
+        lead = tuple(range(len(pos)))
+        keeps = (params.get("dimensions") is None and pos == lead
+                 and tuple(out_shapes[0][:len(pos)]) == tuple(in_shapes[0][:len(pos)]))
+        return lead if keeps else None
+    if name == "dot_general":
+        return _lanes_through_dot(params["dimension_numbers"], in_shapes, reads)
+    return None
+
+
+def _lanes_through_dot(dimension_numbers, in_shapes: list, reads: list) -> Optional[tuple]:
+    """:func:`_lanes_through` for ``dot_general``, whose result has the batch
+    axes, then the lhs's free axes, then the rhs's.  A lane axis must be a
+    batch axis (at the same batch position in both operands where both are
+    differentiated) or a free axis of the one differentiated operand."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    free = [[a for a in range(len(in_shapes[0])) if a not in lc and a not in lb],
+            [a for a in range(len(in_shapes[1])) if a not in rc and a not in rb]]
+    offsets = (len(lb), len(lb) + len(free[0]))
+    found = []
+    for side, (batch, r) in enumerate(((lb, reads[0]), (rb, reads[1]))):
+        if r is None:
+            continue
+        out = []
+        for p in r:
+            if p in batch:
+                out.append(list(batch).index(p))
+            elif p in free[side] and reads[1 - side] is None:
+                out.append(offsets[side] + free[side].index(p))
+            else:
+                return None  # contracted, or free while the other operand is differentiated too
+        found.append(tuple(out))
+    return found[0] if len(set(found)) == 1 else None
+
+
+def _lane_loop_partials(ctx: RuleContext, body, first: int, n_consts: int, n_carry: int,
                                length: Optional[int] = None, reverse: bool = False) -> Optional[list[Partial]]:
-    """The partials of a loop whose ``body`` is elementwise
-    (:func:`_elementwise_body`; its invars are the loop's operands from slot
+    """The partials of a loop whose ``body`` keeps lanes apart
+    (:func:`_loop_lanes`; its invars are the loop's operands from slot
     ``first`` on; a scan of ``length`` steps has ``xs`` and ``ys``, a
-    ``while_loop``, ``length=None``, neither), or None where it is not, or
+    ``while_loop``, ``length=None``, neither), or None where it does not, or
     where JAX's forward mode of the loop is not its reverse mode.
 
-    Its outputs then read its inputs element by element: from a const or
-    carry (shape ``S``) a final carry's partial is a diagonal and a ``ys``'s
-    a diagonal per step, both from one JVP of the loop with a ones tangent;
-    from ``xs`` (``(length,) + S``), one JVP per step of ``xs`` (one-hot in
-    time, ones over ``S``), giving a diagonal per step and, for ``ys``, per
-    pair of steps (zero where causality says so).  The operands before
-    ``first`` (a ``while_loop``'s condition) get no partial: they decide the
-    trip count only."""
+    Each output lane then reads the same lane of each input, so a partial is
+    a diagonal over the lanes (shape ``B``) times a dense block over the
+    other axes (``R_in`` of the input, ``R_out`` of the output; none for an
+    elementwise body), per step for ``xs`` and ``ys``.  Its values come from
+    JVPs of the loop, one per entry of ``R_in`` (and per step of ``xs``),
+    each with a tangent that is one-hot there and ones over the lanes: one
+    JVP in all for an elementwise body, where the dense block takes one per
+    input entry.  For ``ys`` from ``xs``, the zeros causality gives are
+    declared; where no carry is differentiated (``lax.map``) the steps are
+    one more lane: step ``t`` of ``ys`` reads step ``t`` of ``xs`` only, and
+    the seeds are ones along the steps.  The operands before ``first`` (a
+    ``while_loop``'s condition) get no partial: they decide the trip count
+    only."""
     if ctx.reverse_only or not ctx.forward_exact:
         return None
     wanted = [first + k in ctx.active for k in range(len(body.invars))]
-    found = _elementwise_body(body, n_consts, n_carry, wanted)
+    has_xs = any(s >= first + n_consts + n_carry for s in ctx.active)
+    found = _loop_lanes(body, n_consts, n_carry, wanted, has_xs)
     if found is None:
         return None
-    shape, reached = found
-    space = [("ax", k) for k in range(len(shape))]
+    lanes, reached, steps_apart = found
+    reached = sorted(reached)  # the outputs each JVP returns (real ones: no float0 tangents)
+    k = len(lanes)
+    lane_labels = [("ax", a) for a in range(k)]
     parts = []
     for s in ctx.active:
         if s < first:
             continue
         over_steps = s >= first + n_consts + n_carry
+        seeded_steps = over_steps and not steps_apart  # else the steps are one more lane
+        in_shape = tuple(ctx.in_avals[s].shape)
+        rest_in = in_shape[k + over_steps:]
+        seeds = ((length,) if seeded_steps else ()) + rest_in  # one JVP per entry
 
-        def tangents(ins, _outs, s=s, over_steps=over_steps):
+        def tangents(ins, _outs, s=s, over_steps=over_steps, seeded_steps=seeded_steps, seeds=seeds,
+                     rest_in=rest_in):
             def run(x):
                 args = list(ins)
                 args[s] = x
-                return ctx.eval(*args)
+                outs = ctx.eval(*args)
+                return [outs[j] for j in reached]
 
-            ones = jnp.ones_like(ins[s])
-            if not over_steps:
-                return jax.jvp(run, (ins[s],), (ones,))[1]
-            steps = jnp.eye(length, dtype=ones.dtype).reshape((length, length) + (1,) * len(shape)) * ones
-            return jax.vmap(lambda t: jax.jvp(run, (ins[s],), (t,))[1])(steps)
+            x = ins[s]
+            n = math.prod(seeds)
+            if n == 1:
+                return [o[None] for o in jax.jvp(run, (x,), (jnp.ones_like(x),))[1]]
+            # seed q: one-hot at (step, rest) = q, ones over the lanes
+            steps = ((length,) if seeded_steps else (1,)) if over_steps else ()
+            eye = jnp.eye(n, dtype=x.dtype).reshape((n,) + steps + (1,) * k + rest_in)
+            basis = jnp.broadcast_to(eye, (n,) + x.shape)
+            return jax.vmap(lambda t: jax.jvp(run, (x,), (t,))[1])(basis)
 
         for j, aval in enumerate(ctx.out_avals):
             if j not in reached:
                 continue  # no differentiated value reaches it: a zero partial
             is_ys = j >= n_carry
-            out_labels = ([("step", 0)] if is_ys else []) + space
-            in_labels = ([("from", 0)] if over_steps else []) + space
-            val_labels = ([("from", 0)] if over_steps else []) + ([("step", 0)] if is_ys else []) + space
-            val_shape = ((length,) if over_steps else ()) + ((length,) if is_ys else ()) + shape
-            st, prepare = structure_from_labels(tuple(aval.shape), tuple(ctx.in_avals[s].shape), out_labels,
-                                                in_labels, val_labels, val_shape)
+            rest_out = tuple(aval.shape)[k + is_ys:]
+            step = [("step", 0)] if is_ys else []
+            source = ([("from", 0)] if seeded_steps else [("step", 0)]) if over_steps else []
+            ins_ = [("in", a) for a in range(len(rest_in))]
+            outs_ = [("out", a) for a in range(len(rest_out))]
+            out_labels = step + lane_labels + outs_
+            in_labels = source + lane_labels + ins_
+            val_labels = (source if seeded_steps else []) + ins_ + step + lane_labels + outs_
+            val_shape = seeds + tuple(aval.shape)
+            st, prepare = structure_from_labels(tuple(aval.shape), in_shape, out_labels, in_labels, val_labels,
+                                                val_shape)
 
-            def pick(result, j=j, prepare=prepare, dtype=aval.dtype):
-                return prepare(result[j].astype(dtype))
+            def pick(result, at=reached.index(j), prepare=prepare, dtype=aval.dtype, val_shape=val_shape):
+                return prepare(jnp.reshape(result[at], val_shape).astype(dtype))
 
             nonzero = None
-            if over_steps and is_ys:
+            if seeded_steps and is_ys:
                 steps = np.arange(length)
                 reads = steps[:, None] >= steps[None, :] if reverse else steps[:, None] <= steps[None, :]
-                mask = np.broadcast_to(reads.reshape((length, length) + (1,) * len(shape)), val_shape)
+                shape = (length,) + (1,) * len(rest_in) + (length,) + (1,) * (len(aval.shape) - 1)
+                mask = np.broadcast_to(reads.reshape(shape), val_shape)
                 nonzero = constant_mask(lambda mask=mask, prepare=prepare: prepare(mask))
             parts.append(Partial(j, s, st, lambda ins, o, pick=pick, tangents=tangents: pick(tangents(ins, o)),
                                  tangents, pick, nonzero))
