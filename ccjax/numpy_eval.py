@@ -161,6 +161,22 @@ def _window_starts(starts: np.ndarray, dims: Sequence[int], shape: Sequence[int]
     return np.clip(starts, 0, upper), fits
 
 
+def _window_grids(starts: np.ndarray, dims: Sequence[int], batch_shape: tuple, sizes: Sequence[int]) -> tuple:
+    """Index arrays (one per operand dimension, broadcasting to ``batch_shape
+    + sizes``) of the window of ``sizes`` at each start (``starts``:
+    ``batch_shape + (len(dims),)`` for operand dimensions ``dims``; 0 for
+    the others)."""
+    ndim = len(sizes)
+    grids = []
+    for d in range(ndim):
+        offset = np.arange(sizes[d]).reshape([1] * len(batch_shape) + [-1 if k == d else 1 for k in range(ndim)])
+        if d in dims:
+            start = starts[..., list(dims).index(d)]
+            offset = start.reshape(batch_shape + (1,) * ndim) + offset
+        grids.append(offset)
+    return tuple(grids)
+
+
 def _gather(params, operand, indices):
     """``lax.gather`` (no batching dimensions): the slice of ``slice_sizes``
     at each start index, offset dimensions at ``offset_dims``."""
@@ -170,15 +186,8 @@ def _gather(params, operand, indices):
     sizes = tuple(params["slice_sizes"])
     batch_shape = indices.shape[:-1]
     starts, fits = _window_starts(indices, dn.start_index_map, operand.shape, sizes)
-    grids = []
-    for d in range(operand.ndim):
-        offset = np.arange(sizes[d]).reshape([1] * len(batch_shape) + [-1 if k == d else 1 for k in range(operand.ndim)])
-        if d in dn.start_index_map:
-            start = starts[..., list(dn.start_index_map).index(d)]
-            grids.append(start.reshape(batch_shape + (1,) * operand.ndim) + offset)
-        else:
-            grids.append(offset)
-    window = np.broadcast_to(operand[tuple(grids)], batch_shape + sizes)
+    grids = _window_grids(starts, dn.start_index_map, batch_shape, sizes)
+    window = np.broadcast_to(operand[grids], batch_shape + sizes)
     if _mode(params) == "FILL_OR_DROP" and not fits.all():
         fill = np.asarray(_fill_value(params, operand.dtype), operand.dtype)
         window = np.where(fits.reshape(batch_shape + (1,) * operand.ndim), window, fill)
@@ -211,17 +220,9 @@ def _scatter_add(params, operand, indices, updates):
         upd = upd[fits]
         starts = starts[fits]
         batch_shape = (len(upd),)
-    grids = []
-    for d in range(operand.ndim):
-        offset = np.arange(sizes[d]).reshape([1] * len(batch_shape) + [-1 if k == d else 1 for k in range(operand.ndim)])
-        if d in dn.scatter_dims_to_operand_dims:
-            start = starts[..., list(dn.scatter_dims_to_operand_dims).index(d)]
-            grids.append(start.reshape(batch_shape + (1,) * operand.ndim) + offset)
-        else:
-            grids.append(offset)
-    grids = [np.broadcast_to(g, upd.shape) for g in grids]
+    grids = _window_grids(starts, dn.scatter_dims_to_operand_dims, batch_shape, sizes)
     out = np.array(operand, copy=True)
-    np.add.at(out, tuple(grids), upd)
+    np.add.at(out, tuple(np.broadcast_to(g, upd.shape) for g in grids), upd)
     return [out]
 
 
