@@ -53,8 +53,12 @@ def test_integer_division_and_remainder_truncate_toward_zero():
     assert _both(lambda a, b: lax.div(a, b), low, np.array([-1], np.int32))[0] is None
 
 
-def test_float_to_integer_conversion_is_refused():
+def test_float_to_integer_conversion_and_exact_complex_products_are_refused():
     assert _both(lambda x: x.astype(np.int32), np.array([1.5, np.nan]))[0] is None
+    z = np.array([1.0 + 2.0j, -0.5 + 0.25j])
+    assert _both(lambda z: z * z[::-1], z)[0] is None
+    mine, theirs = _both(lambda z: z * z[::-1], z, exact=False)
+    np.testing.assert_allclose(mine[0], theirs[0], rtol=1e-15)
 
 
 def test_sums_that_may_round_run_only_when_inexact_is_allowed():
