@@ -488,12 +488,9 @@ def _probe_in_numpy(run, draws: list) -> Optional[dict]:
     of zero polynomials allows (see :func:`structural_keep`), and it
     compiles nothing (an XLA compilation costs about 0.1 s)."""
     closed, shapes = jax.make_jaxpr(run, return_shape=True)(draws[0])
-    rows = []
-    for draw in draws:
-        outs = run_in_numpy(closed, jax.tree.leaves(draw), exact=False)
-        if outs is None:
-            return None
-        rows.append(outs)
+    rows = run_in_numpy(closed, [jax.tree.leaves(draw) for draw in draws], exact=False)
+    if rows is None:
+        return None
     return jax.tree.unflatten(jax.tree.structure(shapes), [np.stack(column) for column in zip(*rows)])
 
 

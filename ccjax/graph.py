@@ -685,16 +685,22 @@ class _Statics:
         return False
 
 
-def run_in_numpy(closed_jaxpr, args: Sequence, exact: bool = True) -> Optional[list]:
-    """The outputs of ``closed_jaxpr`` on ``args``, run in NumPy
-    (:func:`ccjax.numpy_eval.run_nodes`; ``exact``: as XLA computes them, bit
-    for bit), or None where some equation cannot be run there."""
+def run_in_numpy(closed_jaxpr, runs: Sequence[Sequence], exact: bool = True) -> Optional[list[list]]:
+    """The outputs of ``closed_jaxpr`` on each argument list of ``runs``, run
+    in NumPy (:func:`ccjax.numpy_eval.run_nodes`; ``exact``: as XLA computes
+    them, bit for bit), or None where some equation cannot be run there.
+    The program is flattened once for all runs."""
     prog = build_program(closed_jaxpr, [])
-    env = {i: np.asarray(a) for i, a in zip(prog.inputs, args)}
     consts = [*prog.consts.items(), *zip(prog.top_consts, closed_jaxpr.consts)]
-    env.update((i, c) for i, c in consts if not _jaxpr.is_tracer(c))  # a tracer's value is unknown
-    found = run_nodes(prog.nodes, env, prog.avals, exact)
-    return None if found is None else [found[o] for o in prog.outputs]
+    consts = {i: c for i, c in consts if not _jaxpr.is_tracer(c)}  # a tracer's value is unknown
+    results = []
+    for args in runs:
+        env = {i: np.asarray(a) for i, a in zip(prog.inputs, args)}
+        found = run_nodes(prog.nodes, {**env, **consts}, prog.avals, exact)
+        if found is None:
+            return None
+        results.append([found[o] for o in prog.outputs])
+    return results
 
 
 @dataclasses.dataclass(frozen=True)

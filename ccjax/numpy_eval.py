@@ -10,8 +10,8 @@ a sparse output, are cheaper to run here, equation by equation:
   does);
 - the probes of structural zeros (:func:`ccjax.eliminate.probe_finals`),
   which only ask which entries are zero, so sums and products may round in
-  another order (``exact=False`` adds ``dot_general``, ``reduce_sum`` and a
-  floating-point ``scatter-add``).
+  another order (``exact=False`` adds ``dot_general``, ``reduce_sum``, a
+  floating-point ``scatter-add`` and complex products and quotients).
 
 An equation this module cannot run as XLA would raises
 ``NotImplementedError`` (or a NumPy ``TypeError``/``ValueError``), and

@@ -267,7 +267,7 @@ def _lane_eqns(jaxpr, lanes: dict) -> bool:
             lanes.update((o, inner[v]) for o, v in zip(eqn.outvars, body.outvars)
                          if not _jaxpr.is_literal(v) and v in inner)
             continue
-        if not any(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in eqn.outvars):
+        if not any(_inexact(v.aval) for v in eqn.outvars):
             continue  # (a comparison, whose result carries no derivative, may read anything)
         out = _lanes_through(name, eqn.params, [v.aval.shape for v in eqn.invars], reads,
                              [v.aval.shape for v in eqn.outvars])
@@ -351,7 +351,7 @@ def _lanes_through_dot(dimension_numbers, in_shapes: list, reads: list) -> Optio
 
 
 def _lane_loop_partials(ctx: RuleContext, body, first: int, n_consts: int, n_carry: int,
-                               length: Optional[int] = None, reverse: bool = False) -> Optional[list[Partial]]:
+                        length: Optional[int] = None, reverse: bool = False) -> Optional[list[Partial]]:
     """The partials of a loop whose ``body`` keeps lanes apart
     (:func:`_loop_lanes`; its invars are the loop's operands from slot
     ``first`` on; a scan of ``length`` steps has ``xs`` and ``ys``, a
@@ -430,11 +430,9 @@ def _lane_loop_partials(ctx: RuleContext, body, first: int, n_consts: int, n_car
                 return prepare(jnp.reshape(result[at], val_shape).astype(dtype))
 
             nonzero = None
-            if seeded_steps and is_ys:
-                steps = np.arange(length)
-                reads = steps[:, None] >= steps[None, :] if reverse else steps[:, None] <= steps[None, :]
+            if seeded_steps and is_ys:  # values laid out (from, ..., step, ...)
                 shape = (length,) + (1,) * len(rest_in) + (length,) + (1,) * (len(aval.shape) - 1)
-                mask = np.broadcast_to(reads.reshape(shape), val_shape)
+                mask = np.broadcast_to(_step_reads(length, reverse).T.reshape(shape), val_shape)
                 nonzero = constant_mask(lambda mask=mask, prepare=prepare: prepare(mask))
             parts.append(Partial(j, s, st, lambda ins, o, pick=pick, tangents=tangents: pick(tangents(ins, o)),
                                  tangents, pick, nonzero))
@@ -448,10 +446,17 @@ def _scan_causality(ctx: RuleContext, j: int, slot: int) -> Optional[np.ndarray]
     if slot < params["num_consts"] + params["num_carry"] or j < params["num_carry"]:
         return None
     out_shape, in_shape = tuple(ctx.out_avals[j].shape), tuple(ctx.in_avals[slot].shape)
-    steps = np.arange(params["length"])
-    reads = steps[:, None] <= steps[None, :] if params["reverse"] else steps[:, None] >= steps[None, :]
-    reads = reads.reshape((len(steps),) + (1,) * (len(out_shape) - 1) + (len(steps),) + (1,) * (len(in_shape) - 1))
+    length = params["length"]
+    reads = _step_reads(length, params["reverse"])
+    reads = reads.reshape((length,) + (1,) * (len(out_shape) - 1) + (length,) + (1,) * (len(in_shape) - 1))
     return np.broadcast_to(reads, out_shape + in_shape)
+
+
+def _step_reads(length: int, reverse: bool) -> np.ndarray:
+    """``[t, u]``: whether step ``t`` of a scan's ``ys`` can read step ``u``
+    of its ``xs`` (``u <= t``; ``u >= t`` for ``reverse=True``)."""
+    steps = np.arange(length)
+    return steps[:, None] <= steps[None, :] if reverse else steps[:, None] >= steps[None, :]
 
 
 RULES = {"cond": cond_partials, "scan": scan_partials, "while": while_partials}
