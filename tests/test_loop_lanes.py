@@ -296,3 +296,16 @@ W4 = R.normal(size=(4, 4))
 
 def _is_elementwise(fn):
     return fn is jnp.tanh
+
+
+@pytest.mark.parametrize("name", ["fori_carry", "newton_sqrt_const", "ys_from_carry", "reverse_xs", "particles_3d",
+                                  "matrix_where"])
+def test_loops_under_vmap_match_jacrev(name):
+    """``vmap`` of the Jacobian over a batch of inputs (the loop then runs
+    batched inside each JVP)."""
+    f, args, _ = PROGRAMS[name]
+    (x,) = args
+    xs = np.stack([x, 0.5 * x + 0.25, x * x + 0.1])
+    want = jax.vmap(jax.jacrev(f))(xs)
+    _close(jax.vmap(ccjax.jacve(f))(xs), want)
+    _close(jax.jit(jax.vmap(ccjax.jacve(f, order="rev")))(xs), want)
