@@ -353,6 +353,12 @@ def charged_particles(x):
     return lax.scan(step, x, None, length=20)[0]
 
 
+def relu_fixed_point(X, W):
+    """20 steps of h <- relu(h W + X) for a batch of rows (lax.fori_loop; a
+    deep-equilibrium-style layer): rows never meet, and ReLU is a custom_jvp."""
+    return lax.fori_loop(0, 20, lambda i, h: jax.nn.relu(h @ W + X), X)
+
+
 def cond_branch(x):
     return lax.cond(jnp.sum(x) > 0, lambda x: jnp.sin(x) * x + jnp.roll(x, 1),
                     lambda x: jnp.cos(x) + x ** 2, x)
@@ -622,6 +628,14 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         return Program("charged_particles", "control flow", charged_particles,
                        (_rng("charged").standard_normal((n, 3)),), 0,
                        what=f"lax.scan, 20 steps of {n} independent particles in 3-D (coordinates mix within a particle)")
+
+    @reg
+    def p_relu_fixed_point(q):
+        b, h = (4, 3) if q else (64, 16)
+        r = _rng("relu_fixed_point")
+        return Program("relu_fixed_point", "control flow", relu_fixed_point,
+                       (r.standard_normal((b, h)), 0.9 * r.standard_normal((h, h)) / np.sqrt(h)), 0,
+                       what=f"lax.fori_loop, 20 steps of h = relu(h W + X), {b} rows of {h}, w.r.t. X")
 
     @reg
     def p_cond(q):

@@ -35,6 +35,28 @@ def _newton_sqrt(a):
     return lax.fori_loop(0, 5, lambda i, y: 0.5 * (y + a / y), a)
 
 
+@jax.custom_jvp
+def _sin_scaled_by_norm(y):
+    return jnp.sin(y)
+
+
+@_sin_scaled_by_norm.defjvp
+def _sin_scaled_by_norm_jvp(primals, tangents):
+    (y,), (dy,) = primals, tangents
+    return jnp.sin(y), jnp.cos(y) * dy * (1.0 + 0.1 * jnp.sum(y * y))  # mixes primals only: lanes hold
+
+
+@jax.custom_jvp
+def _tangent_mixes_lanes(y):
+    return 2.0 * y
+
+
+@_tangent_mixes_lanes.defjvp
+def _tangent_mixes_lanes_jvp(primals, tangents):
+    (y,), (dy,) = primals, tangents
+    return 2.0 * y, 2.0 * dy + 0.1 * jnp.sum(dy)  # elementwise primal, mixing rule: JAX follows the rule
+
+
 #: name -> (function, arguments, whether the scan's partials are structured: True for
 #: diagonals, whose sparse output stores exactly the nonzeros; "lanes" for
 #: a diagonal over independent rows of dense blocks, which may store zeros)
@@ -70,8 +92,15 @@ PROGRAMS = {
     # mixing bodies: the dense block
     "reversal_mixes": (lambda x: lax.fori_loop(0, 3, lambda i, y: y[::-1] * y, x), (R.normal(size=4),), False),
     "sum_mixes": (lambda x: lax.fori_loop(0, 3, lambda i, y: y * jnp.sum(y), x), (R.normal(size=4),), False),
-    "custom_jvp_inside": (lambda x: lax.fori_loop(0, 3, lambda i, y: jax.nn.relu(y) + y, x),
-                          (R.normal(size=4),), False),
+    # custom_jvp calls: the lanes are where the custom rule puts the tangents
+    "relu_softplus": (lambda x: lax.fori_loop(0, 3, lambda i, y: jax.nn.relu(y) + jax.nn.softplus(y) * y, x),
+                      (R.normal(size=4),), True),
+    "rule_mixes_primals": (lambda x: lax.fori_loop(0, 3, lambda i, y: _sin_scaled_by_norm(y) + y, x),
+                           (R.normal(size=(2, 3)),), True),
+    "relu_rnn_rows": (lambda h0, xs: lax.scan(lambda h, v: (lambda n: (n, n))(jax.nn.relu(h @ W3 + v)), h0, xs)[1],
+                      (R.normal(size=(5, 3)), R.normal(size=(4, 5, 3))), "lanes"),
+    "rule_mixes_tangents": (lambda x: lax.fori_loop(0, 3, lambda i, y: _tangent_mixes_lanes(y) * y, x),
+                            (R.normal(size=4),), False),
 }
 
 #: while loops: JAX has no reverse mode through them, so the reference is jax.jacfwd.
@@ -167,7 +196,8 @@ def test_cost_is_the_executed_multiplications(name):
         assert _executed_mults(g, plan, f, args, 0) == plan.report.mults
 
 
-UNARY = [jnp.sin, jnp.cos, jnp.tanh, lambda v: v * v, jnp.exp, lambda v: 1.0 / (1.0 + v * v), jnp.abs]
+UNARY = [jnp.sin, jnp.cos, jnp.tanh, lambda v: v * v, jnp.exp, lambda v: 1.0 / (1.0 + v * v), jnp.abs,
+         jax.nn.relu, jax.nn.softplus]  # (the last two are custom_jvp calls)
 BINARY = [jnp.add, jnp.subtract, jnp.multiply, lambda a, b: a / (1.0 + b * b), jnp.maximum]
 
 

@@ -267,6 +267,12 @@ def _lane_eqns(jaxpr, lanes: dict) -> bool:
             lanes.update((o, inner[v]) for o, v in zip(eqn.outvars, body.outvars)
                          if not _jaxpr.is_literal(v) and v in inner)
             continue
+        if _jaxpr.is_custom_jvp(eqn):
+            found = _custom_jvp_lanes(eqn, reads)
+            if found is None:
+                return False
+            lanes.update(found)
+            continue
         if not any(_inexact(v.aval) for v in eqn.outvars):
             continue  # (a comparison, whose result carries no derivative, may read anything)
         out = _lanes_through(name, eqn.params, [v.aval.shape for v in eqn.invars], reads,
@@ -275,6 +281,23 @@ def _lane_eqns(jaxpr, lanes: dict) -> bool:
             return False
         lanes.update((o, out) for o in eqn.outvars)
     return True
+
+
+def _custom_jvp_lanes(eqn, reads: list) -> Optional[dict]:
+    """The lanes of a ``custom_jvp`` call's results (``reads``: as for
+    :func:`_lane_eqns`), where its custom rule puts them: JAX differentiates
+    the call by that rule, so lane ``b`` of a result's tangent must read lane
+    ``b`` of the operands' tangents only.  The rule may mix the primal
+    values across lanes (they only scale tangents).  None where it does not
+    keep the lanes, or its jaxpr is not the primals and tangents in and out."""
+    rule, _ = _jaxpr.custom_jvp_rule(eqn)
+    n, m = len(eqn.invars), len(eqn.outvars)
+    if eqn.params["num_consts"] or len(rule.invars) != 2 * n or len(rule.outvars) != 2 * m:
+        return None
+    inner = {t: r for t, r in zip(rule.invars[n:], reads) if r is not None}
+    if not _lane_eqns(rule, inner):
+        return None
+    return {o: inner[t] for o, t in zip(eqn.outvars, rule.outvars[m:]) if not _jaxpr.is_literal(t) and t in inner}
 
 
 def _lanes_through(name: str, params: dict, in_shapes: list, reads: list, out_shapes: list) -> Optional[tuple]:
