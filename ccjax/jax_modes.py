@@ -90,12 +90,17 @@ def program_mults(graph: Graph, plan: Plan, counter: Optional[Counter] = None) -
 
 
 #: Time of one multiplication in a product with a selection (a pick or put,
-#: whose operand rows are gathered or scattered) in units of one in dense
-#: work, for choosing between an elimination and JAX's modes (only; every
-#: count reported stays the count of multiplications).  Measured on CPU:
+#: whose operand rows are gathered or scattered), or of one addition in a sum
+#: with one (a scatter-add), in units of one multiplication in dense work, for
+#: choosing between an elimination and JAX's modes (only; every count
+#: reported stays the count of multiplications).  Measured on CPU:
 #: ``flax_cnn_input``'s elimination, nearly all convolution picks, ran 3x
 #: slower than ``jax.jacrev`` with 3x fewer multiplications, and
-#: ``conv2d_scalar``'s 1.8x slower with as many.
+#: ``conv2d_scalar``'s 1.8x slower with as many; the reverse-order
+#: elimination of a 256-entry ``lax.associative_scan`` (66k multiplications,
+#: 131k additions in 15 scatter-adds) ran 1.35x slower than ``jax.jacrev``'s
+#: 194k multiplications.  Dense additions are not charged: they fuse with
+#: the products around them.
 SELECTION_MULT_WEIGHT = 8
 
 
@@ -104,11 +109,18 @@ def selection_mults(plan: Plan) -> int:
     return sum(step[4].mults for step in plan.steps if isinstance(step[4], SelectionPlan))
 
 
+def selection_additions(plan: Plan) -> int:
+    """The additions of ``plan``'s sums (and products) with a selection."""
+    return sum(step[4].additions for step in plan.steps if isinstance(step[4], SelectionPlan))
+
+
 def weighted_mults(graph: Graph, plan: Plan, counter: Optional[Counter] = None) -> int:
     """What :func:`cheapest` compares: :func:`program_mults`, with the
     elimination's multiplications in products with selections counted
-    :data:`SELECTION_MULT_WEIGHT` times (a plain mode has none)."""
-    return program_mults(graph, plan, counter) + (SELECTION_MULT_WEIGHT - 1) * selection_mults(plan)
+    :data:`SELECTION_MULT_WEIGHT` times, and its additions in sums with
+    selections as many times (a plain mode has neither)."""
+    return (program_mults(graph, plan, counter) + (SELECTION_MULT_WEIGHT - 1) * selection_mults(plan)
+            + SELECTION_MULT_WEIGHT * selection_additions(plan))
 
 
 def plain_modes(graph: Graph) -> tuple[str, ...]:
@@ -134,8 +146,9 @@ def cheapest(graph: Graph, elimination: Plan, counter: Optional[Counter] = None)
     program, whichever multiplies least by :func:`program_mults` (ties keep
     the elimination, whose output keeps its structure, then reverse mode).
     This is how ``order="auto"`` is never costlier than the better plain mode.
-    The elimination's multiplications in products with selections count
-    :data:`SELECTION_MULT_WEIGHT` times here (they gather their operands).
+    The elimination's multiplications in products with selections, and its
+    additions in sums with them, count :data:`SELECTION_MULT_WEIGHT` times
+    here (they gather or scatter their operands).
 
     Where none multiplies at all (a program that only moves and adds data,
     such as the Jacobian program of a function whose Jacobian is linear in
