@@ -11,6 +11,8 @@ nonzeros; bodies that mix lanes keep the dense block; cost equals the
 executed multiplications; random elementwise bodies and random bodies that
 mix within rows (hypothesis) in random orders.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,6 +94,12 @@ PROGRAMS = {
     # mixing bodies: the dense block
     "reversal_mixes": (lambda x: lax.fori_loop(0, 3, lambda i, y: y[::-1] * y, x), (R.normal(size=4),), False),
     "sum_mixes": (lambda x: lax.fori_loop(0, 3, lambda i, y: y * jnp.sum(y), x), (R.normal(size=4),), False),
+    # ys emitted before the update read the xs of earlier steps only (two steps earlier through two carries)
+    "ys_before_update": (lambda c0, xs: lax.scan(lambda c, v: (c * jnp.cos(v) + v, c * c), c0, xs)[1],
+                         (R.normal(size=3), R.normal(size=(5, 3))), True),
+    "ys_two_steps_late": (lambda xs: lax.scan(lambda c, v: ((jnp.sin(v), c[0] * 2.0), c[1] ** 2),
+                                              (jnp.zeros(2), jnp.zeros(2)), xs, reverse=True)[1],
+                          (R.normal(size=(5, 2)),), True),
     # custom_jvp calls: the lanes are where the custom rule puts the tangents
     "relu_softplus": (lambda x: lax.fori_loop(0, 3, lambda i, y: jax.nn.relu(y) + jax.nn.softplus(y) * y, x),
                       (R.normal(size=4),), True),
@@ -168,6 +176,22 @@ def test_elementwise_bodies_give_diagonals_and_a_sparse_output_of_the_nonzeros(n
 
 def _size(shape):
     return int(np.prod(shape)) if shape else 1
+
+
+def test_ys_emitted_before_the_update_store_the_earlier_steps_only():
+    """A body that mixes its carry (the dense block) and emits it before the
+    update: step ``t`` of ``ys`` reads the ``xs`` of steps before ``t``, so the
+    sparse output stores T(T-1)/2 blocks of n x n, not T(T+1)/2 (of those,
+    the blocks one step back are diagonal in value: the mixing of the carry
+    needs a step to reach them)."""
+    T, n = 5, 3
+    f = lambda xs: lax.scan(lambda c, v: (jnp.roll(c, 1) * jnp.tanh(v) + jnp.sum(c) * v, c), jnp.ones(n), xs)[1]
+    xs = R.normal(size=(T, n))
+    want = jax.jacrev(f)(xs)
+    got = jax.jit(ccjax.jacve(f, output="sparse"))(xs)
+    _close(got.todense(), want)
+    assert got.nse == T * (T - 1) // 2 * n * n
+    assert np.count_nonzero(want) == (T - 1) * n + (T - 1) * (T - 2) // 2 * n * n
 
 
 def test_the_fori_loop_partial_is_one_diagonal():
@@ -260,6 +284,51 @@ def test_while_loops_match_jacfwd_and_elementwise_ones_are_diagonal(name):
         _close([b.todense() for b in blocks], want)
         assert sum(int(b.nse) for b in blocks) == sum(
             int(np.count_nonzero(np.asarray(w))) for w in jax.tree_util.tree_leaves(want))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 10 ** 6), carries=st.integers(1, 3), steps=st.integers(1, 7), reverse=st.booleans(),
+       mixing=st.booleans())
+def test_random_carry_wirings_store_the_steps_ys_can_read(seed, carries, steps, reverse, mixing):
+    """Random wirings of carries: each carry's update and the ``ys`` read a
+    random subset of the carries and the step's ``x``, so ``ys`` may read
+    ``xs`` at delays from 0 steps to never, periodically.  The sparse output
+    equals ``jax.jacrev`` and stores exactly its nonzeros for elementwise
+    bodies (lanes), and for bodies that mix entries (a dense block) whole
+    blocks where some step-to-step path exists, against a brute-force count
+    of the paths."""
+    rng = np.random.default_rng(seed)
+    n = 3
+    reads = rng.random((carries + 1, carries + 1)) < 0.45  # row k: what update k (last row: ys) reads
+    c0, xs = tuple(rng.normal(size=n) + 2.0 for _ in range(carries)), rng.normal(size=(steps, n))
+
+    def term(v, k):
+        return jnp.roll(v, 1) * 0.7 + jnp.sum(v) if mixing and k % 2 == 0 else jnp.sin(v) + 1.5
+
+    def body(c, x):
+        vals = list(c) + [x]
+        outs = []
+        for k in range(carries + 1):
+            picked = [term(v, k + i) for i, v in enumerate(vals) if reads[k, i]]
+            outs.append(functools.reduce(jnp.multiply, picked) if picked else jnp.full(n, 0.5 + k))
+        return tuple(outs[:carries]), outs[carries]
+
+    f = lambda xs: lax.scan(body, c0, xs, reverse=reverse)[1]
+    want = np.asarray(jax.jacrev(f)(xs))
+    got = jax.jit(ccjax.jacve(f, output="sparse"))(xs)
+    _close(got.todense(), want)
+    # brute force: carries reached after d steps from x, then whether ys reads one (or x at d = 0)
+    level, delays = {k for k in range(carries) if reads[k, carries]}, [bool(reads[carries, carries])]
+    for _ in range(1, steps):
+        delays.append(any(reads[carries, c] for c in level))
+        level = {k for k in range(carries) if any(reads[k, c] for c in level)}
+    t = np.arange(steps)
+    ahead = t[None, :] - t[:, None] if reverse else t[:, None] - t[None, :]
+    blocks = int(sum(delays[a] for a in ahead.ravel() if a >= 0))
+    if not mixing:
+        assert got.nse == np.count_nonzero(want) <= blocks * n
+    else:
+        assert np.count_nonzero(want) <= got.nse <= blocks * n * n
 
 
 ROW_OPS = [

@@ -29,8 +29,9 @@ lanes, from JVPs of the loop seeded along the lanes all at once: a lane's
 block's work where the dense local Jacobian costs it once per lane.  Any other
 ``scan`` keeps JAX's dense local Jacobian and declares the zeros that
 causality gives (the outputs of step ``t`` never read the inputs of later
-steps), so ``output="sparse"`` leaves them out; any other ``while`` keeps
-the dense local Jacobian.
+steps, nor those of steps no path through the carries leads from: a ``ys``
+emitted before the update reads earlier steps only), so ``output="sparse"``
+leaves them out; any other ``while`` keeps the dense local Jacobian.
 """
 from __future__ import annotations
 
@@ -179,7 +180,8 @@ def scan_partials(ctx: RuleContext) -> list[Partial]:
     """The partials of a scan with lanes (:func:`_lane_loop_partials`),
     else its dense local Jacobians (:mod:`.opaque`), with the zeros
     causality gives: the ``ys`` of step ``t`` read the ``xs`` of steps up to
-    ``t`` only (from ``t`` on for ``reverse=True``)."""
+    ``t`` only (from ``t`` on for ``reverse=True``), and of those only the
+    steps a path through the body leads from (:func:`_step_reads`)."""
     params = ctx.params
     found = _lane_loop_partials(ctx, params["jaxpr"].jaxpr, 0, params["num_consts"], params["num_carry"],
                                 params["length"], params["reverse"])
@@ -455,7 +457,8 @@ def _lane_loop_partials(ctx: RuleContext, body, first: int, n_consts: int, n_car
             nonzero = None
             if seeded_steps and is_ys:  # values laid out (from, ..., step, ...)
                 shape = (length,) + (1,) * len(rest_in) + (length,) + (1,) * (len(aval.shape) - 1)
-                mask = np.broadcast_to(_step_reads(length, reverse).T.reshape(shape), val_shape)
+                reads = _step_reads(body, n_consts, n_carry, s - first, j, length, reverse)
+                mask = np.broadcast_to(reads.T.reshape(shape), val_shape)
                 nonzero = constant_mask(lambda mask=mask, prepare=prepare: prepare(mask))
             parts.append(Partial(j, s, st, lambda ins, o, pick=pick, tangents=tangents: pick(tangents(ins, o)),
                                  tangents, pick, nonzero))
@@ -466,20 +469,65 @@ def _scan_causality(ctx: RuleContext, j: int, slot: int) -> Optional[np.ndarray]
     """Where ``∂out[j]/∂in[slot]`` of a scan can be nonzero; None for
     anywhere (a constant or initial carry operand, a final carry output)."""
     params = ctx.params
-    if slot < params["num_consts"] + params["num_carry"] or j < params["num_carry"]:
+    nc, nk = params["num_consts"], params["num_carry"]
+    if slot < nc + nk or j < nk:
         return None
     out_shape, in_shape = tuple(ctx.out_avals[j].shape), tuple(ctx.in_avals[slot].shape)
     length = params["length"]
-    reads = _step_reads(length, params["reverse"])
+    reads = _step_reads(params["jaxpr"].jaxpr, nc, nk, slot, j, length, params["reverse"])
     reads = reads.reshape((length,) + (1,) * (len(out_shape) - 1) + (length,) + (1,) * (len(in_shape) - 1))
     return np.broadcast_to(reads, out_shape + in_shape)
 
 
-def _step_reads(length: int, reverse: bool) -> np.ndarray:
-    """``[t, u]``: whether step ``t`` of a scan's ``ys`` can read step ``u``
-    of its ``xs`` (``u <= t``; ``u >= t`` for ``reverse=True``)."""
+def _step_reads(body, n_consts: int, n_carry: int, slot: int, j: int, length: int, reverse: bool) -> np.ndarray:
+    """``[t, u]``: whether step ``t`` of a scan's ``ys`` output ``j`` can read
+    step ``u`` of its ``xs`` operand ``slot`` (``body``'s outvar and invar
+    positions): at ``u = t`` where the body reads that ``xs`` into that
+    ``ys`` directly, and ``d`` steps earlier (later for ``reverse=True``)
+    where a path of ``d`` steps through the carries leads from one to the
+    other (:func:`_carry_delays`).  A ``ys`` emitted before the carry is
+    updated reads the ``xs`` of earlier steps only."""
+    deps = _dependencies(body)
+    delays = _carry_delays(deps, n_consts, n_carry, slot, j, length)
+    delays[0] = slot in deps[j]
     steps = np.arange(length)
-    return steps[:, None] <= steps[None, :] if reverse else steps[:, None] >= steps[None, :]
+    ahead = steps[None, :] - steps[:, None] if reverse else steps[:, None] - steps[None, :]
+    return (ahead >= 0) & delays[np.clip(ahead, 0, length - 1)]
+
+
+def _carry_delays(deps: list, n_consts: int, n_carry: int, slot: int, j: int, length: int) -> np.ndarray:
+    """``[d]`` for ``d < length``: whether a path of exactly ``d >= 1`` steps
+    leads from a body's invar ``slot`` through the carries to its outvar
+    ``j`` (``deps``: :func:`_dependencies`): one step into each carry whose
+    update reads ``slot``, one more per carry update on the way.  The sets
+    of carries reached after ``d`` steps repeat with some period, which
+    fills the rest without walking every step of a long scan."""
+    read_by_j = {c for c in range(n_carry) if n_consts + c in deps[j]}
+    delays = np.zeros(max(length, 1), bool)
+    level = frozenset(k for k in range(n_carry) if slot in deps[k])
+    seen: dict[frozenset, int] = {}
+    d = 1
+    while d < length and level not in seen:
+        seen[level] = d
+        delays[d] = bool(level & read_by_j)
+        level = frozenset(k for k in range(n_carry) if any(n_consts + c in deps[k] for c in level))
+        d += 1
+    if d < length:  # level repeats the one at step first: period d - first
+        first = seen[level]
+        period = d - first
+        rest = np.arange(d, length)
+        delays[d:] = delays[first + (rest - first) % period]
+    return delays
+
+
+def _dependencies(jaxpr) -> list[frozenset]:
+    """For each outvar of ``jaxpr``, the positions of the invars it may read
+    (every result of an equation reads every operand: a superset)."""
+    reads = {v: frozenset((k,)) for k, v in enumerate(jaxpr.invars)}
+    for eqn in jaxpr.eqns:
+        ins = frozenset().union(*(reads.get(v, frozenset()) for v in eqn.invars if not _jaxpr.is_literal(v)))
+        reads.update((o, ins) for o in eqn.outvars)
+    return [frozenset() if _jaxpr.is_literal(v) else reads.get(v, frozenset()) for v in jaxpr.outvars]
 
 
 RULES = {"cond": cond_partials, "scan": scan_partials, "while": while_partials}
