@@ -59,6 +59,28 @@ def _tangent_mixes_lanes_jvp(primals, tangents):
     return 2.0 * y, 2.0 * dy + 0.1 * jnp.sum(dy)  # elementwise primal, mixing rule: JAX follows the rule
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _scaled_tanh(x, s):
+    return jnp.tanh(x) * s
+
+
+@_scaled_tanh.defjvp
+def _scaled_tanh_jvp(s, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return jnp.tanh(x) * s, dx * s * (1 - jnp.tanh(x) ** 2)
+
+
+@jax.custom_jvp
+def _sin_cos_doubled(x):
+    return jnp.sin(x), jnp.cos(x)
+
+
+@_sin_cos_doubled.defjvp
+def _sin_cos_doubled_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return _sin_cos_doubled(x), (jnp.cos(x) * dx, -2.0 * jnp.sin(x) * dx)  # not cos' on purpose: JAX follows the rule
+
+
 #: name -> (function, arguments, whether the scan's partials are structured: True for
 #: diagonals, whose sparse output stores exactly the nonzeros; "lanes" for
 #: a diagonal over independent rows of dense blocks, which may store zeros)
@@ -107,6 +129,10 @@ PROGRAMS = {
                            (R.normal(size=(2, 3)),), True),
     "relu_rnn_rows": (lambda h0, xs: lax.scan(lambda h, v: (lambda n: (n, n))(jax.nn.relu(h @ W3 + v)), h0, xs)[1],
                       (R.normal(size=(5, 3)), R.normal(size=(4, 5, 3))), "lanes"),
+    "nondiff_argnums_rule": (lambda x: lax.fori_loop(0, 3, lambda i, y: _scaled_tanh(y, 0.7) + 0.1 * y, x),
+                             (R.normal(size=5),), True),
+    "two_output_rule": (lambda x: lax.fori_loop(0, 3, lambda i, y: jnp.prod(jnp.stack(_sin_cos_doubled(y)), 0) + y, x),
+                        (R.normal(size=5),), True),
     "rule_mixes_tangents": (lambda x: lax.fori_loop(0, 3, lambda i, y: _tangent_mixes_lanes(y) * y, x),
                             (R.normal(size=4),), False),
 }
