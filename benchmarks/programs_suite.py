@@ -359,6 +359,16 @@ def relu_fixed_point(X, W):
     return lax.fori_loop(0, 20, lambda i, h: jax.nn.relu(h @ W + X), X)
 
 
+def damped_fixed_point(x):
+    """30 damped steps towards y = cos(y) + x, each step's damping chosen by
+    lax.cond on the residual's norm (lax.fori_loop): entries never meet."""
+    def body(i, y):
+        r = jnp.cos(y) + x - y
+        return lax.cond(jnp.linalg.norm(r) > 1.0, lambda: y + 0.3 * r, lambda: y + 0.8 * r)
+
+    return lax.fori_loop(0, 30, body, x)
+
+
 def cond_branch(x):
     return lax.cond(jnp.sum(x) > 0, lambda x: jnp.sin(x) * x + jnp.roll(x, 1),
                     lambda x: jnp.cos(x) + x ** 2, x)
@@ -636,6 +646,13 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         return Program("relu_fixed_point", "control flow", relu_fixed_point,
                        (r.standard_normal((b, h)), 0.9 * r.standard_normal((h, h)) / np.sqrt(h)), 0,
                        what=f"lax.fori_loop, 20 steps of h = relu(h W + X), {b} rows of {h}, w.r.t. X")
+
+    @reg
+    def p_damped_fixed_point(q):
+        n = 16 if q else 1024
+        return Program("damped_fixed_point", "control flow", damped_fixed_point,
+                       (_rng("damped").standard_normal(n),), 0,
+                       what=f"lax.fori_loop, 30 damped fixed-point steps, damping by lax.cond on the residual norm, n={n}")
 
     @reg
     def p_cond(q):

@@ -255,34 +255,62 @@ def _lane_eqns(jaxpr, lanes: dict) -> bool:
     """Add to ``lanes`` (differentiated variable -> positions of its lane
     axes) the variables of ``jaxpr`` its members reach; whether every
     equation that reads one keeps the lanes apart or has no floating-point
-    result."""
+    result.  Equations whose floating-point results reach no outvar of
+    ``jaxpr`` by floating-point values (a norm that only feeds a
+    convergence test) carry no derivative out and may read anything."""
+    relevant = _derivative_relevant(jaxpr)
     for eqn in jaxpr.eqns:
         reads = [None if _jaxpr.is_literal(v) else lanes.get(v) for v in eqn.invars]
         if all(r is None for r in reads):
             continue
+        if not any(v in relevant and _inexact(v.aval) for v in eqn.outvars):
+            continue  # no derivative out (a comparison, a norm feeding one) may read anything
         name = eqn.primitive.name
         if name in _jaxpr.CALL_PRIMITIVES:
             body, _ = _jaxpr.call_body(eqn)
-            inner = {v: r for v, r in zip(body.invars, reads) if r is not None}
-            if not _lane_eqns(body, inner):
-                return False
-            lanes.update((o, inner[v]) for o, v in zip(eqn.outvars, body.outvars)
-                         if not _jaxpr.is_literal(v) and v in inner)
-            continue
-        if _jaxpr.is_custom_jvp(eqn):
+            found = _lanes_of_bodies([body], reads, eqn.outvars)
+        elif name == "cond":  # operand 0 is the branch index
+            found = _lanes_of_bodies([b.jaxpr for b in eqn.params["branches"]], [None] + reads[1:], eqn.outvars, 1)
+        elif _jaxpr.is_custom_jvp(eqn):
             found = _custom_jvp_lanes(eqn, reads)
-            if found is None:
-                return False
-            lanes.update(found)
-            continue
-        if not any(_inexact(v.aval) for v in eqn.outvars):
-            continue  # (a comparison, whose result carries no derivative, may read anything)
-        out = _lanes_through(name, eqn.params, [v.aval.shape for v in eqn.invars], reads,
-                             [v.aval.shape for v in eqn.outvars])
-        if out is None:
+        else:
+            out = _lanes_through(name, eqn.params, [v.aval.shape for v in eqn.invars], reads,
+                                 [v.aval.shape for v in eqn.outvars])
+            found = None if out is None else {o: out for o in eqn.outvars}
+        if found is None:
             return False
-        lanes.update((o, out) for o in eqn.outvars)
+        lanes.update(found)
     return True
+
+
+def _derivative_relevant(jaxpr) -> set:
+    """The variables of ``jaxpr`` whose values may reach an outvar through
+    floating-point values only, hence carry a derivative there: the
+    outvars, and the floating-point operands of every equation with such a
+    result (a comparison's result is not floating-point, so what only
+    feeds comparisons is not relevant; a superset otherwise)."""
+    relevant = {v for v in jaxpr.outvars if not _jaxpr.is_literal(v)}
+    for eqn in reversed(jaxpr.eqns):
+        if any(v in relevant and _inexact(v.aval) for v in eqn.outvars):
+            relevant.update(v for v in eqn.invars if not _jaxpr.is_literal(v) and _inexact(v.aval))
+    return relevant
+
+
+def _lanes_of_bodies(bodies: list, reads: list, outvars: list, skip: int = 0) -> Optional[dict]:
+    """The lanes of the results of a call (one body) or a ``cond`` (one body
+    per branch; ``skip`` leading operands are not the bodies' invars):
+    each body must keep the lanes of its operands (``reads``), and bodies
+    that reach a result must put its lanes in the same place."""
+    found: dict = {}
+    for body in bodies:
+        inner = {v: r for v, r in zip(body.invars, reads[skip:]) if r is not None}
+        if not _lane_eqns(body, inner):
+            return None
+        for o, v in zip(outvars, body.outvars):
+            if not _jaxpr.is_literal(v) and v in inner:
+                if found.setdefault(o, inner[v]) != inner[v]:
+                    return None  # branches disagree on where the lanes are
+    return found
 
 
 def _custom_jvp_lanes(eqn, reads: list) -> Optional[dict]:
