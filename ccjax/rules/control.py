@@ -270,7 +270,7 @@ def _lane_eqns(jaxpr, lanes: dict) -> bool:
             body, _ = _jaxpr.call_body(eqn)
             found = _lanes_of_bodies([body], reads, eqn.outvars)
         elif name == "cond":  # operand 0 is the branch index
-            found = _lanes_of_bodies([b.jaxpr for b in eqn.params["branches"]], [None] + reads[1:], eqn.outvars, 1)
+            found = _lanes_of_bodies([b.jaxpr for b in eqn.params["branches"]], reads[1:], eqn.outvars)
         elif _jaxpr.is_custom_jvp(eqn):
             found = _custom_jvp_lanes(eqn, reads)
         else:
@@ -296,17 +296,19 @@ def _derivative_relevant(jaxpr) -> set:
     return relevant
 
 
-def _lanes_of_bodies(bodies: list, reads: list, outvars: list, skip: int = 0) -> Optional[dict]:
-    """The lanes of the results of a call (one body) or a ``cond`` (one body
-    per branch; ``skip`` leading operands are not the bodies' invars):
-    each body must keep the lanes of its operands (``reads``), and bodies
+def _lanes_of_bodies(bodies: list, reads: list, outvars: list, ins_at: int = 0, outs_at: int = 0
+                     ) -> Optional[dict]:
+    """The lanes of ``outvars``, the results of a call (one body), a
+    ``cond`` (one body per branch) or a ``custom_jvp`` rule (its tangents:
+    the invars from ``ins_at`` and the outvars from ``outs_at`` on) whose
+    operands have lanes ``reads``: each body must keep them, and bodies
     that reach a result must put its lanes in the same place."""
     found: dict = {}
     for body in bodies:
-        inner = {v: r for v, r in zip(body.invars, reads[skip:]) if r is not None}
+        inner = {v: r for v, r in zip(body.invars[ins_at:], reads) if r is not None}
         if not _lane_eqns(body, inner):
             return None
-        for o, v in zip(outvars, body.outvars):
+        for o, v in zip(outvars, body.outvars[outs_at:]):
             if not _jaxpr.is_literal(v) and v in inner:
                 if found.setdefault(o, inner[v]) != inner[v]:
                     return None  # branches disagree on where the lanes are
@@ -324,10 +326,7 @@ def _custom_jvp_lanes(eqn, reads: list) -> Optional[dict]:
     n, m = len(eqn.invars), len(eqn.outvars)
     if eqn.params["num_consts"] or len(rule.invars) != 2 * n or len(rule.outvars) != 2 * m:
         return None
-    inner = {t: r for t, r in zip(rule.invars[n:], reads) if r is not None}
-    if not _lane_eqns(rule, inner):
-        return None
-    return {o: inner[t] for o, t in zip(eqn.outvars, rule.outvars[m:]) if not _jaxpr.is_literal(t) and t in inner}
+    return _lanes_of_bodies([rule], reads, eqn.outvars, ins_at=n, outs_at=m)
 
 
 def _lanes_through(name: str, params: dict, in_shapes: list, reads: list, out_shapes: list) -> Optional[tuple]:
