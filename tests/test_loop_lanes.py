@@ -439,7 +439,8 @@ def _is_elementwise(fn):
 
 
 @pytest.mark.parametrize("name", ["fori_carry", "newton_sqrt_const", "ys_from_carry", "reverse_xs", "particles_3d",
-                                  "matrix_where"])
+                                  "matrix_where", "relu_softplus", "rule_mixes_primals", "nondiff_argnums_rule",
+                                  "cond_in_body", "adaptive_cond", "norm_gated_where", "switch_rows"])
 def test_loops_under_vmap_match_jacrev(name):
     """``vmap`` of the Jacobian over a batch of inputs (the loop then runs
     batched inside each JVP)."""
