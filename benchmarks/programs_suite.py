@@ -118,6 +118,29 @@ def restricted_residual(u):
     return 0.25 * r[0:-2:2] + 0.5 * r[1:-1:2] + 0.25 * r[2::2]
 
 
+def laplacian_bcoo(m: int):
+    """The 5-point Laplacian of an ``m x m`` grid (Dirichlet zeros) as BCOO
+    indices and values, the way a finite-element or finite-volume code
+    assembles its stiffness matrix."""
+    k = np.arange(m * m).reshape(m, m)
+    rows, cols, vals = [k.ravel()], [k.ravel()], [np.full(m * m, 4.0)]
+    for a, b in ((k[1:], k[:-1]), (k[:-1], k[1:]), (k[:, 1:], k[:, :-1]), (k[:, :-1], k[:, 1:])):
+        rows.append(a.ravel())
+        cols.append(b.ravel())
+        vals.append(np.full(a.size, -1.0))
+    return np.stack([np.concatenate(rows), np.concatenate(cols)], 1).astype(np.int32), np.concatenate(vals) * (m + 1) ** 2
+
+
+def sparse_matrix_residual(u, m: int):
+    """Nonlinear Poisson -Δu + exp(u) = 1 with the Laplacian a
+    ``jax.experimental.sparse`` BCOO matrix (``bcoo_dot_general``)."""
+    from jax.experimental import sparse
+
+    idx, vals = laplacian_bcoo(m)
+    A = sparse.BCOO((jnp.asarray(vals, u.dtype), jnp.asarray(idx)), shape=(m * m, m * m))
+    return A @ u + jnp.exp(u) - 1.0
+
+
 # ====================================================================== Newton
 def broyden_F(x):
     """Broyden's tridiagonal system."""
@@ -531,6 +554,13 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         n = 17 if q else 2049
         return Program("multigrid_restrict", "PDE", restricted_residual, (_rng("mg").standard_normal(n),), 0,
                        what=f"fine residual restricted by full weighting (strided slices), n={n} -> {(n - 1) // 2}")
+
+    @reg
+    def p_sparse_matrix_residual(q):
+        m = 4 if q else 32
+        return Program("sparse_matrix_residual", "PDE", lambda u: sparse_matrix_residual(u, m),
+                       (0.1 * _rng("bcoo").random(m * m),), 0,
+                       what=f"nonlinear Poisson, 5-point Laplacian as a BCOO matrix (A @ u), {m}x{m}")
 
     @reg
     def p_newton_step(q):

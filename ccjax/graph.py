@@ -7,7 +7,9 @@ Two layers:
   inlined, no-op converts and copies dropped, and ``custom_jvp`` calls on
   differentiated values replaced by the JVP of their custom rule, whose
   tangent half is linear and enters the graph with ordinary rules (so the
-  custom rule is followed exactly and its structure kept).
+  custom rule is followed exactly and its structure kept).  A BCOO
+  matrix product (``bcoo_dot_general``) is inlined as the gather, product
+  and scatter-add it computes (:mod:`ccjax.rules.sparse`).
 * :class:`Graph`: the vertices (differentiated inputs, intermediate values,
   outputs) and the structured partial on every edge, after pruning what does
   not depend on the differentiated inputs or does not reach an output.
@@ -31,7 +33,7 @@ import numpy as np
 
 from ccjax import _jaxpr
 from ccjax.numpy_eval import run_nodes
-from ccjax.rules import Partial, RuleContext, ZERO_DERIVATIVE, partials
+from ccjax.rules import Partial, RuleContext, ZERO_DERIVATIVE, partials, sparse
 from ccjax.rules.base import REGION
 from ccjax.rules.elementwise import ELEMENTWISE
 from ccjax.structure import Structure, UnionFind, sum_plan, unit
@@ -241,6 +243,11 @@ class _ProgramBuilder:
                 outs = self.inline(branch.jaxpr, cids, ins[1:])
             elif _jaxpr.is_custom_jvp(eqn) and any(self.active[i] for i in ins):
                 outs = self._custom_jvp(eqn, ins)
+            elif any(self.active[i] for i in ins) and (
+                    rewrite := sparse.decomposition(name, eqn.params, [self.avals[i] for i in ins])) is not None:
+                closed = jax.make_jaxpr(rewrite)(*[_jaxpr.spec(self.avals[i]) for i in ins])
+                cids = [self.const(c, v.aval) for c, v in zip(closed.consts, closed.jaxpr.constvars)]
+                outs = self.inline(closed.jaxpr, cids, ins)
             elif name in ("copy", "copy_p") or (
                     name == "convert_element_type" and self.avals[ins[0]].dtype == out_avals[0].dtype):
                 outs = ins[:1]

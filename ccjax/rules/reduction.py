@@ -4,8 +4,11 @@ Cumulative reductions other than ``cumsum`` (``cumprod``, ``cummax``,
 ``cummin``, ``cumlogsumexp``) run along one axis, each lane on its own:
 Kronecker pairs on the other axes and an ``n × n`` triangle of values per
 lane (``out[i]`` reads ``in[j]`` for ``j <= i``, ``j >= i`` reversed),
-found by ``n`` JVPs of the whole equation, each seeding position ``j`` of
-every lane at once (lanes do not mix), with JAX's own derivative rules.
+found by ``n`` VJPs of the whole equation, each seeding output position
+``i`` of every lane at once (lanes do not mix), with JAX's own derivative
+rules.  (``n`` JVPs cost as many multiplications, but ran 1.3-1.4x slower
+on CPU for a 256-entry ``cumprod``, ``cummax`` or ``cumlogsumexp``: the
+columns they give must be transposed into rows.)
 """
 from __future__ import annotations
 
@@ -107,10 +110,11 @@ def _cumulative(ctx):
     dtype = ctx.out_avals[0].dtype
 
     def values(ins, outs):
-        one_hot = jnp.eye(n, dtype=ins[0].dtype).reshape((n,) + (1,) * axis + (n,) + (1,) * (len(shape) - axis - 1))
-        seeds = jnp.broadcast_to(one_hot, (n,) + shape)  # seed j: position j of every lane
-        columns = jax.vmap(lambda t: jax.jvp(lambda x: ctx.eval(x)[0], (ins[0],), (t,))[1])(seeds)
-        return jnp.moveaxis(jnp.moveaxis(columns, 0, -1), axis, -2).astype(dtype)  # others + (i, j)
+        _, pull = jax.vjp(lambda x: ctx.eval(x)[0], ins[0])
+        one_hot = jnp.eye(n, dtype=dtype).reshape((n,) + (1,) * axis + (n,) + (1,) * (len(shape) - axis - 1))
+        seeds = jnp.broadcast_to(one_hot, (n,) + shape)  # seed i: output position i of every lane
+        rows = jax.vmap(lambda t: pull(t)[0])(seeds)  # (i,) + shape, position j on ``axis``
+        return jnp.moveaxis(jnp.moveaxis(rows, 0, -1), axis, -1).astype(dtype)  # others + (i, j)
 
     triangle = np.tri(n, dtype=bool)
     triangle = triangle.T if ctx.params["reverse"] else triangle
