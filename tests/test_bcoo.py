@@ -90,8 +90,12 @@ def test_product_layouts(case):
         A, x = _random_bcoo(rng, (3, 4, 5), 10), rng.normal(size=(5, 2))
         f = lambda A, x: sparse.bcoo_dot_general(A, jnp.exp(x), dimension_numbers=(((2,), (0,)), ((), ())))
     g = lambda x: f(A, x)
-    assert_jac_equal(ccjax.jacve(g)(x), jax.jacrev(g)(x), rtol=1e-12, atol=1e-12)
+    want = jax.jacrev(g)(x)
+    assert_jac_equal(ccjax.jacve(g)(x), want, rtol=1e-12, atol=1e-12)
     check_orders(g, x)
+    out = ccjax.jacve(g, output="sparse")(x)
+    np.testing.assert_allclose(np.asarray(out.todense()), np.asarray(want), rtol=1e-12, atol=1e-12)
+    assert out.nse == np.count_nonzero(np.asarray(want))
     # the inlined product is the product
     np.testing.assert_allclose(np.asarray(jax.jit(g)(x)), np.asarray(g(x)), rtol=1e-12, atol=1e-12)
 
@@ -130,3 +134,18 @@ def test_vmap_and_jit_over_the_jacobian():
     f = lambda x: A @ jnp.sin(x)
     np.testing.assert_allclose(jax.jit(jax.vmap(ccjax.jacve(f)))(xs), jax.vmap(jax.jacrev(f))(xs),
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rhs_shape", [(6,), (6, 2)])
+def test_bcsr_products_with_empty_rows(rhs_shape):
+    rng = np.random.default_rng(5)
+    dense = rng.normal(size=(7, 6)) * (rng.random((7, 6)) < 0.3)
+    dense[[0, 3, 6]] = 0.0  # empty first, middle and last rows
+    A = sparse.BCSR.fromdense(jnp.asarray(dense))
+    x = rng.normal(size=rhs_shape)
+    f = lambda x: jnp.sin(A @ x) + A @ (x * x)
+    check_orders(f, x)
+    out = ccjax.jacve(f, output="sparse")(x)
+    want = np.asarray(jax.jacrev(f)(x))
+    np.testing.assert_allclose(np.asarray(out.todense()), want, rtol=1e-12, atol=1e-12)
+    assert out.nse == np.count_nonzero(want)

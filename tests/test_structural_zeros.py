@@ -24,6 +24,10 @@ from conftest import counted_compiles
 N = 12
 W = np.random.default_rng(7).normal(size=(N, N))
 MASK = np.array([0.0, 1, 1, 0, 0, 0, 1, 0, 2, 0, 0, 1])
+#: A second-difference matrix built dense, as users write it (its zeros are values of a constant).
+DIFF = np.diag(-2.0 * np.ones(N)) + np.diag(np.ones(N - 1), 1) + np.diag(np.ones(N - 1), -1)
+#: A constant with zeros on both sides of a matrix product, and a batch axis.
+SPARSE_4x3 = np.array([[1.0, 0, 0], [0, 0, 2], [0, 3, 0], [0, 0, 0]])
 
 
 def _branchy(x):
@@ -65,6 +69,11 @@ PROGRAMS = {
     "triangular_masks": lambda x: (jnp.triu(x.reshape(3, 4).T @ x.reshape(3, 4))
                                    - jnp.tril(jnp.outer(x[:4], jnp.sin(x[4:8])), -1)).reshape(-1),
     "constant_mask_factors": lambda x: jnp.sin(x * MASK) + jnp.cos(x) * MASK[::-1] + jnp.where(MASK > 0, 0.0, x ** 2),
+    "dense_difference_matrix": lambda x: DIFF @ jnp.sin(x) + (jnp.cos(x) @ DIFF.T) * x,
+    "constant_sparse_factors": lambda x: jnp.concatenate([(x.reshape(3, 4) @ SPARSE_4x3).reshape(-1),
+                                                          (SPARSE_4x3 @ jnp.tanh(x.reshape(3, 4))).reshape(-1),
+                                                          jnp.einsum("bij,jk->bik", x.reshape(2, 2, 3),
+                                                                     SPARSE_4x3[:3, :2]).reshape(-1)]),
     "diagonal_and_trace": lambda x: jnp.concatenate([jnp.diag(jnp.diagonal(x.reshape(3, 4) @ jnp.tanh(x.reshape(4, 3)))),
                                                      jnp.trace(x.reshape(3, 4)[:, 1:]) * x.reshape(3, 4)], 1).reshape(-1),
 }

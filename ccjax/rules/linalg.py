@@ -1,5 +1,6 @@
 """``dot_general``: the other operand on contracted and own-free axes,
-Kronecker pairs on batch axes and the differentiated operand's free axes.
+Kronecker pairs on batch axes and the differentiated operand's free axes;
+a constant operand's zeros are structural zeros of the other's partial.
 
 ``cholesky``: JAX's dense local Jacobian (:mod:`.opaque`) with the zeros
 of JAX's derivative declared, for ``output="sparse"``: ``L = chol(S)`` has
@@ -56,11 +57,19 @@ def _dot_general(ctx: RuleContext):
     parts = []
     if 0 in ctx.active:
         parts.append(labelled(0, 0, ctx, out_labels, l_labels, r_labels, tuple(rhs.shape),
-                              lambda ins, outs: ins[1].astype(dtype)))
+                              lambda ins, outs: ins[1].astype(dtype), nonzero=_nonzero_of(ctx, 1)))
     if 1 in ctx.active:
         parts.append(labelled(0, 1, ctx, out_labels, r_labels, l_labels, tuple(lhs.shape),
-                              lambda ins, outs: ins[0].astype(dtype)))
+                              lambda ins, outs: ins[0].astype(dtype), nonzero=_nonzero_of(ctx, 0)))
     return parts
+
+
+def _nonzero_of(ctx: RuleContext, slot: int):
+    """A constant operand's zeros (a finite-difference or interpolation
+    matrix built dense, a mask) are structural zeros of the other operand's
+    partial, whose values it is: ``output="sparse"`` leaves them out."""
+    zeros = ctx.zeros(slot)
+    return None if zeros is None or not zeros.any() else (lambda: ~zeros)
 
 
 def _cholesky(ctx: RuleContext) -> list[Partial]:

@@ -1,6 +1,7 @@
 """``jax.experimental.sparse`` products, rewritten for the graph.
 
-A ``bcoo_dot_general`` (``A @ x`` with ``A`` a BCOO matrix) has no
+A ``bcoo_dot_general`` (``A @ x`` with ``A`` a BCOO matrix; a BCSR
+matrix's ``bcsr_dot_general`` alike, its rows found from ``indptr``) has no
 structured partial: as one opaque equation its local Jacobian with respect
 to ``x`` is dense, ``(out size) x (x size)``, although it is ``A`` itself,
 with ``nse`` entries.  The graph inlines the same product written as
@@ -24,6 +25,7 @@ other layout stays one opaque equation (an exact dense partial).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import jax.numpy as jnp
@@ -43,20 +45,64 @@ def _bcoo_dot_general(params: dict, in_avals: Sequence) -> Optional[Callable]:
     out_dtype = params.get("preferred_element_type") or np.result_type(data.dtype, rhs.dtype)
     out_shape = tuple(shape[d] for d in lhs_free) + tuple(rhs.shape[d] for d in rhs_free)
 
+    contract_shape = tuple(shape[d] for d in lhs_contract)
+    free_shape = tuple(shape[d] for d in lhs_free)
+    width = math.prod(rhs.shape[d] for d in rhs_free)  # entries of rhs each stored entry multiplies
+
     def product(data, indices, rhs):
-        moved = lax.transpose(rhs, (*rhs_contract, *rhs_free))
-        picked = moved.at[tuple(indices[:, d] for d in lhs_contract)].get(mode="fill", fill_value=0)
-        terms = (data.astype(out_dtype).reshape(data.shape + (1,) * len(rhs_free))
-                 * picked.astype(out_dtype))  # (nse, *rhs free)
+        # Element indices (no gather or scatter windows), so that both keep their selection structure
+        # (a row-window gather times a dense block would densify).
+        within = jnp.arange(width, dtype=indices.dtype)
+        read = _flat(indices, lhs_contract, contract_shape)[:, None] * width + within  # (nse, width)
+        moved = lax.transpose(rhs, (*rhs_contract, *rhs_free)).reshape(-1)
+        picked = moved.at[read].get(mode="fill", fill_value=0)
+        terms = data.astype(out_dtype)[:, None] * picked.astype(out_dtype)
         if not lhs_free:
-            return jnp.sum(terms, axis=0)
-        at = tuple(indices[:, d] for d in lhs_free)
-        return jnp.zeros(out_shape, out_dtype).at[at].add(terms, mode="drop")
+            return jnp.sum(terms, axis=0).reshape(out_shape)
+        write = _flat(indices, lhs_free, free_shape)[:, None] * width + within
+        return jnp.zeros(math.prod(out_shape), out_dtype).at[write].add(terms, mode="drop").reshape(out_shape)
 
     return product
 
 
-_DECOMPOSITIONS = {"bcoo_dot_general": _bcoo_dot_general}
+def _bcsr_dot_general(params: dict, in_avals: Sequence) -> Optional[Callable]:
+    """A BCSR matrix's product: its rows from ``indptr`` (entry ``k`` lies
+    in row ``#{i >= 1: indptr[i] <= k}``), then the BCOO product."""
+    data, indices, indptr, rhs = in_avals
+    if data.ndim != 1 or indices.ndim != 1 or indptr.ndim != 1 or len(params["lhs_spinfo"].shape) != 2:
+        return None
+    coo = _bcoo_dot_general(params, (data, _Shape((indices.shape[0], 2), indices.dtype), rhs))
+    if coo is None:
+        return None
+
+    def product(data, indices, indptr, rhs):
+        starts = jnp.zeros(indices.shape, indices.dtype).at[indptr[1:-1]].add(1, mode="drop")
+        rows = jnp.cumsum(starts)
+        return coo(data, jnp.stack([rows, indices], axis=1), rhs)
+
+    return product
+
+
+def _flat(indices, dims: Sequence[int], shape: tuple):
+    """Row-major flat positions of ``indices[:, dims]`` in ``shape``; an
+    entry out of range in any dimension (BCOO padding) gets ``prod(shape)``,
+    out of range for every read and write."""
+    flat = jnp.zeros(indices.shape[:1], indices.dtype)
+    valid = jnp.ones(indices.shape[:1], bool)
+    for d, size in zip(dims, shape):
+        flat = flat * size + indices[:, d]
+        valid = valid & (indices[:, d] >= 0) & (indices[:, d] < size)
+    return jnp.where(valid, flat, math.prod(shape))
+
+
+class _Shape:
+    """An abstract operand (what :func:`_bcoo_dot_general` reads of one)."""
+
+    def __init__(self, shape: tuple, dtype):
+        self.shape, self.dtype, self.ndim = shape, dtype, len(shape)
+
+
+_DECOMPOSITIONS = {"bcoo_dot_general": _bcoo_dot_general, "bcsr_dot_general": _bcsr_dot_general}
 
 
 def decomposition(name: str, params: dict, in_avals: Sequence) -> Optional[Callable]:
