@@ -389,3 +389,44 @@ def test_a_large_gather_costs_and_stores_its_length_not_a_dense_block():
     sparse = jax.jit(ccjax.jacve(gather_twice, order="auto", output="sparse"))(x, jnp.asarray(idx))
     assert sparse.nse == idx.size
     np.testing.assert_allclose(sparse.todense(), jax.jacrev(gather_twice)(x, idx), rtol=1e-12, atol=1e-12)
+
+
+# Rows picked from a matrix, then multiplied by a matrix: the product's partial has 16 entries per
+# row (a weight matrix's column), read as a static selection, so the picks stay picks.
+EMBEDDING = np.random.default_rng(8).normal(size=(40, 16))
+WEIGHTS = np.random.default_rng(9).normal(size=(16, 6))
+TOKENS = np.random.default_rng(10).integers(0, 40, 12)
+PERMUTATION = np.random.default_rng(11).permutation(24)
+LU = jax.scipy.linalg.lu_factor(4.0 * np.eye(16) + np.random.default_rng(12).normal(size=(16, 16)))
+WIDE_PROGRAMS = {
+    "embedding_rows_times_weights": (lambda E: jnp.tanh(E[TOKENS] @ WEIGHTS), EMBEDDING),
+    "row_permutation_times_weights": (lambda X: jnp.sin(X[PERMUTATION] @ WEIGHTS), np.random.default_rng(13).normal(size=(24, 16))),
+    # 8 right-hand sides: the solves' partial (16 x 16 per column) stores 1/8 of a dense block; with fewer, a
+    # dense product is cheaper (WIDE_DENSITY) and the sparse output stores the dense block.
+    "lu_solve_matrix_rhs": (lambda B: jax.scipy.linalg.lu_solve(LU, jnp.tanh(B)), np.random.default_rng(14).normal(size=(16, 8))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WIDE_PROGRAMS))
+def test_picked_rows_times_a_matrix_keep_their_selections(name):
+    fn, x = WIDE_PROGRAMS[name]
+    want = np.asarray(jax.jacrev(fn)(x))
+    for order in ("fwd", "rev", "markowitz", "auto"):
+        np.testing.assert_allclose(np.asarray(jax.jit(ccjax.jacve(fn, order=order))(x)), want, rtol=1e-12, atol=1e-12)
+        sparse = jax.jit(ccjax.jacve(fn, order=order, output="sparse"))(x)
+        np.testing.assert_allclose(np.asarray(sparse.todense()), want, rtol=1e-12, atol=1e-12)
+        if name == "lu_solve_matrix_rhs" and order in ("fwd", "markowitz"):
+            # the two triangular solves' picks (16 per row each) meet the row pick one at a time; their
+            # composition would list 16 x 16 reads per row, so the product is planned dense
+            continue
+        assert sparse.nse == np.count_nonzero(want), (order, sparse.nse)
+
+
+def test_a_wide_dense_structure_is_not_read_as_a_static_selection():
+    from ccjax.structure import selection as sel_lib
+    narrow, _ = structure_from_labels((8, 16), (8, 16), [("a", 0), ("o",)], [("a", 0), ("i",)], [("a", 0), ("o",), ("i",)],
+                                      (8, 16, 16))
+    assert sel_lib.static_selection(narrow, "pick").selection.width == 16  # 16 of 128 per row: 1/8 dense
+    wide, _ = structure_from_labels((2, 16), (2, 16), [("a", 0), ("o",)], [("a", 0), ("i",)], [("a", 0), ("o",), ("i",)],
+                                    (2, 16, 16))
+    assert sel_lib.static_selection(wide, "pick") is None  # 16 of 32 per row: half dense

@@ -276,8 +276,14 @@ def product(outer, inner) -> SelectionPlan:
     return _through_static(inner, outer, sel_is_outer=False) or _dense_times_selection(outer, inner)
 
 
-#: Most entries per row a structure may have to be read as a static selection.
-MAX_STATIC_WIDTH = 8
+#: Most entries per row a structure may have to be read as a static selection
+#: (an embedding lookup's rows times a weight matrix of 16 rows: width 16).
+MAX_STATIC_WIDTH = 32
+#: Beyond this width, the structure must also store at most 1/:data:`WIDE_DENSITY`
+#: of a dense block's entries: each entry of a selection is gathered or scattered
+#: (:data:`ccjax.jax_modes.SELECTION_MULT_WEIGHT` 8 dense multiplications' time).
+WIDE_STATIC_WIDTH = 8
+WIDE_DENSITY = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,8 +330,9 @@ def static_selection(st: core.Structure, kind: str) -> Optional[StaticSelection]
     elements it reads; a put, for every in element, the out elements it
     reaches.  None for a block without structural zeros (gathering its rows
     is as good), or when some row has more than :data:`MAX_STATIC_WIDTH`
-    entries (or none has any).  Reading a structure this way moves no
-    value and multiplies nothing."""
+    entries (or none has any), or more than :data:`WIDE_STATIC_WIDTH` in a
+    block denser than 1/:data:`WIDE_DENSITY`.  Reading a structure this way
+    moves no value and multiplies nothing."""
     if not isinstance(st, core.Structure) or core.is_full(st):
         return None
     lead = math.prod(st.out_shape if kind == "pick" else st.in_shape)
@@ -338,7 +345,8 @@ def static_selection(st: core.Structure, kind: str) -> Optional[StaticSelection]
     at, other = at[order], other[order]
     per_row = np.bincount(at, minlength=lead)
     width = int(per_row.max())
-    if width > MAX_STATIC_WIDTH:
+    if width > MAX_STATIC_WIDTH or (width > WIDE_STATIC_WIDTH
+                                    and count * WIDE_DENSITY > math.prod(st.out_shape) * math.prod(st.in_shape)):
         return None
     starts = np.concatenate([[0], np.cumsum(per_row)[:-1]])
     column = np.arange(len(at)) - starts[at]
