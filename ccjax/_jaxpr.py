@@ -9,7 +9,7 @@ in one module means a JAX upgrade breaks one file, which
 from __future__ import annotations
 
 import enum
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -419,3 +419,13 @@ def as_weakly_typed(x):
     if is_weakly_typed(x):
         return x
     return jax.lax.convert_element_type_p.bind(x, new_dtype=x.dtype, weak_type=True, sharding=None)
+
+
+def primitive_names(name: str, params: Optional[dict]) -> set[str]:
+    """``name`` and the names of every primitive in the equation's
+    sub-jaxprs (a loop body, a branch, a linear solve's functions)."""
+    names = {name}
+    for sub in jex.jaxprs_in_params(params or {}):
+        for eqn in sub.eqns:
+            names |= primitive_names(eqn.primitive.name, eqn.params)
+    return names

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse
 
+from ccjax import _jaxpr
 from ccjax._jaxpr import count_multiplications
 from ccjax.counting import MODES, Counter
 from ccjax.eliminate import CostReport, Plan, execute
@@ -123,13 +124,37 @@ def weighted_mults(graph: Graph, plan: Plan, counter: Optional[Counter] = None) 
             + SELECTION_MULT_WEIGHT * selection_additions(plan))
 
 
+#: Matrix factorizations: a program that factors a matrix runs JAX's forward
+#: mode faster than its reverse mode when both multiply alike (see
+#: :func:`plain_modes`).
+FACTORIZATIONS = frozenset({"lu", "cholesky", "eigh", "eig", "qr", "geqrf", "householder_product", "svd",
+                            "schur", "hessenberg", "tridiagonal"})
+
+
 def plain_modes(graph: Graph) -> tuple[str, ...]:
     """JAX's whole-function modes that may stand in for an elimination:
     both, unless forward mode could differ from ``jax.jacrev`` somewhere
     (:func:`ccjax.graph.forward_matches_reverse`); then reverse mode only.
     (A mode JAX cannot run, e.g. reverse mode through a ``while_loop``,
-    fails when planned.)"""
-    return MODES if all(forward_matches_reverse(node) for node in graph.program.nodes) else ("rev",)
+    fails when planned.)
+
+    The order breaks ties in :func:`cheapest`: reverse mode first, but
+    forward mode first in a program that factors a matrix
+    (:data:`FACTORIZATIONS`).  No count tells the two apart when they
+    multiply alike (XLA's cost analysis, liveness, kernel counts were
+    tried); measured on CPU (``docs/benchmarks.md``, "Ties"), forward mode
+    ran 0.47-0.95x of reverse mode's time on 12 of 14 such ties (Newton
+    steps with ``solve``, Cholesky, ``eigh`` matrix functions, a Kalman
+    update, ``lu_solve``, an implicit Euler step); the exception is the
+    inverse of a matrix (1.2x).  Without a factorization, reverse mode won
+    most ties: ``scan`` loops, gathers (an unrolled RK4: 5x), cumulative
+    sums (3x)."""
+    nodes = graph.program.nodes
+    if not all(forward_matches_reverse(node) for node in nodes):
+        return ("rev",)
+    factors = any(_jaxpr.primitive_names(node.name, node.params if isinstance(node.params, dict) else None)
+                  & FACTORIZATIONS for node in nodes)
+    return ("fwd", "rev") if factors else MODES
 
 
 def runnable_mode(graph: Graph, mode: str, counter: Optional[Counter] = None) -> Optional[Plan]:

@@ -383,3 +383,35 @@ def test_cli_cost_says_when_auto_runs_a_plain_mode(tmp_path, monkeypatch, capsys
     quiet = int(capsys.readouterr().out.strip())
     u = jnp.linspace(0.0, 1.0, 128)
     assert quiet == ccjax.cost(sys.modules["stencil_mod"].nested_sums, u, order="auto")
+
+
+TIE_A = 3.0 * np.eye(6) + np.random.default_rng(21).normal(size=(6, 6)) / 6
+
+
+@pytest.mark.parametrize("name, fn, mode", [
+    # square programs where no elimination beats the plain modes, which multiply alike
+    ("newton_step_with_lu", lambda x: x - jnp.linalg.solve(TIE_A + jnp.diag(jnp.cos(x)), TIE_A @ x + jnp.sin(x)),
+     "jax-fwd"),
+    ("eigh_matrix_function", lambda x: (lambda w, V: ((V * jnp.sqrt(jnp.abs(w) + 1.0)) @ V.T).ravel())(
+        *jnp.linalg.eigh(x.reshape(8, 8) + x.reshape(8, 8).T)), "jax-fwd"),
+    ("dense_matrix_loop", lambda x: jax.lax.fori_loop(0, 3, lambda i, y: jnp.tanh(TIE_A @ y), x), "jax-rev"),
+])
+def test_ties_of_the_plain_modes_go_forward_in_programs_that_factor_a_matrix(name, fn, mode):
+    x = np.random.default_rng(22).normal(size=64 if name.startswith("eigh") else 6)
+    g = ccjax.graph(fn, x)
+    counter = Counter(g)
+    rev, fwd = plan_jax_mode(g, "rev", counter), plan_jax_mode(g, "fwd", counter)
+    assert rev.report.mults == fwd.report.mults  # a tie
+    assert _plan(g, "auto").mode == mode
+    np.testing.assert_allclose(ccjax.jacve(fn)(x), jax.jacrev(fn)(x), rtol=1e-10, atol=1e-12)
+
+
+def test_a_factorization_inside_a_branch_puts_forward_mode_first():
+    from ccjax.jax_modes import plain_modes
+
+    def f(x):
+        return jax.lax.cond(x[0] > 0, lambda y: jnp.linalg.solve(TIE_A + jnp.diag(y ** 2), y), jnp.sin, x)
+
+    x = np.random.default_rng(23).normal(size=6)
+    assert plain_modes(ccjax.graph(f, x)) == ("fwd", "rev")
+    assert plain_modes(ccjax.graph(lambda x: jax.lax.cond(x[0] > 0, jnp.cos, jnp.sin, x), x)) == ("rev", "fwd")
