@@ -206,6 +206,30 @@ def _init(model, x) -> dict:
     return _f64_tree(model.init(jax.random.PRNGKey(0), jnp.asarray(x, jnp.float32))["params"])
 
 
+def flax_embedding_params(quick: bool) -> Program:
+    import flax.linen as nn
+
+    class Embedder(nn.Module):
+        vocab: int
+        dim: int
+        out: int
+
+        @nn.compact
+        def __call__(self, tokens):
+            return jnp.tanh(nn.Dense(self.out)(nn.Embed(self.vocab, self.dim)(tokens)))
+
+    vocab, dim, out, n = (20, 4, 3, 5) if quick else (256, 16, 8, 32)
+    model = Embedder(vocab, dim, out)
+    tokens = _rng("embed").integers(0, vocab, n).astype(np.int32)
+    params = _f64_tree(model.init(jax.random.PRNGKey(0), jnp.asarray(tokens))["params"])
+
+    def f(params, tokens):
+        return model.apply({"params": params}, tokens)
+
+    return Program("flax_embedding_params", "flax", f, (params, tokens), 0,
+                   what=f"linen Embed({vocab}, {dim}) + Dense({out}) + tanh on {n} tokens, w.r.t. the parameter dict")
+
+
 def flax_mlp_params(quick: bool) -> Program:
     MLP, _, _ = _flax_models()
     feats, b, d = ((8, 4), 2, 4) if quick else ((64, 64, 10), 4, 32)
@@ -575,6 +599,7 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                        what=f"3 Newton steps, J = jax.jacfwd(F) inside f, jnp.linalg.solve, n={n}")
 
     B["flax_mlp_params"] = flax_mlp_params
+    B["flax_embedding_params"] = flax_embedding_params
     B["flax_mlp_input"] = flax_mlp_input
     B["flax_nnx_mlp_input"] = flax_nnx_mlp_input
     B["flax_cnn_input"] = flax_cnn_input
