@@ -7,9 +7,10 @@ Two layers:
   inlined, no-op converts and copies dropped, and ``custom_jvp`` calls on
   differentiated values replaced by the JVP of their custom rule, whose
   tangent half is linear and enters the graph with ordinary rules (so the
-  custom rule is followed exactly and its structure kept).  A BCOO
-  matrix product (``bcoo_dot_general``) is inlined as the gather, product
-  and scatter-add it computes (:mod:`ccjax.rules.sparse`).
+  custom rule is followed exactly and its structure kept).  A BCOO or
+  BCSR matrix product (``bcoo_dot_general``, ``bcsr_dot_general``) is
+  inlined as the gather, product and scatter-add it computes
+  (:mod:`ccjax.rules.sparse`).
 * :class:`Graph`: the vertices (differentiated inputs, intermediate values,
   outputs) and the structured partial on every edge, after pruning what does
   not depend on the differentiated inputs or does not reach an output.

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -71,7 +72,7 @@ def _bcsr_dot_general(params: dict, in_avals: Sequence) -> Optional[Callable]:
     data, indices, indptr, rhs = in_avals
     if data.ndim != 1 or indices.ndim != 1 or indptr.ndim != 1 or len(params["lhs_spinfo"].shape) != 2:
         return None
-    coo = _bcoo_dot_general(params, (data, _Shape((indices.shape[0], 2), indices.dtype), rhs))
+    coo = _bcoo_dot_general(params, (data, jax.ShapeDtypeStruct((indices.shape[0], 2), indices.dtype), rhs))
     if coo is None:
         return None
 
@@ -93,13 +94,6 @@ def _flat(indices, dims: Sequence[int], shape: tuple):
         flat = flat * size + indices[:, d]
         valid = valid & (indices[:, d] >= 0) & (indices[:, d] < size)
     return jnp.where(valid, flat, math.prod(shape))
-
-
-class _Shape:
-    """An abstract operand (what :func:`_bcoo_dot_general` reads of one)."""
-
-    def __init__(self, shape: tuple, dtype):
-        self.shape, self.dtype, self.ndim = shape, dtype, len(shape)
 
 
 _DECOMPOSITIONS = {"bcoo_dot_general": _bcoo_dot_general, "bcsr_dot_general": _bcsr_dot_general}
