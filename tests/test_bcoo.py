@@ -117,6 +117,7 @@ def test_random_bcoo_products_against_jacrev(rows, cols, nse, rhs_cols, seed):
     out = ccjax.jacve(f, output="sparse")(x)
     leaves = jax.tree_util.tree_leaves(out, is_leaf=lambda a: isinstance(a, sparse.BCOO))
     np.testing.assert_allclose(np.asarray(leaves[0].todense()), np.asarray(want), rtol=1e-12, atol=1e-12)
+    assert leaves[0].nse == np.count_nonzero(np.asarray(want))  # the matrix's entries, not a dense block
 
 
 def test_batched_layouts_stay_one_exact_opaque_equation():
