@@ -374,7 +374,7 @@ def test_random_carry_wirings_store_the_steps_ys_can_read(seed, carries, steps, 
 
 ROW_OPS = [
     lambda c, W: jnp.tanh(c @ W),
-    lambda c, W: c * jnp.sum(c * c, axis=1, keepdims=True),
+    lambda c, W: c * jnp.tanh(jnp.sum(c * c, axis=1, keepdims=True)),  # bounded: a cube overflowed in 3 steps
     lambda c, W: jnp.roll(c, 1, axis=1) * c,
     lambda c, W: c[:, ::-1] + jnp.sin(c),
     lambda c, W: jnp.einsum("br,rs->bs", c, W) - c,
