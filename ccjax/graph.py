@@ -246,9 +246,7 @@ class _ProgramBuilder:
                 outs = self._custom_jvp(eqn, ins)
             elif any(self.active[i] for i in ins) and (
                     rewrite := sparse.decomposition(name, eqn.params, [self.avals[i] for i in ins])) is not None:
-                closed = jax.make_jaxpr(rewrite)(*[_jaxpr.spec(self.avals[i]) for i in ins])
-                cids = [self.const(c, v.aval) for c, v in zip(closed.consts, closed.jaxpr.constvars)]
-                outs = self.inline(closed.jaxpr, cids, ins)
+                outs = self._inline_traced(rewrite, ins)
             elif name in ("copy", "copy_p") or (
                     name == "convert_element_type" and self.avals[ins[0]].dtype == out_avals[0].dtype):
                 outs = ins[:1]
@@ -262,6 +260,12 @@ class _ProgramBuilder:
                     env[v] = i
         return [read(a) for a in jaxpr.outvars]
 
+    def _inline_traced(self, fn, ins: list) -> list:
+        """Inline the jaxpr of ``fn`` traced at the avals of ``ins``, applied to ``ins``."""
+        closed = jax.make_jaxpr(fn)(*[_jaxpr.spec(self.avals[i]) for i in ins])
+        cids = [self.const(c, v.aval) for c, v in zip(closed.consts, closed.jaxpr.constvars)]
+        return self.inline(closed.jaxpr, cids, ins)
+
     def _custom_jvp(self, eqn, ins: list) -> list:
         """Replace a custom_jvp call by the JVP of its custom rule.
 
@@ -270,7 +274,6 @@ class _ProgramBuilder:
         themselves, so the graph differentiates exactly the custom rule.
         """
         n = len(ins)
-        avals = [self.avals[i] for i in ins]
         tangent_idx = [k for k in range(n) if self.active[ins[k]]]
 
         def jvp_fn(*args):
@@ -285,11 +288,9 @@ class _ProgramBuilder:
             out, t_out = jax.jvp(g, [primals[k] for k in tangent_idx], list(tangents))
             return list(out) + list(t_out)
 
-        closed = jax.make_jaxpr(jvp_fn)(*[_jaxpr.spec(a) for a in avals], *[_jaxpr.spec(avals[k]) for k in tangent_idx])
         stopped = [self.node(STOP, None, None, [i], [self.avals[i]], [False])[0] if self.active[i] else i
                    for i in ins]
-        cids = [self.const(c, v.aval) for c, v in zip(closed.consts, closed.jaxpr.constvars)]
-        outs = self.inline(closed.jaxpr, cids, stopped + [ins[k] for k in tangent_idx])
+        outs = self._inline_traced(jvp_fn, stopped + [ins[k] for k in tangent_idx])
         m = len(eqn.outvars)
         result = []
         for k, (p, t, v) in enumerate(zip(outs[:m], outs[m:], eqn.outvars)):

@@ -122,6 +122,15 @@ def labelled(out: int, slot: int, ctx: RuleContext, out_labels, in_labels, val_l
                    nonzero=None if nonzero is None else constant_mask(lambda: prepare(nonzero())), ones=ones)
 
 
+def constant_nonzero(ctx: RuleContext, slot: int) -> Optional[Callable[[], np.ndarray]]:
+    """Where operand ``slot``, a constant with zeros (a mask, a difference
+    matrix built dense), is nonzero: the ``nonzero`` of a partial whose
+    values it is (see :class:`Partial`); None when it is no constant or has
+    no zero."""
+    zeros = ctx.zeros(slot)
+    return None if zeros is None or not zeros.any() else (lambda: ~zeros)
+
+
 def constant_mask(fn: Callable[[], Any]) -> Callable[[], Optional[np.ndarray]]:
     """``fn`` computed once, eagerly (also inside an outer trace), as a NumPy
     boolean array (None stays None)."""

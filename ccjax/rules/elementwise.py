@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ccjax.rules import opaque
-from ccjax.rules.base import REGION, Partial, RuleContext, labelled
+from ccjax.rules.base import REGION, Partial, RuleContext, constant_nonzero, labelled
 
 UNARY = (
     "exp", "exp2", "log", "log1p", "expm1", "sin", "cos", "tan", "asin", "acos", "atan",
@@ -102,9 +102,8 @@ def _mul(ctx):
     structural zeros of the other operand's partial."""
     parts = []
     for s in ctx.active:
-        zeros = ctx.zeros(1 - s)
-        nonzero = None if zeros is None or not zeros.any() else (lambda zeros=zeros: ~zeros)
-        parts.append(_diag(ctx, s, lambda ins, outs, o=1 - s: ins[o], **_shaped_like(ctx, 1 - s), nonzero=nonzero))
+        parts.append(_diag(ctx, s, lambda ins, outs, o=1 - s: ins[o], **_shaped_like(ctx, 1 - s),
+                           nonzero=constant_nonzero(ctx, 1 - s)))
     return parts
 
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ccjax.rules import opaque
-from ccjax.rules.base import Partial, RuleContext, labelled, run_apart
+from ccjax.rules.base import Partial, RuleContext, constant_nonzero, labelled, run_apart
 
 
 def _dot_general(ctx: RuleContext):
@@ -57,19 +57,11 @@ def _dot_general(ctx: RuleContext):
     parts = []
     if 0 in ctx.active:
         parts.append(labelled(0, 0, ctx, out_labels, l_labels, r_labels, tuple(rhs.shape),
-                              lambda ins, outs: ins[1].astype(dtype), nonzero=_nonzero_of(ctx, 1)))
+                              lambda ins, outs: ins[1].astype(dtype), nonzero=constant_nonzero(ctx, 1)))
     if 1 in ctx.active:
         parts.append(labelled(0, 1, ctx, out_labels, r_labels, l_labels, tuple(lhs.shape),
-                              lambda ins, outs: ins[0].astype(dtype), nonzero=_nonzero_of(ctx, 0)))
+                              lambda ins, outs: ins[0].astype(dtype), nonzero=constant_nonzero(ctx, 0)))
     return parts
-
-
-def _nonzero_of(ctx: RuleContext, slot: int):
-    """A constant operand's zeros (a finite-difference or interpolation
-    matrix built dense, a mask) are structural zeros of the other operand's
-    partial, whose values it is: ``output="sparse"`` leaves them out."""
-    zeros = ctx.zeros(slot)
-    return None if zeros is None or not zeros.any() else (lambda: ~zeros)
 
 
 def _cholesky(ctx: RuleContext) -> list[Partial]:
