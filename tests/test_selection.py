@@ -319,13 +319,14 @@ def test_constant_indices_are_composed_when_tracing(name):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hs.data())
-def test_constant_point_gathers_read_what_xla_reads(data):
-    """The NumPy reading of a gather of single elements at constant indices
-    (``rules.selection._known_reads``) against XLA's gather of a flat iota
+def test_point_gathers_read_what_xla_reads(data):
+    """The arithmetic reading of a gather of single elements
+    (``rules.selection._element_reads``), in NumPy (constant indices) and in
+    JAX (run-time indices, jitted), against XLA's gather of a flat iota
     (``clip``) and of ones (``fill``), out-of-range and negative indices too."""
     from jax import lax
 
-    from ccjax.rules.selection import _known_reads
+    from ccjax.rules.selection import _element_reads, _single_elements
 
     operand = tuple(data.draw(hs.lists(hs.integers(1, 4), min_size=0, max_size=3)))
     mapped = data.draw(hs.permutations(range(len(operand))))
@@ -337,16 +338,18 @@ def test_constant_point_gathers_read_what_xla_reads(data):
     dn = lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=tuple(range(len(operand))),
                                     start_index_map=mapped)
     sizes = (1,) * len(operand)
-    flat, valid = _known_reads(operand, idx, dn, sizes)
+    assert _single_elements(operand, idx.shape, dn, sizes)
     iota = jnp.arange(math.prod(operand), dtype=jnp.int32).reshape(operand)
     want_flat = lax.gather(iota, idx, dn, sizes, mode=lax.GatherScatterMode.CLIP)
     want_valid = lax.gather(jnp.ones(operand), idx, dn, sizes, mode=lax.GatherScatterMode.FILL_OR_DROP, fill_value=0)
-    np.testing.assert_array_equal(flat.reshape(batch), want_flat)
-    np.testing.assert_array_equal(valid.reshape(batch), np.asarray(want_valid) == 1)
+    traced = jax.jit(lambda i: _element_reads(operand, i, dn, jnp))(idx)
+    for flat, valid in (_element_reads(operand, idx.astype(np.int64), dn), traced):
+        np.testing.assert_array_equal(np.asarray(flat).reshape(batch), want_flat)
+        np.testing.assert_array_equal(np.asarray(valid).reshape(batch), np.asarray(want_valid) == 1)
     if operand:  # a window wider than one element is not read this way
         wide = lax.GatherDimensionNumbers(offset_dims=(len(batch),), collapsed_slice_dims=tuple(range(1, len(operand))),
                                           start_index_map=mapped)
-        assert _known_reads(operand, idx, wide, (operand[0],) + sizes[1:]) is None
+        assert not _single_elements(operand, idx.shape, wide, (operand[0],) + sizes[1:])
 
 
 @pytest.mark.parametrize("name", ["gather_twice", "sort_pair", "segment_sum", "out_of_range", "interpolate"])

@@ -46,36 +46,43 @@ def _all_in_range(ctx: RuleContext, valid_of) -> bool:
         return bool(np.all(np.asarray(valid_of(jnp.asarray(idx)))))
 
 
-def _known_reads(operand, idx, dimension_numbers, slice_sizes) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """``(flat, valid)``, both ``(N, 1)``, for a gather of single elements
-    (every slice size 1, every operand dimension collapsed, no batching) at
-    indices known when the graph is built: the flat operand index each
-    result element reads, start indices clamped as XLA clamps them
-    (``clip``), and whether every start was in range (``fill``: the
-    element is read, not dropped); None for any other gather."""
+def _single_elements(operand, idx_shape, dimension_numbers, slice_sizes) -> bool:
+    """Whether the gather reads single elements: every slice size 1, every
+    operand dimension collapsed, no batching, an index vector per result
+    element."""
     dn = dimension_numbers
-    idx = np.asarray(idx)
-    if (dn.offset_dims or dn.operand_batching_dims or any(s != 1 for s in slice_sizes) or 0 in operand
-            or sorted(dn.collapsed_slice_dims) != list(range(len(operand))) or idx.ndim == 0
-            or idx.shape[-1] != len(dn.start_index_map) or not np.issubdtype(idx.dtype, np.integer)):
-        return None
-    starts = [np.zeros(idx.shape[:-1], np.int64) for _ in operand]
-    for k, d in enumerate(dn.start_index_map):
-        starts[d] = idx[..., k].astype(np.int64)
-    flat, valid = clamped_flat(starts, operand, idx.shape[:-1])
+    return not (dn.offset_dims or dn.operand_batching_dims or any(s != 1 for s in slice_sizes) or 0 in operand
+                or sorted(dn.collapsed_slice_dims) != list(range(len(operand))) or len(idx_shape) == 0
+                or idx_shape[-1] != len(dn.start_index_map))
+
+
+def _element_reads(operand, idx, dimension_numbers, xp=np):
+    """``(flat, valid)``, both ``(N, 1)``, of a gather of single elements
+    (:func:`_single_elements`) at indices ``idx``: the flat operand index
+    each result element reads, start indices clamped as XLA clamps them
+    (``clip``), and whether every start was in range (``fill``: the
+    element is read, not dropped).  ``xp``: NumPy for indices known when
+    the graph is built, ``jax.numpy`` for run-time ones (arithmetic, not
+    the gathers of an iota that compile slowly)."""
+    lead = idx.shape[:-1]
+    starts = [xp.zeros(lead, idx.dtype) for _ in operand]
+    for k, d in enumerate(dimension_numbers.start_index_map):
+        starts[d] = idx[..., k]
+    flat, valid = clamped_flat(starts, operand, lead, xp)
     return flat.reshape(-1, 1).astype(np.int32), valid.reshape(-1, 1)
 
 
-def clamped_flat(coords, shape, lead_shape) -> tuple[np.ndarray, np.ndarray]:
+def clamped_flat(coords, shape, lead_shape, xp=np) -> tuple:
     """``(flat, valid)``, both of ``lead_shape``: the flat index into
     ``shape`` of the coordinates ``coords`` (one integer array per axis),
     each clamped into range as XLA clamps it, and whether every coordinate
-    was in range."""
-    valid = np.ones(lead_shape, bool)
+    was in range (NumPy arrays, or ``jax.numpy`` ones for ``xp=jnp``)."""
+    valid = xp.ones(lead_shape, bool)
+    flat = xp.zeros(lead_shape, np.int64 if xp is np else np.int32)
     for c, n in zip(coords, shape):
-        valid &= (c >= 0) & (c < n)
-    clamped = [np.clip(c, 0, n - 1) for c, n in zip(coords, shape)]
-    return (np.ravel_multi_index(clamped, shape) if shape else np.zeros(lead_shape, np.int64)), valid
+        valid = valid & (c >= 0) & (c < n)
+        flat = flat * n + xp.clip(c, 0, n - 1).astype(flat.dtype)
+    return flat, valid
 
 
 def _indexed(ctx: RuleContext, slot: int, kind: str, operand, dimension_numbers, slice_sizes,
@@ -91,7 +98,9 @@ def _indexed(ctx: RuleContext, slot: int, kind: str, operand, dimension_numbers,
     valid_of = lambda idx: gather(jnp.ones(operand, np.float32), idx, mode=lax.GatherScatterMode.FILL_OR_DROP,
                                   fill_value=0)
     known = ctx.static(1)
-    reads = None if known is None else _known_reads(operand, known, dimension_numbers, slice_sizes)
+    single = _single_elements(operand, ctx.in_avals[1].shape, dimension_numbers, slice_sizes)
+    reads = None if known is None or not single else _element_reads(operand, np.asarray(known).astype(np.int64),
+                                                                    dimension_numbers)
     if reads is not None:
         stored = drops and not bool(reads[1].all())
     else:
@@ -105,10 +114,12 @@ def _indexed(ctx: RuleContext, slot: int, kind: str, operand, dimension_numbers,
     def values(ins, _outs):
         if reads is not None:  # constants: NumPy arrays the selection algebra keeps composing in NumPy
             return (reads[0],) if not stored else (reads[0], reads[1].astype(dtype))
-        idx = gather(_flat_iota(operand), ins[1], mode=lax.GatherScatterMode.CLIP).reshape(-1, 1)
-        if not stored:
-            return (idx,)
-        return idx, valid_of(ins[1]).reshape(-1, 1).astype(dtype)
+        if single:
+            idx, valid = _element_reads(operand, jnp.asarray(ins[1]), dimension_numbers, jnp)
+        else:
+            idx = gather(_flat_iota(operand), ins[1], mode=lax.GatherScatterMode.CLIP).reshape(-1, 1)
+            valid = None if not stored else valid_of(ins[1]).reshape(-1, 1)
+        return (idx,) if not stored else (idx, valid.astype(dtype))
 
     return Partial(0, slot, st, values, constant=reads is not None)
 
