@@ -77,12 +77,11 @@ def clamped_flat(coords, shape, lead_shape, xp=np) -> tuple:
     ``shape`` of the coordinates ``coords`` (one integer array per axis),
     each clamped into range as XLA clamps it, and whether every coordinate
     was in range (NumPy arrays, or ``jax.numpy`` ones for ``xp=jnp``)."""
-    dtype = np.int64 if xp is np else np.int32
-    flat, valid = xp.zeros(lead_shape, dtype), xp.ones(lead_shape, bool)
-    for k, (c, n) in enumerate(zip(coords, shape)):
-        clamped, inside = xp.clip(c, 0, n - 1).astype(dtype), (c >= 0) & (c < n)
-        flat = xp.broadcast_to(clamped, lead_shape) if k == 0 else flat * n + clamped
-        valid = xp.broadcast_to(inside, lead_shape) if k == 0 else valid & inside
+    flat = xp.zeros(lead_shape, np.int64 if xp is np else np.int32)
+    valid = xp.ones(lead_shape, bool)
+    for c, n in zip(coords, shape):
+        flat = flat * n + xp.clip(c, 0, n - 1).astype(flat.dtype)
+        valid = valid & (c >= 0) & (c < n)
     return flat, valid
 
 
