@@ -436,6 +436,15 @@ def scatter_add(x, idx, nbins: int):
     return jnp.zeros((nbins,), x.dtype).at[idx].add(x ** 2)
 
 
+def message_passing(h, edges, mix):
+    """One graph-network layer on a fixed graph: messages from the edge
+    sources' rows (gathered), mixed by a weight matrix, summed at the edge
+    targets (scatter-add), with a residual connection."""
+    src, dst = edges
+    messages = jnp.tanh(h[src] @ mix)
+    return jnp.tanh(jnp.zeros_like(h).at[dst].add(messages) + h)
+
+
 def pool_features(img, kernel):
     """A feature map: 3x3 convolution (constant kernel), ReLU, 2x2 max pool
     and a 3x3 average pool (stride 1, same padding); NHWC."""
@@ -738,6 +747,18 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         idx = r.integers(0, bins, n).astype(np.int32)
         return Program("scatter_add", "gather/scatter", lambda x, idx: scatter_add(x, idx, bins),
                        (r.standard_normal(n), idx), 0, what=f"zeros({bins}).at[idx].add(x²), {n} values")
+
+    @reg
+    def p_gnn_message_passing(q):
+        nodes, edges, d = (12, 32, 3) if q else (256, 1024, 4)
+        r = _rng("gnn")
+        graph = r.integers(0, nodes, (2, edges)).astype(np.int32)
+        mix = r.standard_normal((d, d)) / np.sqrt(d)
+        return Program("gnn_message_passing", "gather/scatter",
+                       lambda h: message_passing(h, graph, mix.astype(h.dtype)),
+                       (r.standard_normal((nodes, d)),), 0,
+                       what=f"graph-network layer, rows gathered at {edges} edge sources and scatter-added at "
+                            f"their targets (graph fixed in the function), {nodes} nodes x {d} features")
 
     @reg
     def p_conv2d_scalar(q):

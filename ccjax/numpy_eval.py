@@ -181,7 +181,7 @@ def _window_grids(starts: np.ndarray, dims: Sequence[int], batch_shape: tuple, s
     return tuple(grids)
 
 
-def _gather(params, operand, indices):
+def gather(params, operand, indices):
     """``lax.gather`` (no batching dimensions): the slice of ``slice_sizes``
     at each start index, offset dimensions at ``offset_dims``."""
     dn = params["dimension_numbers"]
@@ -263,7 +263,7 @@ _NUMPY: dict[str, Callable[..., list]] = {
     "sign": _sign,
     "dot_general": _dot_general,
     "reduce_sum": _reduce_sum,
-    "gather": _gather,
+    "gather": gather,
     "scatter-add": _scatter_add,
     "pad": _pad,
     "dynamic_slice": _dynamic_slice,

@@ -352,6 +352,37 @@ def test_point_gathers_read_what_xla_reads(data):
         assert not _single_elements(operand, idx.shape, wide, (operand[0],) + sizes[1:])
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hs.data())
+def test_window_gathers_at_known_indices_read_what_xla_reads(data):
+    """A gather of windows at indices known when the graph is built
+    (``rules.selection._window_reads``, run in NumPy) against XLA's gather of
+    a flat iota (``clip``) and of ones (``fill``): windows of any size,
+    collapsed or kept dimensions, out-of-range and negative starts."""
+    from jax import lax
+
+    from ccjax.rules.selection import _window_reads
+
+    operand = tuple(data.draw(hs.lists(hs.integers(1, 4), min_size=1, max_size=3)))
+    sizes = tuple(data.draw(hs.integers(1, n)) for n in operand)
+    collapsed = tuple(d for d in range(len(operand)) if sizes[d] == 1 and data.draw(hs.booleans()))
+    mapped = data.draw(hs.permutations(range(len(operand))))
+    mapped = tuple(mapped[:data.draw(hs.integers(1, len(operand)))])
+    batch = tuple(data.draw(hs.lists(hs.integers(1, 3), min_size=0, max_size=2)))
+    idx = np.asarray(data.draw(hs.lists(hs.integers(-6, 6), min_size=math.prod(batch) * len(mapped),
+                                        max_size=math.prod(batch) * len(mapped))), np.int32)
+    idx = idx.reshape(batch + (len(mapped),))
+    kept = len(operand) - len(collapsed)
+    dn = lax.GatherDimensionNumbers(offset_dims=tuple(range(len(batch), len(batch) + kept)),
+                                    collapsed_slice_dims=collapsed, start_index_map=mapped)
+    iota = jnp.arange(math.prod(operand), dtype=jnp.int32).reshape(operand)
+    want_flat = lax.gather(iota, idx, dn, sizes, mode=lax.GatherScatterMode.CLIP)
+    want_valid = lax.gather(jnp.ones(operand), idx, dn, sizes, mode=lax.GatherScatterMode.FILL_OR_DROP, fill_value=0)
+    flat, valid = _window_reads(operand, idx.astype(np.int64), dn, sizes)
+    np.testing.assert_array_equal(flat.reshape(want_flat.shape), want_flat)
+    np.testing.assert_array_equal(valid.reshape(want_valid.shape), np.asarray(want_valid) == 1)
+
+
 @pytest.mark.parametrize("name", ["gather_twice", "sort_pair", "segment_sum", "out_of_range", "interpolate"])
 def test_selections_under_vmap_over_values_and_indices(name):
     fn = PROGRAMS[name]
@@ -400,12 +431,17 @@ EMBEDDING = np.random.default_rng(8).normal(size=(40, 16))
 WEIGHTS = np.random.default_rng(9).normal(size=(16, 6))
 TOKENS = np.random.default_rng(10).integers(0, 40, 12)
 PERMUTATION = np.random.default_rng(11).permutation(24)
+EDGES = np.random.default_rng(16).integers(0, 24, (2, 40))
+MIX = np.random.default_rng(17).normal(size=(16, 16))
 LU = jax.scipy.linalg.lu_factor(4.0 * np.eye(16) + np.random.default_rng(12).normal(size=(16, 16)))
 WIDE_PROGRAMS = {
     "embedding_rows_times_weights": (lambda E: jnp.tanh(E[TOKENS] @ WEIGHTS), EMBEDDING),
     "row_permutation_times_weights": (lambda X: jnp.sin(X[PERMUTATION] @ WEIGHTS), np.random.default_rng(13).normal(size=(24, 16))),
     # 8 right-hand sides: the solves' partial (16 x 16 per column) stores 1/8 of a dense block; with fewer, a
     # dense product is cheaper (WIDE_DENSITY) and the sparse output stores the dense block.
+    # a graph network's message passing: rows gathered at edge sources, mixed, scatter-added at edge targets
+    "message_passing": (lambda H: jnp.tanh(jnp.zeros((24, 16)).at[EDGES[1]].add(jnp.tanh(H[EDGES[0]] @ MIX)) + H),
+                        np.random.default_rng(15).normal(size=(24, 16))),
     "lu_solve_matrix_rhs": (lambda B: jax.scipy.linalg.lu_solve(LU, jnp.tanh(B)), np.random.default_rng(14).normal(size=(16, 8))),
 }
 

@@ -4,6 +4,9 @@ Their partials are :class:`ccjax.structure.Selection` s: the flat operand
 element each output element reads (a gather, a sort) or the flat output
 element each update element lands on (a scatter-add), computed when the
 program runs by the same primitive applied to an ``iota`` of flat indices.
+Where the indices are known when the graph is built (constants of the
+function), the reads are computed then, in NumPy, so the plan composes
+them as constants and a sparse output can drop the structural zeros.
 Out-of-range indices follow ``jax.jacrev``, which differentiates by the
 transposed primitive: a gather's transpose is a scatter-add, which XLA
 drops out of range unless ``mode=clip`` clamps; a scatter-add's is a
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ccjax import numpy_eval
 from ccjax.rules import opaque
 from ccjax.rules.base import Partial, RuleContext
 from ccjax.structure import Selection
@@ -72,6 +76,26 @@ def _element_reads(operand, idx, dimension_numbers, xp=np):
     return flat.reshape(-1, 1).astype(np.int32), valid.reshape(-1, 1)
 
 
+def _window_reads(operand, idx, dimension_numbers, slice_sizes) -> Optional[tuple]:
+    """``(flat, valid)``, both ``(N, 1)``, of a gather of windows at indices
+    ``idx`` known when the graph is built: the gather of a flat ``iota``
+    (``clip``, as XLA clamps) and of ones (``fill``), run in NumPy; None
+    where NumPy cannot run it (batching dimensions) or it would list more
+    than :data:`MAX_CONSTANT_SELECTION` entries."""
+    params = {"dimension_numbers": dimension_numbers, "slice_sizes": tuple(slice_sizes),
+              "mode": lax.GatherScatterMode.CLIP}
+    entries = math.prod(idx.shape[:-1]) * math.prod(slice_sizes) if idx.ndim else math.prod(slice_sizes)
+    if entries > MAX_CONSTANT_SELECTION:
+        return None
+    try:
+        [flat] = numpy_eval.gather(params, np.arange(math.prod(operand), dtype=np.int32).reshape(operand), idx)
+        [valid] = numpy_eval.gather({**params, "mode": lax.GatherScatterMode.FILL_OR_DROP, "fill_value": False},
+                                  np.ones(operand, bool), idx)
+    except NotImplementedError:
+        return None
+    return flat.reshape(-1, 1), valid.reshape(-1, 1)
+
+
 def clamped_flat(coords, shape, lead_shape, xp=np) -> tuple:
     """``(flat, valid)``, both of ``lead_shape``: the flat index into
     ``shape`` of the coordinates ``coords`` (one integer array per axis),
@@ -99,8 +123,11 @@ def _indexed(ctx: RuleContext, slot: int, kind: str, operand, dimension_numbers,
                                   fill_value=0)
     known = ctx.static(1)
     single = _single_elements(operand, ctx.in_avals[1].shape, dimension_numbers, slice_sizes)
-    reads = None if known is None or not single else _element_reads(operand, np.asarray(known).astype(np.int64),
-                                                                    dimension_numbers)
+    reads = None
+    if known is not None:
+        known = np.asarray(known).astype(np.int64)
+        reads = (_element_reads(operand, known, dimension_numbers) if single
+                 else _window_reads(operand, known, dimension_numbers, slice_sizes))
     if reads is not None:
         stored = drops and not bool(reads[1].all())
     else:
