@@ -761,6 +761,18 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                             f"their targets (graph fixed in the function), {nodes} nodes x {d} features")
 
     @reg
+    def p_gnn_edges_as_input(q):
+        nodes, edges, d = (12, 32, 3) if q else (256, 1024, 4)
+        r = _rng("gnn")
+        graph = r.integers(0, nodes, (2, edges)).astype(np.int32)
+        mix = r.standard_normal((d, d)) / np.sqrt(d)
+        return Program("gnn_edges_as_input", "gather/scatter",
+                       lambda h, edges: message_passing(h, edges, mix.astype(h.dtype)),
+                       (r.standard_normal((nodes, d)), graph), 0,
+                       what=f"the same layer with the edges an argument (jraph style: indices known only at run "
+                            f"time), {nodes} nodes x {d} features, {edges} edges")
+
+    @reg
     def p_conv2d_scalar(q):
         s, c = (8, 2) if q else (64, 4)
         r = _rng("conv")

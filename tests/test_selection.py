@@ -19,7 +19,7 @@ from test_structure import shapes, stencil_shapes, stencils, structures
 
 import ccjax
 from ccjax.eliminate import plan_elimination
-from ccjax.structure import Selection, dense, product_plan, structure_from_labels, sum_plan, to_dense, unit
+from ccjax.structure import Selection, dense, entry_count, product_plan, structure_from_labels, sum_plan, to_dense, unit
 
 # -- the algebra -----------------------------------------------------------------------------------
 
@@ -27,7 +27,15 @@ SHAPES = [(4,), (2, 3), (5,), (3,)]
 
 
 def _selection(rng, kind, out_shape, in_shape, valued, sign, key="k", width=1):
-    """A random selection whose columns have keys ``(key, 0), (key, 1)...``."""
+    """A random selection whose columns have keys ``(key, 0), (key, 1)...``
+    (pairs: ``2 * width`` entries, some of which may share a position)."""
+    if kind == "pairs":
+        count = 2 * width
+        idx = np.stack([rng.integers(0, math.prod(out_shape), count), rng.integers(0, math.prod(in_shape), count)], 1)
+        st = Selection(tuple(out_shape), tuple(in_shape), "pairs", ((key, 0),), ("v",) if valued else None,
+                       1 if valued else sign, count)
+        idx = jnp.asarray(idx, jnp.int32)
+        return st, ((idx, jnp.asarray(rng.normal(size=(count, 1)))) if valued else (idx,))
     lead = math.prod(out_shape if kind == "pick" else in_shape)
     bound = math.prod(in_shape if kind == "pick" else out_shape)
     idx = jnp.asarray(rng.integers(0, bound, (lead, width)), jnp.int32)
@@ -60,7 +68,8 @@ def _matrix(st, value):
     return np.asarray(to_dense(st, value, jnp.float64)).reshape(math.prod(st.out_shape), math.prod(st.in_shape))
 
 
-SIDES = hs.sampled_from(["pick", "put", "unit", "neg", "diag", "half_diag", "dense"])
+SIDES = hs.sampled_from(["pick", "put", "pairs", "unit", "neg", "diag", "half_diag", "dense"])
+SELECTIONS = ("pick", "put", "pairs")
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
@@ -70,15 +79,15 @@ SIDES = hs.sampled_from(["pick", "put", "unit", "neg", "diag", "half_diag", "den
        shapes=hs.tuples(*[hs.sampled_from(SHAPES)] * 3), seed=hs.integers(0, 1000))
 def test_products_with_selections_equal_dense_products_and_count_what_they_execute(outer, inner, valued, signs,
                                                                                      widths, shapes, seed):
-    if outer not in ("pick", "put") and inner not in ("pick", "put"):
+    if outer not in SELECTIONS and inner not in SELECTIONS:
         outer = "pick"
     rng = np.random.default_rng(seed)
     p, m, n = shapes
-    if outer in ("pick", "put"):
+    if outer in SELECTIONS:
         a = _selection(rng, outer, p, m, valued[0], signs[0], width=widths[0])
     else:
         a = _other(rng, outer, p if outer == "dense" else m, m)
-    if inner in ("pick", "put"):
+    if inner in SELECTIONS:
         b = _selection(rng, inner, a[0].in_shape, n, valued[1], signs[1], key="other", width=widths[1])
     else:
         b = _other(rng, inner, a[0].in_shape, a[0].in_shape if inner != "dense" else n)
@@ -88,10 +97,38 @@ def test_products_with_selections_equal_dense_products_and_count_what_they_execu
     assert count_mults(lambda x, y: plan.apply(x, y, jnp.float64), a[1], b[1]) == plan.mults
     if isinstance(plan.result, Selection):
         assert plan.mults <= plan.result.nnz_values
+    if outer == "put" and inner == "pick" and 2 * widths[0] * widths[1] * math.prod(m) <= math.prod(p) * math.prod(n):
+        assert plan.result.kind == "pairs"  # a scatter-add of gathered rows keeps its entries
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(other=SIDES, pairs_first=hs.booleans(), valued=hs.tuples(hs.booleans(), hs.booleans()),
+       signs=hs.tuples(hs.sampled_from([1, -1]), hs.sampled_from([1, -1])), widths=hs.tuples(hs.integers(1, 4),
+                                                                                           hs.integers(1, 2)),
+       shape=hs.sampled_from([(2, 3), (4,), (3, 3)]), seed=hs.integers(0, 1000))
+def test_sums_with_pairs_equal_dense_sums(other, pairs_first, valued, signs, widths, shape, seed):
+    """Pairs plus pairs, a pick, a put, a diagonal or a dense block: the
+    entries side by side (no addition) while they fill at most half of the
+    dense block, else the dense sum; equal to the dense sum either way."""
+    rng = np.random.default_rng(seed)
+    pairs = _selection(rng, "pairs", shape, shape, valued[0], signs[0], width=widths[0])
+    if other in SELECTIONS:
+        b = _selection(rng, other, shape, shape, valued[1], signs[1], key="other", width=widths[1])
+    else:
+        b = _other(rng, other, shape, shape)
+    a, b = (pairs, b) if pairs_first else (b, pairs)
+    plan = sum_plan(a[0], b[0])
+    want = _matrix(*a) + _matrix(*b)
+    np.testing.assert_allclose(_matrix(plan.result, plan.apply(a[1], b[1], jnp.float64)), want, rtol=1e-12,
+                               atol=1e-12)
+    assert count_mults(lambda x, y: plan.apply(x, y, jnp.float64), a[1], b[1]) == plan.mults == 0
+    entries = sum(st.nnz_values if isinstance(st, Selection) else entry_count(st) for st in (a[0], b[0]))
+    if other != "dense" and 2 * entries <= math.prod(shape) ** 2:
+        assert isinstance(plan.result, Selection) and plan.result.kind == "pairs"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(data=hs.data(), kind=hs.sampled_from(["pick", "put"]), selection_outer=hs.booleans(), valued=hs.booleans(),
+@given(data=hs.data(), kind=hs.sampled_from(SELECTIONS), selection_outer=hs.booleans(), valued=hs.booleans(),
        sign=hs.sampled_from([1, -1]), width=hs.integers(1, 3), seed=hs.integers(0, 1000))
 def test_selections_times_banded_structures_equal_dense_products(data, kind, selection_outer, valued, sign, width,
                                                                  seed):
@@ -259,8 +296,20 @@ def interpolate(x, idx):
     return jnp.interp(1.2 * jnp.sin(x[:8]), jnp.linspace(-1.0, 1.0, 4), x[8:12] ** 2) * x[idx]
 
 
+MIXING = np.random.default_rng(18).normal(size=(3, 3))
+
+
+def message_passing(x, idx):
+    """A graph-network layer on 4 nodes of 3 features, edges from the
+    indices: rows gathered at the sources, mixed, scatter-added at the
+    targets (a put after a pick: pairs), plus a residual."""
+    h = x.reshape(4, 3)
+    src, dst = idx % 4, (idx // 3) % 4
+    return jnp.tanh(jnp.zeros((4, 3)).at[dst].add(jnp.tanh(h[src] @ MIXING)) + h)
+
+
 PROGRAMS = {f.__name__: f for f in (gather_twice, gather_matvec, rows_and_columns, sort_pair, sort_rows, argsort_take,
-                                    top_k, segment_sum, out_of_range, embedding, interpolate)}
+                                    top_k, segment_sum, out_of_range, embedding, interpolate, message_passing)}
 X = np.random.default_rng(0).normal(size=12)
 IDX = np.array([3, 0, 7, 3, 11, 5, 0, 2], np.int32)
 
@@ -414,6 +463,32 @@ def test_sparse_output_stores_one_entry_per_selected_element(name, nse):
         sparse = jax.jit(ccjax.jacve(fn, order=order, output="sparse"))(X, jnp.asarray(IDX))
         np.testing.assert_allclose(np.asarray(sparse.todense()), want, rtol=1e-12, atol=1e-12)
         assert sparse.nse == nse, order
+
+
+def test_message_passing_at_run_time_edges_stores_its_pairs():
+    """Rows gathered at run-time sources, mixed and scatter-added at run-time
+    targets, plus a residual: in every order the Jacobian is kept as pairs,
+    one entry per (edge, feature pair) and per residual entry, never the
+    dense block (16 nodes x 2 features: 1,024 entries; 10 edges x 4 + 32 = 72),
+    and the multiplications executed are those counted."""
+    rng = np.random.default_rng(19)
+    mix = rng.normal(size=(2, 2))
+
+    def layer(h, edges):
+        return jnp.tanh(jnp.zeros((16, 2)).at[edges[1]].add(jnp.tanh(h[edges[0]] @ mix)) + h)
+
+    h, edges = rng.normal(size=(16, 2)), rng.integers(0, 16, (2, 10)).astype(np.int32)
+    want = np.asarray(jax.jacrev(layer)(h, edges))
+    g = ccjax.graph(layer, h, edges)
+    for order in _orders(g, np.random.default_rng(4)):  # forward, reverse, Markowitz and random orders
+        plan = plan_elimination(g, order)
+        (final,) = [plan.structures[slot] for slot in set(plan.final.values())]
+        assert isinstance(final, Selection) and final.kind == "pairs", (order, final)
+        assert _executed_mults(g, plan, layer, (h, edges), 0) == plan.report.mults
+        np.testing.assert_allclose(jax.jit(ccjax.jacve(layer, order=order))(h, edges), want, rtol=1e-12, atol=1e-12)
+        sparse = jax.jit(ccjax.jacve(layer, order=order, output="sparse"))(h, jnp.asarray(edges))
+        np.testing.assert_allclose(np.asarray(sparse.todense()), want, rtol=1e-12, atol=1e-12)
+        assert sparse.nse == 10 * 4 + 32 >= np.count_nonzero(want), order
 
 
 def test_a_large_gather_costs_and_stores_its_length_not_a_dense_block():

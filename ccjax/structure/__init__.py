@@ -38,7 +38,7 @@ def product_plan(outer, inner):
     if is_terms(outer) or is_terms(inner):
         return terms.product(outer, inner, product_plan, eager_sum_plan, entry_count)
     if is_selection(outer) or is_selection(inner):
-        return selection.product(outer, inner)
+        return selection.product(outer, inner, product_plan)
     plan = bands.product(outer, inner) if outer.bands or inner.bands else core.product_plan(outer, inner)
     if getattr(plan, "on_dense_forms", False) and (outer.val is not None or inner.val is not None):
         return ReachMasked(plan, outer, inner)

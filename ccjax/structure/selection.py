@@ -12,6 +12,15 @@ out shape and ``n`` of the in shape, and ``k < width``,
 where ``idx`` is an int32 array computed at run time and always in range
 (an element read or written nowhere has ``v = 0``), and ``v`` is stored
 only when :attr:`Selection.val` is set (else every entry is ``sign``).
+and, where a put follows a pick (a scatter-add of gathered rows: a graph
+network's message passing), the two are kept as their ``K`` entries,
+
+* ``pairs``: ``J[m, n] = sum_k v[k] [m == rows[k]] [n == cols[k]]``
+  (``idx`` is ``(K, 2)``, rows and columns side by side; ``v`` ``(K, 1)``),
+
+the COO format: a put of width 1 after a pick of width 1 through ``K``
+intermediate entries, and every product with it is planned as the product
+with those two factors (:func:`_pairs_factors`).
 A gather is a pick of width 1; a sum of ``width`` gathers of one array
 (``u[nbr[:, 0]] + u[nbr[:, 1]] - 2 u``, a mesh or graph Laplacian) is a pick
 of that width, the ELLPACK sparse format.  The index array is the *value*
@@ -46,7 +55,7 @@ from jax import lax
 from ccjax._jaxpr import is_known
 from ccjax.structure import bands, core
 
-KINDS = ("pick", "put")
+KINDS = ("pick", "put", "pairs")
 
 
 @core.hash_once
@@ -54,8 +63,9 @@ KINDS = ("pick", "put")
 class Selection:
     """Structure of a selection partial (see module docstring).
 
-    ``kind`` is ``"pick"`` (``width`` in elements per out element) or
-    ``"put"`` (``width`` out elements per in element); ``keys`` (distinct,
+    ``kind`` is ``"pick"`` (``width`` in elements per out element),
+    ``"put"`` (``width`` out elements per in element) or ``"pairs"``
+    (``count`` entries, ``width`` 1); ``keys`` (distinct,
     one per column, ``width = len(keys)``) identify the run-time index
     columns; ``val`` is None for entries ``sign`` and ``("v",)`` for stored
     values (then ``sign`` is 1).  ``bands`` is always empty (the structure
@@ -67,10 +77,13 @@ class Selection:
     keys: tuple[Hashable, ...]
     val: Optional[tuple[str, ...]] = None
     sign: int = 1
+    count: int = 0
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown selection kind {self.kind!r}")
+        if (self.kind == "pairs") != (self.count > 0) or (self.kind == "pairs" and len(self.keys) != 1):
+            raise ValueError("a pairs selection, and only one, has a positive count and one key")
         if self.val is not None and self.sign != 1:
             raise ValueError("a selection with stored values has sign 1 (the values carry it)")
         if not self.keys or len(set(self.keys)) != len(self.keys):
@@ -85,7 +98,9 @@ class Selection:
 
     @property
     def lead(self) -> int:
-        """Rows of the index (and value) array: M for a pick, N for a put."""
+        """Rows of the index (and value) array: M for a pick, N for a put, K for pairs."""
+        if self.kind == "pairs":
+            return self.count
         return math.prod(self.out_shape if self.kind == "pick" else self.in_shape)
 
     @property
@@ -99,7 +114,7 @@ class Selection:
 
     def describe(self) -> str:
         v = ("-" if self.sign < 0 else "+") + "1" if self.val is None else "v"
-        return f"{self.kind}{self.width}[{v}]({self.out_shape}|{self.in_shape})"
+        return f"{self.kind}{self.lead if self.kind == 'pairs' else self.width}[{v}]({self.out_shape}|{self.in_shape})"
 
 
 def is_selection(st) -> bool:
@@ -218,6 +233,8 @@ def _matrix(st, value, dtype):
     if not is_selection(st):
         return core.reshape(bands.densify(st).apply(value, dtype), (m, n))
     idx, v = _parts(st, value, dtype)
+    if st.kind == "pairs":  # entries may share a position: one scatter-add
+        return jnp.zeros((m, n), dtype).at[idx[:, 0], idx[:, 1]].add(_entries(st, v, dtype)[:, 0], mode="clip")
     if st.width > 1:  # one scatter-add of the entries (a row's may share a position), not a select per column
         lead = jnp.broadcast_to(lax.iota(np.int32, st.lead)[:, None], idx.shape)
         rows, cols = (lead, idx) if st.kind == "pick" else (idx, lead)
@@ -242,9 +259,12 @@ def to_bcoo(st: Selection, value, dtype):
     from jax.experimental import sparse
 
     idx, v = _parts(st, value, dtype)
-    lead = jnp.broadcast_to(jnp.arange(st.lead, dtype=np.int32)[:, None], idx.shape).reshape(-1)
-    flat = idx.reshape(-1)
-    rows, cols = (lead, flat) if st.kind == "pick" else (flat, lead)
+    if st.kind == "pairs":
+        rows, cols = idx[:, 0], idx[:, 1]
+    else:
+        lead = jnp.broadcast_to(jnp.arange(st.lead, dtype=np.int32)[:, None], idx.shape).reshape(-1)
+        flat = idx.reshape(-1)
+        rows, cols = (lead, flat) if st.kind == "pick" else (flat, lead)
     columns = [c for at, shape in ((rows, st.out_shape), (cols, st.in_shape))
                for c in (jnp.unravel_index(at, shape) if shape else ())]
     nse = st.lead * st.width
@@ -263,8 +283,14 @@ def _dense_result(out_shape, in_shape):
 # ---------------------------------------------------------------------------
 
 
-def product(outer, inner) -> SelectionPlan:
-    """Plan ``outer ∘ inner`` where at least one side is a :class:`Selection`."""
+def product(outer, inner, plan_product: Callable) -> SelectionPlan:
+    """Plan ``outer ∘ inner`` where at least one side is a :class:`Selection`
+    (``plan_product``: the planner of products of any two structures, for
+    the factors of pairs)."""
+    if is_selection(outer) and outer.kind == "pairs":
+        return _through_pairs(outer, inner, True, plan_product)
+    if is_selection(inner) and inner.kind == "pairs":
+        return _through_pairs(inner, outer, False, plan_product)
     if is_selection(outer) and is_selection(inner):
         return _selection_times_selection(outer, inner)
     if is_selection(outer):
@@ -468,23 +494,83 @@ def _selection_times_selection(outer: Selection, inner: Selection) -> SelectionP
 
 def _put_after_pick(outer: Selection, inner: Selection) -> SelectionPlan:
     """``J[m, k] = sum_n sum_ij [m == ia[n, i]] va[n, i] vb[n, j] [k == ib[n, j]]``:
-    one scatter-add of the ``N * wa * wb`` products."""
-    result, prepare = _dense_result(outer.out_shape, inner.in_shape)
+    the ``N * wa * wb`` entries as pairs (one multiplication each where
+    both sides store values), or one scatter-add of them into the dense
+    block where the pairs would store more than half of it."""
     m, k = math.prod(outer.out_shape), math.prod(inner.in_shape)
     n, wa, wb = outer.lead, outer.width, inner.width
     sign = outer.sign * inner.sign
     mults = n * wa * wb if _both_valued(outer, inner) else 0
 
-    def run(a, b, dtype):
+    def entries(a, b, dtype):
         ia, va = _parts(outer, a, dtype)
         ib, vb = _parts(inner, b, dtype)
         v = _times(None if va is None else va[:, :, None], None if vb is None else vb[:, None, :], sign)
-        v = jnp.full((n, wa, wb), sign, dtype) if v is None else jnp.broadcast_to(v, (n, wa, wb))
-        rows = jnp.broadcast_to(ia[:, :, None], (n, wa, wb))
-        cols = jnp.broadcast_to(ib[:, None, :], (n, wa, wb))
-        return prepare(jnp.zeros((m, k), dtype).at[rows, cols].add(v))
+        xp = np if is_known(ia) and is_known(ib) else jnp  # constant indices stay constants
+        rows = xp.broadcast_to(ia[:, :, None], (n, wa, wb)).reshape(-1, 1)
+        cols = xp.broadcast_to(ib[:, None, :], (n, wa, wb)).reshape(-1, 1)
+        return rows, cols, None if v is None else jnp.broadcast_to(v, (n, wa, wb)).reshape(-1, 1)
 
-    return SelectionPlan(result, mults, 0, run)
+    if _fits(n * wa * wb, 1, outer.out_shape, inner.in_shape):
+        result = Selection(outer.out_shape, inner.in_shape, "pairs", (("pairs", outer.keys, inner.keys),),
+                           count=n * wa * wb, **_combined(outer, inner))
+
+        def run(a, b, dtype):
+            rows, cols, v = entries(a, b, dtype)
+            idx = _columns([rows, cols])
+            return (idx,) if v is None else (idx, v)
+
+        return SelectionPlan(result, mults, 0, run)
+    result, prepare = _dense_result(outer.out_shape, inner.in_shape)
+
+    def run_dense(a, b, dtype):
+        rows, cols, v = entries(a, b, dtype)
+        v = jnp.full(rows.shape, sign, dtype) if v is None else v
+        return prepare(jnp.zeros((m, k), dtype).at[rows[:, 0], cols[:, 0]].add(v[:, 0]))
+
+    return SelectionPlan(result, mults, 0, run_dense)
+
+
+def _pairs_factors(st: Selection) -> tuple[Selection, Selection]:
+    """Pairs as ``put ∘ pick`` through their ``K`` entries: the put (width
+    1, the rows, the values and sign) and the pick (width 1, the columns)."""
+    (key,) = st.keys
+    put = Selection(st.out_shape, (st.count,), "put", (("rows", key),), st.val, st.sign)
+    pick = Selection((st.count,), st.in_shape, "pick", (("cols", key),))
+    return put, pick
+
+
+def _factor_values(value) -> tuple[tuple, tuple]:
+    """The values of :func:`_pairs_factors` from the pairs' value."""
+    idx = value[0]
+    return (idx[:, :1],) + tuple(value[1:]), (idx[:, 1:],)
+
+
+def _through_pairs(pairs: Selection, other, pairs_is_outer: bool, product_plan: Callable) -> SelectionPlan:
+    """``pairs ∘ other`` as ``put ∘ (pick ∘ other)``, or ``other ∘ pairs`` as
+    ``(other ∘ put) ∘ pick`` (:func:`_pairs_factors`): each step is a
+    product this module plans, so the result, its multiplications and its
+    additions are theirs (a diagonal or a selection of the same side keeps
+    pairs, anything else is dense).  ``product_plan`` plans them: ``other``
+    may be any structure."""
+    put, pick = _pairs_factors(pairs)
+    if pairs_is_outer:
+        first = product_plan(pick, other)
+        second = product_plan(put, first.result) if first.result is not None else None
+    else:
+        first = product_plan(other, put)
+        second = product_plan(first.result, pick) if first.result is not None else None
+    if second is None:
+        return SelectionPlan(None, first.mults, first.additions, lambda a, b, dtype: None)
+
+    def run(a, b, dtype):
+        if pairs_is_outer:
+            put_value, pick_value = _factor_values(a)
+            return second.apply(put_value, first.apply(pick_value, b, dtype), dtype)
+        put_value, pick_value = _factor_values(b)
+        return second.apply(first.apply(a, put_value, dtype), pick_value, dtype)
+
+    return SelectionPlan(second.result, first.mults + second.mults, first.additions + second.additions, run)
 
 
 def _selection_times_dense(sel: Selection, other) -> SelectionPlan:
@@ -573,6 +659,8 @@ def sum_(a, b) -> SelectionPlan:
     columns of one key add their values, the others are appended, while
     that stores at most half the dense block; anything else is the dense
     sum."""
+    if any(is_selection(st) and st.kind == "pairs" for st in (a, b)):
+        return _pairs_sum(a, b)
     like = a if is_selection(a) else b
     sa, sb = _as_selection(a, like), _as_selection(b, like)
     if sa is not None and sb is not None and sa.kind == sb.kind:
@@ -609,3 +697,61 @@ def sum_(a, b) -> SelectionPlan:
     additions = math.prod(a.out_shape) * math.prod(a.in_shape)
     return SelectionPlan(result, 0, additions,
                          lambda va, vb, dtype: prepare(_matrix(a, va, dtype) + _matrix(b, vb, dtype)))
+
+
+def _as_pairs(st) -> Optional[tuple[Selection, Callable]]:
+    """A partial as pairs: the selection (its entries) and how to read
+    ``(rows, cols, v)`` (each ``(K, 1)``, ``v`` None when no values are
+    stored) from its value; None where it is not a selection, an
+    elementwise partial or a static selection (:func:`_as_selection`)."""
+    if is_selection(st) and st.kind == "pairs":
+        return st, lambda value, dtype: (value[0][:, :1], value[0][:, 1:], _parts(st, value, dtype)[1])
+    sel = _as_selection(st, Selection(st.out_shape, st.in_shape, "pick", ("like",)))
+    if sel is None:
+        return None
+
+    def entries(value, dtype):
+        idx, v = _selection_operand(st, sel, value, dtype)
+        lead = np.broadcast_to(np.arange(sel.lead, dtype=np.int32)[:, None], (sel.lead, sel.width)).reshape(-1, 1)
+        flat = idx.reshape(-1, 1)
+        rows, cols = (lead, flat) if sel.kind == "pick" else (flat, lead)
+        return rows, cols, None if v is None else jnp.broadcast_to(v, (sel.lead, sel.width)).reshape(-1, 1)
+
+    pairs = Selection(st.out_shape, st.in_shape, "pairs", (("as pairs", sel.keys),), sel.val, sel.sign,
+                      sel.lead * sel.width)
+    return pairs, entries
+
+
+def _pairs_sum(a, b) -> SelectionPlan:
+    """``a + b`` with pairs on one side: the entries of both, side by side
+    (no addition: entries at one position add up where the pairs are
+    densified), while they store at most half the dense block; else the
+    dense sum."""
+    pa, pb = _as_pairs(a), _as_pairs(b)
+    if pa is not None and pb is not None and _fits(pa[0].count + pb[0].count, 1, a.out_shape, a.in_shape):
+        (sa, read_a), (sb, read_b) = pa, pb
+        signs_only = sa.val is None and sb.val is None and sa.sign == sb.sign
+        result = Selection(a.out_shape, a.in_shape, "pairs", (("pairs sum", sa.keys, sb.keys),),
+                           **({"val": None, "sign": sa.sign} if signs_only else {"val": ("v",), "sign": 1}),
+                           count=sa.count + sb.count)
+
+        def run(va, vb, dtype):
+            ra, ca, xa = read_a(va, dtype)
+            rb, cb, xb = read_b(vb, dtype)
+            idx = _columns([_rows_of(ra, rb), _rows_of(ca, cb)])
+            if signs_only:
+                return (idx,)
+            return idx, jnp.concatenate([_entries(sa, xa, dtype), _entries(sb, xb, dtype)], axis=0)
+
+        return SelectionPlan(result, 0, 0, run)
+    result, prepare = _dense_result(a.out_shape, a.in_shape)
+    additions = math.prod(a.out_shape) * math.prod(a.in_shape)
+    return SelectionPlan(result, 0, additions,
+                         lambda va, vb, dtype: prepare(_matrix(a, va, dtype) + _matrix(b, vb, dtype)))
+
+
+def _rows_of(x, y):
+    """``x`` above ``y`` (int32 index columns; NumPy where both are known)."""
+    if is_known(x) and is_known(y):
+        return np.concatenate([np.asarray(x, np.int32), np.asarray(y, np.int32)], axis=0)
+    return jnp.concatenate([jnp.asarray(x, jnp.int32), jnp.asarray(y, jnp.int32)], axis=0)
