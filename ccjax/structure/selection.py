@@ -496,7 +496,10 @@ def _put_after_pick(outer: Selection, inner: Selection) -> SelectionPlan:
     """``J[m, k] = sum_n sum_ij [m == ia[n, i]] va[n, i] vb[n, j] [k == ib[n, j]]``:
     the ``N * wa * wb`` entries as pairs (one multiplication each where
     both sides store values), or one scatter-add of them into the dense
-    block where the pairs would store more than half of it."""
+    block where the pairs would store more than half of it, or where both
+    widths exceed 1: a later product with pairs, planned through their
+    factors of width 1, would then multiply ``wa * wb`` times per row what
+    the put and the pick multiply apart (``wa + wb``)."""
     m, k = math.prod(outer.out_shape), math.prod(inner.in_shape)
     n, wa, wb = outer.lead, outer.width, inner.width
     sign = outer.sign * inner.sign
@@ -511,7 +514,7 @@ def _put_after_pick(outer: Selection, inner: Selection) -> SelectionPlan:
         cols = xp.broadcast_to(ib[:, None, :], (n, wa, wb)).reshape(-1, 1)
         return rows, cols, None if v is None else jnp.broadcast_to(v, (n, wa, wb)).reshape(-1, 1)
 
-    if _fits(n * wa * wb, 1, outer.out_shape, inner.in_shape):
+    if min(wa, wb) == 1 and _fits(n * wa * wb, 1, outer.out_shape, inner.in_shape):
         result = Selection(outer.out_shape, inner.in_shape, "pairs", (("pairs", outer.keys, inner.keys),),
                            count=n * wa * wb, **_combined(outer, inner))
 
