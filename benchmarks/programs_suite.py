@@ -748,29 +748,29 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         return Program("scatter_add", "gather/scatter", lambda x, idx: scatter_add(x, idx, bins),
                        (r.standard_normal(n), idx), 0, what=f"zeros({bins}).at[idx].add(x²), {n} values")
 
-    @reg
-    def p_gnn_message_passing(q):
+    def gnn(q):
+        """Sizes, node features, edges (int32, sources then targets) and weights of both graph programs."""
         nodes, edges, d = (12, 32, 3) if q else (256, 1024, 4)
         r = _rng("gnn")
         graph = r.integers(0, nodes, (2, edges)).astype(np.int32)
         mix = r.standard_normal((d, d)) / np.sqrt(d)
+        return f"{nodes} nodes x {d} features, {edges} edges", r.standard_normal((nodes, d)), graph, mix
+
+    @reg
+    def p_gnn_message_passing(q):
+        sizes, h, graph, mix = gnn(q)
         return Program("gnn_message_passing", "gather/scatter",
-                       lambda h: message_passing(h, graph, mix.astype(h.dtype)),
-                       (r.standard_normal((nodes, d)),), 0,
-                       what=f"graph-network layer, rows gathered at {edges} edge sources and scatter-added at "
-                            f"their targets (graph fixed in the function), {nodes} nodes x {d} features")
+                       lambda h: message_passing(h, graph, mix.astype(h.dtype)), (h,), 0,
+                       what=f"graph-network layer, rows gathered at the edge sources and scatter-added at their "
+                            f"targets (graph fixed in the function), {sizes}")
 
     @reg
     def p_gnn_edges_as_input(q):
-        nodes, edges, d = (12, 32, 3) if q else (256, 1024, 4)
-        r = _rng("gnn")
-        graph = r.integers(0, nodes, (2, edges)).astype(np.int32)
-        mix = r.standard_normal((d, d)) / np.sqrt(d)
+        sizes, h, graph, mix = gnn(q)
         return Program("gnn_edges_as_input", "gather/scatter",
-                       lambda h, edges: message_passing(h, edges, mix.astype(h.dtype)),
-                       (r.standard_normal((nodes, d)), graph), 0,
+                       lambda h, edges: message_passing(h, edges, mix.astype(h.dtype)), (h, graph), 0,
                        what=f"the same layer with the edges an argument (jraph style: indices known only at run "
-                            f"time), {nodes} nodes x {d} features, {edges} edges")
+                            f"time), {sizes}")
 
     @reg
     def p_conv2d_scalar(q):

@@ -330,15 +330,19 @@ def test_programs_with_run_time_indices_match_jacrev_in_every_order_and_cost_is_
         np.testing.assert_allclose(ccjax.jacve(fn, order=order)(X, IDX), want, rtol=1e-12, atol=1e-12)
 
 
-def _integer_gathers(jaxpr) -> int:
-    """Gathers from integer arrays (index arithmetic) in ``jaxpr`` and its sub-jaxprs."""
+def _count_primitive(jaxpr, name: str, where=lambda eqn: True) -> int:
+    """Equations of primitive ``name`` (for which ``where`` holds) in ``jaxpr`` and its sub-jaxprs."""
     count = 0
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "gather" and jnp.issubdtype(eqn.invars[0].aval.dtype, jnp.integer):
-            count += 1
+        count += eqn.primitive.name == name and where(eqn)
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            count += _integer_gathers(sub)
+            count += _count_primitive(sub, name, where)
     return count
+
+
+def _integer_gathers(jaxpr) -> int:
+    """Gathers from integer arrays (index arithmetic) in ``jaxpr`` and its sub-jaxprs."""
+    return _count_primitive(jaxpr, "gather", lambda eqn: jnp.issubdtype(eqn.invars[0].aval.dtype, jnp.integer))
 
 
 #: Programs whose gathers and scatters all read or write single elements at
@@ -367,6 +371,18 @@ def test_constant_indices_are_composed_when_tracing(name):
             assert _integer_gathers(jax.make_jaxpr(jac)(X).jaxpr) == 0, order
 
 
+def _start_indices(data, rank: int, least: int) -> tuple:
+    """``(start_index_map, batch shape, indices)`` of a random gather from a
+    rank-``rank`` operand mapping at least ``least`` of its dimensions, with
+    out-of-range and negative indices."""
+    mapped = data.draw(hs.permutations(range(rank)))
+    mapped = tuple(mapped[:data.draw(hs.integers(least, rank))])
+    batch = tuple(data.draw(hs.lists(hs.integers(1, 3), min_size=0, max_size=2)))
+    size = math.prod(batch) * len(mapped)
+    idx = np.asarray(data.draw(hs.lists(hs.integers(-6, 6), min_size=size, max_size=size)), np.int32)
+    return mapped, batch, idx.reshape(batch + (len(mapped),))
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hs.data())
 def test_point_gathers_read_what_xla_reads(data):
@@ -379,12 +395,7 @@ def test_point_gathers_read_what_xla_reads(data):
     from ccjax.rules.selection import _element_reads, _single_elements
 
     operand = tuple(data.draw(hs.lists(hs.integers(1, 4), min_size=0, max_size=3)))
-    mapped = data.draw(hs.permutations(range(len(operand))))
-    mapped = tuple(mapped[:data.draw(hs.integers(0, len(operand)))])
-    batch = tuple(data.draw(hs.lists(hs.integers(1, 3), min_size=0, max_size=2)))
-    idx = np.asarray(data.draw(hs.lists(hs.integers(-6, 6), min_size=math.prod(batch) * len(mapped),
-                                        max_size=math.prod(batch) * len(mapped))), np.int32)
-    idx = idx.reshape(batch + (len(mapped),))
+    mapped, batch, idx = _start_indices(data, len(operand), 0)
     dn = lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=tuple(range(len(operand))),
                                     start_index_map=mapped)
     sizes = (1,) * len(operand)
@@ -416,12 +427,7 @@ def test_window_gathers_at_known_indices_read_what_xla_reads(data):
     operand = tuple(data.draw(hs.lists(hs.integers(1, 4), min_size=1, max_size=3)))
     sizes = tuple(data.draw(hs.integers(1, n)) for n in operand)
     collapsed = tuple(d for d in range(len(operand)) if sizes[d] == 1 and data.draw(hs.booleans()))
-    mapped = data.draw(hs.permutations(range(len(operand))))
-    mapped = tuple(mapped[:data.draw(hs.integers(1, len(operand)))])
-    batch = tuple(data.draw(hs.lists(hs.integers(1, 3), min_size=0, max_size=2)))
-    idx = np.asarray(data.draw(hs.lists(hs.integers(-6, 6), min_size=math.prod(batch) * len(mapped),
-                                        max_size=math.prod(batch) * len(mapped))), np.int32)
-    idx = idx.reshape(batch + (len(mapped),))
+    mapped, batch, idx = _start_indices(data, len(operand), 1)
     kept = len(operand) - len(collapsed)
     dn = lax.GatherDimensionNumbers(offset_dims=tuple(range(len(batch), len(batch) + kept)),
                                     collapsed_slice_dims=collapsed, start_index_map=mapped)
@@ -490,6 +496,23 @@ def test_message_passing_at_run_time_edges_stores_its_pairs():
         sparse = jax.jit(ccjax.jacve(layer, order=order, output="sparse"))(h, jnp.asarray(edges))
         np.testing.assert_allclose(np.asarray(sparse.todense()), want, rtol=1e-12, atol=1e-12)
         assert sparse.nse == 10 * 4 + 32 >= np.count_nonzero(want), order
+
+
+def test_transforms_of_a_jacobian_written_through_a_barrier():
+    """A one-entry-per-row selection with values is written densely with its
+    values behind ``lax.optimization_barrier``: ``grad``, ``jacfwd``,
+    ``vmap`` and a nested ``jacve`` of that Jacobian equal JAX's."""
+    idx = jnp.asarray(IDX)
+    jac = ccjax.jacve(gather_twice, order="rev")  # the elimination (auto runs jax.jacrev at this size)
+    want = jax.jacrev(gather_twice)
+    total = lambda j: lambda x, i: jnp.sum(jnp.sin(j(x, i)))
+    np.testing.assert_allclose(jax.jit(jax.grad(total(jac)))(X, idx), jax.grad(total(want))(X, idx), rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(jax.jacfwd(jac))(X, idx), jax.jacfwd(want)(X, idx), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(jax.jit(ccjax.jacve(jac))(X, idx), jax.jacrev(want)(X, idx), rtol=1e-12, atol=1e-12)
+    xs = jnp.stack([X, np.cos(X)])
+    np.testing.assert_allclose(jax.jit(jax.vmap(jac, (0, None)))(xs, idx), jax.vmap(want, (0, None))(xs, idx),
+                               rtol=1e-12, atol=1e-12)
+    assert _count_primitive(jax.make_jaxpr(jac)(X, idx).jaxpr, "optimization_barrier") >= 1
 
 
 def test_a_large_gather_costs_and_stores_its_length_not_a_dense_block():

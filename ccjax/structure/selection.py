@@ -12,7 +12,7 @@ out shape and ``n`` of the in shape, and ``k < width``,
 where ``idx`` is an int32 array computed at run time and always in range
 (an element read or written nowhere has ``v = 0``), and ``v`` is stored
 only when :attr:`Selection.val` is set (else every entry is ``sign``).
-and, where a put follows a pick (a scatter-add of gathered rows: a graph
+Where a put follows a pick (a scatter-add of gathered rows: a graph
 network's message passing), the two are kept as their ``K`` entries,
 
 * ``pairs``: ``J[m, n] = sum_k v[k] [m == rows[k]] [n == cols[k]]``
@@ -696,6 +696,11 @@ def sum_(a, b) -> SelectionPlan:
                 return idx, jnp.concatenate(columns, axis=1)
 
             return SelectionPlan(result, 0, lead * len(shared), run)
+    return _dense_sum(a, b)
+
+
+def _dense_sum(a, b) -> SelectionPlan:
+    """``a + b`` as dense blocks (every entry added)."""
     result, prepare = _dense_result(a.out_shape, a.in_shape)
     additions = math.prod(a.out_shape) * math.prod(a.in_shape)
     return SelectionPlan(result, 0, additions,
@@ -747,10 +752,7 @@ def _pairs_sum(a, b) -> SelectionPlan:
             return idx, jnp.concatenate([_entries(sa, xa, dtype), _entries(sb, xb, dtype)], axis=0)
 
         return SelectionPlan(result, 0, 0, run)
-    result, prepare = _dense_result(a.out_shape, a.in_shape)
-    additions = math.prod(a.out_shape) * math.prod(a.in_shape)
-    return SelectionPlan(result, 0, additions,
-                         lambda va, vb, dtype: prepare(_matrix(a, va, dtype) + _matrix(b, vb, dtype)))
+    return _dense_sum(a, b)
 
 
 def _rows_of(x, y):
