@@ -188,9 +188,19 @@ def _take(x, idx):
     return lax.gather(x, idx[..., None], numbers, (1,) + rest, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
-def _columns(arrays: list):
-    """Index columns side by side (in NumPy where all are known)."""
-    return np.concatenate(arrays, axis=1) if all(map(is_known, arrays)) else jnp.concatenate(arrays, axis=1)
+def _columns(arrays: list, axis: int = 1):
+    """Index columns side by side (``axis=0``: one above the other), in NumPy where all are known."""
+    return np.concatenate(arrays, axis=axis) if all(map(is_known, arrays)) else jnp.concatenate(arrays, axis=axis)
+
+
+def _rows_and_columns(kind: str, idx):
+    """The flat row and column of every entry of a pick or put whose index
+    array is ``idx`` (``(lead, width)``), row-major over it (NumPy where
+    ``idx`` is known)."""
+    xp = np if is_known(idx) else jnp
+    lead = xp.broadcast_to(xp.arange(idx.shape[0], dtype=np.int32)[:, None], idx.shape).reshape(-1)
+    flat = idx.reshape(-1)
+    return (lead, flat) if kind == "pick" else (flat, lead)
 
 
 def _times(a, b, sign: int = 1):
@@ -259,12 +269,7 @@ def to_bcoo(st: Selection, value, dtype):
     from jax.experimental import sparse
 
     idx, v = _parts(st, value, dtype)
-    if st.kind == "pairs":
-        rows, cols = idx[:, 0], idx[:, 1]
-    else:
-        lead = jnp.broadcast_to(jnp.arange(st.lead, dtype=np.int32)[:, None], idx.shape).reshape(-1)
-        flat = idx.reshape(-1)
-        rows, cols = (lead, flat) if st.kind == "pick" else (flat, lead)
+    rows, cols = (idx[:, 0], idx[:, 1]) if st.kind == "pairs" else _rows_and_columns(st.kind, idx)
     columns = [c for at, shape in ((rows, st.out_shape), (cols, st.in_shape))
                for c in (jnp.unravel_index(at, shape) if shape else ())]
     nse = st.lead * st.width
@@ -720,10 +725,9 @@ def _as_pairs(st) -> Optional[tuple[Selection, Callable]]:
 
     def entries(value, dtype):
         idx, v = _selection_operand(st, sel, value, dtype)
-        lead = np.broadcast_to(np.arange(sel.lead, dtype=np.int32)[:, None], (sel.lead, sel.width)).reshape(-1, 1)
-        flat = idx.reshape(-1, 1)
-        rows, cols = (lead, flat) if sel.kind == "pick" else (flat, lead)
-        return rows, cols, None if v is None else jnp.broadcast_to(v, (sel.lead, sel.width)).reshape(-1, 1)
+        rows, cols = _rows_and_columns(sel.kind, idx)
+        return (rows.reshape(-1, 1), cols.reshape(-1, 1),
+                None if v is None else jnp.broadcast_to(v, (sel.lead, sel.width)).reshape(-1, 1))
 
     pairs = Selection(st.out_shape, st.in_shape, "pairs", (("as pairs", sel.keys),), sel.val, sel.sign,
                       sel.lead * sel.width)
@@ -746,7 +750,7 @@ def _pairs_sum(a, b) -> SelectionPlan:
         def run(va, vb, dtype):
             ra, ca, xa = read_a(va, dtype)
             rb, cb, xb = read_b(vb, dtype)
-            idx = _columns([_rows_of(ra, rb), _rows_of(ca, cb)])
+            idx = _columns([_columns([ra, rb], axis=0), _columns([ca, cb], axis=0)])
             if signs_only:
                 return (idx,)
             return idx, jnp.concatenate([_entries(sa, xa, dtype), _entries(sb, xb, dtype)], axis=0)
@@ -754,9 +758,3 @@ def _pairs_sum(a, b) -> SelectionPlan:
         return SelectionPlan(result, 0, 0, run)
     return _dense_sum(a, b)
 
-
-def _rows_of(x, y):
-    """``x`` above ``y`` (int32 index columns; NumPy where both are known)."""
-    if is_known(x) and is_known(y):
-        return np.concatenate([np.asarray(x, np.int32), np.asarray(y, np.int32)], axis=0)
-    return jnp.concatenate([jnp.asarray(x, jnp.int32), jnp.asarray(y, jnp.int32)], axis=0)
