@@ -439,7 +439,8 @@ def test_window_gathers_at_known_indices_read_what_xla_reads(data):
     np.testing.assert_array_equal(valid.reshape(want_valid.shape), np.asarray(want_valid) == 1)
 
 
-@pytest.mark.parametrize("name", ["gather_twice", "sort_pair", "segment_sum", "out_of_range", "interpolate"])
+@pytest.mark.parametrize("name", ["gather_twice", "sort_pair", "segment_sum", "out_of_range", "interpolate",
+                                  "message_passing"])
 def test_selections_under_vmap_over_values_and_indices(name):
     fn = PROGRAMS[name]
     xs = jnp.stack([X, np.cos(X)])
@@ -496,6 +497,12 @@ def test_message_passing_at_run_time_edges_stores_its_pairs():
         sparse = jax.jit(ccjax.jacve(layer, order=order, output="sparse"))(h, jnp.asarray(edges))
         np.testing.assert_allclose(np.asarray(sparse.todense()), want, rtol=1e-12, atol=1e-12)
         assert sparse.nse == 10 * 4 + 32 >= np.count_nonzero(want), order
+    batch_h, batch_edges = np.stack([h, np.cos(h)]), np.stack([edges, edges[::-1]])
+    for order in ("fwd", "rev", "markowitz"):
+        jac = ccjax.jacve(layer, order=order)
+        np.testing.assert_allclose(jac(h, edges), want, rtol=1e-12, atol=1e-12)  # eager
+        np.testing.assert_allclose(jax.jit(jax.vmap(jac))(batch_h, batch_edges), jax.vmap(jax.jacrev(layer))(batch_h, batch_edges),
+                                   rtol=1e-12, atol=1e-12)
 
 
 def test_transforms_of_a_jacobian_written_through_a_barrier():
