@@ -501,8 +501,8 @@ def test_message_passing_at_run_time_edges_stores_its_pairs():
     for order in ("fwd", "rev", "markowitz"):
         jac = ccjax.jacve(layer, order=order)
         np.testing.assert_allclose(jac(h, edges), want, rtol=1e-12, atol=1e-12)  # eager
-        np.testing.assert_allclose(jax.jit(jax.vmap(jac))(batch_h, batch_edges), jax.vmap(jax.jacrev(layer))(batch_h, batch_edges),
-                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(jax.jit(jax.vmap(jac))(batch_h, batch_edges),
+                                   jax.vmap(jax.jacrev(layer))(batch_h, batch_edges), rtol=1e-12, atol=1e-12)
 
 
 def test_transforms_of_a_jacobian_written_through_a_barrier():
