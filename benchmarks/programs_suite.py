@@ -141,6 +141,20 @@ def sparse_matrix_residual(u, m: int):
     return A @ u + jnp.exp(u) - 1.0
 
 
+def euler1d_rusanov(U):
+    """Finite-volume residual of the 1D Euler equations (ideal gas), Rusanov
+    (local Lax–Friedrichs) flux between neighbouring cells; ``U``: (3, n)
+    conserved variables (density, momentum, energy)."""
+    rho, mom, E = U[0], U[1], U[2]
+    u = mom / rho
+    p = 0.4 * (E - 0.5 * rho * u ** 2)
+    c = jnp.sqrt(1.4 * p / rho)
+    F = jnp.stack([mom, mom * u + p, (E + p) * u])
+    speed = jnp.maximum(jnp.abs(u[:-1]) + c[:-1], jnp.abs(u[1:]) + c[1:])
+    flux = 0.5 * (F[:, :-1] + F[:, 1:]) - 0.5 * speed * (U[:, 1:] - U[:, :-1])
+    return flux[:, 1:] - flux[:, :-1]
+
+
 # ====================================================================== Newton
 def broyden_F(x):
     """Broyden's tridiagonal system."""
@@ -436,6 +450,12 @@ def scatter_add(x, idx, nbins: int):
     return jnp.zeros((nbins,), x.dtype).at[idx].add(x ** 2)
 
 
+def cross_entropy(logits, labels):
+    """Per-example cross-entropy of a classifier, w.r.t. its logits: the
+    label's log-probability picked by ``take_along_axis``."""
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
+
+
 def message_passing(h, edges, mix):
     """One graph-network layer on a fixed graph: messages from the edge
     sources' rows (gathered), mixed by a weight matrix, summed at the edge
@@ -494,6 +514,19 @@ def rk4_lorenz96(x):
         k4 = lorenz96_indexed(x + dt * k3)
         x = x + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
     return x
+
+
+def arm_position(q, lengths):
+    """End-effector position of a planar serial arm: one 4x4 homogeneous
+    transform per joint (rotation about z, then the link along x), each
+    built by ``jnp.array`` of scalars and chained by matrix products."""
+    pose = jnp.eye(4, dtype=q.dtype)
+    for k in range(q.shape[0]):
+        c, s, a = jnp.cos(q[k]), jnp.sin(q[k]), lengths[k]
+        zero, one = jnp.zeros_like(c), jnp.ones_like(c)
+        pose = pose @ jnp.array([[c, -s, zero, a * c], [s, c, zero, a * s], [zero, zero, one, zero],
+                                 [zero, zero, zero, one]])
+    return pose[:3, 3]
 
 
 # ====================================================================== Hessians
@@ -594,6 +627,14 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         return Program("sparse_matrix_residual", "PDE", lambda u: sparse_matrix_residual(u, m),
                        (0.1 * _rng("bcoo").random(m * m),), 0,
                        what=f"nonlinear Poisson, 5-point Laplacian as a BCOO matrix (A @ u), {m}x{m}")
+
+    @reg
+    def p_euler1d_rusanov(q):
+        n = 8 if q else 256
+        r = _rng("euler1d")
+        U = np.stack([1.0 + 0.1 * r.random(n), 0.1 * r.standard_normal(n), 2.5 + 0.1 * r.random(n)])
+        return Program("euler1d_rusanov", "PDE", euler1d_rusanov, (U,), 0,
+                       what=f"1D Euler equations, finite volumes, Rusanov flux, (3, {n}) cells")
 
     @reg
     def p_newton_step(q):
@@ -748,6 +789,15 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         return Program("scatter_add", "gather/scatter", lambda x, idx: scatter_add(x, idx, bins),
                        (r.standard_normal(n), idx), 0, what=f"zeros({bins}).at[idx].add(x²), {n} values")
 
+    @reg
+    def p_cross_entropy_logits(q):
+        batch, classes = (8, 4) if q else (256, 10)
+        r = _rng("xent")
+        labels = r.integers(0, classes, batch).astype(np.int32)
+        return Program("cross_entropy_logits", "gather/scatter", lambda z: cross_entropy(z, labels),
+                       (r.standard_normal((batch, classes)),), 0,
+                       what=f"per-example cross-entropy w.r.t. the logits (take_along_axis), {batch} x {classes}")
+
     def gnn(q):
         """Sizes, node features, edges (int32, sources then targets) and weights of both graph programs."""
         nodes, edges, d = (12, 32, 3) if q else (256, 1024, 4)
@@ -802,6 +852,15 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         k = np.arange(n // 2 + 1)
         return Program("fft_filter", "sort/FFT", fft_filter, (_rng("fft").standard_normal(n), np.exp(-(k / (n / 8)) ** 2)),
                        0, what=f"irfft(rfft(tanh x)·H), n={n}")
+
+    @reg
+    def p_robot_arm_chain(q):
+        joints = 3 if q else 7
+        r = _rng("arm")
+        lengths = 0.3 + 0.1 * np.arange(joints)
+        return Program("robot_arm_chain", "robotics", lambda x: arm_position(x, lengths.astype(x.dtype)),
+                       (r.standard_normal(joints),), 0,
+                       what=f"planar arm forward kinematics, {joints} 4x4 homogeneous transforms chained by matmul")
 
     @reg
     def p_lorenz96_rhs(q):

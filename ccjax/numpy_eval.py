@@ -181,12 +181,27 @@ def _window_grids(starts: np.ndarray, dims: Sequence[int], batch_shape: tuple, s
     return tuple(grids)
 
 
+def _with_batch_coordinates(indices: np.ndarray, index_batching_dims: Sequence[int]) -> np.ndarray:
+    """``indices`` (``batch_shape + (k,)``) with the coordinate along each
+    of ``index_batching_dims`` appended to every index vector: a batching
+    dimension pair reads (writes) the operand at the index's own position
+    along it, as a start index into a collapsed (inserted) dimension would."""
+    batch_shape = indices.shape[:-1]
+    coords = [np.broadcast_to(np.arange(batch_shape[d]).reshape([-1 if k == d else 1 for k in range(len(batch_shape))]),
+                              batch_shape) for d in index_batching_dims]
+    return np.concatenate([indices.astype(np.int64)] + [c[..., None] for c in coords], axis=-1)
+
+
 def gather(params, operand, indices):
-    """``lax.gather`` (no batching dimensions): the slice of ``slice_sizes``
-    at each start index, offset dimensions at ``offset_dims``."""
+    """``lax.gather``: the slice of ``slice_sizes`` at each start index,
+    offset dimensions at ``offset_dims``.  Batching dimensions are read as
+    collapsed dimensions started at the index's own batch coordinate."""
     dn = params["dimension_numbers"]
-    if dn.operand_batching_dims or dn.start_indices_batching_dims:
-        raise NotImplementedError
+    if dn.operand_batching_dims:
+        indices = _with_batch_coordinates(indices, dn.start_indices_batching_dims)
+        dn = dn._replace(start_index_map=tuple(dn.start_index_map) + tuple(dn.operand_batching_dims),
+                         collapsed_slice_dims=tuple(dn.collapsed_slice_dims) + tuple(dn.operand_batching_dims),
+                         operand_batching_dims=(), start_indices_batching_dims=())
     sizes = tuple(params["slice_sizes"])
     batch_shape = indices.shape[:-1]
     starts, fits = _window_starts(indices, dn.start_index_map, operand.shape, sizes)
@@ -204,12 +219,17 @@ def gather(params, operand, indices):
 
 
 def _scatter_add(params, operand, indices, updates):
-    """``lax.scatter_add`` (no batching dimensions): a window that does not
-    fit is dropped (``FILL_OR_DROP``, and XLA's own ``PROMISE_IN_BOUNDS``)
-    or moved to fit (``CLIP``)."""
+    """``lax.scatter_add``: a window that does not fit is dropped
+    (``FILL_OR_DROP``, and XLA's own ``PROMISE_IN_BOUNDS``) or moved to fit
+    (``CLIP``).  Batching dimensions are written as inserted dimensions
+    started at the index's own batch coordinate."""
     dn = params["dimension_numbers"]
-    if dn.operand_batching_dims or dn.scatter_indices_batching_dims:
-        raise NotImplementedError
+    if dn.operand_batching_dims:
+        indices = _with_batch_coordinates(indices, dn.scatter_indices_batching_dims)
+        dn = dn._replace(
+            scatter_dims_to_operand_dims=tuple(dn.scatter_dims_to_operand_dims) + tuple(dn.operand_batching_dims),
+            inserted_window_dims=tuple(dn.inserted_window_dims) + tuple(dn.operand_batching_dims),
+            operand_batching_dims=(), scatter_indices_batching_dims=())
     window_dims = [d for d in range(operand.ndim) if d not in dn.inserted_window_dims]
     scatter_axes = [k for k in range(updates.ndim) if k not in dn.update_window_dims]
     # updates as (scatter..., window...), the window in operand order

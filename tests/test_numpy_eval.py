@@ -7,6 +7,7 @@ uses their results as constants.  Sums that may round in another order
 when not asked to be exact (the probe of structural zeros), and then agree
 to rounding; anything else is refused (None), never guessed."""
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -79,6 +80,13 @@ def test_sums_that_may_round_run_only_when_inexact_is_allowed():
 MODES = ["clip", "fill", "promise_in_bounds"]
 
 
+def _equations(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in jex.core.jaxprs_in_params(eqn.params):
+            yield from _equations(sub)
+
+
 @settings(max_examples=60, deadline=None)
 @given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=3), mode=st.sampled_from(MODES),
        seed=st.integers(0, 2**16), width=st.integers(1, 3), lo=st.integers(-5, 0), hi=st.integers(0, 5))
@@ -114,3 +122,41 @@ def test_gathers_and_scatter_adds_match_xla(shape, mode, seed, width, lo, hi):
     for a, b in zip(mine, theirs):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)  # small integers: every sum is exact
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.integers(1, 3), n=st.integers(1, 4), inner=st.integers(1, 3), mode=st.sampled_from(MODES),
+       seed=st.integers(0, 2**16), width=st.integers(1, 3))
+def test_gathers_and_scatter_adds_with_batching_dimensions_match_xla(batch, n, inner, mode, seed, width):
+    """Batching dimensions (``vmap`` of a gather or scatter-add over operand
+    and indices, ``take_along_axis``, and one after the indexed dimension):
+    each batch reads and writes its own operand slice."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-9, 9, size=(batch, n, inner)).astype(np.int32)
+    idx = rng.integers(-2, n + 2, size=(batch, width)).astype(np.int32)
+    if mode == "promise_in_bounds":
+        idx = np.clip(idx, 0, n - 1).astype(np.int32)
+    upd = rng.integers(-9, 9, size=(batch, width, inner)).astype(np.int32)
+    idx_last = rng.integers(-2, n + 2, size=(inner, width)).astype(np.int32)
+    if mode == "promise_in_bounds":
+        idx_last = np.clip(idx_last, 0, n - 1).astype(np.int32)
+    idx_in = rng.integers(0, n, size=(batch, width)).astype(np.int32)
+
+    def fn(x, idx, upd, idx_last, idx_in):
+        picked = jax.vmap(lambda r, i: r.at[i].get(mode=mode, fill_value=-1))(x, idx)
+        added = jax.vmap(lambda r, i, u: r.at[i].add(u, mode=mode))(x, idx, upd)
+        # batched along the last axis, after the indexed one, with a window over the first
+        dn = lax.GatherDimensionNumbers(offset_dims=(2,), collapsed_slice_dims=(1,), start_index_map=(1,),
+                                        operand_batching_dims=(2,), start_indices_batching_dims=(0,))
+        picked_last = lax.gather(x, idx_last[..., None], dn, (batch, 1, 1), mode=mode, fill_value=-1)
+        along = jnp.take_along_axis(x, idx_in[..., None], axis=1)
+        return picked, added, picked_last, along
+
+    batched = {tuple(int(d) for d in eqn.params["dimension_numbers"].operand_batching_dims)
+               for eqn in _equations(jax.make_jaxpr(fn)(x, idx, upd, idx_last, idx_in).jaxpr)
+               if eqn.primitive.name in ("gather", "scatter-add")}
+    assert {(0,), (2,)} <= batched
+    _assert_bitwise(*_both(fn, x, idx, upd, idx_last, idx_in))
+    mine, theirs = _both(fn, x.astype(np.float64), idx, upd.astype(np.float64), idx_last, idx_in, exact=False)
+    for a, b in zip(mine, theirs):
+        np.testing.assert_array_equal(a, b)
