@@ -362,6 +362,13 @@ def line_implicit_step(U):
     return jax.scipy.linalg.cho_solve((L, True), U + dt * (U - U ** 3))
 
 
+def cell_solves(x, blocks):
+    """Block-Jacobi update of a finite-volume scheme: one small dense system
+    per cell, ``vmap`` of ``jnp.linalg.solve``; ``x``: (cells, k)."""
+    A = blocks.astype(x.dtype) + jax.vmap(jnp.diag)(x ** 2)
+    return jax.vmap(jnp.linalg.solve)(A, jnp.sin(x))
+
+
 # ====================================================================== control flow
 def scan_rnn(x, W, U, h0):
     """Elman RNN by lax.scan: all hidden states w.r.t. the input sequence."""
@@ -486,6 +493,11 @@ def sort_values(x):
 def fft_filter(x, H):
     """Low-pass filter by rfft / irfft (complex intermediates, real output)."""
     return jnp.fft.irfft(jnp.fft.rfft(jnp.tanh(x)) * H, n=x.shape[0])
+
+
+def fft_filter_rows(x, H):
+    """The same filter along the last axis of a batch of signals."""
+    return jnp.fft.irfft(jnp.fft.rfft(jnp.tanh(x), axis=-1) * H, n=x.shape[-1], axis=-1)
 
 
 # ====================================================================== ODEs
@@ -700,6 +712,15 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                             f"{n}x{n}")
 
     @reg
+    def p_linalg_cell_solves(q):
+        cells, k = (4, 3) if q else (256, 5)
+        r = _rng("cells")
+        blocks = r.standard_normal((cells, k, k)) + 2.0 * k * np.eye(k)
+        return Program("linalg_cell_solves", "linalg", lambda x: cell_solves(x, blocks),
+                       (r.standard_normal((cells, k)),), 0,
+                       what=f"vmap(jnp.linalg.solve): one {k}x{k} system per cell, {cells} cells")
+
+    @reg
     def p_scan_rnn(q):
         T, d, h = (3, 2, 4) if q else (20, 8, 32)
         r = _rng("rnn")
@@ -852,6 +873,14 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         k = np.arange(n // 2 + 1)
         return Program("fft_filter", "sort/FFT", fft_filter, (_rng("fft").standard_normal(n), np.exp(-(k / (n / 8)) ** 2)),
                        0, what=f"irfft(rfft(tanh x)·H), n={n}")
+
+    @reg
+    def p_fft_filter_rows(q):
+        rows, n = (3, 16) if q else (32, 128)
+        k = np.arange(n // 2 + 1)
+        return Program("fft_filter_rows", "sort/FFT", fft_filter_rows,
+                       (_rng("fftrows").standard_normal((rows, n)), np.exp(-(k / (n / 8)) ** 2)), 0,
+                       what=f"the same filter on each row of a ({rows}, {n}) batch of signals")
 
     @reg
     def p_robot_arm_chain(q):

@@ -13,14 +13,16 @@ mode for equations without a reverse rule.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ccjax.rules import batching
 from ccjax.rules.base import Partial, RuleContext, constant_mask
-from ccjax.structure import dense
+from ccjax.structure import dense, structure_from_labels
 
 
 def dense_partials(ctx: RuleContext, nonzero: Optional[Callable[[int, int], Optional[np.ndarray]]] = None
@@ -49,6 +51,9 @@ def dense_partials(ctx: RuleContext, nonzero: Optional[Callable[[int, int], Opti
     transforms = {_jacobian_transform(ctx.in_avals[g[0]].dtype, ctx.out_avals[j].dtype, not forward)
                   for j in outs for g in groups}
     where = functools.partial(_where, nonzero) if nonzero is not None else lambda j, slots, prepare: None
+    blocks = _block_diagonal(ctx, outs, groups, reverse, nonzero)
+    if blocks is not None:
+        return blocks
     if forward and len(transforms) == 1:
         return _joint_forward(ctx, outs, groups, transforms.pop(), where)
     parts = []
@@ -68,6 +73,114 @@ def dense_partials(ctx: RuleContext, nonzero: Optional[Callable[[int, int], Opti
                 return prepare(jacobian(*[ins[g[0]] for g in together])[0][k].astype(dtype))
 
             parts.append(Partial(j, slots[0], st, values, nonzero=where(j, slots, prepare)))
+    return parts
+
+
+def _block_diagonal(ctx: RuleContext, outs: list, groups: tuple, reverse: bool,
+                    nonzero: Optional[Callable]) -> Optional[list[Partial]]:
+    """The partials as one dense block per batch entry, where every
+    differentiated operand is batched along its first axis (one size ``B >
+    1``), every floating output along some axis, and the equation is
+    separable (:func:`ccjax.rules.batching.batch_axes`): ``vmap`` of a
+    solve or a factorization.  The values, ``(B, out..., in...)`` without
+    the batch axes, come from one JVP per entry of a single operand slice
+    (a tangent broadcast along the batch axis) or one VJP per entry of a
+    single output slice, not ``B`` times as many.  None where that does not
+    apply (complex values, unbatched operands, a primitive the analysis
+    does not know): the caller's dense partials."""
+    ins = [ctx.in_avals[g[0]] for g in groups]
+    sizes = {a.shape[0] if a.ndim else 1 for a in ins}
+    avals = ins + [ctx.out_avals[j] for j in outs]
+    if len(sizes) != 1 or sizes == {1} or not all(jnp.issubdtype(a.dtype, jnp.floating) for a in avals):
+        return None
+    size = sizes.pop()
+    in_axes = [0 if any(s in g for g in groups) else None for s in range(len(ctx.in_avals))]
+    try:
+        closed = jax.make_jaxpr(lambda *xs: list(ctx.eval(*xs)))(
+            *[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in ctx.in_avals])
+    except Exception:  # noqa: BLE001 - an equation that does not trace alone keeps its dense partials
+        return None
+    found = batching.batch_axes(closed, in_axes)
+    if found is None:
+        return None
+    out_axes = {j: found[j] for j in outs}
+    if any(k is None or ctx.out_avals[j].shape[k] != size for j, k in out_axes.items()):
+        return None
+    rest = [tuple(a.shape[1:]) for a in ins]
+    out_rest = {j: tuple(d for a, d in enumerate(ctx.out_avals[j].shape) if a != out_axes[j]) for j in outs}
+    n_in, n_out = sum(map(math.prod, rest)), sum(math.prod(r) for r in out_rest.values())
+    forward = not reverse or (ctx.forward_exact and n_in <= n_out)
+    offsets = np.cumsum([0] + [math.prod(r) for r in rest])
+
+    def forward_blocks(values, _outs):
+        """Per output, ``(n_in, *out_shape)``: the tangents of every basis
+        entry of every operand slice, broadcast along the batch axis."""
+        xs = [values[g[0]] for g in groups]
+        seeds = []
+        for k, (x, r) in enumerate(zip(xs, rest)):
+            seed = np.zeros((n_in, math.prod(r)), x.dtype)
+            seed[offsets[k]:offsets[k + 1]] = np.eye(math.prod(r), dtype=x.dtype)
+            seeds.append(seed.reshape((n_in,) + r))
+        f = _on(ctx, values, groups, outs)
+
+        def push(*ts):
+            lifted = [jnp.broadcast_to(t[None], x.shape) for t, x in zip(ts, xs)]
+            return jax.jvp(lambda *a: f(*a), xs, lifted)[1]
+
+        return jax.vmap(push)(*seeds)
+
+    def reverse_blocks(j, values, _outs):
+        """Per operand, ``(n_out_j, *in_shape)``: the cotangents of every
+        basis entry of one slice of output ``j``, broadcast along its batch axis."""
+        xs = [values[g[0]] for g in groups]
+        primal, pull = jax.vjp(_on(ctx, values, groups, outs), *xs)
+        where_j, r = outs.index(j), out_rest[j]
+        basis = np.eye(math.prod(r), dtype=ctx.out_avals[j].dtype).reshape((-1,) + r)
+
+        def pull_one(e):
+            cts = [jnp.zeros_like(y) for y in primal]
+            cts[where_j] = jnp.broadcast_to(jnp.expand_dims(e, out_axes[j]), primal[where_j].shape)
+            return pull(cts)
+
+        return jax.vmap(pull_one)(basis)
+
+    parts = []
+    for j in outs:
+        out_shape, k_out = tuple(ctx.out_avals[j].shape), out_axes[j]
+        if not forward:
+            shared_j = functools.partial(reverse_blocks, j)
+        for k, slots in enumerate(groups):
+            out_labels = ["batch" if a == k_out else ("out", a) for a in range(len(out_shape))]
+            in_labels = ["batch"] + [("in", a) for a in range(1, len(ins[k].shape))]
+            val_labels = ["batch"] + [lab for lab in out_labels if lab != "batch"] + in_labels[1:]
+            val_shape = (size,) + out_rest[j] + rest[k]
+            st, prepare = structure_from_labels(out_shape, tuple(ins[k].shape), out_labels, in_labels,
+                                                val_labels, val_shape)
+            dtype = jnp.result_type(ins[k].dtype, ctx.out_avals[j].dtype)
+            if forward:
+                def pick(result, jj=outs.index(j), k=k, k_out=k_out, val_shape=val_shape, prepare=prepare,
+                         dtype=dtype):
+                    block = result[jj][offsets[k]:offsets[k + 1]]  # (n_k, *out_shape)
+                    block = jnp.moveaxis(block, 1 + k_out, 0)  # (B, n_k, *out_rest)
+                    block = jnp.moveaxis(block.reshape(block.shape[:2] + (-1,)), 1, 2)
+                    return prepare(block.reshape(val_shape).astype(dtype))
+                shared = forward_blocks
+            else:
+                def pick(result, k=k, val_shape=val_shape, prepare=prepare, dtype=dtype):
+                    block = jnp.moveaxis(result[k], 1, 0)  # (B, n_out_j, *in_rest)
+                    return prepare(block.reshape(val_shape).astype(dtype))
+                shared = shared_j
+            mask = None
+            if nonzero is not None:
+                def mask(j=j, slots=slots, k_out=k_out, n_out_dims=len(out_shape), prepare=prepare):
+                    full = [nonzero(j, s) for s in slots]
+                    if any(m is None for m in full):
+                        return None
+                    union = functools.reduce(np.logical_or, full)
+                    return prepare(np.moveaxis(np.diagonal(union, axis1=k_out, axis2=n_out_dims), -1, 0))
+                mask = constant_mask(mask)
+            parts.append(Partial(j, slots[0], st, lambda values, o, pick=pick, shared=shared: pick(shared(values, o)),
+                                 shared, pick, mask))
     return parts
 
 
