@@ -170,18 +170,24 @@ def _block_diagonal(ctx: RuleContext, outs: list, groups: tuple, reverse: bool,
                     block = jnp.moveaxis(result[k], 1, 0)  # (B, n_out_j, *in_rest)
                     return prepare(block.reshape(val_shape).astype(dtype))
                 shared = shared_j
-            mask = None
-            if nonzero is not None:
-                def mask(j=j, slots=slots, k_out=k_out, n_out_dims=len(out_shape), prepare=prepare):
-                    full = [nonzero(j, s) for s in slots]
-                    if any(m is None for m in full):
-                        return None
-                    union = functools.reduce(np.logical_or, full)
-                    return prepare(np.moveaxis(np.diagonal(union, axis1=k_out, axis2=n_out_dims), -1, 0))
-                mask = constant_mask(mask)
+            mask = None if nonzero is None else _block_where(nonzero, j, slots, k_out, len(out_shape), prepare)
             parts.append(Partial(j, slots[0], st, lambda values, o, pick=pick, shared=shared: pick(shared(values, o)),
                                  shared, pick, mask))
     return parts
+
+
+def _block_where(nonzero: Callable, j: int, slots: tuple, k_out: int, n_out_dims: int, prepare: Callable) -> Callable:
+    """The ``Partial.nonzero`` of a block-diagonal partial: the blocks on the
+    diagonal of the whole local Jacobian's pattern (``nonzero(j, slot)``,
+    the batch axis first among the inputs)."""
+    def mask():
+        full = [nonzero(j, s) for s in slots]
+        if any(m is None for m in full):
+            return None
+        union = functools.reduce(np.logical_or, full)
+        return prepare(np.moveaxis(np.diagonal(union, axis1=k_out, axis2=n_out_dims), -1, 0))
+
+    return constant_mask(mask)
 
 
 def _where(nonzero: Callable, j: int, slots: tuple, prepare: Callable) -> Callable:
