@@ -208,3 +208,13 @@ def test_a_batched_factorization_keeps_the_zeros_of_each_block():
     single = jax.jit(ccjax.jacve(lambda a: fn(a[None])[0], output="sparse"))(MATS[0])
     dense_block = N * N * N * N
     assert batched.nse == BATCH * single.nse < BATCH * dense_block
+
+
+@pytest.mark.parametrize("name", ["vmap_solve", "batched_cholesky", "batched_fft_filter"])
+def test_second_derivatives_through_block_diagonal_partials(name):
+    """The blocks' JVPs and VJPs are themselves differentiated (nested
+    ``jacve``, ``jax.jacfwd`` of ``jacve``) as ``jax.jacfwd(jax.jacrev)``."""
+    fn, (x,), _ = PROGRAMS[name]
+    want = jax.jacfwd(jax.jacrev(fn))(x)
+    np.testing.assert_allclose(jax.jit(ccjax.jacve(ccjax.jacve(fn)))(x), want, rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(jax.jacfwd(ccjax.jacve(fn))(x), want, rtol=1e-10, atol=1e-11)
