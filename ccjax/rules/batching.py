@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-import jax.extend as jex
+from ccjax import _jaxpr
 
 Axis = Optional[int]  # None: unbatched
 
@@ -43,21 +43,18 @@ LINALG_CORE = {
     "tridiagonal_solve": 1,
 }
 
-#: Primitives calling one sub-jaxpr on their operands, in order, for their outputs.
-CALLS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-         "remat": "jaxpr", "checkpoint": "jaxpr"}
 
-
-def batch_axes(closed_jaxpr, in_axes: Sequence[Axis]) -> Optional[list[Axis]]:
-    """The batch axis of each output of ``closed_jaxpr`` (None: unbatched)
-    given the batch axis of each input, or None where the jaxpr is not
-    separable (see the module docstring).  Its constants are unbatched."""
-    jaxpr = closed_jaxpr.jaxpr
+def batch_axes(jaxpr, in_axes: Sequence[Axis]) -> Optional[list[Axis]]:
+    """The batch axis of each output of ``jaxpr`` (open or closed; None:
+    unbatched) given the batch axis of each input, or None where the jaxpr
+    is not separable (see the module docstring).  Its constants are unbatched."""
+    if _jaxpr.is_closed_jaxpr(jaxpr):
+        jaxpr = jaxpr.jaxpr
     env: dict = {v: None for v in jaxpr.constvars}
     env.update(zip(jaxpr.invars, in_axes))
 
     def read(v) -> Axis:
-        return None if isinstance(v, jex.core.Literal) else env[v]
+        return None if _jaxpr.is_literal(v) else env[v]
 
     for eqn in jaxpr.eqns:
         axes = [read(v) for v in eqn.invars]
@@ -90,8 +87,8 @@ def _equation(eqn, axes: list) -> Optional[list]:
         if len(batched) != 1 or min(batched) >= leading:
             return None
         return [batched.pop()] * len(eqn.outvars)
-    if name in CALLS:
-        return batch_axes(_closed(params[CALLS[name]]), axes)
+    if name in _jaxpr.CALL_PRIMITIVES:
+        return batch_axes(_jaxpr.call_body(eqn)[0], axes)
     rule = _RULES.get(name)
     return None if rule is None else rule(eqn, axes, params)
 
@@ -100,16 +97,6 @@ def _stretches(shape: tuple, out: tuple, k: int) -> bool:
     """Whether an operand of ``shape`` meets the output ``out`` entry by
     entry, stretched only along axes of size 1 and never along ``k``."""
     return len(shape) == len(out) and shape[k] == out[k] and all(n in (1, m) for n, m in zip(shape, out))
-
-
-def _closed(jaxpr):
-    return jaxpr if hasattr(jaxpr, "jaxpr") else jex.core.ClosedJaxpr(jaxpr, ())
-
-
-def _single(axes: list) -> Optional[int]:
-    """The one batched operand's axis, where exactly one operand is batched."""
-    batched = [a for a in axes if a is not None]
-    return batched[0] if len(batched) == 1 else None
 
 
 def _same(axes: list) -> Optional[int]:
@@ -273,7 +260,7 @@ def _custom_linear_solve(eqn, axes, params):
         for count, fn in zip(params["const_lengths"], params["jaxprs"]):
             consts = axes[start:start + count]
             start += count
-            fits = fits and (fn is None or batch_axes(_closed(fn), list(consts) + [k]) == [k])
+            fits = fits and (fn is None or batch_axes(fn, list(consts) + [k]) == [k])
         if fits:
             return [k]
     return None

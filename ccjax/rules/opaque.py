@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ccjax import _jaxpr
 from ccjax.rules import batching
 from ccjax.rules.base import Partial, RuleContext, constant_mask
 from ccjax.structure import dense, structure_from_labels
@@ -96,8 +97,7 @@ def _block_diagonal(ctx: RuleContext, outs: list, groups: tuple, reverse: bool,
     size = sizes.pop()
     in_axes = [0 if any(s in g for g in groups) else None for s in range(len(ctx.in_avals))]
     try:
-        closed = jax.make_jaxpr(lambda *xs: list(ctx.eval(*xs)))(
-            *[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in ctx.in_avals])
+        closed = jax.make_jaxpr(lambda *xs: list(ctx.eval(*xs)))(*map(_jaxpr.spec, ctx.in_avals))
     except Exception:  # noqa: BLE001 - an equation that does not trace alone keeps its dense partials
         return None
     found = batching.batch_axes(closed, in_axes)
@@ -125,7 +125,7 @@ def _block_diagonal(ctx: RuleContext, outs: list, groups: tuple, reverse: bool,
 
         def push(*ts):
             lifted = [jnp.broadcast_to(t[None], x.shape) for t, x in zip(ts, xs)]
-            return jax.jvp(lambda *a: f(*a), xs, lifted)[1]
+            return jax.jvp(f, xs, lifted)[1]
 
         return jax.vmap(push)(*seeds)
 
@@ -240,13 +240,11 @@ def _joint_forward(ctx: RuleContext, outs, groups, jac, where: Callable) -> list
 def _has_reverse_mode(ctx: RuleContext) -> bool:
     """Whether JAX can differentiate the equation in reverse mode (a
     ``while_loop`` over differentiated values cannot), checked on shapes."""
-    spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
-
     def f(*xs):
         return [o for o, a in zip(ctx.eval(*xs), ctx.out_avals) if jnp.issubdtype(a.dtype, jnp.inexact)]
 
     try:
-        primals = [spec(a) for a in ctx.in_avals]
+        primals = [_jaxpr.spec(a) for a in ctx.in_avals]
         jax.eval_shape(lambda *xs: jax.vjp(lambda *d: f(*_with(xs, ctx.active, d)),
                                           *[xs[s] for s in ctx.active])[1](f(*xs)), *primals)
         return True
