@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 jax.config.update("jax_enable_x64", True)
 
@@ -307,3 +309,47 @@ def test_gathers_at_traced_indices_are_exact():
     np.testing.assert_allclose(closed_over(x, idx), want, rtol=1e-12, atol=1e-12)
     as_argument = lambda u, i: jnp.sin(u[i]) * u[:4]
     np.testing.assert_allclose(jax.jit(ccjax.jacve(as_argument))(x, idx), want, rtol=1e-12, atol=1e-12)
+
+
+def _merge_reference(x, axis, groups, rows):
+    """:func:`merge_slots` in NumPy, member by member."""
+    if [list(g) for g in groups] == [[(k, None, None)] for k in range(x.shape[axis])]:
+        return x
+    x = np.moveaxis(np.asarray(x), axis, 0)
+    out = []
+    for group in groups:
+        total = np.zeros_like(x[0])
+        for k, lo, hi in group:
+            term = x[k].copy()
+            if lo is not None:
+                r = rows - (rows > axis)
+                keep = (np.arange(term.shape[r]) >= lo) & (np.arange(term.shape[r]) < hi)
+                term = term * keep.reshape((-1,) + (1,) * (term.ndim - r - 1))
+            total = total + term
+        out.append(total)
+    out = np.stack(out, axis)
+    return np.squeeze(out, axis) if len(groups) == 1 else out
+
+
+@settings(max_examples=150, deadline=None)
+@given(hs.data())
+def test_merge_slots_sums_the_groups_members_with_their_row_ranges(data):
+    from ccjax.structure.bands import merge_slots
+    n_slots = data.draw(hs.integers(1, 7))
+    n_rows = data.draw(hs.integers(1, 6))
+    axis, rows = data.draw(hs.sampled_from([(0, 1), (1, 0), (1, 2), (2, 0)]))
+    shape = [3, 3, 3]
+    shape[axis], shape[rows] = n_slots, n_rows
+    member = hs.tuples(hs.integers(0, n_slots - 1), hs.one_of(hs.none(), hs.tuples(hs.integers(0, n_rows),
+                                                                                  hs.integers(0, n_rows))))
+    groups = data.draw(hs.lists(hs.lists(member, min_size=1, max_size=4), min_size=1, max_size=6))
+    if data.draw(hs.booleans()):  # the common case: every slot once, in blocks or in order
+        groups = [[(k, None)] for k in range(n_slots)]
+        if n_slots % 2 == 0 and data.draw(hs.booleans()):
+            half = n_slots // 2
+            groups = [[(k, None), (k + half, None)] for k in range(half)]
+    groups = [tuple((k, None, None) if r is None else (k, min(r), max(r)) for k, r in g) for g in groups]
+    x = np.random.default_rng(len(groups) * 31 + n_slots).standard_normal(shape)
+    got = np.asarray(merge_slots(jnp.asarray(x), axis, groups, rows))
+    np.testing.assert_allclose(got, _merge_reference(x, axis, groups, rows), rtol=1e-12, atol=1e-12)
+

@@ -126,3 +126,27 @@ def test_random_functions_with_stacking_match_jacrev(seed, order):
     for got in (jac(*args), jax.jit(jac)(*args)):
         for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_homogeneous_transforms_of_scalars_sum_their_diagonals_side_by_side(monkeypatch):
+    """4x4 transforms built by ``jnp.array`` of scalars and chained by ``@``
+    (a robot arm): partial sums of one-element bands whose diagonals no
+    entry shares are one concatenation (``_side_by_side``), the rest add
+    the operands' merged diagonals; exact in every order."""
+    from ccjax.structure import bands
+
+    used = []
+    side_by_side = bands._side_by_side
+    monkeypatch.setattr(bands, "_side_by_side", lambda *a: used.append(side_by_side(*a)) or used[-1])
+
+    def arm(q):
+        pose = jnp.eye(4, dtype=q.dtype)
+        for k in range(q.shape[0]):
+            c, s, zero, one = jnp.cos(q[k]), jnp.sin(q[k]), jnp.zeros_like(q[k]), jnp.ones_like(q[k])
+            link = 0.3 + 0.1 * k
+            pose = pose @ jnp.array([[c, -s, zero, link * c], [s, c, zero, link * s], [zero, zero, one, zero],
+                                     [zero, zero, zero, one]])
+        return pose[:3, 3]
+
+    check_orders(arm, jnp.asarray(RNG.normal(size=4)))
+    assert any(axis is not None for axis in used) and None in used

@@ -56,29 +56,80 @@ def shift_rows(x, axis: int, n_rows: int, offsets: Sequence[int]):
     pieces = [lax.slice_in_dim(x, d + lo, d + lo + n_rows, axis=axis) for d in offsets]
     if len(pieces) == 1:
         return pieces[0]
-    return lax.concatenate([lax.expand_dims(p, (axis + 1,)) for p in pieces], axis + 1)
+    return lax.concatenate([reshape(p, p.shape[:axis + 1] + (1,) + p.shape[axis + 1:]) for p in pieces], axis + 1)
 
 
 def merge_slots(x, axis: int, groups: Sequence[Sequence[tuple]], rows: Optional[int] = None):
     """``y[..., g, ...] = sum_{k in groups[g]} x[..., k, ...]``; a single group
-    drops the axis.  A member ``(k, lo, hi)`` with ``lo`` not None keeps
+    drops the axis, except that every slot in its own group, in order, is
+    ``x`` unchanged.  A member ``(k, lo, hi)`` with ``lo`` not None keeps
     only rows ``[lo, hi)`` of axis ``rows`` (a diagonal merged into a wider
-    one).  Static slices, selects and additions only."""
+    one).  See :func:`sum_slots`."""
     if [list(g) for g in groups] == [[(k, None, None)] for k in range(x.shape[axis])]:
         return x
-    merged = []
-    for group in groups:
-        part = None
-        for k, lo, hi in group:
-            term = lax.slice_in_dim(x, k, k + 1, axis=axis)
-            if lo is not None:
-                i = lax.broadcasted_iota(np.int32, term.shape, rows)
-                keep = lax.bitwise_and(lax.ge(i, np.int32(lo)), lax.lt(i, np.int32(hi)))
-                term = lax.select(keep, term, lax.full(term.shape, 0, term.dtype))
-            part = term if part is None else _add(part, term)
-        merged.append(part)
-    out = merged[0] if len(merged) == 1 else lax.concatenate(merged, axis)
+    out = sum_slots(x, axis, groups, rows)
     return lax.squeeze(out, (axis,)) if len(groups) == 1 else out
+
+
+def sum_slots(x, axis: int, groups: Sequence[Sequence[tuple]], rows: Optional[int] = None):
+    """:func:`merge_slots` keeping the axis (``len(groups)`` slots); a slot may
+    be a member of several groups, and an empty group is zeros.
+
+    The sum goes by layers: layer ``r`` holds every group's ``r``-th member
+    (zero where a group has fewer), read as runs of consecutive slots, so
+    the op count grows with the runs, not with the slots.  Static slices,
+    pads, selects and additions only (a reduction over the slots would be
+    a kernel of its own; slices and additions fuse into the consumer)."""
+    width = len(groups)
+    if [list(g) for g in groups] == [[(k, None, None)] for k in range(x.shape[axis])]:
+        return x
+    if not any(groups):
+        return lax.full(x.shape[:axis] + (width,) + x.shape[axis + 1:], 0, x.dtype)
+    out = None
+    for r in range(max(len(g) for g in groups)):
+        layer = [g[r] if r < len(g) else None for g in groups]
+        term = _take_slots(x, axis, [None if m is None else m[0] for m in layer])
+        if any(m is not None and m[1] is not None for m in layer):
+            keep = np.ones((x.shape[rows], width), bool)
+            for g, m in enumerate(layer):
+                if m is not None and m[1] is not None:
+                    keep[:m[1], g] = keep[m[2]:, g] = False
+            keep = lax.broadcast_in_dim(keep, term.shape, (rows, axis))
+            term = lax.select(keep, term, lax.full(term.shape, 0, term.dtype))
+        out = term if out is None else _add(out, term)
+    return out
+
+
+def _take_slots(x, axis: int, slots: Sequence[Optional[int]]):
+    """``y[..., g, ...] = x[..., slots[g], ...]``, zero where ``slots[g]`` is
+    None (not all are): one slice per run of consecutive slots, pads for
+    the zeros."""
+    runs: list = []  # [first slot or None, length]
+    for s in slots:
+        last = runs[-1] if runs else None
+        if last is not None and (s is None and last[0] is None
+                                 or s is not None and last[0] is not None and s == last[0] + last[1]):
+            last[1] += 1
+        else:
+            runs.append([s, 1])
+    zero = lax.full((), 0, x.dtype)
+    lead = runs.pop(0)[1] if runs[0][0] is None else 0
+    trail = runs.pop()[1] if runs and runs[-1][0] is None else 0
+    pieces = []
+    for s, n in runs:
+        if s is None:
+            shape = x.shape[:axis] + (n,) + x.shape[axis + 1:]
+            pieces.append(lax.full(shape, 0, x.dtype))
+        elif (s, n) == (0, x.shape[axis]):
+            pieces.append(x)
+        else:
+            pieces.append(lax.slice_in_dim(x, s, s + n, axis=axis))
+    out = pieces[0] if len(pieces) == 1 else lax.concatenate(pieces, axis)
+    if lead or trail:
+        config = [(0, 0, 0)] * x.ndim
+        config[axis] = (lead, trail, 0)
+        out = lax.pad(out, zero, config)
+    return out
 
 
 def _groups(keys: Sequence) -> list[list[int]]:
@@ -184,7 +235,8 @@ def write_diagonals(pieces: Sequence, offsets: Sequence[int], ranges: Sequence[t
         zero = lax.full((), 0, dtype)
         columns = [lax.pad(lax.slice_in_dim(p, lo, hi).astype(dtype), zero, [(lo - first, last - hi, 0)])
                    for p, _, lo, hi in live]
-        updates = lax.concatenate([c[:, None] for c in columns], 1).reshape(-1)
+        updates = lax.concatenate([reshape(c, c.shape + (1,)) for c in columns], 1)
+        updates = reshape(updates, (updates.size,))
         i = np.repeat(np.arange(first, last), len(live))
         j = np.clip(i + np.tile([d for _, d, _, _ in live], last - first), 0, n_in - 1)
         # Every index is in range, so CLIP changes nothing here; unlike
@@ -282,27 +334,37 @@ def unshift_rows(x, axis: int, slot_axis: Optional[int], n_cols: int, offsets: S
     ``ranges[k]``, else 0: a band's rows summed away, its value moved onto
     its columns (axis ``axis`` becomes the columns, followed by the
     diagonals when there are several; an existing diagonal axis
-    ``slot_axis`` is used per diagonal).  Static slices and pads only."""
+    ``slot_axis`` is used per diagonal).  One static slice and one pad per
+    diagonal, and a concatenation of the diagonals."""
     if slot_axis is not None:
         order = [a for a in range(x.ndim) if a != slot_axis]
         order.insert(order.index(axis) + 1, slot_axis)
         x = transpose(x, order)
         axis = order.index(axis)
+    elif len(offsets) > 1:  # every diagonal reads x: a slot axis of size 1 to slice them from
+        x = reshape(x, x.shape[:axis + 1] + (1,) + x.shape[axis + 1:])
+    has_slot = slot_axis is not None or len(offsets) > 1
     zero = lax.full((), 0, x.dtype)
     pieces = []
     for k, (d, (lo, hi)) in enumerate(zip(offsets, ranges)):
-        piece = x if slot_axis is None else lax.index_in_dim(x, k, axis + 1, keepdims=False)
         if lo >= hi:  # an empty diagonal
-            shape = piece.shape[:axis] + (n_cols,) + piece.shape[axis + 1:]
+            shape = list(x.shape)
+            shape[axis] = n_cols
+            if has_slot:
+                shape[axis + 1] = 1
             pieces.append(lax.full(shape, 0, x.dtype))
             continue
-        piece = lax.slice_in_dim(piece, lo, hi, axis=axis)
-        config = [(0, 0, 0)] * piece.ndim
+        start, limit = [0] * x.ndim, list(x.shape)
+        start[axis], limit[axis] = lo, hi
+        if slot_axis is not None:
+            start[axis + 1], limit[axis + 1] = k, k + 1
+        elif has_slot:
+            start[axis + 1], limit[axis + 1] = 0, 1
+        config = [(0, 0, 0)] * x.ndim
         config[axis] = (lo + d, n_cols - hi - d, 0)
-        pieces.append(lax.pad(piece, zero, config))
-    if len(pieces) == 1:
-        return pieces[0]
-    return lax.concatenate([lax.expand_dims(p, (axis + 1,)) for p in pieces], axis + 1)
+        pieces.append(lax.pad(lax.slice(x, start, limit), zero, config))
+    out = pieces[0] if len(pieces) == 1 else lax.concatenate(pieces, axis + 1)
+    return lax.squeeze(out, (axis + 1,)) if has_slot and len(pieces) == 1 else out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -816,6 +878,23 @@ class BandedSumPlan:
         if self.a is None:  # unit + unit: the diagonals are the sum
             return None
         ea, eb = self.a.apply(va, dtype), self.b.apply(vb, dtype)
+        # Slot k of a band position's union is a's slot k, or b's slot
+        # k - (a's slots) (see pads).
+        mixed = any(len({k < ea.shape[axis] for k, *_ in g}) > 1 for axis, groups, _ in self.merges for g in groups)
+        if mixed:  # each operand's diagonals merged into the union's, then one addition
+            single = [axis for axis, groups, _ in self.merges if len(groups) == 1]  # merge_slots drops these
+            owns = [[(axis, [[(k - side * ea.shape[axis], lo, hi) for k, lo, hi in g if (k >= ea.shape[axis]) == side]
+                              for g in groups], rows) for axis, groups, rows in self.merges] for side in (0, 1)]
+            side_by_side = _side_by_side(owns, ea.shape, eb.shape)
+            if side_by_side is not None:  # no entry gets both: a's diagonals, then b's
+                out = lax.concatenate([ea, eb], side_by_side)
+                return reshape(out, [n for axis, n in enumerate(out.shape) if axis not in single])
+            sides = []
+            for e, own in zip((ea, eb), owns):
+                for axis, groups, rows in reversed(own):
+                    e = sum_slots(e, axis, groups, rows)
+                sides.append(reshape(e, [n for axis, n in enumerate(e.shape) if axis not in single]))
+            return _add(*sides)
         if self.concat is not None:  # one band: a's diagonals, then b's
             out = lax.concatenate([ea, eb], self.concat)
         else:
@@ -824,6 +903,36 @@ class BandedSumPlan:
         for axis, groups, rows in reversed(self.merges):
             out = merge_slots(out, axis, groups, rows)
         return out
+
+
+def _placement(groups: Sequence[Sequence[tuple]], n_slots: int) -> Optional[tuple[int, int]]:
+    """``(lead, trail)`` when merging ``n_slots`` slots into ``groups`` only
+    places them, in order and unmasked, at groups ``lead`` to
+    ``len(groups) - trail`` (the others empty); else None."""
+    if any(len(g) > 1 or any(lo is not None for _, lo, _ in g) for g in groups):
+        return None
+    taken = [g for g, members in enumerate(groups) if members]
+    lead = taken[0] if taken else 0
+    if [groups[g][0][0] for g in taken] != list(range(n_slots)) or taken != list(range(lead, lead + n_slots)):
+        return None
+    return lead, len(groups) - lead - n_slots
+
+
+def _side_by_side(owns: Sequence, shape_a: tuple, shape_b: tuple) -> Optional[int]:
+    """The slot axis along which a banded sum is the concatenation of its
+    operands' merged values, or None: each operand's merges (``owns``, one
+    ``(axis, groups, rows)`` list per operand) only place its diagonals,
+    on that axis a's before b's, and on every other axis each fills all."""
+    axes = []
+    for (axis, groups_a, _), (_, groups_b, _) in zip(*owns):
+        pa, pb = _placement(groups_a, shape_a[axis]), _placement(groups_b, shape_b[axis])
+        if pa is None or pb is None:
+            return None
+        if pa != (0, 0) or pb != (0, 0):
+            if pa != (0, shape_b[axis]) or pb != (shape_a[axis], 0):
+                return None
+            axes.append(axis)
+    return axes[0] if len(axes) == 1 else None
 
 
 def _banded_sum(a: Structure, b: Structure) -> Optional[BandedSumPlan]:

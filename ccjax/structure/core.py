@@ -476,16 +476,14 @@ class EmbedPlan:
     def apply(self, value, dtype):
         if self.split_shape is None:
             value = jnp.asarray(self.sign, dtype)
-            rank_src = 0
-        else:
-            value = reshape(value, self.split_shape)
-            rank_src = len(self.split_shape)
+        rank_src = 0 if self.split_shape is None else len(self.split_shape)
         order = sorted(range(rank_src), key=lambda i: self.source_pos[i])
-        value = transpose(value, order)
-        placed = [self.source_pos[i] for i in order]
+        if order != list(range(rank_src)):  # split, move, then add the axes of size 1
+            value = transpose(reshape(value, self.split_shape), order)
+        # (else the split and the added axes are one reshape)
         expanded = [1] * len(self.shape)
-        for axis, n in zip(placed, value.shape):
-            expanded[axis] = n
+        for i in order:
+            expanded[self.source_pos[i]] = self.split_shape[i]
         value = _broadcast(reshape(value, expanded), self.shape)
         if self.masks:
             keep = None
@@ -823,6 +821,16 @@ class ReachMasked(WrappedPlan):
         return lax.select(jnp.asarray(reached), value, lax.full(value.shape, 0, value.dtype))
 
 
+def take_flat(x, flat: np.ndarray):
+    """``x.reshape(-1)[flat]`` for in-range constant indices ``flat``: one
+    gather (``jax.numpy`` indexing stages a dozen equations to normalise
+    indices it cannot know are in range)."""
+    numbers = lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=(0,), start_index_map=(0,))
+    return lax.gather(reshape(x, (x.size,)), np.asarray(flat, np.int32)[:, None], numbers, (1,),
+                      indices_are_sorted=bool(np.all(flat[1:] >= flat[:-1])), unique_indices=False,
+                      mode=lax.GatherScatterMode.CLIP)
+
+
 def to_bcoo(st: Structure, value, dtype=None):
     """The partial as a ``jax.experimental.sparse.BCOO`` of shape
     ``out_shape + in_shape`` holding exactly its structural nonzeros
@@ -840,8 +848,8 @@ def to_bcoo(st: Structure, value, dtype=None):
     elif not st.val:
         data = jnp.full((nse,), jnp.asarray(value, dtype))
     else:
-        v = jnp.reshape(jnp.asarray(value, dtype), tuple(st.sizes[s] for s in st.val))
-        data = v[tuple(jnp.asarray(index[s]) for s in st.val)]
+        flat = np.ravel_multi_index(tuple(index[s] for s in st.val), tuple(st.sizes[s] for s in st.val))
+        data = take_flat(jnp.asarray(value, dtype), flat)
     return sparse.BCOO((data, jnp.asarray(indices, np.int32)), shape=st.out_shape + st.in_shape)
 
 
