@@ -311,8 +311,9 @@ def test_gathers_at_traced_indices_are_exact():
     np.testing.assert_allclose(jax.jit(ccjax.jacve(as_argument))(x, idx), want, rtol=1e-12, atol=1e-12)
 
 
-def _merge_reference(x, axis, groups, rows):
-    """:func:`merge_slots` in NumPy, member by member."""
+def _merge_reference(x, axis, groups, rows, squeeze=True):
+    """:func:`merge_slots` in NumPy, member by member (``squeeze``: its
+    axis rules; else :func:`sum_slots`'s, the axis kept)."""
     if [list(g) for g in groups] == [[(k, None, None)] for k in range(x.shape[axis])]:
         return x
     x = np.moveaxis(np.asarray(x), axis, 0)
@@ -328,17 +329,19 @@ def _merge_reference(x, axis, groups, rows):
             total = total + term
         out.append(total)
     out = np.stack(out, axis)
-    return np.squeeze(out, axis) if len(groups) == 1 else out
+    return np.squeeze(out, axis) if squeeze and len(groups) == 1 else out
 
 
 @settings(max_examples=150, deadline=None)
 @given(hs.data())
 def test_merge_slots_sums_the_groups_members_with_their_row_ranges(data):
-    from ccjax.structure.bands import merge_slots
+    """By layers of slot runs (:func:`sum_slots`) and member by member
+    (small values), and :func:`merge_slots`, which picks one."""
+    from ccjax.structure.bands import _sum_members, merge_slots, sum_slots
     n_slots = data.draw(hs.integers(1, 7))
     n_rows = data.draw(hs.integers(1, 6))
     axis, rows = data.draw(hs.sampled_from([(0, 1), (1, 0), (1, 2), (2, 0)]))
-    shape = [3, 3, 3]
+    shape = [3, 3, data.draw(hs.sampled_from([3, 40]))]  # 40: above LAYERED_MIN_SIZE
     shape[axis], shape[rows] = n_slots, n_rows
     member = hs.tuples(hs.integers(0, n_slots - 1), hs.one_of(hs.none(), hs.tuples(hs.integers(0, n_rows),
                                                                                   hs.integers(0, n_rows))))
@@ -352,4 +355,6 @@ def test_merge_slots_sums_the_groups_members_with_their_row_ranges(data):
     x = np.random.default_rng(len(groups) * 31 + n_slots).standard_normal(shape)
     got = np.asarray(merge_slots(jnp.asarray(x), axis, groups, rows))
     np.testing.assert_allclose(got, _merge_reference(x, axis, groups, rows), rtol=1e-12, atol=1e-12)
-
+    kept = _merge_reference(x, axis, groups, rows, squeeze=False)
+    for fn in (sum_slots, _sum_members):
+        np.testing.assert_allclose(np.asarray(fn(jnp.asarray(x), axis, groups, rows)), kept, rtol=1e-12, atol=1e-12)

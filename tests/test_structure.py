@@ -253,12 +253,25 @@ def test_banded_sum_and_sparse_form_match_dense(data):
     np.testing.assert_allclose(np.asarray(to_bcoo(plan.result, got, jnp.float64).todense()), want, atol=1e-12)
 
 
-@settings(max_examples=120, deadline=None)
+@pytest.mark.parametrize("layered_from", [0, None])
+@settings(max_examples=80, deadline=None)
 @given(st.data())
-def test_sums_of_bands_on_the_same_axes_match_dense(data):
+def test_sums_of_bands_on_the_same_axes_match_dense(layered_from, data):
     """Both operands banded on every axis pair, diagonals drawn apart: the
     sum merges each operand's diagonals into the union's (entries both
-    reach added, or the operands side by side when none is shared)."""
+    reach added, or the operands side by side when none is shared); by
+    layers of slot runs at every size (``layered_from=0``) or only on
+    values of ``LAYERED_MIN_SIZE`` entries."""
+    from ccjax.structure import bands
+    default = bands.LAYERED_MIN_SIZE
+    bands.LAYERED_MIN_SIZE = default if layered_from is None else layered_from
+    try:
+        _check_sum_of_bands_on_the_same_axes(data)
+    finally:
+        bands.LAYERED_MIN_SIZE = default
+
+
+def _check_sum_of_bands_on_the_same_axes(data):
     rank = data.draw(st.integers(1, 3))
     w, v = data.draw(stencil_shapes(rank)), data.draw(stencil_shapes(rank))
     a, va = data.draw(stencils(w, v, bands_only=True))
