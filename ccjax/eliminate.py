@@ -22,9 +22,9 @@ from jax.experimental import sparse
 from ccjax._jaxpr import is_tracer
 from ccjax.graph import Graph, run_in_numpy
 from ccjax.rules.base import run_apart
-from ccjax.structure import (ProductPlan, Structure, SumPlan, deband_plan, entry_count, entry_indices, is_selection,
-                             is_terms, parts_of, product_plan, reshape, sum_plan, to_bcoo, to_dense, transpose,
-                             values_of)
+from ccjax.structure import (ProductPlan, Structure, SumPlan, deband_plan, entry_count, entry_indices,
+                             entry_positions, is_selection, is_terms, parts_of, product_plan, reshape, sum_plan,
+                             to_bcoo, to_dense, transpose, values_of)
 
 LAYOUTS = ("dense", "sparse")
 
@@ -388,8 +388,8 @@ def _write_entries(st, value, shape: tuple, dtype, tag: Optional[int] = None):
     data, flat = [], []
     for part, v in zip(parts_of(st), values_of(st, value)):
         data.append(to_bcoo(part, v, dtype).data)
-        full = part.out_shape + part.in_shape
-        flat.append(np.ravel_multi_index(tuple(entry_indices(part).T), full))
+        rows, cols = entry_positions(part)
+        flat.append(rows * math.prod(part.in_shape) + cols)
     flat = np.concatenate(flat)
     data = data[0] if len(data) == 1 else lax.concatenate(data, 0)
     size = math.prod(shape)

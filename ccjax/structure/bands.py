@@ -913,19 +913,19 @@ class BandedSumPlan:
         mixed = any(len({k < ea.shape[axis] for k, *_ in g}) > 1 for axis, groups, _ in self.merges for g in groups)
         if mixed:
             single = [axis for axis, groups, _ in self.merges if len(groups) == 1]  # merge_slots drops these
+            drop_single = lambda x: reshape(x, [n for axis, n in enumerate(x.shape) if axis not in single])
             owns = [[(axis, [[(k - side * ea.shape[axis], lo, hi) for k, lo, hi in g if (k >= ea.shape[axis]) == side]
                               for g in groups], rows) for axis, groups, rows in self.merges] for side in (0, 1)]
             side_by_side = _side_by_side(owns, ea.shape, eb.shape)
             if side_by_side is not None:  # no entry gets both: a's diagonals, then b's
-                out = lax.concatenate([ea, eb], side_by_side)
-                return reshape(out, [n for axis, n in enumerate(out.shape) if axis not in single])
+                return drop_single(lax.concatenate([ea, eb], side_by_side))
         if mixed and max(ea.size, eb.size) >= LAYERED_MIN_SIZE:
             # Each operand's diagonals merged into the union's, then one addition.
             sides = []
             for e, own in zip((ea, eb), owns):
                 for axis, groups, rows in reversed(own):
                     e = sum_slots(e, axis, groups, rows)
-                sides.append(reshape(e, [n for axis, n in enumerate(e.shape) if axis not in single]))
+                sides.append(drop_single(e))
             return _add(*sides)
         if self.concat is not None:  # one band: a's diagonals, then b's
             out = lax.concatenate([ea, eb], self.concat)

@@ -848,8 +848,7 @@ def to_bcoo(st: Structure, value, dtype=None):
     elif not st.val:
         data = jnp.full((nse,), jnp.asarray(value, dtype))
     else:
-        flat = np.ravel_multi_index(tuple(index[s] for s in st.val), tuple(st.sizes[s] for s in st.val))
-        data = take_flat(jnp.asarray(value, dtype), flat)
+        data = take_flat(jnp.asarray(value, dtype), entry_values(st))
     return sparse.BCOO((data, jnp.asarray(indices, np.int32)), shape=st.out_shape + st.in_shape)
 
 
