@@ -102,11 +102,28 @@ def validate_order(graph: Graph, order: Sequence) -> tuple[int, ...]:
     return tuple(ids)
 
 
+#: Plans of this many recent orders are kept with their graph (``order="auto"``
+#: plans the order it picks while picking it, then runs it).
+KEPT_PLANS = 4
+
+
 def plan_elimination(graph: Graph, order: Sequence[int], lazy_sums: bool = True) -> Plan:
     """Plan ``order`` (validated) on ``graph``; see :class:`Plan`.  With
     ``lazy_sums`` off, every sum is one structure (no
-    :class:`~ccjax.structure.Terms`)."""
+    :class:`~ccjax.structure.Terms`).  The last :data:`KEPT_PLANS` plans
+    are kept with the graph and returned again for the same order."""
     order = validate_order(graph, order)
+    key = (order, lazy_sums)
+    plan = graph.eliminations.get(key)
+    if plan is None:
+        plan = _plan_elimination(graph, order, lazy_sums)
+        graph.eliminations[key] = plan
+        while len(graph.eliminations) > KEPT_PLANS:
+            del graph.eliminations[next(iter(graph.eliminations))]
+    return plan
+
+
+def _plan_elimination(graph: Graph, order: tuple[int, ...], lazy_sums: bool) -> Plan:
     structures: list[Structure] = []
     steps: list = []
     live_values: dict[int, int] = {}

@@ -752,6 +752,7 @@ class Graph:
         self.plans: dict = {}  # order key -> Plan, filled by the API
         self.runners: dict = {}  # order key -> jitted executor, filled by the API
         self.probes: dict = {}  # id(plan) -> (plan, structural zeros), filled by ccjax.eliminate
+        self.eliminations: dict = {}  # order -> its last few Plans, filled by ccjax.eliminate.plan_elimination
 
     # -- construction -------------------------------------------------------
     def _build(self, n_outputs: int) -> None:

@@ -236,6 +236,17 @@ def test_cotangent_rounding_matches_jacrev(name):
     check_all_ways(f, X)
 
 
+@pytest.mark.parametrize("order", ["auto", "fwd", "rev", "markowitz"])
+def test_a_narrowing_cast_has_partial_one_as_in_jacfwd(order):
+    """README: a cast to float32 and back is differentiated with partial 1 (as
+    ``jax.jacfwd`` does); ``jax.jacrev`` rounds the cotangent there instead,
+    which changes the result only by float32 rounding."""
+    f = lambda x: x.astype(jnp.float32).astype(jnp.float64) * x
+    got = ccjax.jacve(f, order=order)(X)
+    np.testing.assert_array_equal(got, jax.jacfwd(f)(X))
+    np.testing.assert_allclose(got, jax.jacrev(f)(X), rtol=1e-7, atol=0)
+
+
 def test_rounding_a_constant_keeps_the_elimination():
     f = lambda x: jnp.sin(x) * lax.reduce_precision(jnp.float64(3.3), 8, 7)
     assert ccjax.graph(f, X).whole_reverse == ()

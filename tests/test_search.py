@@ -183,6 +183,47 @@ def test_quick_order_budget_keeps_forward_and_reverse():
     assert full[1] <= cut[1] and full == quick_order(g)
 
 
+def test_auto_avoids_an_order_that_adds_far_more_than_it_multiplies():
+    """``jnp.gradient`` on a grid: reverse order multiplies least (twice) but
+    sums dense blocks (1.6M additions); "auto" takes an order doing far less
+    work in all, and its Jacobian is still exact."""
+    import jax.numpy as jnp
+
+    from ccjax.orders.search import ADDITIONS_FLOOR, WORK_GAIN, least_work
+
+    f = lambda x: jnp.stack(jnp.gradient(x, 0.5, 2.0))
+    x = np.random.default_rng(0).normal(size=(20, 20))
+    g = ccjax.graph(f, x)
+    rev = plan_elimination(g, HEURISTICS["rev"](g)).report
+    assert rev.additions > 2 * rev.mults + ADDITIONS_FLOOR  # the case the guard is for
+    order, cost, _ = quick_order(g)
+    auto = plan_elimination(g, order).report
+    assert cost == auto.mults > rev.mults
+    assert (auto.mults + auto.additions) * WORK_GAIN <= rev.mults + rev.additions
+    np.testing.assert_allclose(ccjax.jacve(f)(x), jax.jacrev(f)(x), rtol=1e-12, atol=1e-12)
+    # Where the fewest multiplications add little, they win.
+    g1 = _task_graph("RoeFlux_1d")
+    cands = [(tuple(HEURISTICS[h](g1)), plan_elimination(g1, HEURISTICS[h](g1)).report.mults, h)
+             for h in ("fwd", "rev", "markowitz")]
+    assert least_work(g1, cands) == min(cands, key=lambda c: c[1])
+
+
+def test_plans_are_kept_with_their_graph():
+    from ccjax.eliminate import KEPT_PLANS
+
+    g = _task_graph("RoeFlux_1d")
+    order = tuple(HEURISTICS["markowitz"](g))
+    first = plan_elimination(g, order)
+    assert plan_elimination(g, list(order)) is first
+    assert plan_elimination(g, order, lazy_sums=False) is not first
+    rng = np.random.default_rng(0)
+    for _ in range(KEPT_PLANS):
+        plan_elimination(g, rng.permutation(g.eliminable))
+    assert len(g.eliminations) <= KEPT_PLANS
+    again = plan_elimination(g, order)
+    assert again is not first and again.report == first.report
+
+
 # -- heuristics ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["RoeFlux_1d", "PropaneCombustion", "Encoder"])
