@@ -919,14 +919,14 @@ class BandedSumPlan:
             side_by_side = _side_by_side(owns, ea.shape, eb.shape)
             if side_by_side is not None:  # no entry gets both: a's diagonals, then b's
                 return drop_single(lax.concatenate([ea, eb], side_by_side))
-        if mixed and max(ea.size, eb.size) >= LAYERED_MIN_SIZE:
-            # Each operand's diagonals merged into the union's, then one addition.
-            sides = []
-            for e, own in zip((ea, eb), owns):
-                for axis, groups, rows in reversed(own):
-                    e = sum_slots(e, axis, groups, rows)
-                sides.append(drop_single(e))
-            return _add(*sides)
+            if max(ea.size, eb.size) >= LAYERED_MIN_SIZE:
+                # Each operand's diagonals merged into the union's, then one addition.
+                sides = []
+                for e, own in zip((ea, eb), owns):
+                    for axis, groups, rows in reversed(own):
+                        e = sum_slots(e, axis, groups, rows)
+                    sides.append(drop_single(e))
+                return _add(*sides)
         if self.concat is not None:  # one band: a's diagonals, then b's
             out = lax.concatenate([ea, eb], self.concat)
         else:
