@@ -379,6 +379,15 @@ def scan_rnn(x, W, U, h0):
     return lax.scan(step, h0, x)[1]
 
 
+def loop_rnn(x, W, U, h0):
+    """The same Elman RNN written as a Python loop reading ``x[t]``: the
+    last hidden state w.r.t. the input sequence."""
+    h = h0
+    for t in range(x.shape[0]):
+        h = jnp.tanh(W @ h + U @ x[t])
+    return h
+
+
 def fori_euler(x, W):
     """50 explicit Euler steps of x' = tanh(W x) by lax.fori_loop."""
     return lax.fori_loop(0, 50, lambda i, x: x + 0.02 * jnp.tanh(W @ x), x)
@@ -728,6 +737,16 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                        (r.standard_normal((T, d)), r.standard_normal((h, h)) / np.sqrt(h),
                         r.standard_normal((h, d)) / np.sqrt(d), np.zeros(h)), 0,
                        what=f"lax.scan Elman RNN, T={T}, d={d}, h={h}: all hidden states w.r.t. the inputs")
+
+    @reg
+    def p_loop_rnn(q):
+        T, d, h = (6, 2, 4) if q else (200, 4, 16)
+        r = _rng("looprnn")
+        return Program("loop_rnn", "control flow", loop_rnn,
+                       (r.standard_normal((T, d)), r.standard_normal((h, h)) / np.sqrt(h),
+                        r.standard_normal((h, d)) / np.sqrt(d), np.zeros(h)), 0,
+                       what=f"Elman RNN as a Python loop over x[t], T={T}, d={d}, h={h}: the last hidden "
+                            f"state w.r.t. the inputs")
 
     @reg
     def p_fori_euler(q):

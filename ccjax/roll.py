@@ -16,6 +16,10 @@ replaces it by one ``lax.scan`` whose body is the first block:
 * an operand read from outside is a loop constant when every block reads the
   same value, else the blocks' values stacked (*xs*): different weights per
   layer, a time step written as a Python float;
+* a static ``slice`` may start elsewhere in every block (``x[t]`` in step
+  ``t``): the body reads the block's window with a ``dynamic_slice`` at its
+  starts, stacked like *xs* (in range by construction, so the clamping of
+  ``dynamic_slice`` never moves it);
 * a value of the run used after it is the final carry (last block) or the
   stacked values of the block that made it (*ys*).
 
@@ -61,7 +65,11 @@ class Loop:
     block; ``inits[c]`` for the first), ``("xs", q)`` the ``q``-th stacked
     operand (``xs[q]``: one atom per block), ``("const", atom)`` one value
     for all blocks.  ``ys``: ``(j, o)`` outputs used after the run from
-    blocks other than the last one's carries.
+    blocks other than the last one's carries.  ``windows``: ``(j,
+    starts)`` for a block's static ``slice`` that reads another window in
+    each block (``x[k]`` in the ``k``-th iteration): ``starts`` is the
+    ``(repeats, rank)`` array of its start indices, and the scan's body
+    reads the window with a ``dynamic_slice`` at the block's row.
     """
 
     start: int
@@ -72,6 +80,7 @@ class Loop:
     inits: tuple
     xs: tuple
     ys: tuple
+    windows: tuple = ()
 
     @property
     def stop(self) -> int:
@@ -94,7 +103,10 @@ class _Signatures:
         self.printed: dict = {}
 
     def __call__(self, eqn) -> int:
-        params = tuple(sorted((k, self._param(eqn, k, v)) for k, v in eqn.params.items()))
+        if _is_window(eqn):  # x[k] in iteration k: any start, one window size
+            params: tuple = (("window", tuple(np.subtract(eqn.params["limit_indices"], eqn.params["start_indices"]))),)
+        else:
+            params = tuple(sorted((k, self._param(eqn, k, v)) for k, v in eqn.params.items()))
         key = (eqn.primitive.name, params,
                tuple((_jaxpr.is_literal(a), _aval_key(a.aval)) for a in eqn.invars),
                tuple(_aval_key(v.aval) for v in eqn.outvars), bool(eqn.effects))
@@ -116,6 +128,13 @@ class _Signatures:
         if entry is None:
             entry = self.printed[id(obj)] = (obj, make())  # obj held: its id stays unique
         return entry[1]
+
+
+def _is_window(eqn) -> bool:
+    """A ``slice`` without strides: the same window wherever it starts, so a
+    loop may read it at another start in every block."""
+    strides = eqn.params.get("strides") if eqn.primitive.name == "slice" else ()
+    return eqn.primitive.name == "slice" and (strides is None or all(st == 1 for st in strides))
 
 
 # ------------------------------------------------------------------ finding a loop
@@ -257,13 +276,21 @@ def _wire(eqns, producer: dict, users: dict, start: int, period: int, repeats: i
                 row.append(("xs", len(xs)))
                 xs.append(tuple(atoms))
         sources.append(tuple(row))
+    windows = []
+    for i in range(period):
+        if _is_window(eqns[start + i]):
+            starts = np.array([eqns[start + k * period + i].params["start_indices"] for k in range(repeats)],
+                              dtype=np.int32).reshape(repeats, -1)
+            if np.any(starts != starts[0]):
+                windows.append((i, starts))
     ys = set()
     for k in range(repeats):
         for i in range(period):
             for o, v in enumerate(eqns[start + k * period + i].outvars):
                 if any(u >= stop for u in users.get(v, ())) and not (k == repeats - 1 and (i, o) in carry_of):
                     ys.add((i, o))
-    return Loop(start, period, repeats, tuple(sources), tuple(carries), tuple(inits), tuple(xs), tuple(sorted(ys)))
+    return Loop(start, period, repeats, tuple(sources), tuple(carries), tuple(inits), tuple(xs), tuple(sorted(ys)),
+                tuple(windows))
 
 
 # ------------------------------------------------------------------ rolling
@@ -291,6 +318,7 @@ def _rolled_fn(jaxpr, loop: Loop, outer: Sequence[int]):
     template = eqns[loop.start:loop.start + loop.period]
     carry_index = {c: n for n, c in enumerate(loop.carries)}
     ys_index = {y: n for n, y in enumerate(loop.ys)}
+    window_of = {i: len(loop.xs) + w for w, (i, _) in enumerate(loop.windows)}
 
     def fn(*args):
         env = dict(zip(list(jaxpr.invars) + list(jaxpr.constvars), args[:n_vars]))
@@ -308,6 +336,7 @@ def _rolled_fn(jaxpr, loop: Loop, outer: Sequence[int]):
         run(eqns[:loop.start])
         xs = [stacks[q] if q in stacks else jnp.stack([_typed(a, read) for a in atoms])
               for q, atoms in enumerate(loop.xs)]
+        xs += [jnp.asarray(starts) for _, starts in loop.windows]
         init = [_typed(a, read) for a in loop.inits]
 
         def body(carry, x):
@@ -324,7 +353,12 @@ def _rolled_fn(jaxpr, loop: Loop, outer: Sequence[int]):
                         operands.append(_jaxpr.as_weakly_typed(value) if atom.aval.weak_type else value)
                     else:
                         operands.append(read(source[1]))
-                outs = _jaxpr.bind(eqn.primitive, eqn.params, operands, raw=True)
+                if i in window_of:
+                    starts = x[window_of[i]]
+                    outs = [jax.lax.dynamic_slice(operands[0], [starts[d] for d in range(starts.shape[0])],
+                                                  eqn.outvars[0].aval.shape)]
+                else:
+                    outs = _jaxpr.bind(eqn.primitive, eqn.params, operands, raw=True)
                 local.update(((i, o), v) for o, v in enumerate(outs))
             return [local[c] for c in loop.carries], [local[y] for y in loop.ys]
 

@@ -99,10 +99,27 @@ def second_order(x):
     return x
 
 
+def indexed(x):
+    """``x[k]`` in iteration ``k``: a static slice at another start in every block."""
+    acc = x[0]
+    for k in range(5):
+        acc = acc * jnp.sin(x[k]) + x[k + 1] ** 2
+    return acc * x
+
+
+def driven(x):
+    """A window of two entries moving along the input, added to a carried state."""
+    state = x[4:]
+    for k in range(5):
+        state = jnp.tanh(state * 1.5 + x[k:k + 2] - 0.2 * state[::-1])
+    return jnp.concatenate([state, x[:4] * state[0]])
+
+
 jitted_rk4 = jax.jit(rk4)
 
 PROGRAMS = {"rk4": rk4, "mlp_relu": mlp_relu, "time_dependent": time_dependent, "collected": collected,
-            "two_loops": two_loops, "second_order": second_order, "jitted_rk4": jitted_rk4}
+            "two_loops": two_loops, "second_order": second_order, "jitted_rk4": jitted_rk4,
+            "indexed": indexed, "driven": driven}
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
@@ -131,7 +148,40 @@ def test_auto_plans_the_rolled_program_and_stays_exact(name, low_thresholds):
     assert ccjax.cost(f, x) == ccjax.api._plan(g, "auto").report.mults
 
 
-@pytest.mark.parametrize("name", ["rk4", "mlp_relu", "two_loops"])
+@pytest.mark.parametrize("name", ["indexed", "driven"])
+def test_a_loop_reading_another_window_each_iteration_rolls_with_dynamic_slices(name, low_thresholds):
+    """``x[k]`` in a Python loop leaves a ``slice`` per block whose start
+    differs: the blocks still repeat, and the scan reads block ``k``'s
+    window with a ``dynamic_slice`` at the starts it carries as ``xs``."""
+    f = PROGRAMS[name]
+    x = jnp.linspace(0.1, 1.2, 6)
+    closed = _closed(f, x)
+    loop = roll.find_loop(closed.jaxpr, roll.MIN_REMOVED)
+    assert loop is not None and loop.windows
+    for _, starts in loop.windows:
+        assert starts.shape[0] == loop.repeats and len({tuple(row) for row in starts}) == loop.repeats
+    rolling = roll.roll_loops(closed)
+    body = next(e for e in rolling.jaxpr.eqns if e.primitive.name == "scan").params["jaxpr"].jaxpr
+    assert any(e.primitive.name == "dynamic_slice" for e in body.eqns)
+    assert not any(e.primitive.name == "slice" for e in body.eqns if e.params.get("strides") is None
+                   and e.invars[0].aval.shape == (6,))
+
+
+def strided(x):
+    acc = jnp.zeros(2)
+    for k in range(4):
+        acc = jnp.cos(acc) + x[k:k + 3:2]  # a strided window: its slices are not read as windows
+    return acc
+
+
+def test_a_strided_window_keeps_its_static_slices_and_stays_exact(low_thresholds):
+    x = jnp.linspace(0.1, 1.2, 6)
+    loop = roll.find_loop(_closed(strided, x).jaxpr, roll.MIN_REMOVED)
+    assert loop is None or not loop.windows
+    assert_jac_equal(jax.jit(ccjax.jacve(strided))(x), jax.jacrev(strided)(x))
+
+
+@pytest.mark.parametrize("name", ["rk4", "mlp_relu", "two_loops", "indexed"])
 def test_rolled_programs_under_vmap(name, low_thresholds):
     f = PROGRAMS[name]
     xs = jnp.stack([jnp.linspace(0.1, 1.2, 6), jnp.linspace(-0.7, 0.4, 6), jnp.linspace(0.3, -0.2, 6)])
