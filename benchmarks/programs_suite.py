@@ -729,22 +729,22 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                        (r.standard_normal((cells, k)),), 0,
                        what=f"vmap(jnp.linalg.solve): one {k}x{k} system per cell, {cells} cells")
 
+    def rnn_args(seed: str, T: int, d: int, h: int) -> tuple:
+        """(inputs x (T, d), W (h, h), U (h, d), h0) of an Elman RNN."""
+        r = _rng(seed)
+        return (r.standard_normal((T, d)), r.standard_normal((h, h)) / np.sqrt(h),
+                r.standard_normal((h, d)) / np.sqrt(d), np.zeros(h))
+
     @reg
     def p_scan_rnn(q):
         T, d, h = (3, 2, 4) if q else (20, 8, 32)
-        r = _rng("rnn")
-        return Program("scan_rnn", "control flow", scan_rnn,
-                       (r.standard_normal((T, d)), r.standard_normal((h, h)) / np.sqrt(h),
-                        r.standard_normal((h, d)) / np.sqrt(d), np.zeros(h)), 0,
+        return Program("scan_rnn", "control flow", scan_rnn, rnn_args("rnn", T, d, h), 0,
                        what=f"lax.scan Elman RNN, T={T}, d={d}, h={h}: all hidden states w.r.t. the inputs")
 
     @reg
     def p_loop_rnn(q):
         T, d, h = (6, 2, 4) if q else (200, 4, 16)
-        r = _rng("looprnn")
-        return Program("loop_rnn", "control flow", loop_rnn,
-                       (r.standard_normal((T, d)), r.standard_normal((h, h)) / np.sqrt(h),
-                        r.standard_normal((h, d)) / np.sqrt(d), np.zeros(h)), 0,
+        return Program("loop_rnn", "control flow", loop_rnn, rnn_args("looprnn", T, d, h), 0,
                        what=f"Elman RNN as a Python loop over x[t], T={T}, d={d}, h={h}: the last hidden "
                             f"state w.r.t. the inputs")
 

@@ -17,9 +17,12 @@ replaces it by one ``lax.scan`` whose body is the first block:
   same value, else the blocks' values stacked (*xs*): different weights per
   layer, a time step written as a Python float;
 * a static ``slice`` may start elsewhere in every block (``x[t]`` in step
-  ``t``): the body reads the block's window with a ``dynamic_slice`` at its
-  starts, stacked like *xs* (in range by construction, so the clamping of
-  ``dynamic_slice`` never moves it);
+  ``t``) of a loop that carries a value: the body reads the block's window
+  with a ``dynamic_slice`` at its starts, stacked like *xs* (in range by
+  construction, so the clamping of ``dynamic_slice`` never moves it).
+  Blocks that carry nothing (a sliding window written as a comprehension)
+  are not rolled this way: their static slices are selections the
+  elimination keeps sparse, where a scan would be planned densely;
 * a value of the run used after it is the final carry (last block) or the
   stacked values of the block that made it (*ys*).
 
@@ -290,6 +293,8 @@ def _wire(eqns, producer: dict, users: dict, start: int, period: int, repeats: i
                               dtype=np.int32).reshape(repeats, -1)
             if np.any(starts != starts[0]):
                 windows.append((i, starts))
+    if windows and not carries:
+        return None  # blocks that only read windows (a sliding window, patches): their slices stay selections
     ys = set()
     for k in range(repeats):
         for i in range(period):
