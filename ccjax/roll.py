@@ -143,8 +143,10 @@ class _Signatures:
 def _is_window(eqn) -> bool:
     """A ``slice`` without strides: the same window wherever it starts, so a
     loop may read it at another start in every block."""
-    strides = eqn.params.get("strides") if eqn.primitive.name == "slice" else ()
-    return eqn.primitive.name == "slice" and (strides is None or all(st == 1 for st in strides))
+    if eqn.primitive.name != "slice":
+        return False
+    strides = eqn.params.get("strides")
+    return strides is None or all(st == 1 for st in strides)
 
 
 # ------------------------------------------------------------------ finding a loop
@@ -290,7 +292,7 @@ def _wire(eqns, producer: dict, users: dict, start: int, period: int, repeats: i
     for i in range(period):
         if _is_window(eqns[start + i]):
             starts = np.array([eqns[start + k * period + i].params["start_indices"] for k in range(repeats)],
-                              dtype=np.int32).reshape(repeats, -1)
+                              dtype=np.int32)  # (repeats, rank): a slice has rank >= 1
             if np.any(starts != starts[0]):
                 windows.append((i, starts))
     if windows and not carries:
