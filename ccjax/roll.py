@@ -47,13 +47,16 @@ from ccjax import _jaxpr
 
 #: Jaxprs with fewer equations are never rolled.  Measured (CPU, float32,
 #: first call / steady call of ``order="auto"`` unrolled against rolled):
-#: the scaling benchmark's RK4 chain at 264 equations 0.82 s / 83 µs against
-#: 0.38 s / 84 µs, its MLP at 249 0.81 s / 220 µs against 0.24 s / 168 µs, a
-#: 7-joint arm's chain of transforms (252) 0.65 s / 38 µs against 0.34 s /
-#: 45 µs, 25 heat steps written with ``jnp.roll`` (350) 39 s / 4.3 ms against
-#: 0.53 s / 1.1 ms; at about 100 equations the unrolled elimination still
-#: ran 2x faster than ``jax.jacrev`` (RK4, 99 equations: 77 against 179 µs).
-ROLL_MIN_EQUATIONS = 200
+#: 25 heat steps written with ``jnp.roll`` (350 equations) 39 s / 4.3 ms
+#: against 0.53 s / 1.1 ms; the scaling benchmark's MLP at 249 equations
+#: 0.81 s / 220 µs against 0.24 s / 168 µs, at 129 0.44 s / 114 µs against
+#: 0.18 s / 92 µs; its RK4 chain at 132 0.44 s / 66 µs against 0.33 s /
+#: 70 µs; eight scalar Lorenz-63 Euler steps (111) 1.17 s / 80 µs against
+#: 0.26 s / 23 µs; 20 Hénon steps (105) 0.43 s / 43 µs against 0.16 s /
+#: 10 µs.  Below about 100 equations the unrolled elimination is cheap to
+#: compile and can beat the plain modes (RK4, 99 equations in 3 steps: 77
+#: against ``jax.jacrev``'s 179 µs).
+ROLL_MIN_EQUATIONS = 100
 #: A run must repeat its block at least this often to be rolled.
 MIN_REPEATS = 4
 #: Longest block considered (equations per iteration).

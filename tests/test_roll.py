@@ -339,7 +339,7 @@ def test_stacked_weights_are_made_once_while_the_same_arrays_come_in(low_thresho
 
 def test_small_programs_and_programs_without_loops_are_not_rolled():
     x = jnp.linspace(0.1, 1.2, 6)
-    short = lambda x: rk4(x, steps=4)
+    short = lambda x: rk4(x, steps=3)
     assert roll._equations(_closed(short, x).jaxpr) < roll.ROLL_MIN_EQUATIONS
     assert roll.roll_loops(_closed(short, x)) is None
     def no_loop(x):
