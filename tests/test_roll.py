@@ -381,7 +381,7 @@ def loops(draw):
     ops = draw(st.lists(st.sampled_from(sorted(_OPS)), min_size=1, max_size=4))
     repeats = draw(st.integers(4, 9))
     second_order = draw(st.booleans())
-    per_step = draw(st.sampled_from(["none", "weight", "literal"]))
+    per_step = draw(st.sampled_from(["none", "weight", "literal", "window", "entry"]))
     collect = draw(st.booleans())
     jit_body = draw(st.booleans())
     prologue = draw(st.booleans())
@@ -393,23 +393,28 @@ def _loop_program(ops, repeats, second_order, per_step, collect, jit_body, prolo
     rng = np.random.default_rng(seed)
     weights = [jnp.asarray(rng.normal(size=6) / 2) for _ in range(repeats)]
 
-    def body(x, k):
+    def body(x, k, drive):
         for name in ops:
             x = _OPS[name](x) + 0.1 * x
         if per_step == "weight":
             x = x * weights[k]
         elif per_step == "literal":
             x = x + 0.25 * k
+        elif per_step == "window":  # a static slice starting elsewhere each step
+            x = x + 0.2 * jnp.sin(drive[k:k + x.shape[0]])
+        elif per_step == "entry":  # one entry of the input each step
+            x = x * (1 + 0.1 * drive[k % x.shape[0]])
         return x
 
     step = jax.jit(body, static_argnums=1) if jit_body else body
 
     def f(x):
+        drive = jnp.tile(x, 3)
         if prologue:
             x = jnp.cos(x) + x
         prev, states = x, []
         for k in range(repeats):
-            new = step(x, k)
+            new = step(x, k, drive)
             if second_order:
                 new = new + 0.3 * prev
             prev, x = x, new
@@ -433,6 +438,9 @@ def test_random_loops_roll_exactly(spec):
         assert (second_order and repeats < 8) or roll._equations(closed.jaxpr) < 40
         return
     np.testing.assert_allclose(_run(rolling, closed, x)[0], f(x), rtol=1e-13, atol=1e-13)
+    if spec[3] in ("window", "entry"):  # the input is read at each step's own start
+        bodies = [e.params["jaxpr"].jaxpr for e in rolling.jaxpr.eqns if e.primitive.name == "scan"]
+        assert any(e.primitive.name == "dynamic_slice" for body in bodies for e in body.eqns)
     rolled = jex.jaxpr_as_fun(rolling.closed(closed.consts))
     expected = jax.jacrev(f)(x)
     np.testing.assert_allclose(jax.jacrev(lambda v: rolled(v)[0])(x), expected, rtol=1e-12, atol=1e-12)
