@@ -182,6 +182,22 @@ def newton_jacfwd_3(x):
     return x
 
 
+
+# ====================================================================== least squares
+def damped_cosine_residual(p, t, y):
+    """Residuals of a damped cosine ``a exp(-k t) cos(w t + phi)`` against
+    data: the Jacobian a Gauss-Newton or Levenberg-Marquardt step needs,
+    with the parameters read as scalars ``p[0]``..``p[3]``."""
+    return p[0] * jnp.exp(-p[1] * t) * jnp.cos(p[2] * t + p[3]) - y
+
+
+def gaussian_peaks_residual(p, t, y):
+    """Residuals of a sum of Gaussian peaks, parameters interleaved
+    ``(amplitude, centre, width)`` per peak and read by strided slices."""
+    a, m, s = p[0::3], p[1::3], p[2::3]
+    return jnp.sum(a[:, None] * jnp.exp(-0.5 * ((t[None, :] - m[:, None]) / s[:, None]) ** 2), axis=0) - y
+
+
 # ====================================================================== flax
 def _flax_models():
     import flax.linen as nn
@@ -690,6 +706,28 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         n = 4 if q else 16
         return Program("newton_jacfwd_3", "Newton", newton_jacfwd_3, (-0.5 + 0.1 * _rng("newton3").random(n),), 0,
                        what=f"3 Newton steps, J = jax.jacfwd(F) inside f, jnp.linalg.solve, n={n}")
+
+    @reg
+    def p_curve_fit(q):
+        n = 16 if q else 4096
+        t = np.linspace(0.0, 5.0, n)
+        y = 2.0 * np.exp(-0.7 * t) * np.cos(3.0 * t) + 0.05 * _rng("curvefit").standard_normal(n)
+        return Program("curve_fit", "least squares",
+                       lambda p: damped_cosine_residual(p, t.astype(p.dtype), y.astype(p.dtype)),
+                       (np.array([1.8, 0.6, 2.9, 0.1]),), 0,
+                       what=f"residuals of a damped cosine fit w.r.t. its 4 parameters (p[0]..p[3]), {n} points")
+
+    @reg
+    def p_peaks_fit(q):
+        n, peaks = (16, 2) if q else (4096, 3)
+        t = np.linspace(0.0, 5.0, n)
+        p0 = np.array([1.0, 1.0, 0.5, 0.7, 2.5, 0.3, 0.4, 4.0, 0.6])[:3 * peaks]
+        y = np.asarray(gaussian_peaks_residual(p0, t, np.zeros(n))) + 0.05 * _rng("peaksfit").standard_normal(n)
+        return Program("peaks_fit", "least squares",
+                       lambda p: gaussian_peaks_residual(p, t.astype(p.dtype), y.astype(p.dtype)),
+                       (p0 * 1.1,), 0,
+                       what=f"residuals of a sum of {peaks} Gaussian peaks w.r.t. their {3 * peaks} parameters "
+                            f"(strided slices), {n} points")
 
     B["flax_mlp_params"] = flax_mlp_params
     B["flax_embedding_params"] = flax_embedding_params

@@ -149,6 +149,24 @@ def constraint_added_to_a_row(u):
     return r.at[0].add(jnp.sum(u ** 2))
 
 
+FIT_GRID = np.linspace(0.0, 2.0, 12).reshape(3, 4)
+
+
+def damped_cosine_fit(p):
+    """Residuals of a curve fit with the parameters read as scalars: one-row
+    bands (one diagonal per parameter) whose rows replicate over the data's
+    two axes, summed into one band."""
+    t = jnp.asarray(FIT_GRID, p.dtype)
+    return p[0] * jnp.exp(-p[1] * t) * jnp.cos(p[2] * t + p[3]) - 0.5 * t
+
+
+def peaks_fit(p):
+    """Residuals of a sum of two Gaussian peaks, parameters read by strided slices."""
+    t = jnp.asarray(FIT_GRID.reshape(-1), p.dtype)
+    a, m, s = p[0::3], p[1::3], 1.0 + p[2::3] ** 2
+    return jnp.sum(a[:, None] * jnp.exp(-0.5 * ((t[None, :] - m[:, None]) / s[:, None]) ** 2), axis=0) - t
+
+
 PROGRAMS = {
     "boundary_sets": (boundary_sets, (12,)),
     "window_scatters": (window_scatters, (16,)),
@@ -172,6 +190,8 @@ PROGRAMS = {
     "stacked_columns": (stacked_columns, (10,)),
     "integral_constraint": (integral_constraint, (9,)),
     "constraint_added_to_a_row": (constraint_added_to_a_row, (9,)),
+    "damped_cosine_fit": (damped_cosine_fit, (4,)),
+    "peaks_fit": (peaks_fit, (6,)),
 }
 
 

@@ -217,14 +217,20 @@ class DebandPlan:
         else:
             value, letters = jnp.reshape(jnp.asarray(value, dtype), tuple(st.sizes[s] for s in st.val)), list(st.val)
         for band in st.bands:
-            if band.out not in letters:  # rows of a replicated value
-                value = lax.broadcast_in_dim(value, value.shape + (st.sizes[band.out],), tuple(range(value.ndim)))
-                letters.append(band.out)
+            # Each diagonal is sliced off before the rows of a replicated
+            # value are broadcast: XLA then reads a diagonal of a value built
+            # by ``concatenate`` (a sum's) as that operand, and fuses the write
+            # into uniform code (a 4-parameter curve fit on 4,096 points: 90
+            # against 45 µs with the broadcast first).
             pieces = [value if band.slot not in letters
                       else lax.index_in_dim(value, k, letters.index(band.slot), keepdims=False)
                       for k in range(len(band.offsets))]
             if band.slot in letters:
                 letters.remove(band.slot)
+            if band.out not in letters:  # rows of a replicated value
+                pieces = [lax.broadcast_in_dim(p, p.shape + (st.sizes[band.out],), tuple(range(p.ndim)))
+                          for p in pieces]
+                letters.append(band.out)
             value = write_diagonals(pieces, band.offsets, band.ranges, letters.index(band.out),
                                     st.sizes[band.inn], dtype)
             letters.append(band.inn)
