@@ -57,8 +57,19 @@ from ccjax import _jaxpr
 #: compile and can beat the plain modes (RK4, 99 equations in 3 steps: 77
 #: against ``jax.jacrev``'s 179 µs).
 ROLL_MIN_EQUATIONS = 100
-#: A run must repeat its block at least this often to be rolled.
+#: A run must repeat its block at least this often to be rolled ...
 MIN_REPEATS = 4
+#: ... or this often in a jaxpr of :data:`FEW_REPEATS_MIN_EQUATIONS` equations
+#: or more, where rolling removes :data:`FEW_REPEATS_MIN_REMOVED` or more.
+#: Three long blocks unrolled are a long program to compile: three RK4 steps
+#: of Lorenz-63 on scalars (220 equations, blocks of 73) took 2.1 s to a
+#: first Jacobian and 50-90 µs a call unrolled, 0.36 s and 10 µs rolled
+#: (``jax.jacfwd``: 0.38 s, 70 µs).  Shorter programs keep four: three
+#: Newton steps with ``jnp.linalg.solve`` (165 equations, blocks of 55) ran
+#: 125 µs rolled against 88 µs unrolled (planned as forward mode either way).
+FEW_REPEATS = 3
+FEW_REPEATS_MIN_EQUATIONS = 200
+FEW_REPEATS_MIN_REMOVED = 100
 #: Longest block considered (equations per iteration).
 MAX_PERIOD = 4096
 #: A loop is rolled only if that removes at least this many equations.
@@ -153,14 +164,15 @@ def _is_window(eqn) -> bool:
 
 
 # ------------------------------------------------------------------ finding a loop
-def _longest_runs(sig: np.ndarray, max_period: int) -> list[tuple[int, int, int, int]]:
+def _longest_runs(sig: np.ndarray, max_period: int, min_repeats: int) -> list[tuple[int, int, int, int]]:
     """``(removed, period, first, span)`` for every period: the longest
     stretch where ``sig[i] == sig[i + period]`` makes equations ``first ..
-    first + span`` repeats of a block, rolling which would remove
-    ``removed`` equations; best first (shorter blocks first among equals)."""
+    first + span`` ``min_repeats`` or more repeats of a block, rolling which
+    would remove ``removed`` equations; best first (shorter blocks first
+    among equals)."""
     n = len(sig)
     found = []
-    for p in range(1, min(max_period, n // MIN_REPEATS) + 1):
+    for p in range(1, min(max_period, n // min_repeats) + 1):
         same = np.concatenate(([False], sig[p:] == sig[:-p], [False]))
         edges = np.flatnonzero(np.diff(same.astype(np.int8)))
         if not len(edges):
@@ -169,16 +181,17 @@ def _longest_runs(sig: np.ndarray, max_period: int) -> list[tuple[int, int, int,
         k = int(np.argmax(stops - starts))
         length = int(stops[k] - starts[k])
         repeats = (length + p) // p
-        if repeats >= MIN_REPEATS:
+        if repeats >= min_repeats:
             found.append(((repeats - 1) * p, p, int(starts[k]), length + p))
     found.sort(key=lambda t: (-t[0], t[1]))
     return found
 
 
-def find_loop(jaxpr, min_removed: int = MIN_REMOVED, candidates: int = 4) -> Optional[Loop]:
+def find_loop(jaxpr, min_removed: int = MIN_REMOVED, candidates: int = 4,
+              min_repeats: int = MIN_REPEATS) -> Optional[Loop]:
     """The run of repeated blocks of ``jaxpr`` that removes most equations
-    when rolled (None if none repeats :data:`MIN_REPEATS` times and
-    removes ``min_removed`` equations)."""
+    when rolled (None if none repeats ``min_repeats`` times and removes
+    ``min_removed`` equations)."""
     eqns = jaxpr.eqns
     signature = _Signatures()
     sig = np.fromiter((signature(e) for e in eqns), dtype=np.int64, count=len(eqns))
@@ -187,10 +200,10 @@ def find_loop(jaxpr, min_removed: int = MIN_REMOVED, candidates: int = 4) -> Opt
         for o, v in enumerate(eqn.outvars):
             producer[v] = (idx, o)
     users = _users(jaxpr)
-    for removed, period, first, span in _longest_runs(sig, MAX_PERIOD)[:candidates]:
+    for removed, period, first, span in _longest_runs(sig, MAX_PERIOD, min_repeats)[:candidates]:
         if removed < min_removed:
             break
-        for start in _phases(eqns, producer, first, span, period):
+        for start in _phases(eqns, producer, first, span, period, min_repeats):
             loop = _wire(eqns, producer, users, start, period, (first + span - start) // period)
             if loop is not None:
                 return loop
@@ -211,9 +224,9 @@ def _users(jaxpr) -> dict:
     return users
 
 
-def _phases(eqns, producer: dict, first: int, span: int, period: int) -> list[int]:
+def _phases(eqns, producer: dict, first: int, span: int, period: int, min_repeats: int) -> list[int]:
     """Block starts to try within ``first .. first + span``, best first:
-    at least :data:`MIN_REPEATS` blocks, no value crossing two block
+    at least ``min_repeats`` blocks, no value crossing two block
     boundaries (produced in one block, read two blocks later), the most
     blocks, then the fewest values cut."""
     pairs = [(producer[a][0], idx) for idx in range(first, first + span) for a in eqns[idx].invars
@@ -223,7 +236,7 @@ def _phases(eqns, producer: dict, first: int, span: int, period: int) -> list[in
     for offset in range(period):
         start = first + offset
         repeats = (first + span - start) // period
-        if repeats < MIN_REPEATS:
+        if repeats < min_repeats:
             break
         crossings = (read - start) // period - (made - start) // period
         inside = (made >= start) & (read < start + repeats * period)
@@ -520,6 +533,8 @@ def roll_loops(closed, min_equations: Optional[int] = None,
     rolled = False
     for _ in range(MAX_LOOPS):
         loop = find_loop(jaxpr, min_removed)
+        if loop is None and _equations(jaxpr) >= FEW_REPEATS_MIN_EQUATIONS:
+            loop = find_loop(jaxpr, max(min_removed, FEW_REPEATS_MIN_REMOVED), min_repeats=FEW_REPEATS)
         if loop is None:
             break
         jaxpr, sources = roll_once(jaxpr, loop, sources)

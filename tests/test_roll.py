@@ -7,6 +7,7 @@ lowered here so that small loops roll.
 """
 from __future__ import annotations
 
+import functools
 from unittest import mock
 
 import jax
@@ -350,6 +351,37 @@ def test_small_programs_and_programs_without_loops_are_not_rolled():
     rolling = roll.roll_loops(_closed(no_loop, x), min_equations=100, min_removed=50)
     assert rolling is not None
     np.testing.assert_allclose(_run(rolling, _closed(no_loop, x), x)[0], no_loop(x), rtol=1e-14)
+
+
+def lorenz63_rk4(x, steps=3):
+    """RK4 steps of Lorenz-63 on its three scalar components (73 equations a step)."""
+    rhs = lambda u, v, w: (10.0 * (v - u), u * (28.0 - w) - v, u * v - 8.0 / 3.0 * w)
+    y, h = (x[0], x[1], x[2]), 0.01
+    for _ in range(steps):
+        k1 = rhs(*y)
+        k2 = rhs(*(a + h / 2 * k for a, k in zip(y, k1)))
+        k3 = rhs(*(a + h / 2 * k for a, k in zip(y, k2)))
+        k4 = rhs(*(a + h * k for a, k in zip(y, k3)))
+        y = tuple(a + h / 6 * (p + 2 * q + 2 * r + s) for a, p, q, r, s in zip(y, k1, k2, k3, k4))
+    return jnp.stack(y)
+
+
+def test_three_long_blocks_roll_in_a_long_program_only():
+    """Three repeats roll where the program has FEW_REPEATS_MIN_EQUATIONS
+    equations or more (three scalar RK4 steps: 220); two do not, and
+    neither do three in a shorter program (three 33-equation RK4 steps)."""
+    x = jnp.asarray([1.0, 1.0, 1.0])
+    three = _closed(lorenz63_rk4, x)
+    assert roll._equations(three.jaxpr) >= roll.FEW_REPEATS_MIN_EQUATIONS
+    rolling = roll.roll_loops(three)
+    assert rolling is not None and _scans(rolling.closed(three.consts).jaxpr) == 1
+    np.testing.assert_allclose(_run(rolling, three, x)[0], lorenz63_rk4(x), rtol=1e-14)
+    for f in (ccjax.jacve(lorenz63_rk4), jax.jit(ccjax.jacve(lorenz63_rk4))):
+        assert_jac_equal(f(x), jax.jacrev(lorenz63_rk4)(x))
+    assert roll.roll_loops(_closed(functools.partial(lorenz63_rk4, steps=2), x)) is None
+    y = jnp.linspace(0.1, 1.2, 6)
+    short = _closed(lambda y: rk4(y, steps=3), y)
+    assert roll.roll_loops(short, min_equations=0) is None
 
 
 def test_a_loop_with_effects_is_not_rolled(low_thresholds):
