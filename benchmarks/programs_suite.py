@@ -575,6 +575,15 @@ def rk4_lorenz63_scalars(x, steps=4):
     return jnp.stack(y)
 
 
+def quaternion_rotation(q):
+    """The rotation matrix of a quaternion, normalized first: nine entries
+    written with ``jnp.array`` of scalar expressions."""
+    w, x, y, z = q / jnp.linalg.norm(q)
+    return jnp.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
 def arm_position(q, lengths):
     """End-effector position of a planar serial arm: one 4x4 homogeneous
     transform per joint (rotation about z, then the link along x), each
@@ -960,6 +969,11 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         return Program("fft_filter_rows", "sort/FFT", fft_filter_rows,
                        (_rng("fftrows").standard_normal((rows, n)), np.exp(-(k / (n / 8)) ** 2)), 0,
                        what=f"the same filter on each row of a ({rows}, {n}) batch of signals")
+
+    @reg
+    def p_quaternion_rotation(q):
+        return Program("quaternion_rotation", "robotics", quaternion_rotation, (np.array([0.3, -0.5, 0.8, 0.1]),), 0,
+                       what="rotation matrix of a normalized quaternion (jnp.array of scalar expressions)")
 
     @reg
     def p_robot_arm_chain(q):

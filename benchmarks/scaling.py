@@ -156,7 +156,7 @@ def measure_ccjax(program: str, n: int, compile: bool = True) -> dict:
     import jax
 
     from ccjax.api import _plan, _runner
-    from ccjax.roll import _equations
+    from ccjax._jaxpr import equation_count
     from ccjax.trace import auto_graph_of, graph_of, trace
 
     f, x = make(program, n)
@@ -166,7 +166,7 @@ def measure_ccjax(program: str, n: int, compile: bool = True) -> dict:
     g, t = auto_graph_of(unrolled, False)  # what jacve(order="auto") plans: loops rolled
     rec["build"] = time.perf_counter() - t0
     rec["vertices"] = len(g.vertices)
-    rec["planned_eqns"] = _equations(t.closed.jaxpr)
+    rec["planned_eqns"] = equation_count(t.closed.jaxpr)
     t0 = time.perf_counter()
     plain = graph_of(unrolled, False)  # named orders eliminate the unrolled graph
     rec["build_unrolled"] = time.perf_counter() - t0

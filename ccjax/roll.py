@@ -488,12 +488,6 @@ class Rolling:
         return stacked
 
 
-def _equations(jaxpr) -> int:
-    """Equations of ``jaxpr`` with calls counted by their bodies."""
-    return sum(_equations(_jaxpr.call_body(e)[0]) if e.primitive.name in _jaxpr.CALL_PRIMITIVES else 1
-               for e in jaxpr.eqns)
-
-
 def _inlined(jaxpr, sources: tuple) -> tuple[Any, tuple]:
     """``jaxpr`` with its calls (``jit``, ``closed_call``, ``remat``)
     inlined, as the graph inlines them, so a loop inside a jitted function
@@ -526,14 +520,14 @@ def roll_loops(closed, min_equations: Optional[int] = None,
     min_equations = ROLL_MIN_EQUATIONS if min_equations is None else min_equations
     min_removed = MIN_REMOVED if min_removed is None else min_removed
     jaxpr, sources = closed.jaxpr, tuple(("const", k) for k in range(len(closed.consts)))
-    if len(jaxpr.eqns) < min_equations and _equations(jaxpr) < min_equations:
+    if len(jaxpr.eqns) < min_equations and _jaxpr.equation_count(jaxpr) < min_equations:
         return None
     if any(e.primitive.name in _jaxpr.CALL_PRIMITIVES for e in jaxpr.eqns):
         jaxpr, sources = _inlined(jaxpr, sources)
     rolled = False
     for _ in range(MAX_LOOPS):
         loop = find_loop(jaxpr, min_removed)
-        if loop is None and _equations(jaxpr) >= FEW_REPEATS_MIN_EQUATIONS:
+        if loop is None and _jaxpr.equation_count(jaxpr) >= FEW_REPEATS_MIN_EQUATIONS:
             loop = find_loop(jaxpr, max(min_removed, FEW_REPEATS_MIN_REMOVED), min_repeats=FEW_REPEATS)
         if loop is None:
             break

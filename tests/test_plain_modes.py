@@ -19,7 +19,9 @@ from ccjax.api import _plan  # noqa: E402
 from ccjax.eliminate import plan_elimination  # noqa: E402
 from ccjax.counting import Counter  # noqa: E402
 from ccjax.eliminate import partial_values  # noqa: E402
-from ccjax.jax_modes import cheapest, plan_jax_mode, program_mults, traced_mode_mults, traced_mults  # noqa: E402
+from ccjax import jax_modes  # noqa: E402
+from ccjax.jax_modes import (STAGED_RATIO, cheapest, plan_jax_mode, program_mults, staged_equations,  # noqa: E402
+                             traced_mode_mults, traced_mults)
 from ccjax.tasks.random_fn import random_function, random_inputs  # noqa: E402
 from ccjax.resolve import resolve_order  # noqa: E402
 from ccjax.tasks import TASKS  # noqa: E402
@@ -190,6 +192,31 @@ def test_counter_traces_each_equation_signature_once():
     # whose own multiplications need no trace (each stages alone)
     assert len(g.program.nodes) == 90
     assert sorted(kind for kind, _ in counter.memo) == ["rev"] * 3
+
+
+def quaternion_rotation(q):
+    w, x, y, z = q / jnp.linalg.norm(q)
+    return jnp.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def test_a_small_elimination_that_stages_far_more_equations_yields_to_a_plain_mode(monkeypatch):
+    """The rotation matrix of a quaternion: the elimination multiplies less
+    than forward mode, but writes nine scalars into the matrix with more
+    than twice forward mode's equations, so ``auto`` runs forward mode."""
+    q = jnp.asarray([0.3, -0.5, 0.8, 0.1])
+    g = ccjax.graph(quaternion_rotation, q)
+    elim = plan_elimination(g, resolve_order(g, "auto"))
+    forward = plan_jax_mode(g, "fwd")
+    assert program_mults(g, elim) < forward.report.mults <= STAGED_RATIO * program_mults(g, elim)
+    assert staged_equations(g, elim) > STAGED_RATIO * staged_equations(g, forward)
+    assert _plan(g, "auto").mode == "jax-fwd"
+    for fn in (ccjax.jacve(quaternion_rotation), jax.jit(ccjax.jacve(quaternion_rotation))):
+        np.testing.assert_allclose(fn(q), jax.jacrev(quaternion_rotation)(q), rtol=1e-12, atol=1e-12)
+    # by the staged equations alone: without that check the elimination wins on its count
+    monkeypatch.setattr(jax_modes, "STAGED_CHECK_MAX_NODES", 0)
+    assert cheapest(g, elim, Counter(g)) is elim
 
 
 def test_cheapest_counts_no_plain_mode_that_cannot_win(monkeypatch):

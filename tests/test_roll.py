@@ -18,7 +18,7 @@ from hypothesis import given, settings, strategies as st
 from jax.extend import core as jex
 
 import ccjax
-from ccjax import roll, trace
+from ccjax import _jaxpr, roll, trace
 from conftest import assert_jac_equal
 
 
@@ -131,7 +131,7 @@ def test_unrolled_loops_roll_into_scans_that_compute_the_same(name, low_threshol
     rolling = roll.roll_loops(closed)
     assert rolling is not None
     assert _scans(rolling.jaxpr) >= 1
-    assert len(rolling.jaxpr.eqns) < roll._equations(closed.jaxpr)
+    assert len(rolling.jaxpr.eqns) < _jaxpr.equation_count(closed.jaxpr)
     np.testing.assert_allclose(_run(rolling, closed, x)[0], f(x), rtol=1e-14, atol=1e-14)
 
 
@@ -341,7 +341,7 @@ def test_stacked_weights_are_made_once_while_the_same_arrays_come_in(low_thresho
 def test_small_programs_and_programs_without_loops_are_not_rolled():
     x = jnp.linspace(0.1, 1.2, 6)
     short = lambda x: rk4(x, steps=3)
-    assert roll._equations(_closed(short, x).jaxpr) < roll.ROLL_MIN_EQUATIONS
+    assert _jaxpr.equation_count(_closed(short, x).jaxpr) < roll.ROLL_MIN_EQUATIONS
     assert roll.roll_loops(_closed(short, x)) is None
     def no_loop(x):
         for k in range(400):
@@ -372,7 +372,7 @@ def test_three_long_blocks_roll_in_a_long_program_only():
     neither do three in a shorter program (three 33-equation RK4 steps)."""
     x = jnp.asarray([1.0, 1.0, 1.0])
     three = _closed(lorenz63_rk4, x)
-    assert roll._equations(three.jaxpr) >= roll.FEW_REPEATS_MIN_EQUATIONS
+    assert _jaxpr.equation_count(three.jaxpr) >= roll.FEW_REPEATS_MIN_EQUATIONS
     rolling = roll.roll_loops(three)
     assert rolling is not None and _scans(rolling.closed(three.consts).jaxpr) == 1
     np.testing.assert_allclose(_run(rolling, three, x)[0], lorenz63_rk4(x), rtol=1e-14)
@@ -467,7 +467,7 @@ def test_random_loops_roll_exactly(spec):
         # as blocks of two steps, which needs 8 steps; tiny programs remove
         # fewer than min_removed equations.
         second_order, repeats = spec[2], spec[1]
-        assert (second_order and repeats < 8) or roll._equations(closed.jaxpr) < 40
+        assert (second_order and repeats < 8) or _jaxpr.equation_count(closed.jaxpr) < 40
         return
     np.testing.assert_allclose(_run(rolling, closed, x)[0], f(x), rtol=1e-13, atol=1e-13)
     if spec[3] in ("window", "entry"):  # the input is read at each step's own start
