@@ -182,7 +182,6 @@ def newton_jacfwd_3(x):
     return x
 
 
-
 # ====================================================================== least squares
 def damped_cosine_residual(p, t, y):
     """Residuals of a damped cosine ``a exp(-k t) cos(w t + phi)`` against

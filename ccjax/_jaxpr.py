@@ -201,6 +201,7 @@ def equation_count(jaxpr) -> int:
     """Equations of ``jaxpr`` with calls counted by their bodies."""
     return sum(equation_count(call_body(e)[0]) if e.primitive.name in CALL_PRIMITIVES else 1 for e in jaxpr.eqns)
 
+
 def count_multiplications(jaxpr) -> int:
     """Scalar multiplications in ``jaxpr``: a ``mul`` costs its output size, a
     ``dot_general`` its whole iteration space; sub-jaxprs are counted once

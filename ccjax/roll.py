@@ -516,7 +516,9 @@ def roll_loops(closed, min_equations: Optional[int] = None,
     """``closed`` with its loops rolled, or None when it has fewer than
     ``min_equations`` equations (calls counted by their bodies; default
     :data:`ROLL_MIN_EQUATIONS`) or no loop whose rolling removes
-    ``min_removed`` (default :data:`MIN_REMOVED`); see the module docstring."""
+    ``min_removed`` (default :data:`MIN_REMOVED`) and repeats its block
+    :data:`MIN_REPEATS` times (:data:`FEW_REPEATS` in long programs); see
+    the module docstring."""
     min_equations = ROLL_MIN_EQUATIONS if min_equations is None else min_equations
     min_removed = MIN_REMOVED if min_removed is None else min_removed
     jaxpr, sources = closed.jaxpr, tuple(("const", k) for k in range(len(closed.consts)))

@@ -358,11 +358,10 @@ def lorenz63_rk4(x, steps=3):
     rhs = lambda u, v, w: (10.0 * (v - u), u * (28.0 - w) - v, u * v - 8.0 / 3.0 * w)
     y, h = (x[0], x[1], x[2]), 0.01
     for _ in range(steps):
-        k1 = rhs(*y)
-        k2 = rhs(*(a + h / 2 * k for a, k in zip(y, k1)))
-        k3 = rhs(*(a + h / 2 * k for a, k in zip(y, k2)))
-        k4 = rhs(*(a + h * k for a, k in zip(y, k3)))
-        y = tuple(a + h / 6 * (p + 2 * q + 2 * r + s) for a, p, q, r, s in zip(y, k1, k2, k3, k4))
+        stages = [rhs(*y)]
+        for c in (0.5, 0.5, 1.0):
+            stages.append(rhs(*(a + c * h * d for a, d in zip(y, stages[-1]))))
+        y = tuple(a + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4) for a, k1, k2, k3, k4 in zip(y, *stages))
     return jnp.stack(y)
 
 
