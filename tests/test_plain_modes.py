@@ -214,6 +214,9 @@ def test_a_small_elimination_that_stages_far_more_equations_yields_to_a_plain_mo
     assert _plan(g, "auto").mode == "jax-fwd"
     for fn in (ccjax.jacve(quaternion_rotation), jax.jit(ccjax.jacve(quaternion_rotation))):
         np.testing.assert_allclose(fn(q), jax.jacrev(quaternion_rotation)(q), rtol=1e-12, atol=1e-12)
+    qs = jnp.asarray(np.random.default_rng(7).normal(size=(5, 4)))
+    np.testing.assert_allclose(jax.vmap(ccjax.jacve(quaternion_rotation))(qs),
+                               jax.vmap(jax.jacrev(quaternion_rotation))(qs), rtol=1e-12, atol=1e-12)
     # by the staged equations alone: without that check the elimination wins on its count
     monkeypatch.setattr(jax_modes, "STAGED_CHECK_MAX_NODES", 0)
     assert cheapest(g, elim, Counter(g)) is elim

@@ -377,6 +377,8 @@ def test_three_long_blocks_roll_in_a_long_program_only():
     np.testing.assert_allclose(_run(rolling, three, x)[0], lorenz63_rk4(x), rtol=1e-14)
     for f in (ccjax.jacve(lorenz63_rk4), jax.jit(ccjax.jacve(lorenz63_rk4))):
         assert_jac_equal(f(x), jax.jacrev(lorenz63_rk4)(x))
+    xs = jnp.asarray(np.random.default_rng(3).normal(size=(4, 3)))
+    assert_jac_equal(jax.vmap(ccjax.jacve(lorenz63_rk4))(xs), jax.vmap(jax.jacrev(lorenz63_rk4))(xs))
     assert roll.roll_loops(_closed(functools.partial(lorenz63_rk4, steps=2), x)) is None
     y = jnp.linspace(0.1, 1.2, 6)
     short = _closed(lambda y: rk4(y, steps=3), y)
