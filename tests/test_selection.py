@@ -159,6 +159,37 @@ def test_selections_times_banded_structures_equal_dense_products(data, kind, sel
     assert count_mults(lambda x, y: plan.apply(x, y, jnp.float64), a[1], b[1]) == plan.mults
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(start=hs.integers(0, 3), step=hs.integers(1, 4), count=hs.integers(1, 4), spare=hs.integers(0, 3),
+       other=hs.sampled_from(["unit", "neg", "diag", "dense"]), valued=hs.booleans(), sign=hs.sampled_from([1, -1]),
+       selection_outer=hs.booleans(), seed=hs.integers(0, 1000))
+def test_slices_at_constant_indices_write_by_one_pad_and_equal_dense_products(start, step, count, spare, other,
+                                                                              valued, sign, selection_outer, seed):
+    """A strided (or plain) slice's columns, ``dense ∘ pick``, and rows,
+    ``put ∘ dense``, at constant indices are one interior pad, not a
+    scatter-add into zeros: XLA fuses a pad into the sum it feeds."""
+    rng = np.random.default_rng(seed)
+    size = start + step * (count - 1) + 1 + spare
+    idx = start + step * np.arange(count, dtype=np.int32)[:, None]
+    kind = "put" if selection_outer else "pick"
+    st = Selection((size,) if selection_outer else (count,), (count,) if selection_outer else (size,), kind,
+                   (("k", 0),), ("v",) if valued else None, 1 if valued else sign)
+    sel = (st, (idx, jnp.asarray(rng.normal(size=(count, 1)))) if valued else (idx,))
+    rest = _other(rng, other, (count,), (count,))
+    a, b = (sel, rest) if selection_outer else (rest, sel)
+    plan = product_plan(a[0], b[0])
+
+    def run(value):  # the indices stay constants, as in a planned program
+        return plan.apply(sel[1], value, jnp.float64) if selection_outer else plan.apply(value, sel[1], jnp.float64)
+
+    np.testing.assert_allclose(_matrix(plan.result, run(rest[1])), _matrix(*a) @ _matrix(*b), rtol=1e-12,
+                               atol=1e-12)
+    assert count_mults(run, rest[1]) == plan.mults
+    if not isinstance(plan.result, Selection):  # densified: the slice wrote its rows or columns
+        primitives = {e.primitive.name for e in jax.make_jaxpr(run)(rest[1]).eqns}
+        assert "pad" in primitives and not any(p.startswith("scatter") for p in primitives), primitives
+
+
 def test_a_selection_after_a_slice_stays_a_selection():
     x_to_slice, _ = structure_from_labels((3,), (5,), ["o"], ["i"], bands=[("o", "i", 1)])  # x[1:4]
     gather = Selection((4,), (3,), "pick", (("k", 0),))

@@ -595,8 +595,7 @@ def _selection_times_dense(sel: Selection, other) -> SelectionPlan:
             picked = _scale(_take(rows, idx), v, sel.sign)  # (M, width, R)
             return prepare(picked.sum(axis=1) if sel.width > 1 else picked[:, 0])
         # row n of other, times v[n, k], lands on row idx[n, k]
-        scaled = _scale(jnp.broadcast_to(rows[:, None, :], idx.shape + (r,)), v, sel.sign)
-        return prepare(jnp.zeros((m, r), dtype).at[idx].add(scaled))
+        return prepare(_rows_to(rows, idx, v, sel.sign, m, dtype))
 
     return SelectionPlan(result, mults, 0, run)
 
@@ -615,10 +614,37 @@ def _dense_times_selection(other, sel: Selection) -> SelectionPlan:
         if sel.kind == "put":
             picked = _scale(_take(cols, idx), v, sel.sign)  # (N, width, P)
             return prepare(picked.sum(axis=1).T if sel.width > 1 else picked[:, 0].T)
-        scaled = _scale(jnp.broadcast_to(cols[:, None, :], idx.shape + (p,)), v, sel.sign)
-        return prepare(jnp.zeros((n, p), dtype).at[idx].add(scaled).T)
+        return prepare(_rows_to(cols, idx, v, sel.sign, n, dtype).T)
 
     return SelectionPlan(result, mults, 0, run)
+
+
+def _rows_to(rows, idx, v, sign: int, size: int, dtype):
+    """``(size, R)`` zeros plus row ``l`` of ``rows`` (``(L, R)``) times
+    ``v[l, k]`` at row ``idx[l, k]``.  Constant one-column indices in
+    steps (a strided or plain slice's) are one interior ``pad``: XLA fuses
+    it into the sum or product it feeds, where a scatter-add into zeros
+    is a buffer of its own per term (three strided parameter reads of a
+    least-squares residual held 3.7x its Jacobian)."""
+    step = _step(idx, size)
+    if step is not None:
+        start, last = int(np.asarray(idx)[0, 0]), int(np.asarray(idx)[-1, 0])
+        spaced = ((start, size - 1 - last, step - 1), (0, 0, 0))
+        return lax.pad(_scale(rows[:, None, :], v, sign)[:, 0], jnp.zeros((), dtype), spaced)
+    scaled = _scale(jnp.broadcast_to(rows[:, None, :], idx.shape + rows.shape[1:]), v, sign)
+    return jnp.zeros((size,) + rows.shape[1:], dtype).at[idx].add(scaled)
+
+
+def _step(idx, size: int) -> Optional[int]:
+    """``step`` where ``idx`` is known, one column, and ``start + step * l``
+    with ``step >= 1``, all in ``[0, size)``; else None."""
+    if not is_known(idx) or np.ndim(idx) != 2 or np.shape(idx)[1] != 1:
+        return None
+    at = np.asarray(idx)[:, 0].astype(np.int64)
+    step = int(at[1] - at[0]) if at.size > 1 else 1
+    if at.size == 0 or step < 1 or at[0] < 0 or at[-1] >= size:
+        return None
+    return step if np.array_equal(at, at[0] + step * np.arange(at.size)) else None
 
 
 def _scale(rows, v, sign: int):
