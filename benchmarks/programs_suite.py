@@ -156,6 +156,31 @@ def euler1d_rusanov(U):
     return flux[:, 1:] - flux[:, :-1]
 
 
+def fem1d_residual(u):
+    """Nonlinear diffusion -(k(u) u')' = 1 by linear finite elements on
+    (0, 1) with zero boundary values, ``k(u) = 1 + u²`` at each element's
+    midpoint: the element fluxes assembled into the nodes by two
+    scatter-adds (``.at[].add``), as an assembly loop is written."""
+    n = u.shape[0]
+    h = 1.0 / (n + 1)
+    zero = jnp.zeros((1,), u.dtype)
+    nodes = jnp.concatenate([zero, u, zero])
+    k = 1.0 + (0.5 * (nodes[:-1] + nodes[1:])) ** 2
+    flux = k * (nodes[1:] - nodes[:-1]) / h
+    residual = jnp.zeros((n + 2,), u.dtype).at[np.arange(n + 1)].add(flux).at[np.arange(1, n + 2)].add(-flux)
+    return residual[1:-1] - h
+
+
+def gray_scott_rhs(U):
+    """Gray–Scott reaction–diffusion right-hand side, two species on a
+    periodic grid (5-point Laplacian by ``jnp.roll`` on both axes);
+    ``U``: (2, n, n)."""
+    u, v = U[0], U[1]
+    lap = lambda a: jnp.roll(a, 1, 0) + jnp.roll(a, -1, 0) + jnp.roll(a, 1, 1) + jnp.roll(a, -1, 1) - 4.0 * a
+    uvv = u * v * v
+    return jnp.stack([0.16 * lap(u) - uvv + 0.06 * (1.0 - u), 0.08 * lap(v) + uvv - 0.122 * v])
+
+
 # ====================================================================== Newton
 def broyden_F(x):
     """Broyden's tridiagonal system."""
@@ -195,6 +220,28 @@ def gaussian_peaks_residual(p, t, y):
     ``(amplitude, centre, width)`` per peak and read by strided slices."""
     a, m, s = p[0::3], p[1::3], p[2::3]
     return jnp.sum(a[:, None] * jnp.exp(-0.5 * ((t[None, :] - m[:, None]) / s[:, None]) ** 2), axis=0) - y
+
+
+# ====================================================================== finance
+def black_scholes_call(S, K, sigma, T, rate=0.01):
+    """Black–Scholes call prices of a book of options, elementwise in the
+    spot, strike, volatility and maturity (the greeks are the diagonals of
+    the four Jacobian blocks)."""
+    from jax.scipy.stats import norm
+
+    sqrt_t = jnp.sqrt(T)
+    d1 = (jnp.log(S / K) + (rate + 0.5 * sigma ** 2) * T) / (sigma * sqrt_t)
+    d2 = d1 - sigma * sqrt_t
+    return S * norm.cdf(d1) - K * jnp.exp(-rate * T) * norm.cdf(d2)
+
+
+def monte_carlo_calls(theta, Z, strikes):
+    """Monte Carlo prices of calls at several strikes under geometric
+    Brownian motion, w.r.t. ``theta = (spot, volatility, rate, maturity)``
+    read as scalars; ``Z``: the fixed normal draws."""
+    spot, sigma, rate, T = theta[0], theta[1], theta[2], theta[3]
+    terminal = spot * jnp.exp((rate - 0.5 * sigma ** 2) * T + sigma * jnp.sqrt(T) * Z)
+    return jnp.exp(-rate * T) * jnp.mean(jax.nn.relu(terminal[None, :] - strikes[:, None]), axis=1)
 
 
 # ====================================================================== flax
@@ -704,6 +751,22 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                        what=f"1D Euler equations, finite volumes, Rusanov flux, (3, {n}) cells")
 
     @reg
+    def p_fem1d_assembly(q):
+        n = 16 if q else 1024
+        return Program("fem1d_assembly", "PDE", fem1d_residual, (0.1 * _rng("fem1d").standard_normal(n),), 0,
+                       what=f"nonlinear diffusion by linear finite elements, element fluxes assembled by "
+                            f"scatter-add, n={n}")
+
+    @reg
+    def p_gray_scott2d(q):
+        n = 4 if q else 32
+        r = _rng("grayscott")
+        return Program("gray_scott2d", "PDE", gray_scott_rhs, (np.stack([1.0 - 0.1 * r.random((n, n)),
+                                                                          0.1 * r.random((n, n))]),), 0,
+                       what=f"Gray–Scott reaction–diffusion, two species, periodic 5-point Laplacian by "
+                            f"jnp.roll, (2, {n}, {n})")
+
+    @reg
     def p_newton_step(q):
         n = 6 if q else 64
         return Program("newton_step", "Newton", newton_step, (-0.5 + 0.1 * _rng("newton").random(n),), 0,
@@ -736,6 +799,27 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                        (p0 * 1.1,), 0,
                        what=f"residuals of a sum of {peaks} Gaussian peaks w.r.t. their {3 * peaks} parameters "
                             f"(strided slices), {n} points")
+
+    @reg
+    def p_black_scholes_greeks(q):
+        n = 8 if q else 1024
+        r = _rng("blackscholes")
+        return Program("black_scholes_greeks", "finance", black_scholes_call,
+                       (100.0 + 10.0 * r.standard_normal(n), 100.0 + 10.0 * r.standard_normal(n),
+                        0.2 + 0.1 * r.random(n), 0.25 + r.random(n)), (0, 1, 2, 3),
+                       what=f"Black–Scholes call prices of {n} options w.r.t. spot, strike, volatility and "
+                            f"maturity (four diagonal blocks)")
+
+    @reg
+    def p_monte_carlo_greeks(q):
+        paths, strikes = (64, 3) if q else (4096, 9)
+        Z = _rng("montecarlo").standard_normal(paths)
+        K = np.linspace(80.0, 120.0, strikes)
+        return Program("monte_carlo_greeks", "finance",
+                       lambda theta: monte_carlo_calls(theta, Z.astype(theta.dtype), K.astype(theta.dtype)),
+                       (np.array([100.0, 0.2, 0.01, 1.0]),), 0,
+                       what=f"Monte Carlo call prices at {strikes} strikes, {paths} paths, w.r.t. spot, volatility, "
+                            f"rate and maturity (read as scalars)")
 
     B["flax_mlp_params"] = flax_mlp_params
     B["flax_embedding_params"] = flax_embedding_params

@@ -167,6 +167,15 @@ def peaks_fit(p):
     return jnp.sum(a[:, None] * jnp.exp(-0.5 * ((t[None, :] - m[:, None]) / s[:, None]) ** 2), axis=0) - t
 
 
+def fem_assembly(u):
+    """Finite-element assembly: element fluxes ``k(u) u'`` added into their
+    two nodes by scatter-adds at known indices (two bands)."""
+    nodes = jnp.pad(u, 1)
+    flux = (1.0 + (0.5 * (nodes[:-1] + nodes[1:])) ** 2) * (nodes[1:] - nodes[:-1])
+    n = u.shape[0]
+    return (jnp.zeros(n + 2, u.dtype).at[np.arange(n + 1)].add(flux).at[np.arange(1, n + 2)].add(-flux))[1:-1]
+
+
 PROGRAMS = {
     "boundary_sets": (boundary_sets, (12,)),
     "window_scatters": (window_scatters, (16,)),
@@ -192,6 +201,7 @@ PROGRAMS = {
     "constraint_added_to_a_row": (constraint_added_to_a_row, (9,)),
     "damped_cosine_fit": (damped_cosine_fit, (4,)),
     "peaks_fit": (peaks_fit, (6,)),
+    "fem_assembly": (fem_assembly, (9,)),
 }
 
 
@@ -238,7 +248,8 @@ def test_banded_jacobians_are_differentiable(name):
 
 @pytest.mark.parametrize("name", ["burgers", "bratu_roll", "neumann_laplacian", "negative_pad", "lorenz96_indexed",
                                   "scatter_rows", "row_and_total_norms", "integral_constraint",
-                                  "constraint_added_to_a_row", "bratu2d", "laplacian3d", "stacked_columns"])
+                                  "constraint_added_to_a_row", "bratu2d", "laplacian3d", "stacked_columns",
+                                  "fem_assembly"])
 def test_sparse_output_stores_the_structural_nonzeros(name):
     """Stencils: nse equals the nonzeros of the Jacobian (at a point where no
     entry cancels numerically) in every order.  Bands along two or three
