@@ -181,6 +181,29 @@ def gray_scott_rhs(U):
     return jnp.stack([0.16 * lap(u) - uvv + 0.06 * (1.0 - u), 0.08 * lap(v) + uvv - 0.122 * v])
 
 
+def heat2d_wrap_residual(u):
+    """Periodic reaction–diffusion residual on an ``(n, n)`` grid: the
+    halo by ``jnp.pad(mode="wrap")``, the 5-point Laplacian by slices."""
+    p = jnp.pad(u, 1, mode="wrap")
+    return p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4.0 * u + 0.1 * u ** 3
+
+
+def biharmonic1d_residual(u):
+    """1D beam equation (fourth derivative of u) + exp(u) = 0, the 5-point
+    fourth difference with a mirrored halo (``jnp.pad(mode="reflect")``):
+    a pentadiagonal Jacobian."""
+    p = jnp.pad(u, 2, mode="reflect")
+    return p[:-4] - 4.0 * p[1:-3] + 6.0 * u - 4.0 * p[3:-1] + p[4:] + jnp.exp(u)
+
+
+def shallow_water_lax_friedrichs(U):
+    """One Lax–Friedrichs step of the 1D shallow-water equations on a
+    periodic grid, ``U = (h, hu)``: (2, n); the neighbours by ``jnp.roll``."""
+    h, q = U[0], U[1]
+    F = jnp.stack([q, q * q / h + 0.5 * 9.81 * h * h])
+    return 0.5 * (jnp.roll(U, -1, 1) + jnp.roll(U, 1, 1)) - 0.1 * (jnp.roll(F, -1, 1) - jnp.roll(F, 1, 1))
+
+
 # ====================================================================== Newton
 def broyden_F(x):
     """Broyden's tridiagonal system."""
@@ -220,6 +243,17 @@ def gaussian_peaks_residual(p, t, y):
     ``(amplitude, centre, width)`` per peak and read by strided slices."""
     a, m, s = p[0::3], p[1::3], p[2::3]
     return jnp.sum(a[:, None] * jnp.exp(-0.5 * ((t[None, :] - m[:, None]) / s[:, None]) ** 2), axis=0) - y
+
+
+def bspline_curve(c, index, t):
+    """A uniform cubic B-spline with control points ``c`` evaluated at
+    points whose knot interval is ``index`` and local coordinate ``t``:
+    four gathers of ``c`` at fixed indices (a 4-banded Jacobian)."""
+    b0 = (1 - t) ** 3 / 6
+    b1 = (3 * t ** 3 - 6 * t ** 2 + 4) / 6
+    b2 = (-3 * t ** 3 + 3 * t ** 2 + 3 * t + 1) / 6
+    b3 = t ** 3 / 6
+    return c[index] * b0 + c[index + 1] * b1 + c[index + 2] * b2 + c[index + 3] * b3
 
 
 # ====================================================================== finance
@@ -432,6 +466,12 @@ def cell_solves(x, blocks):
     return jax.vmap(jnp.linalg.solve)(A, jnp.sin(x))
 
 
+def tridiagonal_solve(b, lower, diag, upper):
+    """``lax.linalg.tridiagonal_solve`` of a fixed tridiagonal matrix with a
+    nonlinear right-hand side ``tanh(b)``."""
+    return lax.linalg.tridiagonal_solve(lower, diag, upper, jnp.tanh(b)[:, None])[:, 0]
+
+
 # ====================================================================== control flow
 def scan_rnn(x, W, U, h0):
     """Elman RNN by lax.scan: all hidden states w.r.t. the input sequence."""
@@ -520,6 +560,23 @@ def switch_branch(x):
                           lambda x: jnp.cumsum(x) * 0.1], x)
 
 
+def sinkhorn_plan(C, iterations: int = 20, eps: float = 0.5):
+    """Entropic optimal transport between two uniform histograms: the
+    transport plan after ``iterations`` Sinkhorn scalings
+    (``lax.fori_loop``), w.r.t. the cost matrix ``C`` (n, n)."""
+    n = C.shape[0]
+    K = jnp.exp(-C / eps)
+    a = jnp.full((n,), 1.0 / n, C.dtype)
+
+    def body(_, uv):
+        u, v = uv
+        u = a / (K @ v)
+        return u, a / (K.T @ u)
+
+    u, v = lax.fori_loop(0, iterations, body, (jnp.ones((n,), C.dtype), jnp.ones((n,), C.dtype)))
+    return u[:, None] * K * v[None, :]
+
+
 # ====================================================================== gather / scatter, conv, sort, FFT
 def gather_big(x, idx):
     return x[idx] ** 2 + jnp.sin(x[idx])
@@ -570,6 +627,11 @@ def fft_filter(x, H):
 def fft_filter_rows(x, H):
     """The same filter along the last axis of a batch of signals."""
     return jnp.fft.irfft(jnp.fft.rfft(jnp.tanh(x), axis=-1) * H, n=x.shape[-1], axis=-1)
+
+
+def conv1d_same(x, taps):
+    """A 1D filter by ``jnp.convolve(mode="same")`` followed by ``tanh``."""
+    return jnp.tanh(jnp.convolve(x, taps, mode="same"))
 
 
 # ====================================================================== ODEs
@@ -641,6 +703,29 @@ def arm_position(q, lengths):
         pose = pose @ jnp.array([[c, -s, zero, a * c], [s, c, zero, a * s], [zero, zero, one, zero],
                                  [zero, zero, zero, one]])
     return pose[:3, 3]
+
+
+# ====================================================================== physics and ML layers
+def nbody_accelerations(x):
+    """Softened gravitational accelerations of ``n`` bodies from all pairs
+    (broadcast differences), w.r.t. the flattened positions (3n,)."""
+    x = x.reshape(-1, 3)
+    d = x[None, :, :] - x[:, None, :]
+    r2 = jnp.sum(d * d, -1) + 0.1
+    return jnp.sum(d / r2[..., None] ** 1.5, axis=1).reshape(-1)
+
+
+def rbf_kernel_matrix(X):
+    """The Gaussian-process RBF kernel matrix of ``n`` points (n, 2) w.r.t. the points."""
+    d2 = jnp.sum((X[:, None, :] - X[None, :, :]) ** 2, -1)
+    return jnp.exp(-0.5 * d2)
+
+
+def layer_norm_rows(x):
+    """Layer normalisation of each row (no affine part)."""
+    m = jnp.mean(x, -1, keepdims=True)
+    v = jnp.mean((x - m) ** 2, -1, keepdims=True)
+    return (x - m) / jnp.sqrt(v + 1e-5)
 
 
 # ====================================================================== Hessians
@@ -767,6 +852,27 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                             f"jnp.roll, (2, {n}, {n})")
 
     @reg
+    def p_heat2d_wrap(q):
+        n = 6 if q else 48
+        return Program("heat2d_wrap", "PDE", heat2d_wrap_residual, (_rng("heatwrap").standard_normal((n, n)),), 0,
+                       what=f"periodic reaction–diffusion, jnp.pad(mode='wrap') + slices, {n}x{n}")
+
+    @reg
+    def p_biharmonic1d_reflect(q):
+        n = 16 if q else 512
+        return Program("biharmonic1d_reflect", "PDE", biharmonic1d_residual,
+                       (0.1 * _rng("biharmonic").standard_normal(n),), 0,
+                       what=f"1D beam equation, 5-point fourth difference, jnp.pad(mode='reflect'), n={n}")
+
+    @reg
+    def p_shallow_water1d(q):
+        n = 8 if q else 256
+        r = _rng("swe")
+        return Program("shallow_water1d", "PDE", shallow_water_lax_friedrichs,
+                       (np.stack([2.0 + r.random(n), 0.1 * r.standard_normal(n)]),), 0,
+                       what=f"1D shallow water, one Lax–Friedrichs step, jnp.roll, (2, {n})")
+
+    @reg
     def p_newton_step(q):
         n = 6 if q else 64
         return Program("newton_step", "Newton", newton_step, (-0.5 + 0.1 * _rng("newton").random(n),), 0,
@@ -799,6 +905,17 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                        (p0 * 1.1,), 0,
                        what=f"residuals of a sum of {peaks} Gaussian peaks w.r.t. their {3 * peaks} parameters "
                             f"(strided slices), {n} points")
+
+    @reg
+    def p_bspline_fit(q):
+        points, controls = (16, 8) if q else (512, 32)
+        s = np.linspace(0.0, 1.0, points) * (controls - 3)
+        index = np.clip(s.astype(np.int32), 0, controls - 4)
+        return Program("bspline_fit", "least squares",
+                       lambda c: bspline_curve(c, index, (s - index).astype(c.dtype)),
+                       (_rng("bspline").standard_normal(controls),), 0,
+                       what=f"cubic B-spline at {points} points w.r.t. its {controls} control points "
+                            f"(gathers at fixed indices)")
 
     @reg
     def p_black_scholes_greeks(q):
@@ -888,6 +1005,15 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                 r.standard_normal((h, d)) / np.sqrt(d), np.zeros(h))
 
     @reg
+    def p_tridiagonal_solve(q):
+        n = 8 if q else 256
+        lower, upper = np.r_[0.0, -np.ones(n - 1)], np.r_[-np.ones(n - 1), 0.0]
+        return Program("tridiagonal_solve", "linalg",
+                       lambda b: tridiagonal_solve(b, *(jnp.asarray(a, b.dtype) for a in (lower, 4.0 * np.ones(n), upper))),
+                       (_rng("tridiag").standard_normal(n),), 0,
+                       what=f"lax.linalg.tridiagonal_solve with right-hand side tanh(b), n={n}")
+
+    @reg
     def p_scan_rnn(q):
         T, d, h = (3, 2, 4) if q else (20, 8, 32)
         return Program("scan_rnn", "control flow", scan_rnn, rnn_args("rnn", T, d, h), 0,
@@ -966,6 +1092,13 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                        what=f"lax.switch on an index computed from x, 3 branches, n={n}")
 
     @reg
+    def p_sinkhorn(q):
+        n = 4 if q else 16
+        return Program("sinkhorn", "control flow", sinkhorn_plan, (_rng("sinkhorn").random((n, n)),), 0,
+                       what=f"entropic transport plan, 20 Sinkhorn iterations (fori_loop), w.r.t. the "
+                            f"{n}x{n} cost matrix")
+
+    @reg
     def p_gather_big_index(q):
         n, k = (16, 64) if q else (1024, 4096)
         r = _rng("gather")
@@ -1031,6 +1164,14 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                        (r.standard_normal((1, s, s, 1)),), 0,
                        what=f"conv 3x3 ({c} channels, constant kernel), ReLU, 2x2 max pool, 3x3 average pool, "
                             f"{s}x{s} image -> feature map")
+
+    @reg
+    def p_conv1d_same(q):
+        n = 32 if q else 1024
+        taps = _rng("conv1d_taps").standard_normal(7)
+        return Program("conv1d_same", "conv", lambda x: conv1d_same(x, taps.astype(x.dtype)),
+                       (_rng("conv1d").standard_normal(n),), 0,
+                       what=f"jnp.convolve(mode='same') with 7 taps, then tanh, n={n}")
 
     @reg
     def p_sort(q):
@@ -1104,6 +1245,31 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         x = _lj_positions(q)
         return Program("lj_hessian_nested", "Hessian", lj_energy, (x,), 0, transform="nested",
                        what=f"M(M(E)) (jacve(jacve(E)), jacrev(jacrev(E)), ...): Lennard-Jones, {x.size // 3} particles")
+
+    @reg
+    def p_nbody(q):
+        n = 4 if q else 64
+        return Program("nbody", "physics", nbody_accelerations, (_rng("nbody").standard_normal(3 * n),), 0,
+                       what=f"softened gravity of {n} bodies from all pairs, w.r.t. their positions")
+
+    @reg
+    def p_rbf_kernel(q):
+        n = 6 if q else 32
+        return Program("rbf_kernel", "ML layers", rbf_kernel_matrix, (_rng("rbf").standard_normal((n, 2)),), 0,
+                       what=f"Gaussian-process RBF kernel matrix of {n} points w.r.t. the points")
+
+    @reg
+    def p_softmax_rows(q):
+        n = 4 if q else 32
+        return Program("softmax_rows", "ML layers", lambda z: jax.nn.softmax(z, axis=-1),
+                       (_rng("softmax").standard_normal((n, n)),), 0,
+                       what=f"jax.nn.softmax over the rows of a {n}x{n} matrix of logits")
+
+    @reg
+    def p_layer_norm_rows(q):
+        m, n = (4, 3) if q else (64, 16)
+        return Program("layer_norm_rows", "ML layers", layer_norm_rows, (_rng("layernorm").standard_normal((m, n)),), 0,
+                       what=f"layer normalisation of each row of a {m}x{n} matrix")
 
     @reg
     def p_vmap_jac_mlp(q):

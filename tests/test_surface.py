@@ -111,6 +111,19 @@ PROGRAMS = {
     "cond_switch": (lambda x: lax.cond(x[0] > 0, jnp.sin, jnp.cos, x) + lax.switch(1, [jnp.sin, jnp.cos, jnp.tanh], x),
                     X6),
     "random_scale": (lambda x: jax.random.normal(jax.random.PRNGKey(0), (6,)) * x, X6),
+    "pairwise_rows": (lambda x: jnp.concatenate([
+        jnp.sum((x.reshape(3, 2)[None] - x.reshape(3, 2)[:, None]) / (jnp.sum((x.reshape(3, 2)[None]
+                - x.reshape(3, 2)[:, None]) ** 2, -1)[..., None] + 0.1) ** 1.5, axis=1).ravel(),
+        jnp.exp(-jnp.sum((x.reshape(3, 2)[:, None] - x.reshape(3, 2)[None]) ** 2, -1)).ravel()]), X6),
+    "row_normalizers": (lambda x: jnp.concatenate([jax.nn.softmax(x.reshape(2, 3), axis=-1).ravel(),
+                                                   jax.nn.standardize(x.reshape(3, 2), axis=-1).ravel()]), X6),
+    "sinkhorn_loop": (lambda x: lax.fori_loop(0, 4, lambda i, v: 1.0 / (jnp.exp(-x.reshape(2, 3)).T
+                                                                          @ (1.0 / (jnp.exp(-x.reshape(2, 3)) @ v))),
+                                              jnp.ones(3)), X6),
+    "spline_gathers": (lambda x: x[jnp.array([0, 0, 1, 2, 2, 3])] * U6 + x[jnp.array([1, 1, 2, 3, 3, 4])] * (1 - U6)
+                       + x[jnp.array([2, 2, 3, 4, 4, 5])] ** 2, X6),
+    "roll_stacked_rows": (lambda x: (0.5 * (jnp.roll(x.reshape(2, 3), -1, 1) + jnp.roll(x.reshape(2, 3), 1, 1))
+                                     - jnp.roll(jnp.stack([x[3:], x[3:] ** 2 / (x[:3] ** 2 + 1)]), 1, 1)).ravel(), X6),
     "named_axis": (lambda x: jax.vmap(lambda r: r - lax.pmean(r, "i"), axis_name="i")(x.reshape(3, 2)).ravel(), X6),
 }
 
