@@ -26,6 +26,21 @@ S = _rng.normal(size=(4, 4))
 SPD = S @ S.T + 4 * np.eye(4)
 K = _rng.normal(size=(2, 1, 3, 3))
 
+
+def _pairwise_rows(x):
+    """Softened inverse-cube forces and an RBF kernel over all pairs of three points."""
+    p = x.reshape(3, 2)
+    d = p[None] - p[:, None]
+    r2 = jnp.sum(d ** 2, -1)
+    return jnp.concatenate([jnp.sum(d / (r2[..., None] + 0.1) ** 1.5, axis=1).ravel(), jnp.exp(-r2).ravel()])
+
+
+def _sinkhorn_loop(x):
+    """Sinkhorn-style scalings: a loop of matrix-vector products with ``exp(-x)``."""
+    kernel = jnp.exp(-x.reshape(2, 3))
+    return lax.fori_loop(0, 4, lambda i, v: 1.0 / (kernel.T @ (1.0 / (kernel @ v))), jnp.ones(3))
+
+
 PROGRAMS = {
     "cumprod": (lambda x: jnp.cumprod(x), X6),
     "cummax": (lambda x: lax.cummax(x), X6),
@@ -111,15 +126,10 @@ PROGRAMS = {
     "cond_switch": (lambda x: lax.cond(x[0] > 0, jnp.sin, jnp.cos, x) + lax.switch(1, [jnp.sin, jnp.cos, jnp.tanh], x),
                     X6),
     "random_scale": (lambda x: jax.random.normal(jax.random.PRNGKey(0), (6,)) * x, X6),
-    "pairwise_rows": (lambda x: jnp.concatenate([
-        jnp.sum((x.reshape(3, 2)[None] - x.reshape(3, 2)[:, None]) / (jnp.sum((x.reshape(3, 2)[None]
-                - x.reshape(3, 2)[:, None]) ** 2, -1)[..., None] + 0.1) ** 1.5, axis=1).ravel(),
-        jnp.exp(-jnp.sum((x.reshape(3, 2)[:, None] - x.reshape(3, 2)[None]) ** 2, -1)).ravel()]), X6),
+    "pairwise_rows": (_pairwise_rows, X6),
     "row_normalizers": (lambda x: jnp.concatenate([jax.nn.softmax(x.reshape(2, 3), axis=-1).ravel(),
                                                    jax.nn.standardize(x.reshape(3, 2), axis=-1).ravel()]), X6),
-    "sinkhorn_loop": (lambda x: lax.fori_loop(0, 4, lambda i, v: 1.0 / (jnp.exp(-x.reshape(2, 3)).T
-                                                                          @ (1.0 / (jnp.exp(-x.reshape(2, 3)) @ v))),
-                                              jnp.ones(3)), X6),
+    "sinkhorn_loop": (_sinkhorn_loop, X6),
     "spline_gathers": (lambda x: x[jnp.array([0, 0, 1, 2, 2, 3])] * U6 + x[jnp.array([1, 1, 2, 3, 3, 4])] * (1 - U6)
                        + x[jnp.array([2, 2, 3, 4, 4, 5])] ** 2, X6),
     "roll_stacked_rows": (lambda x: (0.5 * (jnp.roll(x.reshape(2, 3), -1, 1) + jnp.roll(x.reshape(2, 3), 1, 1))

@@ -626,25 +626,26 @@ def _rows_to(rows, idx, v, sign: int, size: int, dtype):
     it into the sum or product it feeds, where a scatter-add into zeros
     is a buffer of its own per term (three strided parameter reads of a
     least-squares residual held 3.7x its Jacobian)."""
-    step = _step(idx, size)
-    if step is not None:
-        start, last = int(np.asarray(idx)[0, 0]), int(np.asarray(idx)[-1, 0])
+    progression = _progression(idx, size)
+    if progression is not None:
+        start, step = progression
+        last = start + step * (rows.shape[0] - 1)
         spaced = ((start, size - 1 - last, step - 1), (0, 0, 0))
         return lax.pad(_scale(rows[:, None, :], v, sign)[:, 0], jnp.zeros((), dtype), spaced)
     scaled = _scale(jnp.broadcast_to(rows[:, None, :], idx.shape + rows.shape[1:]), v, sign)
     return jnp.zeros((size,) + rows.shape[1:], dtype).at[idx].add(scaled)
 
 
-def _step(idx, size: int) -> Optional[int]:
-    """``step`` where ``idx`` is known, one column, and ``start + step * l``
-    with ``step >= 1``, all in ``[0, size)``; else None."""
+def _progression(idx, size: int) -> Optional[tuple[int, int]]:
+    """``(start, step)`` where ``idx`` is known, one column, and
+    ``start + step * l`` with ``step >= 1``, all in ``[0, size)``; else None."""
     if not is_known(idx) or np.ndim(idx) != 2 or np.shape(idx)[1] != 1:
         return None
     at = np.asarray(idx)[:, 0].astype(np.int64)
     step = int(at[1] - at[0]) if at.size > 1 else 1
     if at.size == 0 or step < 1 or at[0] < 0 or at[-1] >= size:
         return None
-    return step if np.array_equal(at, at[0] + step * np.arange(at.size)) else None
+    return (int(at[0]), step) if np.array_equal(at, at[0] + step * np.arange(at.size)) else None
 
 
 def _scale(rows, v, sign: int):
