@@ -5,6 +5,8 @@
   dicts), identical shapes and dtypes per leaf, and allclose values.
 * :data:`ORDERS` / the ``order`` fixture: the named elimination orders.
 * :func:`random_orders`: seeded random permutations of ``graph.eliminable``.
+* ``order="auto"`` runs without its time budget in every test
+  (:func:`unbudgeted_quick_order`).
 * :func:`check_orders`: compare ``ccjax.jacve`` under every named order and
   a few random orders against a reference (``jax.jacrev`` by default),
   reporting every failing order at once.
@@ -105,6 +107,17 @@ def check_orders(fun, *args, argnums=0, reference=None, orders=None, n_random: i
             failures.append(f"order={o!r}: {type(e).__name__}: {str(e)[:1500]}")
     if failures:
         raise AssertionError(f"{len(failures)}/{len(orders)} orders failed:\n" + "\n".join(failures))
+
+
+@pytest.fixture(autouse=True)
+def unbudgeted_quick_order(monkeypatch):
+    """``order="auto"`` without its time budget, so every test sees the same
+    order on any machine: a loaded CI runner once stalled past the budget and
+    ``auto`` silently fell back to forward mode's order.  Tests of the
+    budget pass ``budget=`` explicitly."""
+    from ccjax.orders import search
+
+    monkeypatch.setattr(search, "QUICK_BUDGET", None)
 
 
 @pytest.fixture

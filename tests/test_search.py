@@ -18,7 +18,7 @@ from ccjax.orders.beam import beam_search  # noqa: E402
 from ccjax.orders.bounds import can_cancel, count_bound, cut_bound, lower_bound  # noqa: E402
 from ccjax.orders.deadline import OutOfTime  # noqa: E402
 from ccjax.orders.exact import exact_search  # noqa: E402
-from ccjax.orders.greedy import QUICK, VARIANTS, preeliminate  # noqa: E402
+from ccjax.orders.greedy import VARIANTS, preeliminate  # noqa: E402
 from ccjax.orders.incremental import Evaluator, IncrementalOrder  # noqa: E402
 from ccjax.orders.search import SearchResult, quick_order, search_graph  # noqa: E402
 from ccjax.tasks import TASKS, random_function, random_input_shapes, random_inputs  # noqa: E402
@@ -174,13 +174,17 @@ def test_markowitz_heuristic_equals_full_rescans(seed):
     assert HEURISTICS["markowitz"](g) == _rescan_markowitz(g)
 
 
-def test_quick_order_budget_keeps_forward_and_reverse():
-    g = _task_graph("RoeFlux_1d")
+def test_quick_order_budget_keeps_forward_and_reverse(monkeypatch):
+    from ccjax.orders import search
+
+    g = _task_graph("RobotArm_6DOF")
     full = quick_order(g, budget=None)
     cut = quick_order(g, budget=1e-9)  # every variant but the two sorts is cut off
     assert cut[2] in ("fwd", "rev")
     assert cut[1] == min(plan_elimination(g, HEURISTICS[h](g)).report.mults for h in ("fwd", "rev"))
-    assert full[1] <= cut[1] and full == quick_order(g)
+    assert full[1] < cut[1] and full == quick_order(g)  # the tests lift the default budget (conftest)
+    monkeypatch.setattr(search, "QUICK_BUDGET", 1e-9)  # the default is read at each call
+    assert quick_order(g) == cut
 
 
 def test_auto_avoids_an_order_that_adds_far_more_than_it_multiplies():

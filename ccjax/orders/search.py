@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -334,17 +334,24 @@ def search_graph(graph: Graph, method: str = "auto", time_budget: Optional[float
 #: reverse (which are sorts, always run): the heuristics cost
 #: O(steps · degree²) each, and on a graph of tens of thousands of vertices
 #: the later ones are cut off rather than delaying the first Jacobian.
-QUICK_BUDGET = 2.0
+#: Read at each call (None: no limit), so a caller that needs the same order
+#: on any machine, however loaded, can lift it.
+QUICK_BUDGET: Optional[float] = 2.0
+
+_DEFAULT_BUDGET = object()
 
 
 def quick_order(graph: Graph, cached: Optional[Sequence[int]] = None,
-                budget: Optional[float] = QUICK_BUDGET) -> tuple[tuple[int, ...], int, str]:
+                budget: Any = _DEFAULT_BUDGET) -> tuple[tuple[int, ...], int, str]:
     """``order="auto"`` without the cache: ``(order, cost, name)`` of the
     cheapest of the quick greedy variants (and ``cached``, preferred on ties),
     unless it adds far more than it multiplies (:func:`least_work`).
 
     ``budget``: seconds after which the variants not yet finished are
-    dropped (None: no limit); forward and reverse always run."""
+    dropped (None: no limit; default :data:`QUICK_BUDGET`); forward and
+    reverse always run."""
+    if budget is _DEFAULT_BUDGET:
+        budget = QUICK_BUDGET
     ev = Evaluator(graph)
     deadline = None if budget is None else time.perf_counter() + budget
     candidates: list[tuple] = []
