@@ -123,8 +123,21 @@ def _label_counts(axes):
     return count
 
 
+# Structures and plans are static: one compiled program per check of the
+# larger random structures runs several times faster than op-by-op dispatch,
+# which compiles every op of every new shape (the small ones of the terms and
+# single-element tests stay eager: there compiling a program costs more).
 def _dense(s, v):
+    return np.asarray(jax.jit(lambda value: to_dense(s, value, jnp.float64))(v))
+
+
+def _eager_dense(s, v):
     return np.asarray(to_dense(s, v, jnp.float64))
+
+
+def _apply(plan, *values):
+    """``plan.apply(*values, float64)``, compiled as one program."""
+    return jax.jit(lambda *xs: plan.apply(*xs, jnp.float64))(*values)
 
 
 @settings(max_examples=150, deadline=None)
@@ -134,7 +147,7 @@ def test_product_matches_dense(data):
     a, va = data.draw(structures(w, v))
     b, vb = data.draw(structures(v, u))
     plan = product_plan(a, b)
-    got = _dense(plan.result, plan.apply(va, vb, jnp.float64))
+    got = _dense(plan.result, _apply(plan, va, vb))
     want = np.tensordot(_dense(a, va), _dense(b, vb), axes=len(v))
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     assert plan.result.out_shape == w and plan.result.in_shape == u
@@ -151,7 +164,7 @@ def test_sum_matches_dense(data):
     if plan.result is None:
         np.testing.assert_array_equal(want, 0)
     else:
-        np.testing.assert_allclose(_dense(plan.result, plan.apply(va, vb, jnp.float64)), want, atol=1e-12)
+        np.testing.assert_allclose(_dense(plan.result, _apply(plan, va, vb)), want, atol=1e-12)
 
 
 @settings(max_examples=200, deadline=None)
@@ -223,7 +236,7 @@ def test_banded_product_matches_dense_and_cost_is_what_runs(data):
         a, va = data.draw(structures(w, v, bands=True))
         b, vb = data.draw(structures(v, u, bands=True))
     plan = product_plan(a, b)
-    got = _dense(plan.result, plan.apply(va, vb, jnp.float64))
+    got = _dense(plan.result, _apply(plan, va, vb))
     want = np.tensordot(_dense(a, va), _dense(b, vb), axes=len(v))
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     args = [x for x in (va, vb) if x is not None]
@@ -253,9 +266,10 @@ def _check_sum_matches_dense(a, va, b, vb):
     if plan.result is None:
         np.testing.assert_array_equal(want, 0)
         return
-    got = plan.apply(va, vb, jnp.float64)
+    got = _apply(plan, va, vb)
     np.testing.assert_allclose(_dense(plan.result, got), want, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(to_bcoo(plan.result, got, jnp.float64).todense()), want, atol=1e-12)
+    bcoo = jax.jit(lambda value: to_bcoo(plan.result, value, jnp.float64).todense())(got)
+    np.testing.assert_allclose(np.asarray(bcoo), want, atol=1e-12)
 
 
 @pytest.mark.parametrize("layered_from", [0, None])
@@ -307,7 +321,7 @@ def test_nan_partials_never_reach_structural_zeros_of_a_product(data):
     reach = (pattern(a).astype(np.float32) @ pattern(b).astype(np.float32)) > 0
     poisoned = lambda x: None if x is None else jnp.full(jnp.shape(x), jnp.nan)
     for x, y in ((poisoned(va), vb), (va, poisoned(vb))):
-        got = _dense(plan.result, plan.apply(x, y, jnp.float64)).reshape(reach.shape)
+        got = _dense(plan.result, _apply(plan, x, y)).reshape(reach.shape)
         assert (got[~reach] == 0).all(), (a.describe(), b.describe(), plan.result.describe())
 
 
@@ -327,8 +341,8 @@ def test_bands_between_single_elements_compose_exactly(data):
     a, va = data.draw(stencils(w, v))
     b, vb = data.draw(stencils(v, u))
     plan = product_plan(a, b)
-    want = np.tensordot(_dense(a, va), _dense(b, vb), axes=len(v))
-    np.testing.assert_allclose(_dense(plan.result, plan.apply(va, vb, jnp.float64)), want, rtol=1e-12, atol=1e-12)
+    want = np.tensordot(_eager_dense(a, va), _eager_dense(b, vb), axes=len(v))
+    np.testing.assert_allclose(_eager_dense(plan.result, plan.apply(va, vb, jnp.float64)), want, rtol=1e-12, atol=1e-12)
     args = [x for x in (va, vb) if x is not None]
     fn = lambda *xs: plan.apply(va if va is None else xs[0], vb if vb is None else xs[-1], jnp.float64)
     assert count_mults(fn, *args) == plan.mults
@@ -337,7 +351,7 @@ def test_bands_between_single_elements_compose_exactly(data):
         assert entry_count(plan.result) == 0, (a.describe(), b.describe(), plan.result.describe())
     poisoned = lambda x: None if x is None else jnp.full(jnp.shape(x), jnp.nan)
     for x, y in ((poisoned(va), vb), (va, poisoned(vb))):
-        got = _dense(plan.result, plan.apply(x, y, jnp.float64)).reshape(reach.shape)
+        got = _eager_dense(plan.result, plan.apply(x, y, jnp.float64)).reshape(reach.shape)
         assert (got[~reach] == 0).all(), (a.describe(), b.describe(), plan.result.describe())
 
 
@@ -370,13 +384,13 @@ def test_sums_kept_as_terms_multiply_add_and_store_like_dense(data):
     w, v, u = (data.draw(stencil_shapes(rank)) for _ in range(3))
     a, va, da = _summed(data, lambda: data.draw(stencils(w, v)))
     b, vb, db = _summed(data, lambda: data.draw(st.one_of(stencils(v, u), structures(v, u, bands=True))))
-    np.testing.assert_allclose(_dense(a, va), da, atol=1e-12)
+    np.testing.assert_allclose(_eager_dense(a, va), da, atol=1e-12)
     bcoo = to_bcoo(a, va, jnp.float64)
     np.testing.assert_allclose(np.asarray(bcoo.todense()), da, atol=1e-12)
     assert bcoo.nse == entry_count(a) <= sum(entry_count(p) for p in parts_of(a))
     plan = product_plan(a, b)
     want = np.tensordot(da, db, axes=len(v))
-    np.testing.assert_allclose(_dense(plan.result, plan.apply(va, vb, jnp.float64)), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_eager_dense(plan.result, plan.apply(va, vb, jnp.float64)), want, rtol=1e-12, atol=1e-12)
     (leaves_a, tree_a), (leaves_b, tree_b) = jax.tree_util.tree_flatten(va), jax.tree_util.tree_flatten(vb)
     n_a = len(leaves_a)
     fn = lambda *xs: plan.apply(jax.tree_util.tree_unflatten(tree_a, xs[:n_a]),
@@ -385,7 +399,7 @@ def test_sums_kept_as_terms_multiply_add_and_store_like_dense(data):
     c, vc, dc = _summed(data, lambda: data.draw(stencils(w, v)), most=1)
     total = sum_plan(a, c)
     if total.result is not None:
-        np.testing.assert_allclose(_dense(total.result, total.apply(va, vc, jnp.float64)), da + dc, atol=1e-12)
+        np.testing.assert_allclose(_eager_dense(total.result, total.apply(va, vc, jnp.float64)), da + dc, atol=1e-12)
     reach = (_pattern(a).astype(np.float32) @ _pattern(b).astype(np.float32)) > 0
     # The NaN check is of the terms' own choices: a product of two plain
     # structures can already store entries it does not reach (a band whose
@@ -396,7 +410,7 @@ def test_sums_kept_as_terms_multiply_add_and_store_like_dense(data):
         return
     poisoned = lambda x: jax.tree_util.tree_map(lambda y: jnp.full(jnp.shape(y), jnp.nan), x)
     for x, y in ((poisoned(va), vb), (va, poisoned(vb))):
-        got = _dense(plan.result, plan.apply(x, y, jnp.float64)).reshape(reach.shape)
+        got = _eager_dense(plan.result, plan.apply(x, y, jnp.float64)).reshape(reach.shape)
         assert (got[~reach] == 0).all(), (a.describe(), b.describe(), plan.result.describe())
 
 
