@@ -13,6 +13,12 @@ a sparse output, are cheaper to run here, equation by equation:
   another order (``exact=False`` adds ``dot_general``, ``reduce_sum``, a
   floating-point ``scatter-add`` and complex products and quotients).
 
+- with ``transcendental=True``, constants made of products, quotients and
+  elementwise ``exp``, ``log``, ``sqrt``... (:data:`TRANSCENDENTAL`),
+  which NumPy computes within a few ulps of XLA but not bit for bit: only
+  for asking whether every entry is far from zero (a constant factor
+  ``sqrt(T)`` or ``exp(-r * T)``), where a compilation cost 40-50 ms.
+
 An equation this module cannot run as XLA would raises
 ``NotImplementedError`` (or a NumPy ``TypeError``/``ValueError``), and
 :func:`run_nodes` answers None: the caller compiles instead.
@@ -31,11 +37,24 @@ ROUNDING_SUMS = frozenset({"dot_general", "reduce_sum", "scatter-add"})
 COMPLEX_ROUNDING = frozenset({"mul", "div"})
 
 
-def run_nodes(nodes: Sequence[Any], env: dict, avals: Sequence[Any], exact: bool = True) -> Optional[dict]:
+#: Elementwise functions NumPy computes within a few ulps of XLA (not bit
+#: for bit), each with a relative error bounded away from its zeros (no
+#: ``sin``: its zeros are not representable, and near one the two may differ
+#: in every digit): run only for ``transcendental=True``.
+TRANSCENDENTAL: dict[str, Callable] = {
+    "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "rsqrt": lambda x: 1 / np.sqrt(x), "cbrt": np.cbrt,
+    "tanh": np.tanh, "logistic": lambda x: 1 / (1 + np.exp(-x)), "exp2": np.exp2, "log1p": np.log1p,
+    "expm1": np.expm1, "pow": np.power,
+}
+
+
+def run_nodes(nodes: Sequence[Any], env: dict, avals: Sequence[Any], exact: bool = True,
+              transcendental: bool = False) -> Optional[dict]:
     """``env`` extended by the outputs of ``nodes`` (program order; each with
     ``name``, ``params``, ``ins`` and ``outs``, variable ids into ``env`` and
     ``avals``), or None where one equation cannot be run here or gives
-    another shape or dtype than its ``aval``."""
+    another shape or dtype than its ``aval``.  ``transcendental``: also
+    run :data:`TRANSCENDENTAL` (see the module docstring)."""
     env = dict(env)
     try:
         for node in nodes:
@@ -43,7 +62,11 @@ def run_nodes(nodes: Sequence[Any], env: dict, avals: Sequence[Any], exact: bool
             if exact and ((node.name in ROUNDING_SUMS and any(a.dtype.kind in "fc" for a in args))
                           or (node.name in COMPLEX_ROUNDING and any(a.dtype.kind == "c" for a in args))):
                 return None
-            outs = _NUMPY[node.name](node.params, *args)
+            if transcendental and node.name in TRANSCENDENTAL:
+                with np.errstate(all="ignore"):
+                    outs = [TRANSCENDENTAL[node.name](*args)]
+            else:
+                outs = _NUMPY[node.name](node.params, *args)
             for o, x in zip(node.outs, outs):
                 x = np.asarray(x)
                 if x.shape != tuple(avals[o].shape) or x.dtype != np.dtype(avals[o].dtype):

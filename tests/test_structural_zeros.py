@@ -139,7 +139,8 @@ def test_masks_and_kernels_from_constants_are_found_without_compiling():
     evaluated = []
     run_nodes = graph_module.run_nodes
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(graph_module, "run_nodes", lambda *args: evaluated.append(run_nodes(*args)) or evaluated[-1])
+        patch.setattr(graph_module, "run_nodes",
+                      lambda *args, **kwargs: evaluated.append(run_nodes(*args, **kwargs)) or evaluated[-1])
         with counted_compiles() as compiles:
             ccjax.graph(fn, a)
     assert evaluated and all(found is not None for found in evaluated) and not compiles

@@ -169,3 +169,56 @@ def test_indices_drawn_from_a_constant_key_are_known_and_exact():
     sparse = ccjax.jacve(f, output="sparse")(x)
     assert_jac_equal(sparse.todense(), jax.jacrev(f)(x))
     assert sparse.nse == np.count_nonzero(np.asarray(jax.jacrev(f)(x)))
+
+
+def _option_prices(p):
+    """Black-Scholes calls with fixed expiry and rate: ``sqrt(T)``,
+    ``exp(-r T)`` and ``sqrt(2)`` are constant factors of the partials."""
+    S, sig = p[:6], p[6:]
+    K, T, r = 1.0, 0.5, 0.01
+    d1 = (jnp.log(S / K) + (r + 0.5 * sig ** 2) * T) / (sig * jnp.sqrt(T))
+    d2 = d1 - sig * jnp.sqrt(T)
+    phi = lambda z: 0.5 * (1 + jax.scipy.special.erf(z / jnp.sqrt(2.0)))
+    return S * phi(d1) - K * jnp.exp(-r * T) * phi(d2)
+
+
+def test_transcendental_constant_factors_are_known_nonzero_without_a_compilation():
+    """A factor such as ``sqrt(T)`` is only asked whether it has zeros; NumPy
+    finds it far from zero, so building the graph compiles nothing (each
+    such factor cost a 40-50 ms compilation) and the Jacobian is exact."""
+    p = jnp.concatenate([jnp.linspace(0.9, 1.1, 6), jnp.linspace(0.15, 0.3, 6)])
+    with counted_compiles() as compiles:
+        g = ccjax.graph(_option_prices, p)
+    assert compiles == [] and g.zero_free == set()  # the factors read no closed-over constant
+    for order in ("auto", "fwd", "rev"):
+        assert_jac_equal(ccjax.jacve(_option_prices, order=order)(p), jax.jacrev(_option_prices)(p), rtol=1e-12)
+
+
+def test_a_transcendental_constant_that_is_zero_still_gives_a_structural_zero():
+    """``log(1)`` is exactly 0 and ``exp(c) - exp(c)`` cancels: neither is
+    far from zero, so the exact value decides (compiled), and the zero
+    partial stays a structural zero: 0 in the Jacobian, NaN input or not."""
+    def f(x):
+        return x * jnp.log(jnp.ones(3)) + x[::-1] * (jnp.exp(jnp.full(3, 0.7)) - jnp.exp(jnp.full(3, 0.7)))
+
+    x = jnp.array([0.5, jnp.nan, 2.0])
+    for out in ("dense", "sparse"):
+        jac = ccjax.jacve(f, output=out)(x)
+        dense = np.asarray(jac.todense() if out == "sparse" else jac)
+        np.testing.assert_array_equal(dense, np.zeros((3, 3)))
+    assert ccjax.jacve(f, output="sparse")(x).nse == 0
+
+
+def test_a_closed_over_transcendental_factor_records_its_constant():
+    """A factor computed from a closed-over array found far from zero marks
+    that array zero-free, as the exact path does: the graph is reused for
+    any later value of it, and stays exact."""
+    def make(rates):
+        return lambda x: x * jnp.exp(-rates) * jnp.sqrt(rates)
+
+    x = jnp.array([0.3, -0.2, 0.9])
+    for rates in (jnp.array([0.1, 0.2, 0.3]), jnp.array([0.5, 0.0, 0.25])):
+        f = make(rates)
+        assert_jac_equal(ccjax.jacve(f)(x), jax.jacrev(f)(x))
+    g = ccjax.graph(make(jnp.array([0.1, 0.2, 0.3])), x)
+    assert g.zero_free  # the rates were read and found without zeros
