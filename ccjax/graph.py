@@ -647,7 +647,8 @@ class _Statics:
                     return None  # a traced constant, or a value found unknowable
                 continue
             k, node = self.producer.get(v, (None, None))
-            if (node is None or node.primitive is None or node.name not in self.NONZERO_PRESERVING or len(needed) >= self.MAX_EQUATIONS
+            if (node is None or node.primitive is None or node.name not in self.NONZERO_PRESERVING
+                    or len(needed) >= self.MAX_EQUATIONS
                     or any(self.program.active[o] or self.program.avals[o].size > self.MAX_SIZE
                            or not jnp.issubdtype(self.program.avals[o].dtype, jnp.floating) for o in node.outs)):
                 return None
