@@ -742,15 +742,15 @@ class _Statics:
 
 
 def _far_from_zero(x) -> bool:
-    """Every entry of ``x`` finite and at least ``2**24`` times its dtype's
-    smallest normal number (few ulps of difference cannot make it zero, nor
-    flushing subnormals to zero)."""
+    """Every entry of the real floating array ``x`` finite and at least
+    ``2**24`` times its dtype's smallest normal number (few ulps of
+    difference cannot make it zero, nor flushing subnormals to zero)."""
     x = np.asarray(x)
     try:
         floor = float(np.finfo(x.dtype).tiny) * 2.0 ** 24
     except (TypeError, ValueError):
         return False
-    size = np.abs(x.astype(np.complex128 if x.dtype.kind == "c" else np.float64))
+    size = np.abs(x.astype(np.float64))
     return bool(np.all(np.isfinite(size)) and np.all(size >= floor))
 
 

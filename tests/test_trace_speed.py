@@ -190,8 +190,14 @@ def test_transcendental_constant_factors_are_known_nonzero_without_a_compilation
     with counted_compiles() as compiles:
         g = ccjax.graph(_option_prices, p)
     assert compiles == [] and g.zero_free == set()  # the factors read no closed-over constant
-    for order in ("auto", "fwd", "rev"):
-        assert_jac_equal(ccjax.jacve(_option_prices, order=order)(p), jax.jacrev(_option_prices)(p), rtol=1e-12)
+    want = jax.jacrev(_option_prices)(p)
+    for order in ("auto", "fwd", "rev", "markowitz"):
+        jac = ccjax.jacve(_option_prices, order=order)
+        assert_jac_equal(jac(p), want, rtol=1e-12)
+        assert_jac_equal(jax.jit(jac)(p), want, rtol=1e-12)
+    batch = jnp.stack([p, p * 1.1, p * 0.9])
+    assert_jac_equal(jax.vmap(ccjax.jacve(_option_prices))(batch), jax.vmap(jax.jacrev(_option_prices))(batch),
+                     rtol=1e-12)
 
 
 def test_a_transcendental_constant_that_is_zero_still_gives_a_structural_zero():
@@ -211,8 +217,8 @@ def test_a_transcendental_constant_that_is_zero_still_gives_a_structural_zero():
 
 def test_a_closed_over_transcendental_factor_records_its_constant():
     """A factor computed from a closed-over array found far from zero marks
-    that array zero-free, as the exact path does: the graph is reused for
-    any later value of it, and stays exact."""
+    that array zero-free, as the exact path does (the graph cache's reuse
+    rule reads it); an array with a zero takes the exact path; both exact."""
     def make(rates):
         return lambda x: x * jnp.exp(-rates) * jnp.sqrt(rates)
 
