@@ -10,7 +10,9 @@ Everything after tracing is ordinary JAX, so the result composes with
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 from typing import Callable, Sequence, Union
 
 import jax
@@ -120,8 +122,9 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
         check_inputs(t.leaves, t.diff_leaves, holomorphic, allow_int)
         out_avals = [v.aval for v in t.closed.jaxpr.outvars[:t.n_out]]
         check_outputs(out_avals, holomorphic)
-        g, t = _graph_for(t, holomorphic, order)
-        run = _runner(g, order, output)
+        with _collection_paused():
+            g, t = _graph_for(t, holomorphic, order)
+            run = _runner(g, order, output)
         prog = g.program
         inputs = [as_input(x, prog.avals[i]) for x, i in zip(t.leaves, prog.inputs)]
         blocks, aux = run(inputs, list(t.closed.consts))
@@ -138,6 +141,23 @@ def jacve(fun: Callable, argnums: Union[int, Sequence[int]] = 0, has_aux: bool =
         return jac
 
     return jac_fun
+
+
+@contextlib.contextmanager
+def _collection_paused():
+    """Python's cyclic garbage collector off while a graph is built and
+    planned, as it was before afterwards.  Planning allocates many small
+    acyclic objects (structures, plans; reference counting frees them), so
+    the collector would run dozens of young-generation passes, and every
+    tenth of those may start a full pass over the whole process's objects
+    (60-90 ms with JAX and flax loaded) in the middle of a first call."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _graph_for(t: Traced, holomorphic: bool, order: OrderSpec) -> tuple[Graph, Traced]:

@@ -3,6 +3,8 @@ control flow on constants still works, and repeated eager calls reuse the
 cached graph, also through ``custom_jvp`` rules (``jax.nn.relu``)."""
 from __future__ import annotations
 
+import gc
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 import ccjax
+from ccjax import api
 from ccjax import trace as trace_mod
 from conftest import assert_jac_equal, check_orders, counted_compiles
 
@@ -228,3 +231,59 @@ def test_a_closed_over_transcendental_factor_records_its_constant():
         assert_jac_equal(ccjax.jacve(f)(x), jax.jacrev(f)(x))
     g = ccjax.graph(make(jnp.array([0.1, 0.2, 0.3])), x)
     assert g.zero_free  # the rates were read and found without zeros
+
+
+def _stencil(u):
+    """A periodic 2-D stencil: a graph of some hundred vertices with bands."""
+    lap = lambda a: jnp.roll(a, 1, 0) + jnp.roll(a, -1, 0) + jnp.roll(a, 1, 1) + jnp.roll(a, -1, 1) - 4.0 * a
+    return 0.1 * lap(u) - u * u * u
+
+
+def test_graph_and_plan_run_without_cyclic_collections():
+    """Building and planning allocate many small acyclic objects: the
+    cyclic collector stays off meanwhile (it would run dozens of passes,
+    and now and then a full one over the whole process, in a first call),
+    and its state is the caller's afterwards, also after an error."""
+    u = jnp.asarray(np.random.default_rng(3).normal(size=(12, 12)))
+    assert _passes_while_planning(_stencil, u) == 0
+    assert gc.isenabled()
+    assert_jac_equal(ccjax.jacve(_stencil)(u), jax.jacrev(_stencil)(u))
+    gc.disable()
+    try:
+        ccjax.jacve(lambda u: jnp.sin(u) * u)(u)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(ccjax.OrderError):
+        ccjax.jacve(lambda u: jnp.sin(u) * u, order=[10 ** 6])(u)
+    assert gc.isenabled()
+
+
+def _passes_while_planning(f, x) -> int:
+    """Collector passes started while ``jacve`` builds and plans ``f``'s graph."""
+    passes = []
+    window = {"open": False}
+    record = lambda phase, info: passes.append(1) if phase == "start" and window["open"] else None
+    real_runner = api._runner
+    real_graph_for = api._graph_for
+
+    def graph_for(*args):
+        window["open"] = True
+        return real_graph_for(*args)
+
+    def runner(*args):
+        try:
+            return real_runner(*args)
+        finally:
+            window["open"] = False
+
+    trace_mod._graphs.data.clear()
+    gc.callbacks.append(record)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(api, "_graph_for", graph_for)
+            mp.setattr(api, "_runner", runner)
+            ccjax.jacve(f)(x)
+    finally:
+        gc.callbacks.remove(record)
+    return len(passes)
