@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ccjax import _jaxpr
-from ccjax.numpy_eval import TRANSCENDENTAL, run_nodes
+from ccjax.numpy_eval import APPROXIMATE_PRODUCTS, TRANSCENDENTAL, run_nodes
 from ccjax.rules import Partial, RuleContext, ZERO_DERIVATIVE, partials, sparse
 from ccjax.rules.base import REGION
 from ccjax.rules.elementwise import ELEMENTWISE
@@ -625,19 +625,22 @@ class _Statics:
 
     #: Equations through which a value NumPy finds far from zero everywhere
     #: is far from zero in XLA too: no sums (a cancellation in one may be
-    #: exact in the other), no comparisons, roundings or selections.
-    NONZERO_PRESERVING = frozenset(TRANSCENDENTAL) | {
+    #: exact in the other), no comparisons, roundings or selections.  Their
+    #: operands may come from any equations NumPy runs exactly (differences
+    #: of grid points, masks), which give XLA's values bit for bit.
+    NONZERO_PRESERVING = frozenset(TRANSCENDENTAL) | frozenset(APPROXIMATE_PRODUCTS) | {
         "mul", "div", "neg", "broadcast_in_dim", "reshape", "squeeze", "transpose", "slice", "concatenate",
         "convert_element_type", "rev"}
 
     def _surely_nonzero(self, var: int) -> Optional[frozenset]:
         """The closed jaxpr's constants ``var`` is computed from, when it is
-        a floating constant made by :attr:`NONZERO_PRESERVING` equations
-        that NumPy (:func:`~ccjax.numpy_eval.run_nodes` with
+        a floating constant made by :attr:`NONZERO_PRESERVING` equations (from
+        values NumPy computes exactly) that NumPy (:func:`~ccjax.numpy_eval.run_nodes` with
         ``transcendental=True``) finds finite and far from zero at every
         step, so XLA's value, a few ulps away, has no zero either; else
         None.  Spares the compilation of a factor such as ``sqrt(T)`` or
-        ``exp(-r * T)`` (40-50 ms each) that only a zero test reads."""
+        ``exp(-r * T)`` (40-50 ms each) or the weights ``1 / prod(x_i - x_j)``
+        of a Lagrange interpolation (160 ms) that only a zero test reads."""
         needed: dict[int, Node] = {}
         stack = [var]
         while stack:
@@ -647,11 +650,16 @@ class _Statics:
                     return None  # a traced constant, or a value found unknowable
                 continue
             k, node = self.producer.get(v, (None, None))
-            if (node is None or node.primitive is None or node.name not in self.NONZERO_PRESERVING
-                    or len(needed) >= self.MAX_EQUATIONS
+            if (node is None or node.primitive is None or len(needed) >= self.MAX_EQUATIONS
                     or any(self.program.active[o] or self.program.avals[o].size > self.MAX_SIZE
-                           or not jnp.issubdtype(self.program.avals[o].dtype, jnp.floating) for o in node.outs)):
+                           for o in node.outs)):
                 return None
+            if (node.name not in self.NONZERO_PRESERVING
+                    or not all(jnp.issubdtype(self.program.avals[o].dtype, jnp.floating) for o in node.outs)):
+                # a value NumPy computes bit for bit as XLA does may feed the chain
+                if self._known(v, compile=False) is None:
+                    return None
+                continue
             if k not in needed:
                 needed[k] = node
                 stack.extend(node.ins)
@@ -665,8 +673,9 @@ class _Statics:
             return None
         return frozenset().union(*(self.sources.get(i, ()) for i in leaves))
 
-    def _known(self, var: int) -> Optional[np.ndarray]:
-        """:meth:`value` without pinning anything."""
+    def _known(self, var: int, compile: bool = True) -> Optional[np.ndarray]:
+        """:meth:`value` without pinning anything; without ``compile``, None
+        (nothing recorded) where NumPy cannot compute it as XLA would."""
         if var in self.memo:
             return self.memo[var]
         needed: dict[int, Node] = {}  # program position -> equation, for the values on the way
@@ -691,14 +700,15 @@ class _Statics:
             else:
                 self.memo.update((o, None) for o in node.outs)
         if runnable:
-            self._evaluate(runnable, produced)
+            self._evaluate(runnable, produced, compile)
         return self.memo.get(var)
 
-    def _evaluate(self, nodes: list, produced: set) -> None:
+    def _evaluate(self, nodes: list, produced: set, compile: bool = True) -> None:
         """Record the outputs of ``nodes`` (in program order; their operands
         known or produced by earlier ones), computed as one program: op by
         op, index arithmetic such as ``x // 4`` compiled each of its ten
-        equations on its own (0.2 s for one ``segment_sum``)."""
+        equations on its own (0.2 s for one ``segment_sum``).  Without
+        ``compile``, nothing is recorded where NumPy cannot run them exactly."""
         leaves = sorted({i for node in nodes for i in node.ins if i not in produced})
 
         def evaluate(*values):
@@ -711,6 +721,8 @@ class _Statics:
         found = run_nodes(nodes, dict(zip(leaves, args)), self.program.avals)
         outs = None if found is None else [found[o] for node in nodes for o in node.outs]
         if outs is None:
+            if not compile:
+                return
             with jax.disable_jit(False):  # compiled ahead: runs now, also inside an outer trace
                 outs = jax.jit(evaluate).lower(*args).compile()(*args)
         for node in nodes:

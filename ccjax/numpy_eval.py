@@ -13,9 +13,10 @@ a sparse output, are cheaper to run here, equation by equation:
   another order (``exact=False`` adds ``dot_general``, ``reduce_sum``, a
   floating-point ``scatter-add`` and complex products and quotients).
 
-- with ``transcendental=True``, constants made of products, quotients and
-  elementwise ``exp``, ``log``, ``sqrt``... (:data:`TRANSCENDENTAL`),
-  which NumPy computes within a few ulps of XLA but not bit for bit: only
+- with ``transcendental=True``, constants made of products, quotients,
+  elementwise ``exp``, ``log``, ``sqrt``... (:data:`TRANSCENDENTAL`) and
+  ``reduce_prod`` (:data:`APPROXIMATE_PRODUCTS`), which NumPy computes
+  within a few ulps of XLA but not bit for bit: only
   for asking whether every entry is far from zero (a constant factor
   ``sqrt(T)`` or ``exp(-r * T)``), where a compilation cost 40-50 ms.
 
@@ -48,13 +49,36 @@ TRANSCENDENTAL: dict[str, Callable] = {
 }
 
 
+def _reduce_prod_in_range(params, x):
+    """``reduce_prod``, where no partial product in any order can overflow
+    or come near underflow (XLA multiplies in another order than NumPy):
+    per result, the product of the factors' magnitudes clipped below at 1
+    is finite and the one clipped above at 1 is far from zero."""
+    axes = tuple(params["axes"])
+    if x.dtype.kind != "f":
+        raise NotImplementedError("reduce_prod of non-floating values")
+    size = np.abs(x.astype(np.float64))
+    high = np.prod(np.maximum(size, 1.0), axis=axes)
+    low = np.prod(np.minimum(size, 1.0), axis=axes)
+    info = np.finfo(x.dtype)
+    if not (np.all(high <= float(info.max) / 2) and np.all(low >= float(info.tiny) * 2.0 ** 24)):
+        raise ValueError("a partial product may leave the floating-point range")
+    return [np.prod(x, axis=axes)]
+
+
+#: Products NumPy computes within a few ulps of XLA, in another order: run
+#: only for ``transcendental=True``, like :data:`TRANSCENDENTAL`.
+APPROXIMATE_PRODUCTS: dict[str, Callable] = {"reduce_prod": _reduce_prod_in_range}
+
+
 def run_nodes(nodes: Sequence[Any], env: dict, avals: Sequence[Any], exact: bool = True,
               transcendental: bool = False) -> Optional[dict]:
     """``env`` extended by the outputs of ``nodes`` (program order; each with
     ``name``, ``params``, ``ins`` and ``outs``, variable ids into ``env`` and
     ``avals``), or None where one equation cannot be run here or gives
     another shape or dtype than its ``aval``.  ``transcendental``: also
-    run :data:`TRANSCENDENTAL` (see the module docstring)."""
+    run :data:`TRANSCENDENTAL` and :data:`APPROXIMATE_PRODUCTS` (see the
+    module docstring)."""
     env = dict(env)
     try:
         for node in nodes:
@@ -62,11 +86,13 @@ def run_nodes(nodes: Sequence[Any], env: dict, avals: Sequence[Any], exact: bool
             if exact and ((node.name in ROUNDING_SUMS and any(a.dtype.kind in "fc" for a in args))
                           or (node.name in COMPLEX_ROUNDING and any(a.dtype.kind == "c" for a in args))):
                 return None
-            if transcendental and node.name in TRANSCENDENTAL:
-                with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"):  # IEEE results (1 / 0 = inf) are XLA's too: no warnings
+                if transcendental and node.name in TRANSCENDENTAL:
                     outs = [TRANSCENDENTAL[node.name](*args)]
-            else:
-                outs = _NUMPY[node.name](node.params, *args)
+                elif transcendental and node.name in APPROXIMATE_PRODUCTS:
+                    outs = APPROXIMATE_PRODUCTS[node.name](node.params, *args)
+                else:
+                    outs = _NUMPY[node.name](node.params, *args)
             for o, x in zip(node.outs, outs):
                 x = np.asarray(x)
                 if x.shape != tuple(avals[o].shape) or x.dtype != np.dtype(avals[o].dtype):
