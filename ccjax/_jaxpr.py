@@ -197,6 +197,11 @@ def staged_alone(name: str, params: dict) -> bool:
     return name != "gather" and not any(True for _ in jex.jaxprs_in_params(params))
 
 
+def as_function(closed_jaxpr):
+    """The function ``closed_jaxpr`` stages: flat arguments in, a list of its outputs out."""
+    return jex.jaxpr_as_fun(closed_jaxpr)
+
+
 def equation_count(jaxpr) -> int:
     """Equations of ``jaxpr`` with calls counted by their bodies."""
     return sum(equation_count(call_body(e)[0]) if e.primitive.name in CALL_PRIMITIVES else 1 for e in jaxpr.eqns)

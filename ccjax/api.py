@@ -21,7 +21,7 @@ from jax.experimental import sparse
 from ccjax._jaxpr import as_weakly_typed, is_weakly_typed
 from ccjax.eliminate import LAYOUTS, CostReport, Plan, dense_entries, plan_elimination, stored_entries, validate_order
 from ccjax.graph import Graph
-from ccjax.jax_modes import cheapest, jacobian_program, plan_jax_mode
+from ccjax.jax_modes import cheapest, jacobian_runner, plan_jax_mode
 from ccjax.resolve import OrderSpec, order_spec, resolve_order
 from ccjax.trace import Traced, as_input, auto_graph_of, check_inputs, check_outputs, graph, graph_of, trace
 from ccjax.tuning import tuned_plan
@@ -74,7 +74,7 @@ def _runner(g: Graph, order: OrderSpec, layout: str = "dense") -> Callable:
     run = g.runners.get(key)
     if run is not None:
         return run
-    run = jacobian_program(g, _plan(g, order, layout), layout)
+    run = jacobian_runner(g, _plan(g, order, layout), layout)
     if g.program.cacheable:
         run = jax.jit(run)
         g.runners[key] = run

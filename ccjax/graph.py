@@ -824,6 +824,7 @@ class Graph:
         self.plans: dict = {}  # order key -> Plan, filled by the API
         self.runners: dict = {}  # order key -> jitted executor, filled by the API
         self.probes: dict = {}  # id(plan) -> (plan, structural zeros), filled by ccjax.eliminate
+        self.staged: dict = {}  # id(plan) -> (plan, closed jaxpr, output tree), filled by ccjax.jax_modes
         self.eliminations: dict = {}  # order -> its last few Plans, filled by ccjax.eliminate.plan_elimination
 
     # -- construction -------------------------------------------------------

@@ -222,6 +222,37 @@ def test_a_small_elimination_that_stages_far_more_equations_yields_to_a_plain_mo
     assert cheapest(g, elim, Counter(g)) is elim
 
 
+def test_the_program_staged_to_choose_a_plan_runs_without_a_second_trace(monkeypatch):
+    """Choosing between the quaternion's elimination and forward mode
+    stages both programs; the graph keeps the chosen one's and the first
+    call evaluates it instead of tracing the Jacobian program again, with
+    the same result, eagerly, jitted, batched and on a Python-float input."""
+    traced = []
+    real_program = jax_modes.jacobian_program
+
+    def counting(graph, plan, layout="dense"):
+        traced.append(plan.mode)
+        return real_program(graph, plan, layout)
+
+    monkeypatch.setattr(jax_modes, "jacobian_program", counting)
+    q = jnp.asarray([0.7, 0.2, -0.4, 0.5])
+    fn = ccjax.jacve(lambda q: quaternion_rotation(q) * 1.0)
+    np.testing.assert_allclose(fn(q), jax.jacrev(quaternion_rotation)(q), rtol=1e-12, atol=1e-12)
+    assert sorted(traced) == ["eliminate", "jax-fwd"]  # each staged once to choose; the run traced neither again
+    g = ccjax.graph(lambda q: quaternion_rotation(q) * 1.0, q)  # the cached graph
+    assert [entry[0].mode for entry in g.staged.values()] == ["jax-fwd"]  # the chosen plan's program only
+    np.testing.assert_allclose(jax.jit(fn)(q), jax.jacrev(quaternion_rotation)(q), rtol=1e-12, atol=1e-12)
+    qs = jnp.asarray(np.random.default_rng(8).normal(size=(3, 4)))
+    np.testing.assert_allclose(jax.vmap(fn)(qs), jax.vmap(jax.jacrev(quaternion_rotation))(qs), rtol=1e-12,
+                               atol=1e-12)
+    rows = lambda a, b, c, d: quaternion_rotation(jnp.stack([a, b, c, d]))
+    want = jax.jacrev(rows, argnums=(0, 1, 2, 3))(0.7, 0.2, -0.4, 0.5)
+    got = ccjax.jacve(rows, argnums=(0, 1, 2, 3))(0.7, 0.2, -0.4, 0.5)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.weak_type == b.weak_type
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_cheapest_counts_no_plain_mode_that_cannot_win(monkeypatch):
     # 64 tanh/mul layers on 64 values: JAX's modes multiply each layer's
     # 64 products on 64 (co)tangents; the elimination's diagonals do not
