@@ -577,6 +577,22 @@ def sinkhorn_plan(C, iterations: int = 20, eps: float = 0.5):
     return u[:, None] * K * v[None, :]
 
 
+def kalman_filter(x0, F, H, ys):
+    """A Kalman filter over a measurement sequence by ``lax.scan`` (predict,
+    gain by ``jnp.linalg.inv`` of the innovation covariance, update): the
+    filtered states w.r.t. the initial state."""
+    n, m = F.shape[0], H.shape[0]
+
+    def step(c, y):
+        x, P = c
+        x, P = F @ x, F @ P @ F.T + 0.01 * jnp.eye(n, dtype=x.dtype)
+        K = P @ H.T @ jnp.linalg.inv(H @ P @ H.T + 0.1 * jnp.eye(m, dtype=x.dtype))
+        x = x + K @ (y - H @ x)
+        return (x, (jnp.eye(n, dtype=x.dtype) - K @ H) @ P), x
+
+    return lax.scan(step, (x0, jnp.eye(n, dtype=x0.dtype)), ys)[1]
+
+
 # ====================================================================== gather / scatter, conv, sort, FFT
 def gather_big(x, idx):
     return x[idx] ** 2 + jnp.sin(x[idx])
@@ -728,6 +744,14 @@ def layer_norm_rows(x):
     return (x - m) / jnp.sqrt(v + 1e-5)
 
 
+def causal_attention(q, K, V):
+    """Causal (lower-triangular) softmax attention of queries ``q`` over
+    fixed keys and values: the outputs w.r.t. the queries."""
+    scores = q @ K.T / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
+    mask = jnp.tril(jnp.ones((q.shape[0], K.shape[0]), bool))
+    return jax.nn.softmax(jnp.where(mask, scores, -1e9), axis=-1) @ V
+
+
 # ====================================================================== Hessians
 def lj_energy(x):
     """Lennard-Jones energy of the particles at x (flat, 3 per particle)."""
@@ -765,6 +789,15 @@ def norms(X):
 
 def interp(xq, fp, xp):
     return jnp.interp(xq, xp, fp)
+
+
+def lagrange_interp(y, nodes, queries):
+    """Barycentric Lagrange interpolation of values ``y`` at fixed nodes,
+    read at fixed queries (weights ``1 / prod_j (x_i - x_j)``)."""
+    diff = nodes[:, None] - nodes[None, :] + jnp.eye(nodes.shape[0], dtype=nodes.dtype)
+    w = 1.0 / jnp.prod(diff, axis=1)
+    t = w / (queries[:, None] - nodes[None, :])
+    return (t @ y) / t.sum(1)
 
 
 def remat_blocks(x, W):
@@ -1020,6 +1053,16 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                        what=f"lax.scan Elman RNN, T={T}, d={d}, h={h}: all hidden states w.r.t. the inputs")
 
     @reg
+    def p_kalman_filter(q):
+        T, n, m = (3, 2, 1) if q else (30, 4, 2)
+        r = _rng("kalman")
+        return Program("kalman_filter", "control flow", kalman_filter,
+                       (r.standard_normal(n), np.eye(n) + 0.1 * r.standard_normal((n, n)),
+                        r.standard_normal((m, n)), r.standard_normal((T, m))), 0,
+                       what=f"lax.scan Kalman filter with jnp.linalg.inv, T={T}, state {n}, measurement {m}: "
+                            "filtered states w.r.t. the initial state")
+
+    @reg
     def p_loop_rnn(q):
         T, d, h = (6, 2, 4) if q else (200, 4, 16)
         return Program("loop_rnn", "control flow", loop_rnn, rnn_args("looprnn", T, d, h), 0,
@@ -1259,6 +1302,15 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
                        what=f"Gaussian-process RBF kernel matrix of {n} points w.r.t. the points")
 
     @reg
+    def p_causal_attention(q):
+        L, d = (4, 3) if q else (64, 16)
+        r = _rng("causal")
+        return Program("causal_attention", "ML layers", causal_attention,
+                       (r.standard_normal((L, d)), r.standard_normal((L, d)), r.standard_normal((L, d))), 0,
+                       what=f"causal softmax attention, {L} queries x {d} over fixed keys and values, "
+                            "w.r.t. the queries")
+
+    @reg
     def p_softmax_rows(q):
         n = 4 if q else 32
         return Program("softmax_rows", "ML layers", lambda z: jax.nn.softmax(z, axis=-1),
@@ -1306,6 +1358,14 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         xp = np.linspace(0.0, 1.0, nf)
         return Program("interp", "good cases", interp, (r.uniform(0.01, 0.99, nq), np.sin(6 * xp), xp), (0, 1),
                        what=f"jnp.interp, {nq} queries on a {nf}-point table, w.r.t. queries and table values")
+
+    @reg
+    def p_lagrange_interp(q):
+        n, nq = (4, 5) if q else (16, 64)
+        return Program("lagrange_interp", "good cases", lagrange_interp,
+                       (_rng("lagrange").standard_normal(n), np.linspace(-1.0, 1.0, n),
+                        np.linspace(-0.9, 0.9, nq)), 0,
+                       what=f"barycentric Lagrange interpolation, {n} nodes, {nq} queries, w.r.t. the values")
 
     @reg
     def p_remat(q):
