@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ccjax import _jaxpr
-from ccjax.numpy_eval import APPROXIMATE_PRODUCTS, TRANSCENDENTAL, run_nodes
+from ccjax.numpy_eval import APPROXIMATE, run_nodes, zero_floor
 from ccjax.rules import Partial, RuleContext, ZERO_DERIVATIVE, partials, sparse
 from ccjax.rules.base import REGION
 from ccjax.rules.elementwise import ELEMENTWISE
@@ -628,7 +628,7 @@ class _Statics:
     #: exact in the other), no comparisons, roundings or selections.  Their
     #: operands may come from any equations NumPy runs exactly (differences
     #: of grid points, masks), which give XLA's values bit for bit.
-    NONZERO_PRESERVING = frozenset(TRANSCENDENTAL) | frozenset(APPROXIMATE_PRODUCTS) | {
+    NONZERO_PRESERVING = frozenset(APPROXIMATE) | {
         "mul", "div", "neg", "broadcast_in_dim", "reshape", "squeeze", "transpose", "slice", "concatenate",
         "convert_element_type", "rev"}
 
@@ -755,11 +755,11 @@ class _Statics:
 
 def _far_from_zero(x) -> bool:
     """Every entry of the real floating array ``x`` finite and at least
-    ``2**24`` times its dtype's smallest normal number (few ulps of
+    :func:`~ccjax.numpy_eval.zero_floor` of its dtype (few ulps of
     difference cannot make it zero, nor flushing subnormals to zero)."""
     x = np.asarray(x)
     try:
-        floor = float(np.finfo(x.dtype).tiny) * 2.0 ** 24
+        floor = zero_floor(x.dtype)
     except (TypeError, ValueError):
         return False
     size = np.abs(x.astype(np.float64))

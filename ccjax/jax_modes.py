@@ -251,8 +251,9 @@ def _staged(graph: Graph, plan: Plan) -> tuple:
         return hit[1:]
     ins, cs = _specs(graph)
     closed, shapes = jax.make_jaxpr(jacobian_program(graph, plan), return_shape=True)(ins, cs)
-    graph.staged[id(plan)] = (plan, closed, jax.tree_util.tree_structure(shapes))
-    return graph.staged[id(plan)][1:]
+    tree = jax.tree_util.tree_structure(shapes)
+    graph.staged[id(plan)] = (plan, closed, tree)
+    return closed, tree
 
 
 def _fewer_kernels(graph: Graph, elimination: Plan, mults: int, counter: Counter) -> Plan:

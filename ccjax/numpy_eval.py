@@ -14,8 +14,8 @@ a sparse output, are cheaper to run here, equation by equation:
   floating-point ``scatter-add`` and complex products and quotients).
 
 - with ``transcendental=True``, constants made of products, quotients,
-  elementwise ``exp``, ``log``, ``sqrt``... (:data:`TRANSCENDENTAL`) and
-  ``reduce_prod`` (:data:`APPROXIMATE_PRODUCTS`), which NumPy computes
+  elementwise ``exp``, ``log``, ``sqrt``... and ``reduce_prod``
+  (:data:`APPROXIMATE`), which NumPy computes
   within a few ulps of XLA but not bit for bit: only
   for asking whether every entry is far from zero (a constant factor
   ``sqrt(T)`` or ``exp(-r * T)``), where a compilation cost 40-50 ms.
@@ -38,37 +38,49 @@ ROUNDING_SUMS = frozenset({"dot_general", "reduce_sum", "scatter-add"})
 COMPLEX_ROUNDING = frozenset({"mul", "div"})
 
 
-#: Elementwise functions NumPy computes within a few ulps of XLA (not bit
-#: for bit), each with a relative error bounded away from its zeros (no
-#: ``sin``: its zeros are not representable, and near one the two may differ
-#: in every digit): run only for ``transcendental=True``.
-TRANSCENDENTAL: dict[str, Callable] = {
-    "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "rsqrt": lambda x: 1 / np.sqrt(x), "cbrt": np.cbrt,
-    "tanh": np.tanh, "logistic": lambda x: 1 / (1 + np.exp(-x)), "exp2": np.exp2, "log1p": np.log1p,
-    "expm1": np.expm1, "pow": np.power,
-}
+#: How far from zero (times the dtype's smallest normal number) a value
+#: NumPy computes within a few ulps of XLA must be for XLA's to be nonzero
+#: too (a few ulps cannot make it zero, nor flushing subnormals to zero).
+ZERO_MARGIN = 2.0 ** 24
+
+
+def zero_floor(dtype) -> float:
+    """The smallest magnitude :data:`ZERO_MARGIN` allows for ``dtype``."""
+    return float(np.finfo(dtype).tiny) * ZERO_MARGIN
+
+
+def _elementwise(fn: Callable) -> Callable:
+    return lambda params, *args: [fn(*args)]
 
 
 def _reduce_prod_in_range(params, x):
     """``reduce_prod``, where no partial product in any order can overflow
     or come near underflow (XLA multiplies in another order than NumPy):
     per result, the product of the factors' magnitudes clipped below at 1
-    is finite and the one clipped above at 1 is far from zero."""
+    is finite and the one clipped above at 1 is at least :func:`zero_floor`."""
     axes = tuple(params["axes"])
     if x.dtype.kind != "f":
         raise NotImplementedError("reduce_prod of non-floating values")
     size = np.abs(x.astype(np.float64))
     high = np.prod(np.maximum(size, 1.0), axis=axes)
     low = np.prod(np.minimum(size, 1.0), axis=axes)
-    info = np.finfo(x.dtype)
-    if not (np.all(high <= float(info.max) / 2) and np.all(low >= float(info.tiny) * 2.0 ** 24)):
+    if not (np.all(high <= float(np.finfo(x.dtype).max) / 2) and np.all(low >= zero_floor(x.dtype))):
         raise ValueError("a partial product may leave the floating-point range")
     return [np.prod(x, axis=axes)]
 
 
-#: Products NumPy computes within a few ulps of XLA, in another order: run
-#: only for ``transcendental=True``, like :data:`TRANSCENDENTAL`.
-APPROXIMATE_PRODUCTS: dict[str, Callable] = {"reduce_prod": _reduce_prod_in_range}
+#: Equations NumPy computes within a few ulps of XLA (not bit for bit): run
+#: only for ``transcendental=True``.  Elementwise functions each with a
+#: relative error bounded away from its zeros (no ``sin``: its zeros are not
+#: representable, and near one the two may differ in every digit), and
+#: ``reduce_prod``, which multiplies in another order than XLA.
+APPROXIMATE: dict[str, Callable] = {
+    **{name: _elementwise(fn) for name, fn in {
+        "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "rsqrt": lambda x: 1 / np.sqrt(x), "cbrt": np.cbrt,
+        "tanh": np.tanh, "logistic": lambda x: 1 / (1 + np.exp(-x)), "exp2": np.exp2, "log1p": np.log1p,
+        "expm1": np.expm1, "pow": np.power}.items()},
+    "reduce_prod": _reduce_prod_in_range,
+}
 
 
 def run_nodes(nodes: Sequence[Any], env: dict, avals: Sequence[Any], exact: bool = True,
@@ -77,8 +89,7 @@ def run_nodes(nodes: Sequence[Any], env: dict, avals: Sequence[Any], exact: bool
     ``name``, ``params``, ``ins`` and ``outs``, variable ids into ``env`` and
     ``avals``), or None where one equation cannot be run here or gives
     another shape or dtype than its ``aval``.  ``transcendental``: also
-    run :data:`TRANSCENDENTAL` and :data:`APPROXIMATE_PRODUCTS` (see the
-    module docstring)."""
+    run :data:`APPROXIMATE` (see the module docstring)."""
     env = dict(env)
     try:
         for node in nodes:
@@ -87,12 +98,8 @@ def run_nodes(nodes: Sequence[Any], env: dict, avals: Sequence[Any], exact: bool
                           or (node.name in COMPLEX_ROUNDING and any(a.dtype.kind == "c" for a in args))):
                 return None
             with np.errstate(all="ignore"):  # IEEE results (1 / 0 = inf) are XLA's too: no warnings
-                if transcendental and node.name in TRANSCENDENTAL:
-                    outs = [TRANSCENDENTAL[node.name](*args)]
-                elif transcendental and node.name in APPROXIMATE_PRODUCTS:
-                    outs = APPROXIMATE_PRODUCTS[node.name](node.params, *args)
-                else:
-                    outs = _NUMPY[node.name](node.params, *args)
+                table = APPROXIMATE if transcendental and node.name in APPROXIMATE else _NUMPY
+                outs = table[node.name](node.params, *args)
             for o, x in zip(node.outs, outs):
                 x = np.asarray(x)
                 if x.shape != tuple(avals[o].shape) or x.dtype != np.dtype(avals[o].dtype):
