@@ -260,6 +260,8 @@ def test_products_of_exact_differences_are_known_nonzero_without_a_compilation()
     for order in ("auto", "fwd", "rev", "markowitz"):
         assert_jac_equal(ccjax.jacve(f, order=order)(y), want, rtol=1e-12)
         assert_jac_equal(jax.jit(ccjax.jacve(f, order=order))(y), want, rtol=1e-12)
+    ys = jnp.asarray(np.random.default_rng(5).normal(size=(3, 9)))
+    assert_jac_equal(jax.vmap(ccjax.jacve(f))(ys), jax.vmap(jax.jacrev(f))(ys), rtol=1e-12)
 
 
 @pytest.mark.parametrize("case", ["query_on_node", "underflowing_product"])
