@@ -7,7 +7,8 @@ Two layers:
   inlined, no-op converts and copies dropped, and ``custom_jvp`` calls on
   differentiated values replaced by the JVP of their custom rule, whose
   tangent half is linear and enters the graph with ordinary rules (so the
-  custom rule is followed exactly and its structure kept).  A BCOO or
+  custom rule is followed exactly and its structure kept); so is a linear
+  solve whose matrix is differentiated (:func:`_solve_by_jvp`).  A BCOO or
   BCSR matrix product (``bcoo_dot_general``, ``bcsr_dot_general``) is
   inlined as the gather, product and scatter-add it computes
   (:mod:`ccjax.rules.sparse`).
@@ -69,7 +70,7 @@ class Node:
     def ad_eval(self, env) -> list:
         """Like :meth:`eval` on ``env`` (values by variable id), but JAX's AD
         of it is JAX's AD of the original program: a ``TANGENT_OF`` node
-        rebinds its original ``custom_jvp`` call, so differentiating it
+        rebinds its original call (``custom_jvp``, a solve), so differentiating it
         (to any order) follows the custom rule."""
         if self.name == TANGENT_OF:
             primitive, params, operands, k = self.params
@@ -242,8 +243,9 @@ class _ProgramBuilder:
                 branch = _default_platform_branch(eqn.params)
                 cids = [self.const(c, v.aval, stable=False) for c, v in zip(branch.consts, branch.jaxpr.constvars)]
                 outs = self.inline(branch.jaxpr, cids, ins[1:])
-            elif _jaxpr.is_custom_jvp(eqn) and any(self.active[i] for i in ins):
-                outs = self._custom_jvp(eqn, ins)
+            elif (_jaxpr.is_custom_jvp(eqn) and any(self.active[i] for i in ins)) or (
+                    name == "custom_linear_solve" and _solve_by_jvp(eqn, [self.active[i] for i in ins])):
+                outs = self._by_jvp(eqn, ins)
             elif any(self.active[i] for i in ins) and (
                     rewrite := sparse.decomposition(name, eqn.params, [self.avals[i] for i in ins])) is not None:
                 outs = self._inline_traced(rewrite, ins)
@@ -266,8 +268,9 @@ class _ProgramBuilder:
         cids = [self.const(c, v.aval) for c, v in zip(closed.consts, closed.jaxpr.constvars)]
         return self.inline(closed.jaxpr, cids, ins)
 
-    def _custom_jvp(self, eqn, ins: list) -> list:
-        """Replace a custom_jvp call by the JVP of its custom rule.
+    def _by_jvp(self, eqn, ins: list) -> list:
+        """Replace a call by its JVP: a ``custom_jvp`` call's custom rule, a
+        ``custom_linear_solve``'s JAX rule (:func:`_solve_by_jvp`).
 
         The primal half sees the operands through a ``STOP`` node (their
         values, no derivative); the tangent half reads the operands
@@ -300,6 +303,31 @@ class _ProgramBuilder:
             else:
                 result.append(p)
         return result
+
+
+#: Right-hand sides of fewer entries keep a solve whose matrix is
+#: differentiated as one equation (a dense local Jacobian).  Its JVP as a
+#: graph (:func:`_solve_by_jvp`) has the matrix's partial as a product, not
+#: one solve per matrix entry, but also more, smaller kernels: three Newton
+#: steps of a 16-entry system (``jax.jacfwd`` of the residual inside) ran
+#: 1.6x slower than ``jax.jacfwd`` with it, at 32 entries alike, at 64
+#: entries 0.57x; one step of 16 entries alike.
+SOLVE_BY_JVP_MIN_ENTRIES = 32
+
+
+def _solve_by_jvp(eqn, active: list) -> bool:
+    """Whether a ``custom_linear_solve`` (``jnp.linalg.solve``, ``inv``)
+    whose matrix is differentiated enters the graph as its JVP, as a
+    ``custom_jvp`` call does: ``x = A⁻¹ b`` gives ``dx = A⁻¹ (db - dA x)``,
+    the matrix's partial the product of ``A⁻¹``'s (a solve against basis
+    vectors, block diagonal over the columns it solves apart:
+    :mod:`ccjax.rules.opaque`) and a matrix product's (``x`` on the
+    contracted axis).  The local Jacobian of the solve itself takes one
+    solve per entry of ``A`` (``inv`` of 16x16: 256 solves of 16 right-hand
+    sides, where ``A⁻¹`` takes 16).  Right-hand sides of
+    :data:`SOLVE_BY_JVP_MIN_ENTRIES` entries or more."""
+    n_consts = sum(eqn.params["const_lengths"])
+    return any(active[:n_consts]) and sum(v.aval.size for v in eqn.invars[n_consts:]) >= SOLVE_BY_JVP_MIN_ENTRIES
 
 
 def build_program(closed_jaxpr, diff_inputs: Sequence[int], holomorphic: bool = False) -> Program:
@@ -346,7 +374,7 @@ def needs_whole_reverse(node: Node) -> tuple[str, ...]:
 def forward_matches_reverse(node: Node) -> bool:
     """Whether JAX's forward mode differentiates ``node`` exactly as its
     reverse mode does (see :func:`ccjax._jaxpr.forward_matches_reverse`);
-    a ``TANGENT_OF`` node is its ``custom_jvp`` call."""
+    a ``TANGENT_OF`` node is the call it stands for."""
     if node.name == REGION:
         return all(forward_matches_reverse(n) for n in node.params.nodes)
     if node.name == TANGENT_OF:

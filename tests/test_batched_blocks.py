@@ -132,7 +132,7 @@ def test_the_analysis_refuses_what_mixes_batch_entries():
 
 
 _OPS = ["sin", "transpose", "sum_last", "cumsum", "sort", "matmul_right", "contract", "concat", "reverse",
-        "roll", "reshape_flat", "broadcast", "solve", "max_batch", "gather_rows"]
+        "roll", "reshape_flat", "broadcast", "solve", "max_batch", "gather_rows", "reshape_unit", "tri_solve"]
 
 
 def _apply(op: str, x, k: int):
@@ -167,6 +167,12 @@ def _apply(op: str, x, k: int):
         if x.shape[-1] != x.shape[-2]:
             return x * x
         return jnp.linalg.solve(x @ jnp.swapaxes(x, -1, -2) + 3.0 * jnp.eye(x.shape[-1]), x)
+    if op == "reshape_unit":  # a unit axis in and out again
+        return (x.reshape(x.shape[:axis] + (1,) + x.shape[axis:]) * 2.0).reshape(x.shape)
+    if op == "tri_solve":  # a fixed triangular matrix: rows mixed, columns (on the left) apart
+        m = x.shape[-1] if k % 2 else x.shape[-2]
+        low = np.broadcast_to(np.tril(np.ones((m, m))) + 2.0 * np.eye(m), x.shape[:-2] + (m, m))
+        return lax.linalg.triangular_solve(low, x, left_side=not k % 2, lower=True)
     if op == "max_batch":
         return x - x.max(0, keepdims=True)
     if op == "gather_rows":

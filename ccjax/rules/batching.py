@@ -17,6 +17,7 @@ the equation not separable: the answer is None, never a guess.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 from ccjax import _jaxpr
@@ -81,16 +82,23 @@ def _equation(eqn, axes: list) -> Optional[list]:
         if k is None or any(a is not None and not _stretches(_shape(v), out, k) for v, a in zip(eqn.invars, axes)):
             return None
         return [k] * len(eqn.outvars)
+    if name in _RULES:
+        return _RULES[name](eqn, axes, params)
     if name in LINALG_CORE or name == "fft":
-        core = len(params["fft_lengths"]) if name == "fft" else LINALG_CORE[name]
-        leading = len(_shape(eqn.invars[0])) - core
-        if len(batched) != 1 or min(batched) >= leading:
-            return None
-        return [batched.pop()] * len(eqn.outvars)
+        return _equation_core(eqn, axes, len(params["fft_lengths"]) if name == "fft" else LINALG_CORE[name])
     if name in _jaxpr.CALL_PRIMITIVES:
         return batch_axes(_jaxpr.call_body(eqn)[0], axes)
-    rule = _RULES.get(name)
-    return None if rule is None else rule(eqn, axes, params)
+    return None
+
+
+def _equation_core(eqn, axes: list, core: int) -> Optional[list]:
+    """A primitive batched over the leading axes of its operands, ``core``
+    trailing axes of the first one its own."""
+    batched = {a for a in axes if a is not None}
+    leading = len(_shape(eqn.invars[0])) - core
+    if len(batched) != 1 or min(batched) >= leading:
+        return None
+    return [batched.pop()] * len(eqn.outvars)
 
 
 def _stretches(shape: tuple, out: tuple, k: int) -> bool:
@@ -114,10 +122,26 @@ def _broadcast_in_dim(eqn, axes, params):
 
 
 def _reshape(eqn, axes, params):
+    """The batch axis kept whole: an output axis of its size with as many
+    entries before it (row-major order keeps each batch entry's slice)."""
     k, shape, out = axes[0], _shape(eqn.invars[0]), _shape(eqn.outvars[0])
-    if k is None or params.get("dimensions") is not None or shape[:k + 1] != out[:k + 1]:
+    if k is None or params.get("dimensions") is not None:
         return None
-    return [k]
+    before = math.prod(shape[:k])
+    found = [j for j in range(len(out)) if out[j] == shape[k] and math.prod(out[:j]) == before]
+    return found[:1] or None
+
+
+def _triangular_solve(eqn, axes, params):
+    """An unbatched matrix solved against right-hand sides batched along a
+    leading axis, or along the axis the solve does not mix (the columns
+    of ``a⁻¹ b``, the rows of ``b a⁻¹``)."""
+    ka, kb = axes
+    ndim = len(_shape(eqn.invars[1]))
+    mixed = ndim - 2 if params["left_side"] else ndim - 1
+    if ka is not None:
+        return _equation_core(eqn, axes, 2)
+    return None if kb == mixed else [kb]
 
 
 def _squeeze(eqn, axes, params):
@@ -276,5 +300,5 @@ _RULES: dict[str, Callable] = {
     "concatenate": _along_other_axis("dimension"), "split": _along_other_axis("axis"),
     "sort": _along_other_axis("dimension"), "rev": _along_other_axis("dimensions"),
     "dot_general": _dot_general, "gather": _gather, "scatter-add": _scatter, "scatter": _scatter,
-    "custom_linear_solve": _custom_linear_solve,
+    "custom_linear_solve": _custom_linear_solve, "triangular_solve": _triangular_solve,
 }
