@@ -466,6 +466,22 @@ def cell_solves(x, blocks):
     return jax.vmap(jnp.linalg.solve)(A, jnp.sin(x))
 
 
+def gp_posterior_mean(x, y, xt):
+    """Gaussian-process posterior mean at test points ``xt`` (squared-exponential
+    kernel, a nugget), as a function of the training locations ``x``."""
+    kernel = lambda a, c: jnp.exp(-((a[:, None] - c[None, :]) ** 2) / 0.1)
+    K = kernel(x, x) + 0.01 * jnp.eye(x.shape[0], dtype=x.dtype)
+    return kernel(xt, x) @ jnp.linalg.solve(K, y)
+
+
+def spring_chain_load_cases(k, loads):
+    """Displacements of a chain of springs (constants ``k``, both ends fixed)
+    under several load cases: ``jnp.linalg.solve`` with a matrix right-hand
+    side, w.r.t. the spring constants."""
+    K = jnp.diag(k[:-1] + k[1:]) - jnp.diag(k[1:-1], 1) - jnp.diag(k[1:-1], -1)
+    return jnp.linalg.solve(K, loads)
+
+
 def tridiagonal_solve(b, lower, diag, upper):
     """``lax.linalg.tridiagonal_solve`` of a fixed tridiagonal matrix with a
     nonlinear right-hand side ``tanh(b)``."""
@@ -1030,6 +1046,25 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         return Program("linalg_cell_solves", "linalg", lambda x: cell_solves(x, blocks),
                        (r.standard_normal((cells, k)),), 0,
                        what=f"vmap(jnp.linalg.solve): one {k}x{k} system per cell, {cells} cells")
+
+    @reg
+    def p_gp_posterior_mean(q):
+        n, nt = (4, 3) if q else (64, 32)
+        r = _rng("gp")
+        x = np.sort(r.uniform(size=n))
+        return Program("gp_posterior_mean", "linalg", gp_posterior_mean,
+                       (x, np.sin(3.0 * x), np.linspace(0.0, 1.0, nt)), 0,
+                       what=f"Gaussian-process posterior mean (jnp.linalg.solve of the {n}x{n} kernel matrix) "
+                            f"at {nt} points w.r.t. the {n} training locations")
+
+    @reg
+    def p_spring_chain_load_cases(q):
+        n, m = (4, 2) if q else (64, 6)
+        r = _rng("springs")
+        return Program("spring_chain_load_cases", "linalg", spring_chain_load_cases,
+                       (1.0 + r.uniform(size=n + 1), r.standard_normal((n, m))), 0,
+                       what=f"spring chain, {n} nodes, {m} load cases (jnp.linalg.solve, matrix right-hand side) "
+                            "w.r.t. the spring constants")
 
     def rnn_args(seed: str, T: int, d: int, h: int) -> tuple:
         """(inputs x (T, d), W (h, h), U (h, d), h0) of an Elman RNN."""
