@@ -132,7 +132,8 @@ def test_the_analysis_refuses_what_mixes_batch_entries():
 
 
 _OPS = ["sin", "transpose", "sum_last", "cumsum", "sort", "matmul_right", "contract", "concat", "reverse",
-        "roll", "reshape_flat", "broadcast", "solve", "max_batch", "gather_rows", "reshape_unit", "tri_solve"]
+        "roll", "reshape_flat", "broadcast", "solve", "max_batch", "gather_rows", "reshape_unit", "tri_solve",
+        "scale_by_position", "matmul_per_entry", "solve_shared"]
 
 
 def _apply(op: str, x, k: int):
@@ -173,6 +174,14 @@ def _apply(op: str, x, k: int):
         m = x.shape[-1] if k % 2 else x.shape[-2]
         low = np.broadcast_to(np.tril(np.ones((m, m))) + 2.0 * np.eye(m), x.shape[:-2] + (m, m))
         return lax.linalg.triangular_solve(low, x, left_side=not k % 2, lower=True)
+    if op == "scale_by_position":  # entry by entry: separable, but a different factor per entry
+        return x * (1.0 + np.arange(x.size).reshape(x.shape) / 7.0)
+    if op == "matmul_per_entry":  # one matrix per leading entry
+        return jnp.matmul(1.0 + np.arange(np.prod(x.shape[:-1]) * x.shape[-1]).reshape(
+            x.shape[:-1] + (x.shape[-1],))[..., :x.shape[-2], :] / 9.0, x) if x.shape[-1] == x.shape[-2] else x * x
+    if op == "solve_shared":  # one matrix for every column: jnp.linalg.solve with a matrix right-hand side
+        m = x.shape[-2]
+        return jnp.linalg.solve(np.eye(m) * 3.0 + np.arange(m * m).reshape(m, m) / (m * m), x)
     if op == "max_batch":
         return x - x.max(0, keepdims=True)
     if op == "gather_rows":
@@ -204,6 +213,44 @@ def test_the_analysis_never_claims_a_false_batch_axis(ops, seed):
     for b in range(3):
         others = [c for c in range(3) if c != b]
         assert not np.any(jac[b][..., others, :, :]), (ops, b)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(_OPS), st.integers(0, 5)), min_size=1, max_size=4),
+       st.integers(0, 2**16), st.integers(0, 2))
+def test_the_uniform_analysis_never_claims_a_false_shared_map(ops, seed, axis):
+    """Random programs of an input (3, 3, 3) batched along ``axis``:
+    wherever ``uniform`` analysis says every batch entry is mapped by the
+    same function, permuting the input's entries along the axis permutes
+    the output's along its axis."""
+    x = np.random.default_rng(seed).normal(size=(3, 3, 3))
+
+    def fn(x):
+        for op, k in ops:
+            x = _apply(op, x, k)
+        return x
+
+    found = batch_axes(jax.make_jaxpr(fn)(x), [axis], uniform=True)
+    if found is None:
+        return
+    assert found == _axes(fn, x, in_axes=[axis])  # uniform claims are separable claims
+    [k] = found
+    perm = np.array([2, 0, 1])
+    np.testing.assert_allclose(fn(np.take(x, perm, axis)), np.take(np.asarray(fn(x)), perm, k), rtol=1e-10, atol=1e-12)
+
+
+def test_the_uniform_analysis_tells_one_matrix_from_one_per_entry():
+    x = np.ones((3, 4))
+    m = np.arange(9.0).reshape(3, 3) + 3.0 * np.eye(3)
+    assert batch_axes(jax.make_jaxpr(lambda x: m @ x)(x), [1], uniform=True) == [1]
+    assert batch_axes(jax.make_jaxpr(lambda x: jnp.linalg.solve(m, x))(x), [1], uniform=True) == [1]
+    assert batch_axes(jax.make_jaxpr(lambda x: x * np.arange(4.0))(x), [1], uniform=True) is None
+    assert _axes(lambda x: x * np.arange(4.0), x, in_axes=[1]) == [1]  # separable all the same
+    assert batch_axes(jax.make_jaxpr(lambda x: x * np.arange(3.0)[:, None])(x), [1], uniform=True) == [1]
+    per_entry = np.stack([m, 2.0 * m, 3.0 * m, 4.0 * m])  # (4, 3, 3)
+    solve_each = lambda x: jax.vmap(jnp.linalg.solve, in_axes=(0, 1), out_axes=1)(per_entry, x)
+    assert _axes(solve_each, x, in_axes=[1]) == [1]
+    assert batch_axes(jax.make_jaxpr(solve_each)(x), [1], uniform=True) is None
 
 
 def test_a_batched_factorization_keeps_the_zeros_of_each_block():

@@ -52,6 +52,20 @@ def test_solves_by_their_jvp_are_exact_in_every_order_and_cost_is_executed(name)
     check_cost_is_executed(fn, args, argnums, seed=1, n_random=1)
 
 
+def test_a_solve_of_many_columns_stores_its_inverse_once():
+    """One matrix for every column (``inv``, a matrix right-hand side, with
+    the matrix constant or differentiated): the solve's partial with respect
+    to its right-hand side is ``A⁻¹`` with a Kronecker identity over the
+    columns, ``n²`` stored numbers; exact in every order, cost = executed."""
+    rhs_only = lambda b: jnp.linalg.solve(A, jnp.sin(b))
+    for fn, arg in [(rhs_only, B), (PROGRAMS["inv"][0], A)]:
+        g = ccjax.graph(fn, arg)
+        solves = [(src, dst) for (src, dst) in g.edges if g.vertices[dst].label.startswith("custom_linear_solve")]
+        assert solves and all(g.edges[e].nnz_values == N * N for e in solves)
+    check_orders(rhs_only, B, n_random=2, rtol=1e-10, atol=1e-11)
+    check_cost_is_executed(rhs_only, (B,), 0, seed=2, n_random=1)
+
+
 def test_small_systems_keep_the_solve_as_one_equation():
     """Below ``SOLVE_BY_JVP_MIN_ENTRIES`` right-hand-side entries the solve
     stays one equation with its dense local Jacobian; exact either way."""

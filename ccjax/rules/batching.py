@@ -45,10 +45,17 @@ LINALG_CORE = {
 }
 
 
-def batch_axes(jaxpr, in_axes: Sequence[Axis]) -> Optional[list[Axis]]:
+def batch_axes(jaxpr, in_axes: Sequence[Axis], uniform: bool = False) -> Optional[list[Axis]]:
     """The batch axis of each output of ``jaxpr`` (open or closed; None:
     unbatched) given the batch axis of each input, or None where the jaxpr
-    is not separable (see the module docstring).  Its constants are unbatched."""
+    is not separable (see the module docstring).  Its constants are unbatched.
+
+    ``uniform``: also None unless the jaxpr maps every batch entry by the
+    same function: each unbatched operand is read whole by every entry (a
+    matrix times batched columns, indices shared by a batched gather), never
+    entry by entry along the batch axis (an elementwise product with an
+    unbatched array of the batch size, a batched matrix per entry), so
+    permuting the batch entries of the inputs permutes the outputs'."""
     if _jaxpr.is_closed_jaxpr(jaxpr):
         jaxpr = jaxpr.jaxpr
     env: dict = {v: None for v in jaxpr.constvars}
@@ -61,8 +68,10 @@ def batch_axes(jaxpr, in_axes: Sequence[Axis]) -> Optional[list[Axis]]:
         axes = [read(v) for v in eqn.invars]
         if all(a is None for a in axes):
             outs: Optional[list] = [None] * len(eqn.outvars)
+        elif uniform and not _reads_unbatched_whole(eqn, axes):
+            outs = None
         else:
-            outs = _equation(eqn, axes)
+            outs = _equation(eqn, axes, uniform)
         if outs is None:
             return None
         env.update(zip(eqn.outvars, outs))
@@ -73,7 +82,35 @@ def _shape(v) -> tuple:
     return tuple(v.aval.shape)
 
 
-def _equation(eqn, axes: list) -> Optional[list]:
+def _reads_unbatched_whole(eqn, axes: list) -> bool:
+    """Whether every batch entry of ``eqn`` reads its unbatched operands
+    (but those of one entry) whole, for :func:`batch_axes`'s ``uniform``."""
+    unbatched = [(v, k) for k, (v, a) in enumerate(zip(eqn.invars, axes))
+                 if a is None and math.prod(_shape(v)) > 1]
+    if not unbatched:
+        return True
+    name, params = eqn.primitive.name, eqn.params
+    batched = {a for a in axes if a is not None}
+    if name in _jaxpr.CALL_PRIMITIVES or name == "custom_linear_solve":
+        return True  # the body is analysed with ``uniform`` itself
+    if name in ELEMENTWISE:  # unbatched operands stretched along the batch axis
+        (k,) = batched if len(batched) == 1 else (None,)
+        return k is not None and all(len(_shape(v)) == len(_shape(eqn.outvars[0])) and _shape(v)[k] == 1
+                                     for v, _ in unbatched)
+    if name == "dot_general":  # the batched operand's axis free, the other one's matrix whole
+        (lc, rc), (lb, rb) = params["dimension_numbers"]
+        ka, kb = axes
+        return (ka is not None and ka not in lb) or (kb is not None and kb not in rb)
+    if name == "gather":  # shared indices into a batched operand, or batched indices into a whole one
+        k = axes[0]
+        return k is None or k not in params["dimension_numbers"].operand_batching_dims
+    if name == "triangular_solve":  # one matrix for right-hand sides batched along its unmixed axis
+        ndim = len(_shape(eqn.invars[1]))
+        return axes[0] is None and axes[1] is not None and axes[1] >= ndim - 2
+    return False
+
+
+def _equation(eqn, axes: list, uniform: bool = False) -> Optional[list]:
     name, params = eqn.primitive.name, eqn.params
     batched = {a for a in axes if a is not None}
     if name in ELEMENTWISE:  # operands of the output's shape, or stretched from size 1 along some axes
@@ -82,12 +119,14 @@ def _equation(eqn, axes: list) -> Optional[list]:
         if k is None or any(a is not None and not _stretches(_shape(v), out, k) for v, a in zip(eqn.invars, axes)):
             return None
         return [k] * len(eqn.outvars)
+    if name == "custom_linear_solve":
+        return _custom_linear_solve(eqn, axes, params, uniform)
     if name in _RULES:
         return _RULES[name](eqn, axes, params)
     if name in LINALG_CORE or name == "fft":
         return _equation_core(eqn, axes, len(params["fft_lengths"]) if name == "fft" else LINALG_CORE[name])
     if name in _jaxpr.CALL_PRIMITIVES:
-        return batch_axes(_jaxpr.call_body(eqn)[0], axes)
+        return batch_axes(_jaxpr.call_body(eqn)[0], axes, uniform)
     return None
 
 
@@ -264,7 +303,7 @@ def _scatter(eqn, axes, params):
     return [k]
 
 
-def _custom_linear_solve(eqn, axes, params):
+def _custom_linear_solve(eqn, axes, params, uniform: bool = False):
     """``x = A⁻¹ b`` with ``A`` given by ``matvec``: separable along an axis
     of ``b`` when each of its functions (the matrix product, its transpose,
     the solves) maps a right-hand side batched along it to a solution
@@ -284,7 +323,7 @@ def _custom_linear_solve(eqn, axes, params):
         for count, fn in zip(params["const_lengths"], params["jaxprs"]):
             consts = axes[start:start + count]
             start += count
-            fits = fits and (fn is None or batch_axes(fn, list(consts) + [k]) == [k])
+            fits = fits and (fn is None or batch_axes(fn, list(consts) + [k], uniform) == [k])
         if fits:
             return [k]
     return None
@@ -300,5 +339,5 @@ _RULES: dict[str, Callable] = {
     "concatenate": _along_other_axis("dimension"), "split": _along_other_axis("axis"),
     "sort": _along_other_axis("dimension"), "rev": _along_other_axis("dimensions"),
     "dot_general": _dot_general, "gather": _gather, "scatter-add": _scatter, "scatter": _scatter,
-    "custom_linear_solve": _custom_linear_solve, "triangular_solve": _triangular_solve,
+    "triangular_solve": _triangular_solve,
 }

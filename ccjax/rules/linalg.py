@@ -17,18 +17,31 @@ declared.
 per matrix of a batch): ``M`` on the solved axis, a Kronecker identity on
 the other.  ``M`` is triangular, which ``output="sparse"`` keeps.  The
 partial with respect to ``a`` stays JAX's dense local Jacobian.
+
+``custom_linear_solve`` (``jnp.linalg.solve``, ``inv``, and the solve in
+the JVP that the graph writes for them: :func:`ccjax.graph._solve_by_jvp`)
+with respect to its right-hand side alone: ``x = A⁻¹ b`` is linear in
+``b``.  Where every function of the solve maps the columns of ``b`` one at
+a time by the same map (``inv``'s identity, a matrix right-hand side;
+proved by :func:`ccjax.rules.batching.batch_axes` with ``uniform``), the
+partial is ``A⁻¹`` on the axes the solve mixes and a Kronecker identity on
+the others: ``A⁻¹`` stored once, from solves against basis vectors packed
+side by side along the separate axes (one solve for ``inv``).  Otherwise
+(``vmap(jnp.linalg.solve)``: one matrix per column; a vector right-hand
+side) JAX's blocks (:mod:`.opaque`).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ccjax.rules import opaque
+from ccjax.rules import batching, opaque
 from ccjax.rules.base import Partial, RuleContext, constant_nonzero, labelled, run_apart
 
 
@@ -148,4 +161,60 @@ def _triangular_solve_reads(a_shape: tuple, b_shape: tuple, p: dict) -> np.ndarr
     return full.reshape(b_shape + a_shape)
 
 
-RULES = {"dot_general": _dot_general, "cholesky": _cholesky, "triangular_solve": _triangular_solve}
+def _custom_linear_solve(ctx: RuleContext) -> list[Partial]:
+    n_consts = sum(ctx.params["const_lengths"])
+    b, x = ctx.in_avals[-1], ctx.out_avals[0]
+    if (ctx.active != (n_consts,) or len(ctx.in_avals) != n_consts + 1 or len(ctx.out_avals) != 1
+            or b.shape != x.shape):
+        return opaque.dense_partials(ctx)
+    apart = _separate_axes(ctx.params, n_consts, b.ndim, uniform=True)
+    mixed = [k for k in range(b.ndim) if k not in apart]
+    if not apart or not mixed or set(_separate_axes(ctx.params, n_consts, b.ndim)) - set(apart):
+        return opaque.dense_partials(ctx)  # a vector, or one matrix per entry of some axis: JAX's blocks
+    n_mixed = math.prod(b.shape[k] for k in mixed)
+    n_apart = math.prod(b.shape[k] for k in apart)
+    dtype = x.dtype
+
+    def inverse(ins, outs):
+        """``A⁻¹`` as ``(mixed out..., mixed in...)``: basis vector ``r *
+        n_apart + s`` of the mixed axes sits at entry ``s`` of the separate
+        axes of right-hand side ``r``."""
+        rounds = -(-n_mixed // n_apart)
+        col = np.arange(rounds * n_apart).reshape(rounds, n_apart)  # [r, s]
+        basis = (np.arange(n_mixed)[None, :, None] == col[:, None, :]).astype(b.dtype)  # [r, t, s]
+        basis = basis.reshape((rounds,) + tuple(b.shape[k] for k in mixed + apart))
+        basis = np.moveaxis(basis, range(1, b.ndim + 1), [1 + k for k in mixed + apart])
+        solved = jax.vmap(lambda rhs: ctx.eval(*ins[:n_consts], rhs)[0])(jnp.asarray(basis))  # [r, *x]
+        solved = jnp.moveaxis(solved, [1 + k for k in mixed + apart], range(1, b.ndim + 1))
+        solved = solved.reshape(rounds, n_mixed, n_apart)  # [r, t_out, s]
+        columns = jnp.moveaxis(solved, 1, 2).reshape(rounds * n_apart, n_mixed)[:n_mixed]  # [t_in, t_out]
+        return columns.T.reshape(tuple(x.shape[k] for k in mixed) * 2).astype(dtype)
+
+    out_labels = [("s", k) if k in apart else ("o", k) for k in range(b.ndim)]
+    in_labels = [("s", k) if k in apart else ("i", k) for k in range(b.ndim)]
+    val_labels = [("o", k) for k in mixed] + [("i", k) for k in mixed]
+    val_shape = tuple(x.shape[k] for k in mixed) * 2
+    return [labelled(0, n_consts, ctx, out_labels, in_labels, val_labels, val_shape, inverse)]
+
+
+def _separate_axes(params: dict, n_consts: int, ndim: int, uniform: bool = False) -> list[int]:
+    """The axes of the right-hand side that every function of the solve
+    (``matvec``, its transpose, the solves) maps one slice at a time;
+    ``uniform``: by the same map (:func:`ccjax.rules.batching.batch_axes`:
+    its matrix read whole by every slice, as ``inv``'s columns, not one
+    matrix per slice, as in ``vmap(jnp.linalg.solve)``)."""
+    consts = [None] * n_consts
+    apart = []
+    for k in range(ndim):
+        start, fits = 0, True
+        for count, fn in zip(params["const_lengths"], params["jaxprs"]):
+            fits = fits and (fn is None or batching.batch_axes(fn, consts[start:start + count] + [k],
+                                                               uniform) == [k])
+            start += count
+        if fits:
+            apart.append(k)
+    return apart
+
+
+RULES = {"dot_general": _dot_general, "cholesky": _cholesky, "triangular_solve": _triangular_solve,
+         "custom_linear_solve": _custom_linear_solve}
