@@ -85,8 +85,7 @@ def _shape(v) -> tuple:
 def _reads_unbatched_whole(eqn, axes: list) -> bool:
     """Whether every batch entry of ``eqn`` reads its unbatched operands
     (but those of one entry) whole, for :func:`batch_axes`'s ``uniform``."""
-    unbatched = [(v, k) for k, (v, a) in enumerate(zip(eqn.invars, axes))
-                 if a is None and math.prod(_shape(v)) > 1]
+    unbatched = [v for v, a in zip(eqn.invars, axes) if a is None and math.prod(_shape(v)) > 1]
     if not unbatched:
         return True
     name, params = eqn.primitive.name, eqn.params
@@ -96,9 +95,9 @@ def _reads_unbatched_whole(eqn, axes: list) -> bool:
     if name in ELEMENTWISE:  # unbatched operands stretched along the batch axis
         (k,) = batched if len(batched) == 1 else (None,)
         return k is not None and all(len(_shape(v)) == len(_shape(eqn.outvars[0])) and _shape(v)[k] == 1
-                                     for v, _ in unbatched)
+                                     for v in unbatched)
     if name == "dot_general":  # the batched operand's axis free, the other one's matrix whole
-        (lc, rc), (lb, rb) = params["dimension_numbers"]
+        _, (lb, rb) = params["dimension_numbers"]
         ka, kb = axes
         return (ka is not None and ka not in lb) or (kb is not None and kb not in rb)
     if name == "gather":  # shared indices into a batched operand, or batched indices into a whole one
@@ -318,15 +317,20 @@ def _custom_linear_solve(eqn, axes, params, uniform: bool = False):
     else:  # an unbatched right-hand side reads no batch entry: any axis of the batch size will do
         size = {_shape(v)[a] for v, a in zip(eqn.invars, axes) if a is not None}.pop()
         candidates = [k for k, n in enumerate(rhs) if n == size]
-    for k in candidates:
-        start, fits = 0, True
-        for count, fn in zip(params["const_lengths"], params["jaxprs"]):
-            consts = axes[start:start + count]
-            start += count
-            fits = fits and (fn is None or batch_axes(fn, list(consts) + [k], uniform) == [k])
-        if fits:
-            return [k]
-    return None
+    return next(([k] for k in candidates if solves_apart(params, axes[:-1], k, uniform)), None)
+
+
+def solves_apart(params: dict, const_axes: Sequence[Axis], k: int, uniform: bool = False) -> bool:
+    """Whether every function of a ``custom_linear_solve`` (``params``; the
+    matrix product, its transpose, the solves) maps a right-hand side
+    batched along ``k`` to one batched along ``k``, its constants batched
+    along ``const_axes`` (``uniform``: as for :func:`batch_axes`)."""
+    start = 0
+    for count, fn in zip(params["const_lengths"], params["jaxprs"]):
+        if fn is not None and batch_axes(fn, list(const_axes[start:start + count]) + [k], uniform) != [k]:
+            return False
+        start += count
+    return True
 
 
 _RULES: dict[str, Callable] = {

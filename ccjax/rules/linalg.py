@@ -167,10 +167,13 @@ def _custom_linear_solve(ctx: RuleContext) -> list[Partial]:
     if (ctx.active != (n_consts,) or len(ctx.in_avals) != n_consts + 1 or len(ctx.out_avals) != 1
             or b.shape != x.shape):
         return opaque.dense_partials(ctx)
-    apart = _separate_axes(ctx.params, n_consts, b.ndim, uniform=True)
+    # Axes every column of which one matrix solves (``inv``'s columns); an
+    # axis solved apart by one matrix per entry (``vmap``) leaves JAX's blocks.
+    unbatched = [None] * n_consts
+    apart = [k for k in range(b.ndim) if batching.solves_apart(ctx.params, unbatched, k, uniform=True)]
     mixed = [k for k in range(b.ndim) if k not in apart]
-    if not apart or not mixed or set(_separate_axes(ctx.params, n_consts, b.ndim)) - set(apart):
-        return opaque.dense_partials(ctx)  # a vector, or one matrix per entry of some axis: JAX's blocks
+    if not apart or not mixed or any(batching.solves_apart(ctx.params, unbatched, k) for k in mixed):
+        return opaque.dense_partials(ctx)  # a vector, or one matrix per entry of some axis
     n_mixed = math.prod(b.shape[k] for k in mixed)
     n_apart = math.prod(b.shape[k] for k in apart)
     dtype = x.dtype
@@ -195,25 +198,6 @@ def _custom_linear_solve(ctx: RuleContext) -> list[Partial]:
     val_labels = [("o", k) for k in mixed] + [("i", k) for k in mixed]
     val_shape = tuple(x.shape[k] for k in mixed) * 2
     return [labelled(0, n_consts, ctx, out_labels, in_labels, val_labels, val_shape, inverse)]
-
-
-def _separate_axes(params: dict, n_consts: int, ndim: int, uniform: bool = False) -> list[int]:
-    """The axes of the right-hand side that every function of the solve
-    (``matvec``, its transpose, the solves) maps one slice at a time;
-    ``uniform``: by the same map (:func:`ccjax.rules.batching.batch_axes`:
-    its matrix read whole by every slice, as ``inv``'s columns, not one
-    matrix per slice, as in ``vmap(jnp.linalg.solve)``)."""
-    consts = [None] * n_consts
-    apart = []
-    for k in range(ndim):
-        start, fits = 0, True
-        for count, fn in zip(params["const_lengths"], params["jaxprs"]):
-            fits = fits and (fn is None or batching.batch_axes(fn, consts[start:start + count] + [k],
-                                                               uniform) == [k])
-            start += count
-        if fits:
-            apart.append(k)
-    return apart
 
 
 RULES = {"dot_general": _dot_general, "cholesky": _cholesky, "triangular_solve": _triangular_solve,
