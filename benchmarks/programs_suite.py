@@ -512,6 +512,11 @@ def fori_euler(x, W):
     return lax.fori_loop(0, 50, lambda i, x: x + 0.02 * jnp.tanh(W @ x), x)
 
 
+def jacobi_fori(u):
+    """Five Jacobi sweeps of a periodic grid with a source term, by lax.fori_loop."""
+    return lax.fori_loop(0, 5, lambda i, v: 0.5 * (jnp.roll(v, 1) + jnp.roll(v, -1)) + 0.1 * jnp.sin(u), u)
+
+
 def while_fixed(x, W):
     """lax.while_loop with a fixed trip count of 20 (JAX cannot reverse it)."""
     def body(c):
@@ -1111,6 +1116,12 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         return Program("fori_euler", "control flow", fori_euler,
                        (r.standard_normal(n), r.standard_normal((n, n)) / np.sqrt(n)), 0,
                        what=f"lax.fori_loop, 50 Euler steps of x' = tanh(Wx), n={n}")
+
+    @reg
+    def p_jacobi_fori(q):
+        n = 16 if q else 1024
+        return Program("jacobi_fori", "control flow", jacobi_fori, (_rng("jacobi").standard_normal(n),), 0,
+                       what=f"lax.fori_loop, 5 Jacobi sweeps of a periodic grid (a band of 11 diagonals), n={n}")
 
     @reg
     def p_while_fixed(q):

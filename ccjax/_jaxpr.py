@@ -9,6 +9,7 @@ in one module means a JAX upgrade breaks one file, which
 from __future__ import annotations
 
 import enum
+import math
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -136,7 +137,7 @@ COLLECTIVES = frozenset({"psum", "pmax", "pmin", "ppermute", "all_gather", "all_
 
 
 #: The primitives whose own scalar multiplications the cost model counts.
-MULTIPLYING = frozenset({"mul", "dot_general", "conv_general_dilated"})
+MULTIPLYING = frozenset({"mul", "dot_general", "conv_general_dilated", "fft"})
 
 #: Primitives that only move, add, negate or select data: neither they nor
 #: JAX's JVP of them nor its transpose multiply, in any mode or ``vmap``
@@ -152,10 +153,12 @@ MOVES_DATA = frozenset({
 def own_multiplications(name: str, params: dict, lhs_shape: Sequence[int], out_shape: Sequence[int],
                         rhs_shape: Sequence[int] = ()) -> int:
     """Scalar multiplications of one ``mul`` (its output size),
-    ``dot_general`` (its whole iteration space) or ``conv_general_dilated``
+    ``dot_general`` (its whole iteration space), ``conv_general_dilated``
     (per output element, the kernel's taps for one output feature, padding
-    included: ``rhs_shape`` is needed) equation, 0 for any other primitive
-    (sub-jaxprs not included)."""
+    included: ``rhs_shape`` is needed) or ``fft`` (:func:`fft_multiplications`)
+    equation, 0 for any other primitive (sub-jaxprs not included)."""
+    if name == "fft":
+        return fft_multiplications(params, lhs_shape)
     if name == "mul":
         return int(np.prod(out_shape))
     if name == "dot_general":
@@ -165,6 +168,23 @@ def own_multiplications(name: str, params: dict, lhs_shape: Sequence[int], out_s
         out_features = rhs_shape[params["dimension_numbers"].rhs_spec[0]]
         return int(np.prod(out_shape)) * (int(np.prod(rhs_shape)) // max(out_features, 1))
     return 0
+
+
+def fft_multiplications(params: dict, in_shape: Sequence[int]) -> int:
+    """Multiplications of one ``fft`` equation, as a radix-2 transform does
+    them: per transform of ``n`` points (the product of ``fft_lengths``),
+    ``n/2 log2 n`` complex products, half as many for a real transform
+    (``RFFT``, ``IRFFT``).  Without this term an FFT would count as free and
+    an elimination through its dense Jacobian (``n`` transforms, then dense
+    products) would look cheaper than JAX's modes, which transform each
+    tangent."""
+    n = int(np.prod(params["fft_lengths"]))
+    if n <= 1:
+        return 0
+    transforms = int(np.prod(in_shape[:len(in_shape) - len(params["fft_lengths"])]))
+    per = (n // 2) * math.ceil(math.log2(n))
+    real = jax.lax.FftType(params["fft_type"]).name in ("RFFT", "IRFFT")
+    return transforms * (per // 2 if real else per)
 
 
 #: Elementwise primitives whose JVP multiplies every tangent element by a
@@ -216,7 +236,7 @@ def count_multiplications(jaxpr) -> int:
         name = eqn.primitive.name
         if name in MULTIPLYING:
             total += own_multiplications(name, eqn.params, eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape,
-                                         eqn.invars[1].aval.shape)
+                                         eqn.invars[-1].aval.shape)
         repeat = int(eqn.params.get("length", 1)) if name == "scan" else 1
         for sub in jex.jaxprs_in_params(eqn.params):
             total += repeat * count_multiplications(sub)

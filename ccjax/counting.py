@@ -156,7 +156,7 @@ class Counter:
                 return 0
             shape = lambda i: self.prog.avals[i].shape
             return own_multiplications(node.name, node.params, shape(node.ins[0]), shape(node.outs[0]),
-                                       shape(node.ins[1]))
+                                       shape(node.ins[-1]))
         key = ("primal", self._signature(node))
         if key not in self.memo:
             self.memo[key] = self._count(lambda values, _: node.ad_eval(self._env(node, values)),
@@ -210,7 +210,7 @@ class Counter:
                 # Each active factor has its own term in the JVP and in the transpose.
                 factors = sum(bool(prog.active[i]) for i in node.ins[:2])
                 mults = factors * own_multiplications(node.name, node.params, prog.avals[node.ins[0]].shape,
-                                                      out_shape, prog.avals[node.ins[1]].shape)
+                                                      out_shape, prog.avals[node.ins[-1]].shape)
             else:
                 mults = tangent_multiplications(node.name, node.params, out_shape)
             if not mults or not any(prog.active[i] for i in self._traced_ids(node)):

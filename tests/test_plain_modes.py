@@ -140,6 +140,9 @@ def _graphs_to_count():
                                            jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
         + jax.lax.conv_general_dilated(jnp.concatenate([x, x * x], 1), k[:1].reshape(2, 1, 1, 3), (1, 2), "VALID",
                                        feature_group_count=2)[:, :, ::2, :3].sum(), img, kernel, argnums=(0, 1))
+    yield "fft", ccjax.graph(  # real and complex transforms, one of two axes
+        lambda x: jnp.fft.irfft(jnp.fft.rfft(jnp.tanh(x)) * 0.5, n=6) + jnp.real(jnp.fft.fft2(
+            jnp.outer(x, x[:4]))).sum(1), x)
     yield "while", ccjax.graph(
         lambda x: jax.lax.while_loop(lambda c: c[1] < 3, lambda c: (jnp.sin(c[0]) * c[0], c[1] + 1), (x, 0))[0], x)
 
@@ -177,6 +180,22 @@ def test_equations_staged_alone_are_counted_without_a_trace(name, g):
         assert counter.primal_mults(node) == traced, (name, node.name)
         checked += 1
     assert checked or name == "while"  # the while graph is one loop equation
+
+
+def test_an_fft_counts_the_products_of_a_radix_2_transform():
+    """n/2 log2 n complex products per transform of n points, half for a
+    real one; JAX's forward mode transforms each tangent."""
+    def fft_mults(fn, *args):
+        return count_multiplications(jax.make_jaxpr(fn)(*args).jaxpr)
+
+    x = jnp.ones(256)
+    assert fft_mults(jnp.fft.fft, x.astype(jnp.complex64)) == 128 * 8
+    assert fft_mults(jnp.fft.rfft, x) == 128 * 8 // 2
+    assert fft_mults(lambda v: jnp.fft.fft(v, axis=-1), jnp.ones((3, 16), jnp.complex64)) == 3 * 8 * 4
+    assert fft_mults(jnp.fft.fft2, jnp.ones((8, 16), jnp.complex64)) == 64 * 7
+    assert fft_mults(jnp.fft.fft, jnp.ones(1, jnp.complex64)) == 0
+    filt = lambda v: jnp.fft.irfft(jnp.fft.rfft(v), n=256)
+    assert fft_mults(jax.jacfwd(filt), x) == 257 * 2 * (128 * 8 // 2)
 
 
 def test_counter_traces_each_equation_signature_once():

@@ -190,6 +190,14 @@ def scan_partials(ctx: RuleContext) -> list[Partial]:
     return opaque.dense_partials(ctx, nonzero=functools.partial(_scan_causality, ctx))
 
 
+def scan_has_lanes(params: dict, active: list) -> bool:
+    """Whether :func:`scan_partials` gives a scan with these parameters and
+    differentiated operands (``active``, one flag per operand) its lanes'
+    partials rather than its dense local Jacobians."""
+    return _loop_lanes(params["jaxpr"].jaxpr, params["num_consts"], params["num_carry"], list(active),
+                       len(active) > params["num_consts"] + params["num_carry"]) is not None
+
+
 def while_partials(ctx: RuleContext) -> list[Partial]:
     """The partials of a ``while_loop`` with lanes (:func:`_lane_loop_partials`;
     the loop condition's operands decide the trip count only, which has no

@@ -216,6 +216,12 @@ class DebandPlan:
             value, letters = jnp.asarray(st.sign, dtype), []
         else:
             value, letters = jnp.reshape(jnp.asarray(value, dtype), tuple(st.sizes[s] for s in st.val)), list(st.val)
+        if (len(st.bands) == 1 and st.bands[0].slot is not None
+                and sorted(letters) == sorted((st.bands[0].out, st.bands[0].slot))):
+            band = st.bands[0]
+            stacked = value if letters[0] == band.out else jnp.transpose(value)
+            value = write_stacked_diagonals(stacked, band.offsets, band.ranges, st.sizes[band.inn], dtype)
+            return transpose(_squeeze(value), self.perm)
         for band in st.bands:
             # Each diagonal is sliced off before the rows of a replicated
             # value are broadcast: XLA then reads a diagonal of a value built
@@ -298,6 +304,37 @@ def write_diagonals(pieces: Sequence, offsets: Sequence[int], ranges: Sequence[t
         spread = lax.broadcast_in_dim(piece.astype(dtype), shape, tuple(range(piece.ndim)))
         out = _add(out, lax.select(keep, spread, zeros)) if d in shared else lax.select(keep, spread, out)
     return out
+
+
+def write_stacked_diagonals(stacked, offsets: Sequence[int], ranges: Sequence[tuple[int, int]], n_in: int, dtype):
+    """:func:`write_diagonals` of a band stored as one ``(rows, diagonals)``
+    value, a matrix: one ``select`` keeps each diagonal's rows, one
+    scatter-add writes them all, where slicing the diagonals apart first
+    stages five equations per diagonal (five Jacobi sweeps of a periodic
+    grid: a band of 21 diagonals, 68 fusions and 0.83 s to compile the
+    Jacobian program)."""
+    rows, width = stacked.shape
+    live = [k for k, (lo, hi) in enumerate(ranges) if lo < hi]
+    if not live:
+        return lax.full((rows, n_in), 0, dtype)
+    first, last = min(ranges[k][0] for k in live), max(ranges[k][1] for k in live)
+    i = np.arange(first, last)
+    keep = np.stack([(lo <= i) & (i < hi) for lo, hi in ranges], 1)
+    window = lax.slice_in_dim(stacked.astype(dtype), first, last)
+    if not keep.all():
+        window = lax.select(jnp.asarray(keep), window, lax.full(window.shape, 0, dtype))
+    rows_of = np.repeat(i, width)
+    # A row's entries in storage order; the indices are sorted (faster to
+    # compile) when the offsets ascend.  A kept-out entry adds 0 in its row,
+    # at the column nearest its diagonal's (CLIP: see write_diagonals).
+    cols = np.clip(rows_of + np.tile(np.asarray(offsets), last - first), 0, n_in - 1)
+    order = list(offsets) == sorted(offsets)
+    numbers = lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0, 1),
+                                          scatter_dims_to_operand_dims=(0, 1))
+    return lax.scatter_add(lax.full((rows, n_in), 0, dtype), jnp.asarray(np.stack([rows_of, cols], 1), np.int32),
+                           reshape(window, (window.size,)), numbers, indices_are_sorted=order,
+                           unique_indices=len(set(zip(rows_of.tolist(), cols.tolist()))) == len(rows_of),
+                           mode=lax.GatherScatterMode.CLIP)
 
 
 def _deband_letters(st: Structure) -> list[int]:
