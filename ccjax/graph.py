@@ -8,7 +8,8 @@ Two layers:
   differentiated values replaced by the JVP of their custom rule, whose
   tangent half is linear and enters the graph with ordinary rules (so the
   custom rule is followed exactly and its structure kept); so is a linear
-  solve whose matrix is differentiated (:func:`_solve_by_jvp`).  A BCOO or
+  solve whose matrix is differentiated (:func:`_solve_by_jvp`).  A short
+  ``scan`` with a large dense block is inlined step by step (:func:`_unrolls`).  A BCOO or
   BCSR matrix product (``bcoo_dot_general``, ``bcsr_dot_general``) is
   inlined as the gather, product and scatter-add it computes
   (:mod:`ccjax.rules.sparse`).
@@ -333,11 +334,10 @@ class _ProgramBuilder:
 #: graph unrolled (:meth:`_ProgramBuilder._unrolled_scan`): five Jacobi
 #: sweeps of a 1024-point grid written as a ``fori_loop`` (60 equations)
 #: had a dense local Jacobian, so ``output="sparse"`` stored all 1,048,576
-#: entries of a Jacobian with 11,264 nonzeros.  Below
-#: :data:`ccjax.roll.MIN_REMOVED`-ish sizes unrolled programs stay cheap to
-#: plan and compile (:data:`ccjax.roll.ROLL_MIN_EQUATIONS`); longer loops
-#: keep the ``scan`` (its lanes or its dense local Jacobian:
-#: :mod:`ccjax.rules.control`).
+#: entries of a Jacobian with 11,264 nonzeros.  Programs this short stay
+#: cheap to plan (:data:`ccjax.roll.ROLL_MIN_EQUATIONS` rolls nothing below
+#: 100 equations); longer loops keep the ``scan`` (its lanes or its dense
+#: local Jacobian: :mod:`ccjax.rules.control`).
 UNROLL_MAX_EQUATIONS = 64
 #: ... and whose dense local Jacobian has at least this many entries
 #: (differentiated operands x results).  Smaller loops are bound by
