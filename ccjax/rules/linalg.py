@@ -177,6 +177,7 @@ def _custom_linear_solve(ctx: RuleContext) -> list[Partial]:
     n_mixed = math.prod(b.shape[k] for k in mixed)
     n_apart = math.prod(b.shape[k] for k in apart)
     dtype = x.dtype
+    val_shape = tuple(x.shape[k] for k in mixed) * 2
 
     def inverse(ins, outs):
         """``A⁻¹`` as ``(mixed out..., mixed in...)``: basis vector ``r *
@@ -191,12 +192,11 @@ def _custom_linear_solve(ctx: RuleContext) -> list[Partial]:
         solved = jnp.moveaxis(solved, [1 + k for k in mixed + apart], range(1, b.ndim + 1))
         solved = solved.reshape(rounds, n_mixed, n_apart)  # [r, t_out, s]
         columns = jnp.moveaxis(solved, 1, 2).reshape(rounds * n_apart, n_mixed)[:n_mixed]  # [t_in, t_out]
-        return columns.T.reshape(tuple(x.shape[k] for k in mixed) * 2).astype(dtype)
+        return columns.T.reshape(val_shape).astype(dtype)
 
     out_labels = [("s", k) if k in apart else ("o", k) for k in range(b.ndim)]
     in_labels = [("s", k) if k in apart else ("i", k) for k in range(b.ndim)]
     val_labels = [("o", k) for k in mixed] + [("i", k) for k in mixed]
-    val_shape = tuple(x.shape[k] for k in mixed) * 2
     return [labelled(0, n_consts, ctx, out_labels, in_labels, val_labels, val_shape, inverse)]
 
 

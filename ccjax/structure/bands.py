@@ -279,17 +279,7 @@ def write_diagonals(pieces: Sequence, offsets: Sequence[int], ranges: Sequence[t
                    for p, _, lo, hi in live]
         updates = lax.concatenate([reshape(c, c.shape + (1,)) for c in columns], 1)
         updates = reshape(updates, (updates.size,))
-        i = np.repeat(np.arange(first, last), len(live))
-        j = np.clip(i + np.tile([d for _, d, _, _ in live], last - first), 0, n_in - 1)
-        # Every index is in range, so CLIP changes nothing here; unlike
-        # PROMISE_IN_BOUNDS it keeps JAX's forward mode of the Jacobian
-        # program equal to its reverse mode
-        # (``ccjax._jaxpr.forward_matches_reverse``), which nested Jacobians use.
-        numbers = lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0, 1),
-                                              scatter_dims_to_operand_dims=(0, 1))
-        return lax.scatter_add(zeros, jnp.asarray(np.stack([i, j], 1), np.int32), updates, numbers,
-                               indices_are_sorted=True, unique_indices=len(set(zip(i.tolist(), j.tolist()))) == len(i),
-                               mode=lax.GatherScatterMode.CLIP)
+        return _scatter_diagonals(zeros, updates, np.arange(first, last), [d for _, d, _, _ in live], True)
     iota = lambda axis: lax.broadcasted_iota(np.int32, shape, axis)
     i, j = iota(rows), iota(len(shape) - 1)
     # Diagonals at distinct offsets never meet, so one select each writes
@@ -323,17 +313,29 @@ def write_stacked_diagonals(stacked, offsets: Sequence[int], ranges: Sequence[tu
     window = lax.slice_in_dim(stacked.astype(dtype), first, last)
     if not keep.all():
         window = lax.select(jnp.asarray(keep), window, lax.full(window.shape, 0, dtype))
-    rows_of = np.repeat(i, width)
-    # A row's entries in storage order; the indices are sorted (faster to
-    # compile) when the offsets ascend.  A kept-out entry adds 0 in its row,
-    # at the column nearest its diagonal's (CLIP: see write_diagonals).
-    cols = np.clip(rows_of + np.tile(np.asarray(offsets), last - first), 0, n_in - 1)
-    order = list(offsets) == sorted(offsets)
+    # A row's entries in storage order: the indices are sorted (faster to
+    # compile) when the offsets ascend.  A kept-out entry adds 0 in its row.
+    return _scatter_diagonals(lax.full((rows, n_in), 0, dtype), reshape(window, (window.size,)), i, offsets,
+                              list(offsets) == sorted(offsets))
+
+
+def _scatter_diagonals(zeros, updates, rows: np.ndarray, offsets: Sequence[int], in_order: bool):
+    """``zeros`` (a matrix) plus ``updates``: entry
+    ``r * len(offsets) + k`` at row ``rows[r]``, column ``rows[r] +
+    offsets[k]`` (clipped into the columns: a padded entry adds 0 in its
+    row, at the column nearest its diagonal's), one scatter-add.
+    ``in_order``: the indices come sorted (ascending offsets)."""
+    i = np.repeat(rows, len(offsets))
+    j = np.clip(i + np.tile(np.asarray(offsets), len(rows)), 0, zeros.shape[1] - 1)
+    # Every index is in range, so CLIP changes nothing here; unlike
+    # PROMISE_IN_BOUNDS it keeps JAX's forward mode of the Jacobian
+    # program equal to its reverse mode
+    # (``ccjax._jaxpr.forward_matches_reverse``), which nested Jacobians use.
     numbers = lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0, 1),
                                           scatter_dims_to_operand_dims=(0, 1))
-    return lax.scatter_add(lax.full((rows, n_in), 0, dtype), jnp.asarray(np.stack([rows_of, cols], 1), np.int32),
-                           reshape(window, (window.size,)), numbers, indices_are_sorted=order,
-                           unique_indices=len(set(zip(rows_of.tolist(), cols.tolist()))) == len(rows_of),
+    return lax.scatter_add(zeros, jnp.asarray(np.stack([i, j], 1), np.int32), updates,
+                           numbers, indices_are_sorted=in_order,
+                           unique_indices=len(set(zip(i.tolist(), j.tolist()))) == len(i),
                            mode=lax.GatherScatterMode.CLIP)
 
 
