@@ -76,12 +76,19 @@ def _two_carries(u, w):
     return jnp.concatenate(lax.fori_loop(0, 3, step, (u, w)))
 
 
+def _complex_and_relu(u):
+    """Complex values and a custom rule (ReLU's ``custom_jvp``) in a body that mixes entries."""
+    step = lambda i, v: jax.nn.relu(jnp.roll(v, 1)) + jnp.abs(jnp.exp(1j * v) + 0.5 * jnp.roll(v, -1)) * v
+    return lax.fori_loop(0, 3, step, u)
+
+
 PROGRAMS = {
     "jacobi": (_jacobi, (R.normal(size=64),)),
     "varying_coefficients": (_varying_coefficients, (R.normal(size=16),)),
     "trajectory": (_trajectory, (R.normal(size=16),)),
     "nested": (_nested, (R.normal(size=8),)),
     "two_carries": (_two_carries, (R.normal(size=6), R.normal(size=6))),
+    "complex_and_relu": (_complex_and_relu, (R.normal(size=8),)),
 }
 
 
@@ -108,6 +115,33 @@ def test_short_loops_enter_the_graph_unrolled_and_match_jacrev_in_every_order(na
     for order in [HEURISTICS[h](g) for h in ("fwd", "rev", "markowitz")]:
         plan = plan_elimination(g, order)
         assert _executed_mults(g, plan, f, args, nums) == plan.report.mults
+    batch = [np.stack([a, a[::-1], 0.5 * a]) for a in args]  # three points per argument
+    assert_jac_equal(jax.vmap(ccjax.jacve(f, argnums=nums))(*batch), jax.vmap(jax.jacrev(f, argnums=nums))(*batch),
+                     rtol=1e-12, atol=1e-12, what="vmap")
+
+
+def test_a_nan_input_reaches_the_entries_its_paths_reach_and_no_others():
+    """The README's NaN rule: an entry no path reaches is exactly 0 (``jax.jacrev``
+    multiplies zero cotangents by ``cos(nan)`` and fills the whole column)."""
+    (u,) = PROGRAMS["jacobi"][1]
+    # The sweeps read u twice: as the first iterate (linear paths, no NaN
+    # partial) and in the source term (through cos(u), NaN at a NaN input).
+    sweeps = lambda first, source: lax.fori_loop(
+        0, 5, lambda i, v: 0.5 * (jnp.roll(v, 1) + jnp.roll(v, -1)) + 0.1 * jnp.sin(source), first)
+    bad = u.copy()
+    bad[3] = np.nan
+    linear = np.asarray(jax.jacrev(sweeps)(bad, bad))  # finite: no partial on these paths is NaN
+    through_source = np.asarray(jax.jacrev(sweeps, argnums=1)(u, u)) != 0
+    got = np.asarray(ccjax.jacve(_jacobi)(bad))
+    nan_at = np.zeros_like(through_source)
+    nan_at[:, 3] = through_source[:, 3]
+    assert nan_at.any() and np.all(np.isfinite(linear))
+    np.testing.assert_array_equal(np.isnan(got), nan_at)
+    source = np.array(jax.jacrev(sweeps, argnums=1)(u, bad))
+    source[:, 3] = 0.0  # NaN in jax.jacrev's column; reached entries are compared as NaN above
+    want = linear + source
+    np.testing.assert_allclose(got[~nan_at], want[~nan_at], rtol=1e-12, atol=1e-12)
+    assert np.all(np.isnan(np.asarray(jax.jacrev(_jacobi)(bad))[:, 3]))  # jacrev's whole column
 
 
 @pytest.mark.parametrize("name", ["jacobi", "varying_coefficients", "trajectory"])
