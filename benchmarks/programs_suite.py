@@ -517,6 +517,14 @@ def jacobi_fori(u):
     return lax.fori_loop(0, 5, lambda i, v: 0.5 * (jnp.roll(v, 1) + jnp.roll(v, -1)) + 0.1 * jnp.sin(u), u)
 
 
+def jacobi_gather_fori(u):
+    """The same sweeps with the neighbours taken by static index vectors
+    (gathers inside the loop body)."""
+    n = u.shape[0]
+    left, right = np.roll(np.arange(n), 1), np.roll(np.arange(n), -1)
+    return lax.fori_loop(0, 5, lambda i, v: 0.5 * (v[left] + v[right]) + 0.1 * jnp.sin(u), u)
+
+
 def while_fixed(x, W):
     """lax.while_loop with a fixed trip count of 20 (JAX cannot reverse it)."""
     def body(c):
@@ -1122,6 +1130,13 @@ def _builders() -> dict[str, Callable[[bool], Program]]:
         n = 16 if q else 1024
         return Program("jacobi_fori", "control flow", jacobi_fori, (_rng("jacobi").standard_normal(n),), 0,
                        what=f"lax.fori_loop, 5 Jacobi sweeps of a periodic grid (a band of 11 diagonals), n={n}")
+
+    @reg
+    def p_jacobi_gather_fori(q):
+        n = 16 if q else 1024
+        return Program("jacobi_gather_fori", "control flow", jacobi_gather_fori,
+                       (_rng("jacobi_gather").standard_normal(n),), 0,
+                       what=f"the same sweeps, neighbours by index vectors (gathers in the loop body), n={n}")
 
     @reg
     def p_while_fixed(q):
