@@ -348,11 +348,18 @@ UNROLL_MAX_EQUATIONS = 64
 UNROLL_MIN_ENTRIES = 1 << 16
 
 
-def _unrolled_size(jaxpr) -> int:
+def _unrolled_size(jaxpr, active: Optional[Sequence[bool]] = None) -> int:
     """Equations of ``jaxpr`` with calls counted by their bodies and
-    ``scan`` bodies once per step."""
+    ``scan`` bodies once per step; given ``active`` (per input), only those
+    reading a value that depends on an active input (the others stay in the
+    primal evaluation and are no vertex of the graph)."""
+    reached = None if active is None else {v for v, a in zip(jaxpr.invars, active) if a}
     total = 0
     for e in jaxpr.eqns:
+        if reached is not None:
+            if not any(not _jaxpr.is_literal(v) and v in reached for v in e.invars):
+                continue
+            reached.update(e.outvars)
         if e.primitive.name == "scan":
             total += e.params["length"] * _unrolled_size(e.params["jaxpr"].jaxpr)
         elif e.primitive.name in _jaxpr.CALL_PRIMITIVES:
@@ -362,11 +369,33 @@ def _unrolled_size(jaxpr) -> int:
     return total
 
 
+def _body_activity(params: dict, active: Sequence[bool]) -> list[bool]:
+    """Which inputs of a ``scan`` body depend on an active operand: its
+    constants and ``xs`` as given, a carry also where the body makes it
+    depend on one (to a fixed point)."""
+    body = params["jaxpr"].jaxpr
+    n_consts, n_carry = params["num_consts"], params["num_carry"]
+    act = list(active)
+    while True:
+        reached = {v for v, a in zip(body.invars, act) if a}
+        for e in body.eqns:
+            if any(not _jaxpr.is_literal(v) and v in reached for v in e.invars):
+                reached.update(e.outvars)
+        carried = [not _jaxpr.is_literal(v) and v in reached for v in body.outvars[:n_carry]]
+        carry = slice(n_consts, n_consts + n_carry)
+        new = list(act)
+        new[carry] = [a or c for a, c in zip(act[carry], carried)]
+        if new == act:
+            return act
+        act = new
+
+
 def _unrolls(eqn, active: list) -> bool:
     """Whether a ``scan`` enters the graph unrolled: at least one step, no
     effects, no differentiated ``xs`` (a scan over them declares its
     causality's zeros, which the unrolled steps' partials do not all
-    keep), at most :data:`UNROLL_MAX_EQUATIONS` equations in all, a dense
+    keep), at most :data:`UNROLL_MAX_EQUATIONS` equations on active values
+    in all (index arithmetic on constants is not counted), a dense
     local Jacobian of :data:`UNROLL_MIN_ENTRIES` entries or more, and no
     lanes (:func:`ccjax.rules.control.scan_has_lanes`: their
     partials are diagonals already, from one JVP of the loop, which
@@ -377,7 +406,7 @@ def _unrolls(eqn, active: list) -> bool:
     first_xs = p["num_consts"] + p["num_carry"]
     entries = sum(v.aval.size for v, a in zip(eqn.invars, active) if a) * sum(v.aval.size for v in eqn.outvars)
     return (p["length"] >= 1 and not eqn.effects and not any(active[first_xs:]) and entries >= UNROLL_MIN_ENTRIES
-            and p["length"] * _unrolled_size(p["jaxpr"].jaxpr) <= UNROLL_MAX_EQUATIONS
+            and p["length"] * _unrolled_size(p["jaxpr"].jaxpr, _body_activity(p, active)) <= UNROLL_MAX_EQUATIONS
             and not control.scan_has_lanes(p, active))
 
 

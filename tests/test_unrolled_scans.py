@@ -82,8 +82,26 @@ def _complex_and_relu(u):
     return lax.fori_loop(0, 3, step, u)
 
 
+def _jacobi_gathers(u):
+    """The sweeps with neighbours by index vectors: gathers, and index
+    arithmetic on constants (not counted against unrolling)."""
+    left, right = np.roll(np.arange(u.shape[0]), 1), np.roll(np.arange(u.shape[0]), -1)
+    return lax.fori_loop(0, 5, lambda i, v: 0.5 * (v[left] + v[right]) + 0.1 * jnp.sin(u), u)
+
+
+def _late_activity(u):
+    """Carries that start constant and depend on ``u`` only after one and
+    two steps: each is a vertex of every step it depends on ``u`` in."""
+    def step(i, c):
+        a, b = c
+        return jnp.sin(a) + u, jnp.roll(b, 1) * 2.0 + a
+    return lax.fori_loop(0, 3, step, (jnp.zeros_like(u), jnp.ones_like(u)))[1]
+
+
 PROGRAMS = {
     "jacobi": (_jacobi, (R.normal(size=64),)),
+    "jacobi_gathers": (_jacobi_gathers, (R.normal(size=16),)),
+    "late_activity": (_late_activity, (R.normal(size=8),)),
     "varying_coefficients": (_varying_coefficients, (R.normal(size=16),)),
     "trajectory": (_trajectory, (R.normal(size=16),)),
     "nested": (_nested, (R.normal(size=8),)),
@@ -151,6 +169,29 @@ def test_the_sparse_output_of_an_unrolled_loop_stores_the_nonzeros(name):
     got = jax.jit(ccjax.jacve(f, output="sparse"))(*args)
     np.testing.assert_allclose(np.asarray(got.todense()), want, rtol=1e-12, atol=1e-12)
     assert got.nse == np.count_nonzero(want) < want.size
+
+
+def test_only_equations_on_active_values_count_against_unrolling():
+    (u,) = PROGRAMS["jacobi_gathers"][1]
+    (eqn,) = [e for e in jax.make_jaxpr(_jacobi_gathers)(u).jaxpr.eqns if e.primitive.name == "scan"]
+    p = eqn.params
+    consts = eqn.invars[:p["num_consts"]]  # u and the index vectors
+    active = [jnp.issubdtype(v.aval.dtype, jnp.floating) for v in consts] + [False, True]  # counter, state
+    assert sum(active) == 2
+    body = p["jaxpr"].jaxpr
+    assert p["length"] * graph_module._unrolled_size(body) > graph_module.UNROLL_MAX_EQUATIONS
+    counted = p["length"] * graph_module._unrolled_size(body, graph_module._body_activity(p, active))
+    assert 0 < counted <= graph_module.UNROLL_MAX_EQUATIONS
+    assert not _has_scan(ccjax.graph(_jacobi_gathers, u))
+
+
+def test_a_carry_is_active_once_the_body_makes_it_depend_on_an_input():
+    (u,) = PROGRAMS["late_activity"][1]
+    (eqn,) = [e for e in jax.make_jaxpr(_late_activity)(u).jaxpr.eqns if e.primitive.name == "scan"]
+    p = eqn.params
+    consts_active = [jnp.issubdtype(v.aval.dtype, jnp.floating) for v in eqn.invars[:p["num_consts"]]]
+    activity = graph_module._body_activity(p, consts_active + [False] * (len(eqn.invars) - p["num_consts"]))
+    assert activity[p["num_consts"]:] == [False, True, True]  # counter, a (one step), b (two steps)
 
 
 def test_the_jacobi_sweeps_were_dense_as_a_scan(monkeypatch):
