@@ -348,18 +348,29 @@ UNROLL_MAX_EQUATIONS = 64
 UNROLL_MIN_ENTRIES = 1 << 16
 
 
+def _reads(eqn, variables: set) -> bool:
+    return any(not _jaxpr.is_literal(v) and v in variables for v in eqn.invars)
+
+
+def _dependents(jaxpr, active: Sequence[bool]) -> set:
+    """The variables of ``jaxpr`` that depend on an input flagged in ``active``."""
+    reached = {v for v, a in zip(jaxpr.invars, active) if a}
+    for e in jaxpr.eqns:
+        if _reads(e, reached):
+            reached.update(e.outvars)
+    return reached
+
+
 def _unrolled_size(jaxpr, active: Optional[Sequence[bool]] = None) -> int:
     """Equations of ``jaxpr`` with calls counted by their bodies and
     ``scan`` bodies once per step; given ``active`` (per input), only those
     reading a value that depends on an active input (the others stay in the
     primal evaluation and are no vertex of the graph)."""
-    reached = None if active is None else {v for v, a in zip(jaxpr.invars, active) if a}
+    reached = None if active is None else _dependents(jaxpr, active)
     total = 0
     for e in jaxpr.eqns:
-        if reached is not None:
-            if not any(not _jaxpr.is_literal(v) and v in reached for v in e.invars):
-                continue
-            reached.update(e.outvars)
+        if reached is not None and not _reads(e, reached):
+            continue
         if e.primitive.name == "scan":
             total += e.params["length"] * _unrolled_size(e.params["jaxpr"].jaxpr)
         elif e.primitive.name in _jaxpr.CALL_PRIMITIVES:
@@ -377,10 +388,7 @@ def _body_activity(params: dict, active: Sequence[bool]) -> list[bool]:
     n_consts, n_carry = params["num_consts"], params["num_carry"]
     act = list(active)
     while True:
-        reached = {v for v, a in zip(body.invars, act) if a}
-        for e in body.eqns:
-            if any(not _jaxpr.is_literal(v) and v in reached for v in e.invars):
-                reached.update(e.outvars)
+        reached = _dependents(body, act)
         carried = [not _jaxpr.is_literal(v) and v in reached for v in body.outvars[:n_carry]]
         carry = slice(n_consts, n_consts + n_carry)
         new = list(act)
