@@ -124,13 +124,19 @@ def _has_unchecked_gather(jaxprs) -> bool:
     return False
 
 
+def _restageable(jaxpr) -> bool:
+    """Whether :func:`_dropping_gathers` restages a body: not one with
+    effects (a callback inside a loop), whose order a restaging could change."""
+    return not jaxpr.effects
+
+
 @functools.lru_cache(maxsize=256)
 def _dropping_gathers(closed_jaxpr):
     """``closed_jaxpr`` restaged through :func:`bind` (same inputs, outputs
     and values; its gathers' derivatives those of ``jax.jacrev``), or
     itself where it has effects."""
     jaxpr = closed_jaxpr.jaxpr
-    if not is_closed_jaxpr(closed_jaxpr) or jaxpr.effects:
+    if not is_closed_jaxpr(closed_jaxpr) or not _restageable(jaxpr):
         return closed_jaxpr
 
     def run(*args):
@@ -381,7 +387,8 @@ def forward_matches_reverse(name: str, params: Any, top_level: bool = True) -> b
     parameters this cannot read, a gather in an unchecked index mode
     that :func:`bind` does not apply with ``jax.jacrev``'s derivative in
     both modes (``top_level`` False: inside a sub-jaxpr other than those of
-    :data:`REBINDS_GATHERS`, such as a ``custom_jvp`` function's), or a
+    :data:`REBINDS_GATHERS`, such as a ``custom_jvp`` function's, or inside
+    one with effects, which :func:`bind` leaves as it is), or a
     scatter in an index mode where an out-of-range index splits the two
     (:data:`_SCATTER_MODES_FORWARD_DIFFERS`)."""
     if not isinstance(params, dict) or name.startswith("custom_vjp_call") or name in ROUNDS_COTANGENTS:
@@ -391,7 +398,7 @@ def forward_matches_reverse(name: str, params: Any, top_level: bool = True) -> b
     if _scatter_forward_differs(name, params):
         return False
     rebound = top_level and name in REBINDS_GATHERS
-    return all(forward_matches_reverse(e.primitive.name, e.params, top_level=rebound)
+    return all(forward_matches_reverse(e.primitive.name, e.params, top_level=rebound and _restageable(sub))
                for sub in _differentiated_jaxprs(name, params) for e in sub.eqns)
 
 

@@ -361,6 +361,24 @@ LOOPS_WITH_OUT_OF_RANGE_GATHERS = {
 }
 
 
+def test_a_loop_body_with_effects_keeps_forward_mode_out_of_its_gathers():
+    """A body with a callback is bound as it is (not restaged), so its
+    out-of-range gather would read the clamped entry in forward mode: only
+    reverse mode may run it, and every order matches ``jax.jacrev``."""
+    from ccjax._jaxpr import forward_matches_reverse
+
+    def body(i, c):
+        jax.debug.callback(lambda v: None, c[0])
+        return jnp.sin(c[jnp.array([7, 1, 0, 2, 3, 4])]) * c
+
+    f = lambda y: lax.fori_loop(0, 3, body, y)
+    assert not np.allclose(jax.jacfwd(f)(Y), jax.jacrev(f)(Y))
+    (eqn,) = [e for e in jax.make_jaxpr(f)(Y).jaxpr.eqns if e.primitive.name == "scan"]
+    assert not forward_matches_reverse(eqn.primitive.name, eqn.params)
+    assert ccjax.jax_modes.plain_modes(ccjax.graph(f, Y)) == ("rev",)
+    check_all_ways(f, Y)
+
+
 @pytest.mark.parametrize("name", sorted(LOOPS_WITH_OUT_OF_RANGE_GATHERS))
 @pytest.mark.parametrize("mode", ["fwd", "rev"])
 def test_whole_program_modes_through_out_of_range_gathers_in_loops_match_jacrev(name, mode, monkeypatch):
