@@ -55,7 +55,7 @@ def _plan(g: Graph, order: OrderSpec, layout: str = "dense") -> Plan:
             elimination = plan = plan_elimination(g, resolve_order(g, order))
             if key == "auto":
                 plan = tuned_plan(g, elimination) or cheapest(g, elimination)
-                if (layout == "sparse" and plan.mode != "eliminate"
+                if (layout == "sparse" and plan.mode != "eliminate" and plan.coloring is None
                         and stored_entries(g, elimination) < dense_entries(g)):
                     plan = elimination
         g.plans[table_key] = plan

@@ -24,7 +24,7 @@ whole program's jaxpr.
 """
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from typing import Hashable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,10 +60,11 @@ class Counter:
     reverse pass (an active path leads from them to an output).
     """
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, program=None):
         self.graph = graph
-        prog = graph.program
+        prog = program or graph.program
         self.prog = prog
+        self._as_written = None
         self.n_in = sum(int(np.prod(prog.avals[prog.inputs[leaf]].shape)) for leaf in graph.diff_leaves)
         outputs = prog.outputs[:len(graph.outputs)]
         self.n_out = sum(int(np.prod(prog.avals[i].shape)) for i in outputs)
@@ -75,6 +76,17 @@ class Counter:
         self.memo: dict = {}
         self.scattered: dict = {}  # memo keys -> scattered entries of the same trace
         self.signatures: dict = {}
+
+    @property
+    def as_written(self) -> "Counter":
+        """The counter of JAX's whole-function modes: over the program as
+        written (:attr:`ccjax.graph.Program.as_written`), whose scans the
+        graph may have unrolled."""
+        if self.prog.rolled is None:
+            return self
+        if self._as_written is None:
+            self._as_written = Counter(self.graph, self.prog.rolled)
+        return self._as_written
 
     # -- one equation ------------------------------------------------------
 
@@ -124,14 +136,21 @@ class Counter:
         jaxpr = jax.make_jaxpr(fn)(self._specs(ids), list(extra)).jaxpr
         return count_multiplications(jaxpr), scattered_entries(jaxpr, LARGE_SCATTER)
 
-    def node_mults(self, node: Node, mode: str) -> int:
+    def _seeds(self, mode: str, seeds: Optional[int]) -> int:
+        """Basis vectors pushed through ``mode``'s program: all (``n_in``
+        tangents, ``n_out`` cotangents), or ``seeds`` compressed ones."""
+        return (self.n_in if mode == "fwd" else self.n_out) if seeds is None else seeds
+
+    def node_mults(self, node: Node, mode: str, seeds: Optional[int] = None) -> int:
         """Multiplications of ``node``'s part of ``jax.jacrev``/``jax.jacfwd``
-        of the whole program beyond its primal evaluation."""
+        of the whole program beyond its primal evaluation (with ``seeds``:
+        of the same program vmapped over that many seeds)."""
         prog = self.prog
         active = [i for i in self._traced_ids(node) if prog.active[i]]
         if not active or (node.primitive is not None and node.name in MOVES_DATA):
             return 0
-        key = (mode, self._signature(node))
+        batch = self._seeds(mode, seeds)
+        key = (mode, self._signature(node)) if seeds is None else (mode, seeds, self._signature(node))
         if key in self.memo:
             return self.memo[key]
         ids = self._traced_ids(node)
@@ -147,7 +166,7 @@ class Counter:
                 def outs(*act):
                     return [o for o, k in zip(on_active(values, act), node.outs) if _inexact(prog.avals[k])]
 
-                basis = [jnp.zeros((self.n_in,) + tuple(prog.avals[i].shape), prog.avals[i].dtype) for i in active]
+                basis = [jnp.zeros((batch,) + tuple(prog.avals[i].shape), prog.avals[i].dtype) for i in active]
                 return jax.vmap(lambda *t: jax.jvp(outs, [values[p] for p in pos], list(t))[1])(*basis)
         else:
             # an output no result depends on gets no cotangent, but its
@@ -162,7 +181,7 @@ class Counter:
                 _, pullback = jax.vjp(outs, *[values[p] for p in pos])
                 if not live_outs:
                     return []
-                basis = [jnp.zeros((self.n_out,) + tuple(prog.avals[k].shape), prog.avals[k].dtype)
+                basis = [jnp.zeros((batch,) + tuple(prog.avals[k].shape), prog.avals[k].dtype)
                          for k in live_outs]
                 return jax.vmap(lambda *c: pullback(list(c)))(*basis)
         mults, scattered = self._trace(jac, ids)
@@ -189,7 +208,7 @@ class Counter:
         self.primal_mults(node)
         return self.scattered[("primal", self._signature(node))]
 
-    def node_scattered(self, node: Node, mode: str) -> int:
+    def node_scattered(self, node: Node, mode: str, seeds: Optional[int] = None) -> int:
         """Update entries the scatters of ``node``'s part of
         ``jax.jacrev``/``jax.jacfwd`` write beyond its primal evaluation
         (scatters of :data:`LARGE_SCATTER` updates or more):
@@ -204,45 +223,53 @@ class Counter:
         if node.primitive is not None and node.name in MOVES_DATA:
             size = 0
             if mode == "rev" and node.name == "gather" and prog.active[node.ins[0]] and node.outs[0] in self.live:
-                size = int(np.prod(prog.avals[node.outs[0]].shape)) * self.n_out
+                size = int(np.prod(prog.avals[node.outs[0]].shape)) * self._seeds(mode, seeds)
             if mode == "fwd" and node.name == "scatter-add":
-                size = int(np.prod(prog.avals[node.ins[2]].shape)) * self.n_in
+                size = int(np.prod(prog.avals[node.ins[2]].shape)) * self._seeds(mode, seeds)
             return size if size >= LARGE_SCATTER else 0
-        self.node_mults(node, mode)
-        return self.scattered[(mode, self._signature(node))]
+        self.node_mults(node, mode, seeds)
+        return self.scattered[(mode, self._signature(node)) if seeds is None else (mode, seeds, self._signature(node))]
 
     # -- whole programs ----------------------------------------------------
 
-    def mode_mults(self, mode: str) -> int:
-        """What :func:`ccjax.jax_modes.plan_jax_mode` reports for ``mode``."""
+    def mode_mults(self, mode: str, seeds: Optional[int] = None) -> int:
+        """What :func:`ccjax.jax_modes.plan_jax_mode` reports for ``mode``
+        (with ``seeds``: for ``mode`` vmapped over that many compressed
+        seeds, :mod:`ccjax.colored`)."""
         if mode not in MODES:
             raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
+        if self.as_written is not self:
+            return self.as_written.mode_mults(mode, seeds)
         prog = self.prog
         ends = (prog.outputs[:len(self.graph.outputs)] if mode == "rev"
                 else [prog.inputs[leaf] for leaf in self.graph.diff_leaves])
         if not all(jnp.issubdtype(prog.avals[i].dtype, jnp.floating) for i in ends):
             raise TypeError(f"jax.jac{mode} of this program needs real-valued "
                             f"{'outputs' if mode == 'rev' else 'inputs'}")
-        return sum(self.node_mults(node, mode) for node in self.prog.ad_nodes)
+        return sum(self.node_mults(node, mode, seeds) for node in self.prog.ad_nodes)
 
-    def mode_scattered(self, mode: str) -> int:
+    def mode_scattered(self, mode: str, seeds: Optional[int] = None) -> int:
         """Update entries the scatters of ``mode``'s Jacobian program write
         beyond the primal's (:meth:`node_scattered`)."""
-        return sum(self.node_scattered(node, mode) for node in self.prog.ad_nodes)
+        if self.as_written is not self:
+            return self.as_written.mode_scattered(mode, seeds)
+        return sum(self.node_scattered(node, mode, seeds) for node in self.prog.ad_nodes)
 
-    def mode_entries(self, mode: str) -> int:
+    def mode_entries(self, mode: str, seeds: Optional[int] = None) -> int:
         """Tangent (``fwd``) or cotangent (``rev``) entries ``mode`` writes:
         per basis vector, one per entry of each inexact variable that
         carries one (active for ``fwd``, live for ``rev``)."""
         if mode not in MODES:
             raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
+        if self.as_written is not self:
+            return self.as_written.mode_entries(mode, seeds)
         prog = self.prog
         carries = (lambda i: prog.active[i]) if mode == "fwd" else (lambda i: i in self.live)
         per_seed = sum(int(np.prod(prog.avals[o].shape)) for node in prog.ad_nodes for o in node.outs
                        if carries(o) and _inexact(prog.avals[o]))
-        return per_seed * (self.n_in if mode == "fwd" else self.n_out)
+        return per_seed * self._seeds(mode, seeds)
 
-    def mode_lower_bound(self, mode: str) -> int:
+    def mode_lower_bound(self, mode: str, seeds: Optional[int] = None) -> int:
         """A lower bound of :meth:`mode_mults` read off the program without
         tracing.  JAX's JVP of a ``mul`` or ``dot_general`` repeats that
         operation on the tangent of each active operand, and its
@@ -253,6 +280,8 @@ class Counter:
         ``exp``, ``tanh``...) costs at least its output size each time."""
         if mode not in MODES:
             raise ValueError(f"unknown JAX AD mode {mode!r}; use one of {MODES}")
+        if self.as_written is not self:
+            return self.as_written.mode_lower_bound(mode, seeds)
         prog = self.prog
         own = 0
         for node in prog.ad_nodes:
@@ -271,7 +300,7 @@ class Counter:
             if mode == "rev" and node.outs[0] not in self.live:
                 continue
             own += mults
-        return own * (self.n_in if mode == "fwd" else self.n_out)
+        return own * self._seeds(mode, seeds)
 
     def partial_mults(self) -> int:
         """Multiplications computing the values of the graph's partials (an

@@ -52,8 +52,10 @@ class Plan:
     ``steps``: ``(kind, dst, a, b, plan)`` with kind 'prod' (``a`` outer,
     ``b`` inner) or 'sum'; ``final``: ``{(input vertex, output vertex): slot}``
     and ``structures`` the structure of every slot.  ``mode`` is
-    ``"eliminate"``, or ``"jax-rev"``/``"jax-fwd"`` for JAX's AD of the
-    whole program (:mod:`ccjax.jax_modes`; no steps).  A structure may be
+    ``"eliminate"``, ``"jax-rev"``/``"jax-fwd"`` for JAX's AD of the
+    whole program, or ``"colored-fwd"``/``"colored-rev"`` for that AD over
+    compressed seeds, whose :class:`ccjax.coloring.Coloring` is
+    ``coloring`` (:mod:`ccjax.jax_modes`; no steps).  A structure may be
     a :class:`~ccjax.structure.Terms` (a sum that would store more entries
     than its terms together, such as a band plus a dense row, or bands
     along two axes); a final block of terms is written as their sum.
@@ -64,6 +66,7 @@ class Plan:
     structures: tuple
     report: CostReport
     mode: str = "eliminate"
+    coloring: Optional[object] = None
 
 
 class OrderError(ValueError):

@@ -39,7 +39,8 @@ from ccjax.cache import OrderCache, PathLike, clear_records, read_record, short,
 from ccjax.eliminate import Plan, plan_elimination
 from ccjax.graph import Graph
 from ccjax.counting import Counter
-from ccjax.jax_modes import candidates, cheapest, jacobian_program, plain_modes, plan_jax_mode, runnable_mode
+from ccjax.jax_modes import (candidates, cheapest, jacobian_program, plain_modes, plan_colored, plan_jax_mode,
+                             runnable_mode)
 from ccjax.resolve import forget_order, resolve_order
 from ccjax.trace import as_input, auto_graph_of, check_inputs, trace
 
@@ -171,9 +172,9 @@ def tuned_plan(graph: Graph, elimination: Plan, store: Optional[TuningStore] = N
         return None
     if record.choice == elimination.mode:
         return elimination
-    mode = record.choice.removeprefix("jax-")
-    if record.choice == f"jax-{mode}" and mode in plain_modes(graph):
-        plan = runnable_mode(graph, mode)
+    kind, _, mode = record.choice.partition("-")
+    if kind in ("jax", "colored") and mode in plain_modes(graph):
+        plan = runnable_mode(graph, mode) if kind == "jax" else plan_colored(graph, elimination, mode)
         if plan is not None:
             return plan
     warn(f"ccjax tuning: the record for graph {graph.fingerprint} chose {short(repr(record.choice))}, "
@@ -246,7 +247,8 @@ def tune(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, has_aux: 
     on the current backend, and store the fastest for ``order="auto"``.
 
     The candidates: JAX's reverse and forward mode over the whole function
-    where they apply (see :func:`ccjax.jax_modes.candidates`), and the
+    where they apply, with compressed seeds where a colouring saves some
+    (see :func:`ccjax.jax_modes.candidates`), and the
     elimination of ``"auto"``'s order when the counts choose it.  An
     elimination that multiplies more than a plain mode is not compiled:
     XLA can take minutes over a large one (409 eliminations of an unrolled
@@ -257,7 +259,8 @@ def tune(fun: Callable, *args, argnums: Union[int, Sequence[int]] = 0, has_aux: 
     to the cache root ``order="auto"`` reads (:func:`ccjax.cache.default_cache_dir`);
     with the cache disabled nothing is stored and ``path`` is None.
 
-    ``choice`` (``"eliminate"``, ``"jax-rev"`` or ``"jax-fwd"``) stores that
+    ``choice`` (``"eliminate"``, ``"jax-rev"``, ``"jax-fwd"``, or
+    ``"colored-rev"``/``"colored-fwd"`` where a colouring applies) stores that
     program without measuring anything, e.g. to apply a choice measured in
     float32 to the float64 graph (``times`` is then empty).
 

@@ -125,7 +125,9 @@ def cmd_cost(ns) -> int:
     if note is not None:
         print(note)
     if chosen is not plan:
-        print(f"{t.name} order {ns.order}: runs JAX's {chosen.mode.removeprefix('jax-')} mode over the whole function, "
+        seeds = "" if chosen.coloring is None else f" over {chosen.coloring.count} compressed seeds"
+        mode = chosen.mode.removeprefix("jax-").removeprefix("colored-")
+        print(f"{t.name} order {ns.order}: runs JAX's {mode} mode over the whole function{seeds}, "
               f"{report.mults} multiplications beyond the primal (the best elimination's program: "
               f"{_program_mults(g, plan)}; its products alone: {plan.report.mults})")
         return EXIT_OK
