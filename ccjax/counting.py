@@ -33,7 +33,7 @@ import numpy as np
 from ccjax._jaxpr import (MOVES_DATA, MULTIPLYING, count_multiplications, hashable, own_multiplications,
                           scattered_entries, staged_alone, tangent_multiplications)
 from ccjax.eliminate import evaluate_partial
-from ccjax.graph import Graph, Node
+from ccjax.graph import Graph, Node, Program
 
 MODES = ("rev", "fwd")
 
@@ -54,13 +54,14 @@ def _inexact(aval) -> bool:
 
 
 class Counter:
-    """Counts for one graph, memoised per equation signature.
+    """Counts for one graph, memoised per equation signature (over
+    ``program``, else the graph's).
 
     ``live``: the variables whose cotangent is not a symbolic zero in JAX's
     reverse pass (an active path leads from them to an output).
     """
 
-    def __init__(self, graph: Graph, program=None):
+    def __init__(self, graph: Graph, program: Optional[Program] = None):
         self.graph = graph
         prog = program or graph.program
         self.prog = prog
@@ -141,6 +142,9 @@ class Counter:
         tangents, ``n_out`` cotangents), or ``seeds`` compressed ones."""
         return (self.n_in if mode == "fwd" else self.n_out) if seeds is None else seeds
 
+    def _mode_key(self, node: Node, mode: str, seeds: Optional[int]) -> Hashable:
+        return (mode, self._signature(node)) if seeds is None else (mode, seeds, self._signature(node))
+
     def node_mults(self, node: Node, mode: str, seeds: Optional[int] = None) -> int:
         """Multiplications of ``node``'s part of ``jax.jacrev``/``jax.jacfwd``
         of the whole program beyond its primal evaluation (with ``seeds``:
@@ -150,7 +154,7 @@ class Counter:
         if not active or (node.primitive is not None and node.name in MOVES_DATA):
             return 0
         batch = self._seeds(mode, seeds)
-        key = (mode, self._signature(node)) if seeds is None else (mode, seeds, self._signature(node))
+        key = self._mode_key(node, mode, seeds)
         if key in self.memo:
             return self.memo[key]
         ids = self._traced_ids(node)
@@ -228,7 +232,7 @@ class Counter:
                 size = int(np.prod(prog.avals[node.ins[2]].shape)) * self._seeds(mode, seeds)
             return size if size >= LARGE_SCATTER else 0
         self.node_mults(node, mode, seeds)
-        return self.scattered[(mode, self._signature(node)) if seeds is None else (mode, seeds, self._signature(node))]
+        return self.scattered[self._mode_key(node, mode, seeds)]
 
     # -- whole programs ----------------------------------------------------
 

@@ -183,3 +183,21 @@ def test_plain_modes_run_the_loops_as_written(monkeypatch):
     counter = Counter(g)
     assert counter.as_written is not counter
     assert counter.mode_mults("fwd") == jax_modes.traced_mode_mults(g, "fwd")
+
+
+@pytest.mark.parametrize("mode,peer", [("fwd", jax.jacfwd), ("rev", jax.jacrev)])
+def test_a_nan_stays_in_structural_nonzeros_where_jax_has_nan_too(monkeypatch, mode, peer):
+    """The README's NaN rule for compressed seeds: a structural zero is
+    exactly 0; a NaN partial spreads as in JAX's mode over the seeds, so
+    NaN only where ``jax.jacfwd`` (``jax.jacrev``) has NaN too."""
+    forced(monkeypatch, mode)
+    u = np.linspace(0.1, 1.0, 256)
+    u[3] = np.nan
+    got = np.asarray(jax.jit(ccjax.jacve(jacobi))(u))
+    g = trace.auto_graph(jacobi, u)
+    pat = pattern(g, plan_elimination(g, resolve_order(g, "auto")))
+    structural = np.zeros(got.shape, bool)
+    structural[pat.rows, pat.cols] = True
+    assert np.isnan(got).any()
+    assert np.all(got[~structural] == 0)
+    assert not np.any(np.isnan(got) & ~np.isnan(np.asarray(peer(jacobi)(u))))

@@ -138,9 +138,11 @@ def test_short_loops_enter_the_graph_unrolled_and_match_jacrev_in_every_order(na
                      rtol=1e-12, atol=1e-12, what="vmap")
 
 
-def test_a_nan_input_reaches_the_entries_its_paths_reach_and_no_others():
-    """The README's NaN rule: an entry no path reaches is exactly 0 (``jax.jacrev``
-    multiplies zero cotangents by ``cos(nan)`` and fills the whole column)."""
+@pytest.mark.parametrize("order", ["rev", "markowitz"])
+def test_a_nan_input_reaches_the_entries_its_paths_reach_and_no_others(order):
+    """The README's NaN rule of an elimination: an entry no path reaches is
+    exactly 0 (``jax.jacrev`` multiplies zero cotangents by ``cos(nan)`` and
+    fills the whole column)."""
     (u,) = PROGRAMS["jacobi"][1]
     # The sweeps read u twice: as the first iterate (linear paths, no NaN
     # partial) and in the source term (through cos(u), NaN at a NaN input).
@@ -150,7 +152,7 @@ def test_a_nan_input_reaches_the_entries_its_paths_reach_and_no_others():
     bad[3] = np.nan
     linear = np.asarray(jax.jacrev(sweeps)(bad, bad))  # finite: no partial on these paths is NaN
     through_source = np.asarray(jax.jacrev(sweeps, argnums=1)(u, u)) != 0
-    got = np.asarray(ccjax.jacve(_jacobi)(bad))
+    got = np.asarray(ccjax.jacve(_jacobi, order=order)(bad))
     nan_at = np.zeros_like(through_source)
     nan_at[:, 3] = through_source[:, 3]
     assert nan_at.any() and np.all(np.isfinite(linear))
