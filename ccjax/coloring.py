@@ -36,12 +36,13 @@ class Pattern:
     """Where a Jacobian may be nonzero.
 
     ``blocks``: per Jacobian block, output-major as
-    :func:`ccjax.eliminate.write_jacobian` lists them, the ``(nse,
-    out_ndim + in_ndim)`` indices of its structural nonzeros in the
-    ``jax.jacrev`` layout (sorted, distinct), or None for a zero block;
-    ``rows``, ``cols``: the same entries' rows and columns in the whole
-    Jacobian (outputs and differentiated inputs flattened and
-    concatenated in order); ``shape``: its ``(rows, columns)``."""
+    :func:`ccjax.eliminate.write_jacobian` lists them, the flat ``(row,
+    column)`` positions of its structural nonzeros in the block seen as a
+    matrix (``prod(out_shape) x prod(in_shape)``; row-major order,
+    distinct), or None for a zero block; ``rows``, ``cols``: the same
+    entries in the whole Jacobian (outputs and differentiated inputs
+    flattened and concatenated in order); ``shape``: its ``(rows,
+    columns)``."""
 
     blocks: tuple
     rows: np.ndarray
@@ -69,16 +70,17 @@ class Coloring:
 
 
 def pattern(graph: Graph, plan: Plan) -> Optional[Pattern]:
-    """The structural nonzeros of the elimination ``plan``'s final blocks
+    """The structural nonzeros of the elimination ``plan``'s final blocks,
     less the entries :func:`~ccjax.eliminate.structural_keep` finds always
-    zero; None when some block's entries are known only at run time (a
-    selection at computed indices) or there are more than
+    zero where its probe runs without compiling; None when some block's
+    entries are known only at run time (a selection at computed indices,
+    or at constant ones the probe did not run) or there are more than
     :data:`MAX_ENTRIES`."""
-    kept = structural_keep(graph, plan)
+    kept = structural_keep(graph, plan, compile=False) or {}
     prog = graph.program
-    out_shapes = [tuple(prog.avals[prog.outputs[k]].shape) for k in range(len(graph.outputs))]
+    out_sizes = [math.prod(prog.avals[prog.outputs[k]].shape) for k in range(len(graph.outputs))]
     in_shapes = [tuple(prog.avals[prog.inputs[leaf]].shape) for leaf in graph.diff_leaves]
-    out_offsets = np.cumsum([0] + [math.prod(s) for s in out_shapes])
+    out_offsets = np.cumsum([0] + out_sizes)
     in_offsets = np.cumsum([0] + [math.prod(s) for s in in_shapes])
     blocks, rows, cols, total = [], [], [], 0
     for k, out_vertex in enumerate(graph.outputs):
@@ -97,11 +99,15 @@ def pattern(graph: Graph, plan: Plan) -> Optional[Pattern]:
                 if total > MAX_ENTRIES:
                     return None
                 indices = entry_indices(st)
-            indices = np.unique(np.asarray(indices, np.int64), axis=0)
-            blocks.append(indices)
-            n_axes = len(out_shapes[k])
-            rows.append(out_offsets[k] + flat_positions(indices[:, :n_axes], out_shapes[k]))
-            cols.append(in_offsets[leaf] + flat_positions(indices[:, n_axes:], in_shapes[leaf]))
+            indices = np.asarray(indices, np.int64)
+            n_out_axes = len(st.out_shape)
+            width = int(in_offsets[leaf + 1] - in_offsets[leaf])
+            flat = np.unique(flat_positions(indices[:, :n_out_axes], st.out_shape) * width
+                             + flat_positions(indices[:, n_out_axes:], st.in_shape))
+            block_rows, block_cols = flat // width, flat % width
+            blocks.append((block_rows, block_cols))
+            rows.append(out_offsets[k] + block_rows)
+            cols.append(in_offsets[leaf] + block_cols)
     rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
     if len(rows) > MAX_ENTRIES:
@@ -168,3 +174,8 @@ def coloring(pat: Pattern, mode: str) -> Optional[Coloring]:
 def flat_positions(indices: np.ndarray, shape: tuple) -> np.ndarray:
     """Row-major flat positions in ``shape`` of ``(n, len(shape))`` indices."""
     return np.ravel_multi_index(tuple(indices.T), shape) if shape else np.zeros(len(indices), np.int64)
+
+
+def multi_indices(flat: np.ndarray, shape: tuple) -> np.ndarray:
+    """The ``(n, len(shape))`` indices of row-major flat positions in ``shape``."""
+    return np.stack(np.unravel_index(flat, shape), axis=1) if shape else np.zeros((len(flat), 0), np.int64)

@@ -509,7 +509,7 @@ def probe_values(graph: Graph, seed: int, selections: bool = False) -> Optional[
 PROBE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
-def probe_finals(graph: Graph, plan: Plan, selections: bool = False) -> Optional[dict]:
+def probe_finals(graph: Graph, plan: Plan, selections: bool = False, compile: bool = True) -> Optional[dict]:
     """``{slot: (values, entries)}`` for the final slots of ``plan`` run on
     :func:`probe_values`, one row per seed of :data:`PROBE_SEEDS`: the
     stacked final values and the stacked data of their ``to_bcoo``, and for
@@ -517,9 +517,9 @@ def probe_finals(graph: Graph, plan: Plan, selections: bool = False) -> Optional
     indices (the same for every seed); computed now (also inside an outer
     trace), as one compiled program; None where no raw partial declares
     zeros or is such a selection (every value may be nonzero), or there are
-    no stand-ins."""
-    if not any(r.partial.nonzero is not None or (selections and (r.partial.constant or r.partial.indices))
-               for r in graph.raw):
+    no stand-ins, or (without ``compile``) where the probe cannot run in
+    NumPy."""
+    if not _declares_zeros(graph, selections):
         return None
     raws = [probe_values(graph, seed, selections) for seed in PROBE_SEEDS]
     if raws[0] is None:
@@ -539,12 +539,19 @@ def probe_finals(graph: Graph, plan: Plan, selections: bool = False) -> Optional
 
     def probe():
         found = _probe_in_numpy(run, [[None if s is None else s[k] for s in stacked] for k in range(len(PROBE_SEEDS))])
-        if found is not None:
+        if found is not None or not compile:
             return found
         compiled = jax.jit(jax.vmap(run, axis_size=len(PROBE_SEEDS))).lower(stacked).compile(PROBE_COMPILER_OPTIONS)
         return jax.tree.map(np.asarray, compiled(stacked))
 
     return run_apart(probe)
+
+
+def _declares_zeros(graph: Graph, selections: bool) -> bool:
+    """Whether some raw partial declares structural zeros (or, with
+    ``selections``, is a selection at indices known now)."""
+    return any(r.partial.nonzero is not None or (selections and (r.partial.constant or r.partial.indices))
+               for r in graph.raw)
 
 
 def _probe_in_numpy(run, draws: list) -> Optional[dict]:
@@ -561,7 +568,7 @@ def _probe_in_numpy(run, draws: list) -> Optional[dict]:
     return jax.tree.unflatten(jax.tree.structure(shapes), [np.stack(column) for column in zip(*rows)])
 
 
-def structural_keep(graph: Graph, plan: Plan) -> dict:
+def structural_keep(graph: Graph, plan: Plan, compile: bool = True) -> Optional[dict]:
     """``{slot: (positions, indices, segments)}``: for each final block that
     stores structural zeros (values built from partials that declare zeros:
     0/1 selection matrices, unions of branches, a scan's causality,
@@ -577,11 +584,16 @@ def structural_keep(graph: Graph, plan: Plan) -> dict:
     at 0 and constants as they are, is the zero polynomial: it is 0 at
     every input.  Overflow or NaN in a draw only keeps entries.  Runs the
     plan once per draw (:func:`probe_finals`), only where some raw partial
-    declares structural zeros, once per plan (kept in ``graph.probes``)."""
+    declares structural zeros, once per plan (kept in ``graph.probes``).
+    Without ``compile``, None where that run would compile (about 0.1 s:
+    it cannot run in NumPy)."""
     known = graph.probes.get(id(plan))
     if known is not None and known[0] is plan:
         return known[1]
-    found = probe_finals(graph, plan, selections=True)
+    found = probe_finals(graph, plan, selections=True, compile=compile)
+    if (found is None and not compile and _declares_zeros(graph, True)
+            and probe_values(graph, PROBE_SEEDS[0], True) is not None):
+        return None  # the probe would compile
     kept = {}
     for slot, (_, data, *at) in (found or {}).items():
         nonzero = (data != 0).any(axis=0)

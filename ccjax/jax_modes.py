@@ -20,7 +20,7 @@ from jax.experimental import sparse
 
 from ccjax import _jaxpr
 from ccjax._jaxpr import count_multiplications
-from ccjax.coloring import Pattern, coloring, flat_positions, pattern
+from ccjax.coloring import Pattern, coloring, multi_indices, pattern
 from ccjax.counting import MODES, Counter
 from ccjax.eliminate import CostReport, Plan, dense_entries, execute, sparse_block
 from ccjax.graph import Graph, forward_matches_reverse
@@ -493,21 +493,21 @@ def execute_colored(graph: Graph, plan: Plan, inputs: Sequence, consts: Sequence
         results = jax.vmap(lambda *c: pullback(list(c)))(*seeds)
     offsets = np.cumsum([0] + [int(np.prod(a.shape)) for a in seeded])
     blocks = []
-    for b, indices in enumerate(colors.pattern.blocks):
+    for b, entries in enumerate(colors.pattern.blocks):
         k, leaf = divmod(b, len(in_avals))
         out_shape, in_shape = tuple(out_avals[k].shape), tuple(in_avals[leaf].shape)
         shape, dtype = out_shape + in_shape, in_avals[leaf].dtype
-        if indices is None:
+        if entries is None:
             blocks.append(sparse_block(None, None, shape, dtype) if layout == "sparse" else jnp.zeros(shape, dtype))
             continue
-        rows = flat_positions(indices[:, :len(out_shape)], out_shape)
-        cols = flat_positions(indices[:, len(out_shape):], in_shape)
+        rows, cols = entries
         if colors.mode == "fwd":
             values = results[k].reshape(colors.count, -1)[colors.colors[offsets[leaf] + cols], rows]
         else:
             values = results[leaf].reshape(colors.count, -1)[colors.colors[offsets[k] + rows], cols]
         values = values.astype(dtype)
         if layout == "sparse":
+            indices = np.concatenate([multi_indices(rows, out_shape), multi_indices(cols, in_shape)], axis=1)
             blocks.append(sparse.BCOO((values, jnp.asarray(indices, np.int32)), shape=shape))
         else:
             dense = jnp.zeros((int(np.prod(out_shape)), int(np.prod(in_shape))), dtype)

@@ -18,7 +18,6 @@ jax.config.update("jax_enable_x64", True)
 import ccjax  # noqa: E402
 import ccjax.api  # noqa: E402
 from ccjax import jax_modes, trace  # noqa: E402
-from ccjax._jaxpr import count_multiplications  # noqa: E402
 from ccjax.api import _plan  # noqa: E402
 from ccjax.coloring import Pattern, coloring, greedy_colors, is_coloring, pattern  # noqa: E402
 from ccjax.counting import Counter  # noqa: E402
