@@ -157,13 +157,34 @@ def test_a_full_row_or_column_compresses_nothing():
     assert coloring(diagonal, "fwd").count == coloring(diagonal, "rev").count == 1
 
 
-def test_auto_pulls_one_cotangent_where_rows_share_no_column():
-    """``logsumexp`` of each row: every output reads its own row only, so
-    one cotangent pulls back the whole Jacobian."""
-    x = np.arange(64 * 32, dtype=float).reshape(64, 32) / 500
-    plan = _plan(trace.auto_graph(rows_logsumexp, x), "auto")
-    assert plan.mode == "colored-rev" and plan.coloring.count == 1
-    _close(jax.jit(ccjax.jacve(rows_logsumexp))(x), jax.jacrev(rows_logsumexp)(x))
+def damped_fixed_point(x):
+    """Damped steps towards ``y = cos(y) + x``, the damping picked by a
+    ``cond`` on the residual's norm: entries never meet, but the loop's
+    local Jacobian is dense."""
+    def body(i, y):
+        r = jnp.cos(y) + x - y
+        return lax.cond(jnp.linalg.norm(r) > 1.0, lambda: y + 0.3 * r, lambda: y + 0.8 * r)
+
+    return lax.fori_loop(0, 30, body, x)
+
+
+def test_auto_pushes_one_seed_where_entries_never_meet():
+    """A diagonal Jacobian: one seed gives every entry."""
+    x = np.linspace(-1.0, 1.0, 512)
+    plan = _plan(trace.auto_graph(damped_fixed_point, x), "auto")
+    assert plan.mode.startswith("colored-") and plan.coloring.count == 1
+    _close(jax.jit(ccjax.jacve(damped_fixed_point))(x), jax.jacrev(damped_fixed_point)(x))
+
+
+def test_auto_keeps_the_elimination_where_the_scattered_write_costs_more():
+    """``logsumexp`` of each row: one cotangent pulls back every entry, but
+    scattering its 4,096 entries into the dense block weighs more than the
+    elimination's few multiplications."""
+    x = np.arange(64 * 64, dtype=float).reshape(64, 64) / 500
+    g = trace.auto_graph(rows_logsumexp, x)
+    elimination = plan_elimination(g, resolve_order(g, "auto"))
+    assert plan_colored(g, elimination, "rev").coloring.count == 1
+    assert _plan(g, "auto").mode == "eliminate"
 
 
 def test_plain_modes_run_the_loops_as_written(monkeypatch):
