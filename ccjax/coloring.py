@@ -26,9 +26,12 @@ from ccjax.eliminate import Plan, structural_keep
 from ccjax.graph import Graph
 from ccjax.structure import entry_count, entry_indices, is_selection
 
-#: Patterns of more structural nonzeros than this are not coloured (the
-#: colouring visits each once, in Python: about 0.1 s per million).
-MAX_ENTRIES = 1 << 20
+#: Patterns of more structural nonzeros than this are not coloured: listing
+#: them takes time at every first call (a ``cumsum`` of 1,024 entries,
+#: 524,800 nonzeros and no colouring that saves a seed: 0.4 s), and the
+#: compressed modes pay off where few entries are written (the benchmark's
+#: coloured programs have 1,000-33,000).
+MAX_ENTRIES = 1 << 16
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -76,13 +79,17 @@ def pattern(graph: Graph, plan: Plan) -> Optional[Pattern]:
     entries are known only at run time (a selection at computed indices,
     or at constant ones the probe did not run) or there are more than
     :data:`MAX_ENTRIES`."""
+    slots = set(plan.final.values())
+    structures = [plan.structures[slot] for slot in slots]
+    if sum(st.nnz_values if is_selection(st) else entry_count(st) for st in structures) > MAX_ENTRIES:
+        return None  # before the probe: it runs the plan
     kept = structural_keep(graph, plan, compile=False) or {}
     prog = graph.program
     out_sizes = [math.prod(prog.avals[prog.outputs[k]].shape) for k in range(len(graph.outputs))]
     in_shapes = [tuple(prog.avals[prog.inputs[leaf]].shape) for leaf in graph.diff_leaves]
     out_offsets = np.cumsum([0] + out_sizes)
     in_offsets = np.cumsum([0] + [math.prod(s) for s in in_shapes])
-    blocks, rows, cols, total = [], [], [], 0
+    blocks, rows, cols = [], [], []
     for k, out_vertex in enumerate(graph.outputs):
         for leaf, in_vertex in enumerate(graph.inputs):
             slot = plan.final.get((in_vertex, out_vertex))
@@ -95,9 +102,6 @@ def pattern(graph: Graph, plan: Plan) -> Optional[Pattern]:
             elif is_selection(st):
                 return None
             else:
-                total += entry_count(st)
-                if total > MAX_ENTRIES:
-                    return None
                 indices = entry_indices(st)
             indices = np.asarray(indices, np.int64)
             n_out_axes = len(st.out_shape)
@@ -110,8 +114,6 @@ def pattern(graph: Graph, plan: Plan) -> Optional[Pattern]:
             cols.append(in_offsets[leaf] + block_cols)
     rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-    if len(rows) > MAX_ENTRIES:
-        return None
     return Pattern(tuple(blocks), rows, cols, (int(out_offsets[-1]), int(in_offsets[-1])))
 
 
