@@ -316,9 +316,10 @@ def _compressed(graph: Graph, elimination: Plan, best: Plan, best_mults: int, co
     modes = [mode for mode in ("fwd", "rev") if mode in plain_modes(graph) and counter.mode_lower_bound(mode, 1) < bar]
     pat = pattern(graph, elimination) if modes else None  # only where one seed could do
     chosen, chosen_mults = None, 0
+    written = SELECTION_MULT_WEIGHT * len(pat.rows) if pat is not None else 0  # as weighted_mults adds
     for mode in modes if pat is not None else ():
-        if counter.mode_lower_bound(mode, max(1, pat.least_colors(mode))) >= bar:
-            continue  # cannot multiply less: spare the colouring
+        if counter.mode_lower_bound(mode, max(1, pat.least_colors(mode))) + written >= bar:
+            continue  # cannot weigh less: spare the colouring and its counts
         plan = plan_colored(graph, elimination, mode, counter, pat)
         if plan is None:
             continue
