@@ -41,7 +41,9 @@ def _order_key(g: Graph, order: OrderSpec):
 def _plan(g: Graph, order: OrderSpec, layout: str = "dense") -> Plan:
     """The plan of ``order`` on ``g`` for output ``layout``.  For
     ``"auto"`` and ``"sparse"``, JAX's plain modes (which store every
-    entry) stand in for the elimination only when it would store as many."""
+    entry) and compressed modes (which store their pattern, whose probe of
+    structural zeros may not have run) stand in for the elimination only
+    when it would store as many."""
     order = order_spec(order)  # once: an iterator of ids is read here only
     key = _order_key(g, order)
     table_key = (key, layout) if key == "auto" and layout == "sparse" else key
@@ -55,9 +57,11 @@ def _plan(g: Graph, order: OrderSpec, layout: str = "dense") -> Plan:
             elimination = plan = plan_elimination(g, resolve_order(g, order))
             if key == "auto":
                 plan = tuned_plan(g, elimination) or cheapest(g, elimination)
-                if (layout == "sparse" and plan.mode != "eliminate" and plan.coloring is None
-                        and stored_entries(g, elimination) < dense_entries(g)):
-                    plan = elimination
+                if layout == "sparse" and plan.mode != "eliminate":
+                    # a compressed mode stores its pattern, a plain mode every entry
+                    stores = dense_entries(g) if plan.coloring is None else len(plan.coloring.pattern.rows)
+                    if stored_entries(g, elimination) < stores:
+                        plan = elimination
         g.plans[table_key] = plan
     return plan
 

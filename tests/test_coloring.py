@@ -5,6 +5,8 @@ compressed program must give ``jax.jacrev``'s Jacobian in both layouts, its
 count must be what its jaxpr multiplies, and ``order="auto"`` must take it
 where it is cheaper.
 """
+import dataclasses
+
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -221,3 +223,22 @@ def test_a_nan_stays_in_structural_nonzeros_where_jax_has_nan_too(monkeypatch, m
     assert np.isnan(got).any()
     assert np.all(got[~structural] == 0)
     assert not np.any(np.isnan(got) & ~np.isnan(np.asarray(peer(jacobi)(u))))
+
+
+def test_sparse_output_stores_no_more_than_the_elimination(monkeypatch):
+    """A compressed mode's pattern skips the structural-zero probe where that
+    would compile; the sparse output then comes from the elimination, whose
+    probe leaves the zeros out."""
+    monkeypatch.setattr(trace, "_graphs", trace._LRU(16))
+    x = np.linspace(0.1, 1.0, 256)
+    g = trace.auto_graph(jacobi, x)
+    elimination = plan_elimination(g, resolve_order(g, "auto"))
+    colored = plan_colored(g, elimination, "fwd")
+    loose = Pattern(colored.coloring.pattern.blocks, np.concatenate([colored.coloring.pattern.rows, [0]]),
+                    np.concatenate([colored.coloring.pattern.cols, [128]]), colored.coloring.pattern.shape)
+    padded = dataclasses.replace(colored, coloring=dataclasses.replace(colored.coloring, pattern=loose))
+    monkeypatch.setattr(ccjax.api, "cheapest", lambda g, plan: padded)
+    assert _plan(g, "auto", "sparse").mode == "eliminate"
+    monkeypatch.setattr(ccjax.api, "cheapest", lambda g, plan: colored)
+    g.plans.clear()
+    assert _plan(g, "auto", "sparse") is colored
