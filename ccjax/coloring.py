@@ -25,6 +25,7 @@ import numpy as np
 from ccjax.eliminate import Plan, structural_keep
 from ccjax.graph import Graph
 from ccjax.structure import entry_count, entry_indices, is_selection
+from ccjax.structure.core import flat_positions
 
 #: Patterns of more structural nonzeros than this are not coloured: listing
 #: them takes time at every first call (a ``cumsum`` of 1,024 entries,
@@ -173,11 +174,7 @@ def coloring(pat: Pattern, mode: str) -> Optional[Coloring]:
     return Coloring(mode, colors, count, pat) if count < n else None
 
 
-def flat_positions(indices: np.ndarray, shape: tuple) -> np.ndarray:
-    """Row-major flat positions in ``shape`` of ``(n, len(shape))`` indices."""
-    return np.ravel_multi_index(tuple(indices.T), shape) if shape else np.zeros(len(indices), np.int64)
-
-
 def multi_indices(flat: np.ndarray, shape: tuple) -> np.ndarray:
-    """The ``(n, len(shape))`` indices of row-major flat positions in ``shape``."""
+    """The ``(n, len(shape))`` indices of row-major flat positions in
+    ``shape`` (the inverse of :func:`ccjax.structure.core.flat_positions`)."""
     return np.stack(np.unravel_index(flat, shape), axis=1) if shape else np.zeros((len(flat), 0), np.int64)

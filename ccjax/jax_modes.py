@@ -315,9 +315,11 @@ def _compressed(graph: Graph, elimination: Plan, best: Plan, best_mults: int, co
     bar = best_mults * (UNROLLED_RATIO if best.mode == "eliminate" and graph.program.rolled is not None else 1)
     modes = [mode for mode in ("fwd", "rev") if mode in plain_modes(graph) and counter.mode_lower_bound(mode, 1) < bar]
     pat = pattern(graph, elimination) if modes else None  # only where one seed could do
+    if pat is None:
+        return best, best_mults
     chosen, chosen_mults = None, 0
-    written = SELECTION_MULT_WEIGHT * len(pat.rows) if pat is not None else 0  # as weighted_mults adds
-    for mode in modes if pat is not None else ():
+    written = SELECTION_MULT_WEIGHT * len(pat.rows)  # as weighted_mults adds
+    for mode in modes:
         if counter.mode_lower_bound(mode, max(1, pat.least_colors(mode))) + written >= bar:
             continue  # cannot weigh less: spare the colouring and its counts
         plan = plan_colored(graph, elimination, mode, counter, pat)
@@ -409,7 +411,8 @@ def candidates(graph: Graph, elimination: Plan, counter: Optional[Counter] = Non
     counter = counter or Counter(graph)
     modes = [runnable_mode(graph, mode, counter) for mode in plain_modes(graph)]
     pat = pattern(graph, elimination)
-    colored = [plan_colored(graph, elimination, mode, counter, pat) for mode in plain_modes(graph)] if pat else []
+    colored = ([plan_colored(graph, elimination, mode, counter, pat) for mode in plain_modes(graph)]
+               if pat is not None else [])
     return [elimination] + [plan for plan in modes + colored if plan is not None]
 
 

@@ -706,9 +706,12 @@ def entry_positions(st: Structure) -> tuple[np.ndarray, np.ndarray]:
     (into ``in_shape``), in :func:`entry_indices` order."""
     indices, _ = _entries(st)
     n_out = len(st.out_axes)
-    flat = lambda cols, shape: (np.ravel_multi_index(tuple(cols.T), shape) if shape
-                                else np.zeros(len(cols), np.int64))
-    return flat(indices[:, :n_out], st.out_shape), flat(indices[:, n_out:], st.in_shape)
+    return flat_positions(indices[:, :n_out], st.out_shape), flat_positions(indices[:, n_out:], st.in_shape)
+
+
+def flat_positions(indices: np.ndarray, shape: tuple) -> np.ndarray:
+    """Row-major flat positions in ``shape`` of ``(n, len(shape))`` indices."""
+    return np.ravel_multi_index(tuple(indices.T), shape) if shape else np.zeros(len(indices), np.int64)
 
 
 def entry_values(st: Structure) -> Optional[np.ndarray]:
