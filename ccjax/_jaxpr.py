@@ -8,6 +8,7 @@ in one module means a JAX upgrade breaks one file, which
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import math
@@ -228,13 +229,13 @@ def own_multiplications(name: str, params: dict, lhs_shape: Sequence[int], out_s
     if name == "fft":
         return fft_multiplications(params, lhs_shape)
     if name == "mul":
-        return int(np.prod(out_shape))
+        return math.prod(out_shape)
     if name == "dot_general":
         (contract, _), _ = params["dimension_numbers"]
-        return int(np.prod(out_shape)) * int(np.prod([lhs_shape[k] for k in contract]))
+        return math.prod(out_shape) * math.prod(lhs_shape[k] for k in contract)
     if name == "conv_general_dilated":
         out_features = rhs_shape[params["dimension_numbers"].rhs_spec[0]]
-        return int(np.prod(out_shape)) * (int(np.prod(rhs_shape)) // max(out_features, 1))
+        return math.prod(out_shape) * (math.prod(rhs_shape) // max(out_features, 1))
     return 0
 
 
@@ -246,10 +247,10 @@ def fft_multiplications(params: dict, in_shape: Sequence[int]) -> int:
     an elimination through its dense Jacobian (``n`` transforms, then dense
     products) would look cheaper than JAX's modes, which transform each
     tangent."""
-    n = int(np.prod(params["fft_lengths"]))
+    n = math.prod(params["fft_lengths"])
     if n <= 1:
         return 0
-    transforms = int(np.prod(in_shape[:len(in_shape) - len(params["fft_lengths"])]))
+    transforms = math.prod(in_shape[:len(in_shape) - len(params["fft_lengths"])])
     per = (n // 2) * math.ceil(math.log2(n))
     real = jax.lax.FftType(params["fft_type"]).name in ("RFFT", "IRFFT")
     return transforms * (per // 2 if real else per)
@@ -309,6 +310,89 @@ def count_multiplications(jaxpr) -> int:
         for sub in jex.jaxprs_in_params(eqn.params):
             total += repeat * count_multiplications(sub)
     return total
+
+
+def inner_dims(params: dict) -> list[int]:
+    """The dimensions of every variable of the jaxprs in ``params``, sub-jaxprs included."""
+    dims = []
+    for sub in jex.jaxprs_in_params(params):
+        for eqn in sub.eqns:
+            for v in (*eqn.invars, *eqn.outvars):
+                dims.extend(d for d in getattr(v.aval, "shape", ()) if isinstance(d, int))
+            dims.extend(inner_dims(eqn.params))
+        dims.extend(d for v in sub.invars for d in v.aval.shape if isinstance(d, int))
+    return dims
+
+
+class NotSeedLinear(ValueError):
+    """A jaxpr's count is not read as linear in its seeds (:func:`seed_split`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedSplit:
+    """Counts of a jaxpr traced under ``jax.vmap`` over ``seeds`` (co)tangent
+    seeds, split by whether an equation works on the seeds: ``fixed``
+    multiplications run once, ``per_seed`` once per seed, and each scatter
+    as ``(updates, batched, repeat)``: that many update entries (per seed
+    where ``batched``), run ``repeat`` times.  Read at any seed count
+    :meth:`mults` and :meth:`scattered` equal :func:`count_multiplications`
+    and :func:`scattered_entries` of the same program traced at that count."""
+
+    fixed: int
+    per_seed: int
+    scatters: tuple
+
+    def mults(self, seeds: int) -> int:
+        return self.fixed + seeds * self.per_seed
+
+    def scattered(self, seeds: int, least: int = 0) -> int:
+        total = 0
+        for updates, batched, repeat in self.scatters:
+            size = updates * seeds if batched else updates
+            total += repeat * size if size >= least else 0
+        return total
+
+
+def seed_split(jaxpr, seeds: int) -> SeedSplit:
+    """:class:`SeedSplit` of ``jaxpr``, traced under ``jax.vmap`` over
+    ``seeds`` seeds, where ``seeds`` is a prime that divides no dimension of
+    the program before batching (a dimension that is a multiple of it holds
+    the seeds, alone or merged with another by a batching rule).  An
+    equation on the seeds multiplies ``seeds`` times its count per seed
+    (``vmap`` adds the seeds as a dimension of its operands and results,
+    never one it contracts or reduces), so one trace gives the count at
+    every seed count.  Raises :class:`NotSeedLinear` where a count on the
+    seeds is not a multiple of ``seeds``."""
+    fixed = per_seed = 0
+    scatters = []
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        counts = []  # (kind, count, the shape that holds the seeds if any)
+        if name in MULTIPLYING:
+            out = eqn.outvars[0].aval.shape
+            counts.append(("mults", own_multiplications(name, eqn.params, eqn.invars[0].aval.shape, out,
+                                                        eqn.invars[-1].aval.shape), out))
+        if name.startswith("scatter"):
+            updates = eqn.invars[2].aval.shape
+            counts.append(("scatter", math.prod(updates), updates))
+        for kind, count, shape in counts:
+            batched = any(d % seeds == 0 for d in shape if d)
+            if batched and count % seeds:
+                raise NotSeedLinear(f"{name}: {count} is not a multiple of {seeds} seeds")
+            unit = count // seeds if batched else count
+            if kind == "scatter":
+                scatters.append((unit, batched, 1))
+            elif batched:
+                per_seed += unit
+            else:
+                fixed += unit
+        repeat = int(eqn.params.get("length", 1)) if name == "scan" else 1
+        for sub in jex.jaxprs_in_params(eqn.params):
+            inner = seed_split(sub, seeds)
+            fixed += repeat * inner.fixed
+            per_seed += repeat * inner.per_seed
+            scatters.extend((u, b, r * repeat) for u, b, r in inner.scatters)
+    return SeedSplit(fixed, per_seed, tuple(scatters))
 
 
 def scattered_entries(jaxpr, least: int = 0) -> int:

@@ -13,7 +13,11 @@ cotangent basis (reverse mode), with the same symbolic zeros the whole
 program has (inactive operands, outputs that reach no result).  Equations
 with the same signature (primitive, parameters, operand types, which
 operands are constants, active or live) count the same, so each signature
-is traced once; an unrolled integrator or a deep network has a few dozen.
+is traced once per mode; an unrolled integrator or a deep network has a few
+dozen.  That trace runs at a prime seed count and splits what runs once
+from what runs per seed (:func:`ccjax._jaxpr.seed_split`), so the count at
+``n_in`` tangents, ``n_out`` cotangents or ``k`` compressed seeds
+(:mod:`ccjax.coloring`) is read off it without another.
 
 An elimination's program multiplies in its partials' values and in the
 products and sums its plan counts (``plan.report.mults``); the partials
@@ -24,14 +28,16 @@ whole program's jaxpr.
 """
 from __future__ import annotations
 
+import math
 from typing import Hashable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ccjax._jaxpr import (MOVES_DATA, MULTIPLYING, count_multiplications, hashable, own_multiplications,
-                          scattered_entries, staged_alone, tangent_multiplications)
+from ccjax._jaxpr import (MOVES_DATA, MULTIPLYING, NotSeedLinear, SeedSplit, count_multiplications, hashable,
+                          inner_dims, own_multiplications, scattered_entries, seed_split, staged_alone,
+                          tangent_multiplications)
 from ccjax.eliminate import evaluate_partial
 from ccjax.graph import Graph, Node, Program
 
@@ -47,6 +53,25 @@ MODES = ("rev", "fwd")
 #: ten RK4 steps of Lorenz-96 by index vectors at n = 64 reverse mode ran
 #: 2x and 10x faster.
 LARGE_SCATTER = 1 << 14
+
+
+def split_seeds(prog: Program, node: Node) -> int:
+    """The seed count :meth:`Counter._mode_split` traces ``node`` at: the
+    least prime above four times its largest dimension (of its operands,
+    results and sub-jaxprs' variables), so that no dimension of its Jacobian
+    program other than those holding the seeds is a multiple of it (those
+    are products and sums of smaller ones)."""
+    dims = [d for i in (*node.ad_reads, *node.outs) for d in prog.avals[i].shape]
+    if isinstance(node.params, dict):
+        dims.extend(inner_dims(node.params))
+    n = 4 * max(dims, default=1) + 16
+    while not _is_prime(n):
+        n += 1
+    return n
+
+
+def _is_prime(n: int) -> bool:
+    return n > 1 and all(n % k for k in range(2, math.isqrt(n) + 1))
 
 
 def _inexact(aval) -> bool:
@@ -76,6 +101,7 @@ class Counter:
         self.live = live
         self.memo: dict = {}
         self.scattered: dict = {}  # memo keys -> scattered entries of the same trace
+        self.splits: dict = {}  # (mode, signature) -> SeedSplit, or None where it does not apply
         self.signatures: dict = {}
 
     @property
@@ -149,15 +175,48 @@ class Counter:
         """Multiplications of ``node``'s part of ``jax.jacrev``/``jax.jacfwd``
         of the whole program beyond its primal evaluation (with ``seeds``:
         of the same program vmapped over that many seeds)."""
-        prog = self.prog
-        active = [i for i in self._traced_ids(node) if prog.active[i]]
-        if not active or (node.primitive is not None and node.name in MOVES_DATA):
+        if not self._differentiates(node):
             return 0
-        batch = self._seeds(mode, seeds)
         key = self._mode_key(node, mode, seeds)
-        if key in self.memo:
-            return self.memo[key]
+        if key not in self.memo:
+            batch = self._seeds(mode, seeds)
+            split = self._mode_split(node, mode)
+            if split is None:
+                mults, scattered = self._trace(self._mode_program(node, mode, batch), self._traced_ids(node))
+            else:
+                mults, scattered = split.mults(batch), split.scattered(batch, LARGE_SCATTER)
+            self.memo[key] = max(0, mults - self.primal_mults(node))
+            self.scattered[key] = max(0, scattered - self._primal_scattered(node))
+        return self.memo[key]
+
+    def _differentiates(self, node: Node) -> bool:
+        """Whether JAX's modes differentiate ``node`` with arithmetic: an
+        active operand, and not an equation that only moves data."""
+        return (any(self.prog.active[i] for i in self._traced_ids(node))
+                and not (node.primitive is not None and node.name in MOVES_DATA))
+
+    def _mode_split(self, node: Node, mode: str) -> Optional[SeedSplit]:
+        """``node``'s mode program traced once at a prime seed count,
+        :func:`~ccjax._jaxpr.seed_split` into what runs once and per seed
+        (so its count at every seed count, plain or compressed, costs one
+        trace); None where the program's counts are not read that way."""
+        key = (mode, self._signature(node))
+        if key not in self.splits:
+            seeds = split_seeds(self.prog, node)
+            jaxpr = jax.make_jaxpr(self._mode_program(node, mode, seeds))(self._specs(self._traced_ids(node)), []).jaxpr
+            try:
+                self.splits[key] = seed_split(jaxpr, seeds)
+            except NotSeedLinear:
+                self.splits[key] = None
+        return self.splits[key]
+
+    def _mode_program(self, node: Node, mode: str, batch: int):
+        """``node``'s Jacobian program in ``mode``: ``vmap`` of its JVP over
+        ``batch`` tangents, or of its VJP over ``batch`` cotangents, with the
+        whole program's symbolic zeros (inactive operands, dead outputs)."""
+        prog = self.prog
         ids = self._traced_ids(node)
+        active = [i for i in ids if prog.active[i]]
 
         def on_active(values, act):
             env = self._env(node, values)
@@ -172,26 +231,22 @@ class Counter:
 
                 basis = [jnp.zeros((batch,) + tuple(prog.avals[i].shape), prog.avals[i].dtype) for i in active]
                 return jax.vmap(lambda *t: jax.jvp(outs, [values[p] for p in pos], list(t))[1])(*basis)
-        else:
-            # an output no result depends on gets no cotangent, but its
-            # residuals are still computed by the linearisation
-            live_outs = [k for k in node.outs if k in self.live and _inexact(prog.avals[k])]
+            return jac
+        # an output no result depends on gets no cotangent, but its
+        # residuals are still computed by the linearisation
+        live_outs = [k for k in node.outs if k in self.live and _inexact(prog.avals[k])]
 
-            def jac(values, _):
-                def outs(*act):
-                    res = dict(zip(node.outs, on_active(values, act)))
-                    return [res[k] for k in live_outs]
+        def jac(values, _):
+            def outs(*act):
+                res = dict(zip(node.outs, on_active(values, act)))
+                return [res[k] for k in live_outs]
 
-                _, pullback = jax.vjp(outs, *[values[p] for p in pos])
-                if not live_outs:
-                    return []
-                basis = [jnp.zeros((batch,) + tuple(prog.avals[k].shape), prog.avals[k].dtype)
-                         for k in live_outs]
-                return jax.vmap(lambda *c: pullback(list(c)))(*basis)
-        mults, scattered = self._trace(jac, ids)
-        self.memo[key] = count = max(0, mults - self.primal_mults(node))
-        self.scattered[key] = max(0, scattered - self._primal_scattered(node))
-        return count
+            _, pullback = jax.vjp(outs, *[values[p] for p in pos])
+            if not live_outs:
+                return []
+            basis = [jnp.zeros((batch,) + tuple(prog.avals[k].shape), prog.avals[k].dtype) for k in live_outs]
+            return jax.vmap(lambda *c: pullback(list(c)))(*basis)
+        return jac
 
     def primal_mults(self, node: Node) -> int:
         """Multiplications of ``node``'s own evaluation (traced unless the

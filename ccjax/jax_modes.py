@@ -312,6 +312,11 @@ def _compressed(graph: Graph, elimination: Plan, best: Plan, best_mults: int, co
     ``best`` (:func:`weighted_mults`; a plain mode's tie rule), or, where
     the graph unrolled a loop, :data:`UNROLLED_RATIO` times as much as the
     elimination."""
+    if min(counter.n_in, counter.n_out) <= 1:
+        # One seed already does (a gradient, a curve): compressing the other
+        # mode's needs one colour per nonzero of that row (column), and a
+        # pattern costs a probe (conv2d -> scalar: 54 ms of a 0.16 s first call).
+        return best, best_mults
     bar = best_mults * (UNROLLED_RATIO if best.mode == "eliminate" and graph.program.rolled is not None else 1)
     modes = [mode for mode in ("fwd", "rev") if mode in plain_modes(graph) and counter.mode_lower_bound(mode, 1) < bar]
     pat = pattern(graph, elimination) if modes else None  # only where one seed could do

@@ -14,7 +14,9 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 import ccjax  # noqa: E402
-from ccjax._jaxpr import MOVES_DATA, TANGENT_MULTIPLYING, count_multiplications, staged_alone  # noqa: E402
+from ccjax._jaxpr import (MOVES_DATA, TANGENT_MULTIPLYING, SeedSplit, count_multiplications,  # noqa: E402
+                          scattered_entries, staged_alone)
+from ccjax.counting import LARGE_SCATTER  # noqa: E402
 from ccjax.api import _plan  # noqa: E402
 from ccjax.eliminate import plan_elimination  # noqa: E402
 from ccjax.counting import Counter  # noqa: E402
@@ -214,6 +216,48 @@ def test_counts_summed_per_equation_equal_the_whole_jaxpr(name, g):
     assert counter.partial_mults() == partials, name
     plan = plan_elimination(g, resolve_order(g, "markowitz"))
     assert program_mults(g, plan) == partials + plan.report.mults
+
+
+@pytest.mark.parametrize("name, g", list(_graphs_to_count()), ids=lambda v: v if isinstance(v, str) else "")
+def test_counts_at_every_seed_count_come_from_one_trace(name, g):
+    """Each equation's mode program is traced once, at a prime seed count,
+    and read at any other: what it reads equals the program traced at that
+    count (multiplications and scattered entries), for the plain modes and
+    for compressed seeds."""
+    counter = Counter(g)
+    split = 0
+    for node in counter.prog.ad_nodes:
+        if not counter._differentiates(node):
+            continue
+        for mode in ("rev", "fwd"):
+            if mode == "rev" and name == "while":
+                continue  # JAX has no reverse mode through a while_loop
+            for seeds in (1, 3, 8, None):
+                batch = counter._seeds(mode, seeds)
+                try:
+                    jaxpr = jax.make_jaxpr(counter._mode_program(node, mode, batch))(
+                        counter._specs(counter._traced_ids(node)), []).jaxpr
+                except TypeError as e:  # no forward mode through a custom_vjp
+                    with pytest.raises(type(e)):
+                        counter.node_mults(node, mode, seeds)
+                    break
+                want = max(0, count_multiplications(jaxpr) - counter.primal_mults(node))
+                assert counter.node_mults(node, mode, seeds) == want, (name, node.name, mode, seeds)
+                want = max(0, scattered_entries(jaxpr, LARGE_SCATTER) - counter._primal_scattered(node))
+                assert counter.node_scattered(node, mode, seeds) == want, (name, node.name, mode, seeds)
+            else:
+                split += counter._mode_split(node, mode) is not None
+    assert split
+
+
+def test_a_seed_split_reads_scatters_per_seed_against_the_threshold():
+    """A scatter of the seeds counts toward ``LARGE_SCATTER`` by its size at
+    the seed count read, not at the count traced."""
+    split = SeedSplit(fixed=5, per_seed=2, scatters=((100, True, 3), (50, False, 1)))
+    assert split.mults(10) == 25
+    assert split.scattered(10) == 3 * 1000 + 50
+    assert split.scattered(10, least=60) == 3 * 1000
+    assert split.scattered(1, least=60) == 3 * 100
 
 
 @pytest.mark.parametrize("name, g", list(_graphs_to_count()), ids=lambda v: v if isinstance(v, str) else "")

@@ -328,7 +328,7 @@ def test_cholesky_pattern_check_compiles_one_program_inside_a_constant_mask():
     from ccjax.rules import linalg
     from ccjax.rules.base import constant_mask
 
-    linalg._cholesky_reads.cache_clear()
+    linalg._cholesky_pattern_holds.cache_clear()
     with counted_compiles() as compiles:
         mask = constant_mask(lambda: linalg._cholesky_reads((3, 3)))()
     assert len(compiles) <= 2, compiles
@@ -405,7 +405,7 @@ def test_a_cholesky_pattern_jax_contradicts_is_not_declared(monkeypatch):
 
     right = linalg._cholesky_pattern  # without the entries reading dS[a, 0]:
     monkeypatch.setattr(linalg, "_cholesky_pattern", lambda shape: right(shape) & (np.arange(shape[-1]) > 0))
-    linalg._cholesky_reads.cache_clear()
+    linalg._cholesky_pattern_holds.cache_clear()
     try:
         m = jnp.asarray(np.random.default_rng(10).normal(size=(5, 5)))
         assert linalg._cholesky_reads((5, 5)) is None
@@ -414,7 +414,7 @@ def test_a_cholesky_pattern_jax_contradicts_is_not_declared(monkeypatch):
         np.testing.assert_allclose(np.asarray(got.todense()), np.asarray(jax.jacrev(_cholesky_of_gram)(m)),
                                    rtol=1e-10, atol=1e-10)
     finally:
-        linalg._cholesky_reads.cache_clear()
+        linalg._cholesky_pattern_holds.cache_clear()
 
 
 def test_work_run_apart_keeps_the_callers_x64_setting():

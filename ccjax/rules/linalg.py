@@ -90,18 +90,23 @@ def _cholesky_pattern(shape: tuple) -> np.ndarray:
     return (same & one[None, :, :, None, :, :]).reshape(shape + shape)
 
 
-@functools.lru_cache(maxsize=64)
 def _cholesky_reads(shape: tuple) -> Optional[np.ndarray]:
     """:func:`_cholesky_pattern` of ``shape`` when it holds JAX's
-    derivative on a random 5x5 matrix, else None."""
+    derivative (:func:`_cholesky_pattern_holds`), else None."""
+    return _cholesky_pattern(shape) if _cholesky_pattern_holds() else None
+
+
+@functools.lru_cache(maxsize=1)
+def _cholesky_pattern_holds() -> bool:
+    """Whether JAX's derivative of ``cholesky`` on a random 5x5 matrix is
+    zero outside :func:`_cholesky_pattern` (once a process: the pattern
+    follows from the rule, not from the shape)."""
     n = 5
     m = np.random.default_rng(0).normal(size=(n, n))
     spd = m @ m.T + n * np.eye(n)
     jacobian = jax.jit(jax.jacfwd(lambda s: jax.lax.linalg.cholesky(s, symmetrize_input=False)))
     jac = run_apart(lambda: np.asarray(jacobian(spd)))  # one compile, not 26 op by op (0.6 s)
-    if np.any((jac != 0) & ~_cholesky_pattern((n, n))):
-        return None
-    return _cholesky_pattern(shape)
+    return not np.any((jac != 0) & ~_cholesky_pattern((n, n)))
 
 
 def _triangular_solve(ctx: RuleContext) -> list[Partial]:
