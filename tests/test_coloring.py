@@ -122,6 +122,23 @@ def test_colored_plans_keep_aux_and_python_scalars(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["fwd", "rev"])
+def test_colored_plans_compose_with_vmap_grad_and_jacve(monkeypatch, mode):
+    """A compressed program is ordinary JAX code: batched by ``vmap`` (the
+    pattern, planned once per example shape, serves every example), and
+    differentiated again by ``jax.grad`` and by an outer ``jacve``."""
+    forced(monkeypatch, mode)
+    batch = np.random.default_rng(3).normal(size=(3, 256))
+    for fn, u in ((jacobi, batch[0]), (stencil, batch[0, :64])):
+        assert _plan(trace.auto_graph(fn, u), "auto").mode == f"colored-{mode}"
+    _close(jax.jit(jax.vmap(ccjax.jacve(jacobi)))(batch), jax.vmap(jax.jacrev(jacobi))(batch))
+    batch = batch[:, :64]
+    weight = np.linspace(-1.0, 1.0, 64 * 64).reshape(64, 64)
+    loss = lambda jac: lambda u: jnp.sum(weight * jac(stencil)(u) ** 2)
+    _close(jax.grad(loss(ccjax.jacve))(batch[0]), jax.grad(loss(jax.jacrev))(batch[0]))
+    _close(ccjax.jacve(ccjax.jacve(stencil))(batch[1, :12]), jax.hessian(stencil)(batch[1, :12]))
+
+
+@pytest.mark.parametrize("mode", ["fwd", "rev"])
 def test_colored_count_is_what_the_program_multiplies(mode):
     u = np.linspace(0.1, 1.0, 256)
     g = trace.auto_graph(jacobi, u)
