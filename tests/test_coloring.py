@@ -195,6 +195,23 @@ def test_auto_pushes_one_seed_where_entries_never_meet():
     _close(jax.jit(ccjax.jacve(damped_fixed_point))(x), jax.jacrev(damped_fixed_point)(x))
 
 
+@pytest.mark.parametrize("fn, x", [
+    (lambda u: jnp.sum(stencil(u) ** 2), np.linspace(-1.0, 1.0, 64)),  # a gradient
+    (lambda t: stencil(jnp.sin(t * jnp.arange(64.0))), 0.3),  # a curve
+])
+def test_one_seed_already_is_not_compressed(monkeypatch, fn, x):
+    """A gradient (a curve) is one cotangent (tangent): no pattern is probed."""
+    monkeypatch.setattr(trace, "_graphs", trace._LRU(16))
+
+    def no_pattern(*_):
+        raise AssertionError("the pattern was built")
+
+    monkeypatch.setattr(jax_modes, "pattern", no_pattern)
+    plan = _plan(trace.auto_graph(fn, x), "auto")
+    assert plan.coloring is None
+    _close(jax.jit(ccjax.jacve(fn))(x), jax.jacrev(fn)(x))
+
+
 def test_auto_keeps_the_elimination_where_the_scattered_write_costs_more():
     """``logsumexp`` of each row: one cotangent pulls back every entry, but
     scattering its 4,096 entries into the dense block weighs more than the
