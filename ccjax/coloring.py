@@ -22,9 +22,9 @@ from typing import Optional
 
 import numpy as np
 
-from ccjax.eliminate import Plan, structural_keep
+from ccjax.eliminate import Plan, final_entries, structural_keep
 from ccjax.graph import Graph
-from ccjax.structure import entry_count, entry_indices, is_selection
+from ccjax.structure import entry_indices, is_selection
 from ccjax.structure.core import flat_positions
 
 #: Patterns of more structural nonzeros than this are not coloured: listing
@@ -80,9 +80,7 @@ def pattern(graph: Graph, plan: Plan) -> Optional[Pattern]:
     entries are known only at run time (a selection at computed indices,
     or at constant ones the probe did not run) or there are more than
     :data:`MAX_ENTRIES`."""
-    slots = set(plan.final.values())
-    structures = [plan.structures[slot] for slot in slots]
-    if sum(st.nnz_values if is_selection(st) else entry_count(st) for st in structures) > MAX_ENTRIES:
+    if sum(final_entries(plan.structures[slot]) for slot in set(plan.final.values())) > MAX_ENTRIES:
         return None  # before the probe: it runs the plan
     kept = structural_keep(graph, plan, compile=False) or {}
     prog = graph.program

@@ -461,11 +461,14 @@ def stored_entries(graph: Graph, plan: Plan) -> int:
     """How many entries the ``output="sparse"`` Jacobian of the elimination
     ``plan`` stores (after :func:`structural_keep`)."""
     kept = structural_keep(graph, plan)
-    count = 0
-    for slot in plan.final.values():
-        st = plan.structures[slot]
-        count += len(kept[slot][1]) if slot in kept else st.nnz_values if is_selection(st) else entry_count(st)
-    return count
+    return sum(len(kept[slot][1]) if slot in kept else final_entries(plan.structures[slot])
+               for slot in plan.final.values())
+
+
+def final_entries(st) -> int:
+    """Entries a final structure stores before :func:`structural_keep`
+    drops any: a selection's values, else :func:`entry_count`."""
+    return st.nnz_values if is_selection(st) else entry_count(st)
 
 
 #: Seeds of the random stand-in values :func:`structural_keep` runs a plan on.
